@@ -1,0 +1,99 @@
+//! Writing a [`Step`] back into a record shared by CPUs.
+//!
+//! XDP (ingress) and TC (egress) for the same connection run on different CPUs. The state word is
+//! replaced by compare-and-swap, so of two racing transitions one wins and the other is recomputed
+//! from the winner's result (state counters stay exact). The sequence facts are written after the
+//! word: each is owned by the endpoint that sent the segment, and a reply to a segment can only be
+//! observed after that segment's program run has finished, so no reader depends on a fact written
+//! by a transition still in flight.
+
+use crate::{
+    flow::{FlowRecord, Side},
+    state::{write, Step},
+};
+
+/// Writes the parts of `st.rec` that `st.write` names into `*dst`. Returns `false`, having written
+/// nothing, when the word no longer equals `expected_word` (another CPU moved the flow first): the
+/// caller reads the record again and recomputes.
+///
+/// # Safety
+/// `dst` must point to a live, 8-byte-aligned `FlowRecord` (a map value, or a local in tests).
+#[inline(always)]
+pub unsafe fn commit(dst: *mut FlowRecord, expected_word: u64, st: &Step) -> bool {
+    let w = st.write;
+    if w & write::WORD != 0 {
+        // SAFETY: the caller guarantees a live, aligned record; `word` is its first field (offset 0).
+        if !unsafe {
+            compare_and_swap(
+                core::ptr::addr_of_mut!((*dst).word),
+                expected_word,
+                st.rec.word,
+            )
+        } {
+            return false;
+        }
+    }
+    // SAFETY: as above; plain field stores into the caller's record.
+    unsafe {
+        for side in [Side::A, Side::B] {
+            if w & write::seq(side) != 0 {
+                (*dst).seq[side.index()] = st.rec.seq[side.index()];
+            }
+            if w & write::since(side) != 0 {
+                (*dst).since_ns[side.index()] = st.rec.since_ns[side.index()];
+            }
+        }
+        if w & write::SYN_NS != 0 {
+            (*dst).syn_ns = st.rec.syn_ns;
+        }
+        if w & write::LAST_SEEN != 0 {
+            (*dst).last_seen_s = st.rec.last_seen_s;
+        }
+    }
+    true
+}
+
+/// 64-bit compare-and-swap. The bpfel target declares no CAS to `core` (ISA v1 has none), so
+/// `AtomicU64::compare_exchange` does not exist there; the intrinsic emits BPF_CMPXCHG, which the
+/// object is built for (bpf-linker `--cpu=v3`, kernel 5.12+: commit 5ffa25502b5a "bpf: Add
+/// instructions for atomic_[cmp]xchg").
+///
+/// # Safety
+/// `p` must be valid for reads and writes and 8-byte aligned.
+#[inline(always)]
+pub unsafe fn compare_and_swap(p: *mut u64, old: u64, new: u64) -> bool {
+    #[cfg(target_arch = "bpf")]
+    {
+        use core::intrinsics::AtomicOrdering::SeqCst;
+        // SAFETY: forwarded from the caller.
+        unsafe { core::intrinsics::atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(p, old, new).1 }
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        use core::sync::atomic::{AtomicU64, Ordering};
+        // SAFETY: forwarded from the caller.
+        unsafe { AtomicU64::from_ptr(p) }
+            .compare_exchange(old, new, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+}
+
+/// 64-bit atomic add (BPF_ATOMIC | BPF_ADD; on the BPF target `core` offers no `fetch_add`).
+///
+/// # Safety
+/// `p` must be valid for reads and writes and 8-byte aligned.
+#[inline(always)]
+pub unsafe fn atomic_add(p: *mut u64, v: u64) {
+    #[cfg(target_arch = "bpf")]
+    {
+        use core::intrinsics::AtomicOrdering::Relaxed;
+        // SAFETY: forwarded from the caller.
+        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { Relaxed }>(p, v) };
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        use core::sync::atomic::{AtomicU64, Ordering};
+        // SAFETY: forwarded from the caller.
+        unsafe { AtomicU64::from_ptr(p) }.fetch_add(v, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,267 @@
+//! The flow table's key and value: the only layout that crosses the kernel/user boundary.
+//!
+//! Map values hold integers and byte arrays only (no `bool`, enum or `Option`): the kernel writes raw
+//! bytes, and userspace decodes states with `TryFrom`.
+
+use crate::state::TcpState;
+
+/// One side of a flow. Side 0 is the endpoint with the lower `(address, port)`, so both directions
+/// of a connection, seen by either hook, find the same key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Side {
+    A = 0,
+    B = 1,
+}
+
+impl Side {
+    #[inline(always)]
+    pub const fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+    #[inline(always)]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+    #[inline(always)]
+    pub const fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// Flow key. Addresses are IPv6, or IPv4-mapped IPv6 (`::ffff:a.b.c.d`), stored as the four
+/// 32-bit words read straight from the packet (network byte order in memory). Ports are in host
+/// byte order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct FlowKey {
+    pub addr: [[u32; 4]; 2],
+    pub port: [u16; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 36);
+
+impl FlowKey {
+    /// Builds the canonical key for a segment from `src` to `dst`, and says which side sent it.
+    #[inline(always)]
+    pub fn canonical(src: [u32; 4], sport: u16, dst: [u32; 4], dport: u16) -> (FlowKey, Side) {
+        // Any total order works as long as both directions agree; comparing the raw words is the
+        // cheapest one the verifier accepts (no byte loops).
+        let src_first =
+            (src[0], src[1], src[2], src[3], sport) <= (dst[0], dst[1], dst[2], dst[3], dport);
+        if src_first {
+            (
+                FlowKey {
+                    addr: [src, dst],
+                    port: [sport, dport],
+                },
+                Side::A,
+            )
+        } else {
+            (
+                FlowKey {
+                    addr: [dst, src],
+                    port: [dport, sport],
+                },
+                Side::B,
+            )
+        }
+    }
+
+    /// Address words for an IPv4 address given in network byte order as it sits in the packet.
+    #[inline(always)]
+    pub const fn v4_mapped(addr_be: u32) -> [u32; 4] {
+        [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), addr_be]
+    }
+
+    pub const fn is_v4(&self) -> bool {
+        let m = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        self.addr[0][0] == 0 && self.addr[0][1] == 0 && self.addr[0][2] == m
+    }
+}
+
+/// What one endpoint has sent, as far as the state machine needs it. Written only by segments that
+/// endpoint sent, so the two directions (XDP and TC, often on different CPUs) never write the same
+/// field. Sequence numbers in host byte order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct EndpointSeq {
+    /// Initial sequence number (valid when `KNOWN_ISN`).
+    pub isn: u32,
+    /// The acknowledgement number that acknowledges this endpoint's latest SYN or FIN: `isn + 1`
+    /// after a SYN, `fin_seq + 1` after a FIN (`fin_seq` = the FIN segment's seq + payload length).
+    pub end: u32,
+    /// A recent acknowledgement number this endpoint sent (valid when `KNOWN_ACK`). It lags the true
+    /// value by less than half of `win`: it is refreshed only when it falls that far behind, which
+    /// keeps established data off the write path.
+    pub ack: u32,
+    /// The largest receive window (scaled, bytes) this endpoint advertised since `ack` was refreshed.
+    pub win: u32,
+}
+
+/// Per-endpoint "this fact is known" bits in [`FlowWord::known`].
+pub mod known {
+    pub const ISN: u8 = 0x01;
+    pub const END: u8 = 0x02;
+    pub const ACK: u8 = 0x04;
+    /// Shift for side B's bits.
+    pub const B_SHIFT: u8 = 4;
+}
+
+/// Record-wide flags in [`FlowWord::flags`].
+pub mod flowflags {
+    /// First seen without its SYN and picked up as ESTABLISHED.
+    pub const MIDSTREAM: u8 = 0x01;
+    /// Created by a SYN and still counted against the half-open budget.
+    pub const HALF_OPEN: u8 = 0x02;
+    /// Inserted by the daemon from the kernel's socket table: ages are lower bounds.
+    pub const SEEDED: u8 = 0x04;
+    /// Closed by an accepted RST.
+    pub const RESET: u8 = 0x08;
+    /// The client side is B (otherwise A).
+    pub const CLIENT_B: u8 = 0x10;
+    /// Roles guessed from port numbers (no SYN seen).
+    pub const ROLE_GUESSED: u8 = 0x20;
+}
+
+/// The part of a record that changes on state transitions. Exactly eight bytes, so the kernel can
+/// replace it with one compare-and-swap and two CPUs handling the two directions of a connection
+/// cannot interleave half-transitions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C, align(8))]
+pub struct FlowWord {
+    /// [`TcpState`] of side A and side B as `u8`.
+    pub state: [u8; 2],
+    /// [`flowflags`] bits.
+    pub flags: u8,
+    /// Which sides are counted in the connection gauges: the local one in host mode, both in tap
+    /// mode. Bit 0 = A, bit 1 = B.
+    pub counted: u8,
+    /// Window-scale shift each side announced in its SYN, or `WSCALE_NONE`.
+    pub wscale: [u8; 2],
+    /// [`known`] bits, A in the low nibble, B in the high nibble.
+    pub known: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<FlowWord>() == 8);
+
+impl FlowWord {
+    #[inline(always)]
+    pub fn to_bits(self) -> u64 {
+        // SAFETY: FlowWord is repr(C), eight bytes, all fields plain integers, no padding.
+        unsafe { core::mem::transmute::<FlowWord, u64>(self) }
+    }
+    #[inline(always)]
+    pub fn from_bits(bits: u64) -> FlowWord {
+        // SAFETY: every bit pattern is a valid FlowWord (integers only).
+        unsafe { core::mem::transmute::<u64, FlowWord>(bits) }
+    }
+    #[inline(always)]
+    pub fn state(&self, side: Side) -> TcpState {
+        TcpState::from_u8_lossy(self.state[side.index()])
+    }
+    #[inline(always)]
+    pub fn set_state(&mut self, side: Side, s: TcpState) {
+        self.state[side.index()] = s as u8;
+    }
+    #[inline(always)]
+    pub const fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+    #[inline(always)]
+    pub fn knows(&self, side: Side, bit: u8) -> bool {
+        self.known & (bit << (side as u8 * known::B_SHIFT)) != 0
+    }
+    #[inline(always)]
+    pub fn learn(&mut self, side: Side, bit: u8) {
+        self.known |= bit << (side as u8 * known::B_SHIFT);
+    }
+    #[inline(always)]
+    pub fn forget_side(&mut self, side: Side) {
+        self.known &= !(0x0f << (side as u8 * known::B_SHIFT));
+    }
+    #[inline(always)]
+    pub const fn client(&self) -> Side {
+        if self.flags & flowflags::CLIENT_B != 0 {
+            Side::B
+        } else {
+            Side::A
+        }
+    }
+    #[inline(always)]
+    pub fn set_client(&mut self, side: Side) {
+        match side {
+            Side::A => self.flags &= !flowflags::CLIENT_B,
+            Side::B => self.flags |= flowflags::CLIENT_B,
+        }
+    }
+    #[inline(always)]
+    pub fn role(&self, side: Side) -> Role {
+        if self.client() as u8 == side as u8 {
+            Role::Client
+        } else {
+            Role::Server
+        }
+    }
+    #[inline(always)]
+    pub const fn is_counted(&self, side: Side) -> bool {
+        self.counted & side.bit() != 0
+    }
+}
+
+/// Which end opened the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Role {
+    Client = 0,
+    Server = 1,
+}
+
+impl Role {
+    pub const ALL: [Role; 2] = [Role::Client, Role::Server];
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+        }
+    }
+}
+
+/// The flow table's value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FlowRecord {
+    /// Replaced as a whole by compare-and-swap; see [`FlowWord`].
+    pub word: u64,
+    pub seq: [EndpointSeq; 2],
+    /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns) at which each side entered its current state.
+    pub since_ns: [u64; 2],
+    /// CLOCK_MONOTONIC nanoseconds of the SYN that opened the current connection, 0 if none seen.
+    pub syn_ns: u64,
+    /// CLOCK_MONOTONIC whole seconds of the last segment seen, refreshed at most once a second.
+    pub last_seen_s: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowRecord>() == 72);
+
+impl FlowRecord {
+    #[inline(always)]
+    pub fn word(&self) -> FlowWord {
+        FlowWord::from_bits(self.word)
+    }
+    #[inline(always)]
+    pub fn set_word(&mut self, w: FlowWord) {
+        self.word = w.to_bits();
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), integers and integer arrays only, sizes asserted above with no implicit
+    // padding (FlowKey 32+4, FlowRecord 8+32+16+8+4+4), so every byte pattern is valid.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowRecord {}
+}

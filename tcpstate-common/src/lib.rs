@@ -1,0 +1,24 @@
+//! Everything the tcpstate kernel programs and daemon share: the flow table's layout, the counter
+//! layout, the frame parser and the TCP state machine. `no_std` and free of aya-ebpf, so the exact
+//! code the kernel runs is unit- and property-tested on the host.
+#![no_std]
+// The BPF target has no CAS in `core::sync::atomic`; see `commit::compare_and_swap`.
+#![cfg_attr(
+    target_arch = "bpf",
+    feature(core_intrinsics),
+    allow(internal_features)
+)]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod commit;
+pub mod counters;
+pub mod flow;
+pub mod maps;
+pub mod packet;
+pub mod state;
+pub mod tcp;
+
+pub use flow::{FlowKey, FlowRecord, FlowWord, Role, Side};
+pub use state::{step, TcpState};

@@ -1,0 +1,109 @@
+//! Map names, the load-time configuration and the table-fill counters both sides use.
+
+/// Map names as they appear in the object file and under the pin directory.
+pub const FLOWS: &str = "TCPSTATE_FLOWS";
+pub const COUNTERS: &str = "TCPSTATE_COUNTERS";
+pub const TABLE: &str = "TCPSTATE_TABLE";
+pub const USER: &str = "TCPSTATE_USER";
+/// Name of the [`Config`] global.
+pub const CONFIG: &str = "TCPSTATE_CONFIG";
+
+/// Extra map slots above the configured capacity. The fill check and the insert are not one atomic
+/// step, so CPUs racing past the check may overshoot by at most one insert each; the slack keeps
+/// those inserts from failing (a failed insert into a full hash costs ~0.7 us).
+pub const CAPACITY_SLACK: u32 = 256;
+
+/// Load-time configuration, a read-only global in the object.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Config {
+    /// Flows the table may hold (the map has `capacity + CAPACITY_SLACK` slots).
+    pub capacity: u64,
+    /// Half-open flows (created by a SYN or SYN-ACK, not yet out of the handshake) allowed at once.
+    pub half_open_budget: u64,
+}
+
+/// Kernel-owned fill counters (one array slot, updated with atomic adds; inserts are rare).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct TableCounters {
+    /// Flows the kernel inserted.
+    pub inserted: u64,
+    /// Of those, inserted as half-open.
+    pub half_open_inserted: u64,
+    /// Half-open flows the kernel saw leave the handshake.
+    pub half_open_released: u64,
+}
+
+/// Daemon-owned counters (one array slot, written only by the daemon, read by the kernel). Pinned
+/// with the table so a restarted daemon keeps the books of the one before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct UserCounters {
+    /// Flows the daemon inserted (seeding from the kernel's socket table).
+    pub inserted: u64,
+    /// Flows the daemon deleted (timeouts).
+    pub deleted: u64,
+    /// Half-open flows the daemon deleted (handshake timeouts).
+    pub half_open_released: u64,
+    /// Handshakes the daemon timed out.
+    pub handshake_timeouts: u64,
+    /// Connection-gauge deltas for what the daemon inserted and deleted, laid out like the kernel's
+    /// `[role][state]` slots.
+    pub conn: [u64; 2 * crate::state::TcpState::COUNT],
+}
+
+impl TableCounters {
+    /// Flows in the table and of those half-open, given the daemon's side of the books.
+    #[inline(always)]
+    pub fn fill(&self, user: &UserCounters) -> (u64, u64) {
+        let fill = self
+            .inserted
+            .wrapping_add(user.inserted)
+            .wrapping_sub(user.deleted);
+        let half_open = self
+            .half_open_inserted
+            .wrapping_sub(self.half_open_released)
+            .wrapping_sub(user.half_open_released);
+        (fill, half_open)
+    }
+}
+
+impl UserCounters {
+    /// Books a flow the daemon inserted: its counted endpoints enter the connection gauges.
+    pub fn record_insert(&mut self, w: crate::flow::FlowWord) {
+        self.inserted = self.inserted.wrapping_add(1);
+        self.shift_gauges(w, 1);
+    }
+
+    /// Books a flow the daemon deleted: its counted endpoints leave the connection gauges, and a
+    /// half-open flow gives back its budget slot.
+    pub fn record_delete(&mut self, w: crate::flow::FlowWord) {
+        self.deleted = self.deleted.wrapping_add(1);
+        self.shift_gauges(w, 1u64.wrapping_neg());
+        if w.has(crate::flow::flowflags::HALF_OPEN) {
+            self.half_open_released = self.half_open_released.wrapping_add(1);
+        }
+    }
+
+    fn shift_gauges(&mut self, w: crate::flow::FlowWord, delta: u64) {
+        use crate::{counters::idx, flow::Side, state::TcpState};
+        for side in [Side::A, Side::B] {
+            let state = w.state(side);
+            if w.is_counted(side) && state != TcpState::Closed {
+                let slot = (idx::conn(w.role(side), state) - idx::CONN) as usize;
+                self.conn[slot] = self.conn[slot].wrapping_add(delta);
+            }
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), u64 fields and arrays only: no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TableCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UserCounters {}
+}

@@ -1,0 +1,749 @@
+//! The TCP state machine of an observer: both endpoints of a connection, advanced by every segment
+//! seen in either direction (RFC 9293 section 3.3.2, with the observer's disciplines borrowed from
+//! netfilter's TCP tracking: segments classified RST > SYN > SYN-ACK > FIN/ACK, windows checked,
+//! retransmissions idempotent).
+//!
+//! [`step`] is a pure, total function of (record, sender side, segment, now). It returns the new
+//! record, which parts of it changed, and what happened; the caller writes the changed parts back
+//! ([`crate::commit`]) and bumps counters ([`crate::counters`]). The kernel programs, the host tests
+//! and any offline replay run exactly this code.
+
+use crate::{
+    flow::{flowflags, known, EndpointSeq, FlowRecord, FlowWord, Side},
+    tcp::{
+        check_flags, flags::*, seq_diff, seq_ge, seq_in, BadFlags, Segment, WSCALE_MAX, WSCALE_NONE,
+    },
+};
+
+/// RFC 9293 connection states. LISTEN is not tracked: a server endpoint that has not answered a
+/// SYN yet is `Closed` in the mirror (it has no connection state of its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum TcpState {
+    Closed = 0,
+    SynSent = 1,
+    SynRecv = 2,
+    Established = 3,
+    FinWait1 = 4,
+    FinWait2 = 5,
+    CloseWait = 6,
+    Closing = 7,
+    LastAck = 8,
+    TimeWait = 9,
+}
+
+impl TcpState {
+    pub const COUNT: usize = 10;
+    /// Every state a live endpoint can be in (all but `Closed`), in RFC order.
+    pub const OPEN: [TcpState; 9] = [
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::Established,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::CloseWait,
+        TcpState::Closing,
+        TcpState::LastAck,
+        TcpState::TimeWait,
+    ];
+
+    /// Decodes a state byte from a map; bytes no version of this code writes read as `Closed`.
+    #[inline(always)]
+    pub const fn from_u8_lossy(v: u8) -> TcpState {
+        match v {
+            1 => TcpState::SynSent,
+            2 => TcpState::SynRecv,
+            3 => TcpState::Established,
+            4 => TcpState::FinWait1,
+            5 => TcpState::FinWait2,
+            6 => TcpState::CloseWait,
+            7 => TcpState::Closing,
+            8 => TcpState::LastAck,
+            9 => TcpState::TimeWait,
+            _ => TcpState::Closed,
+        }
+    }
+
+    /// The `state` label of `tcpstate_connections`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TcpState::Closed => "closed",
+            TcpState::SynSent => "syn_sent",
+            TcpState::SynRecv => "syn_recv",
+            TcpState::Established => "established",
+            TcpState::FinWait1 => "fin_wait1",
+            TcpState::FinWait2 => "fin_wait2",
+            TcpState::CloseWait => "close_wait",
+            TcpState::Closing => "closing",
+            TcpState::LastAck => "last_ack",
+            TcpState::TimeWait => "time_wait",
+        }
+    }
+
+    /// The state as `ss -tan` prints it.
+    pub const fn ss_name(self) -> &'static str {
+        match self {
+            TcpState::Closed => "CLOSED",
+            TcpState::SynSent => "SYN-SENT",
+            TcpState::SynRecv => "SYN-RECV",
+            TcpState::Established => "ESTAB",
+            TcpState::FinWait1 => "FIN-WAIT-1",
+            TcpState::FinWait2 => "FIN-WAIT-2",
+            TcpState::CloseWait => "CLOSE-WAIT",
+            TcpState::Closing => "CLOSING",
+            TcpState::LastAck => "LAST-ACK",
+            TcpState::TimeWait => "TIME-WAIT",
+        }
+    }
+
+    /// Still opening: counted against the half-open budget, subject to the handshake timeouts.
+    #[inline(always)]
+    pub const fn is_handshake(self) -> bool {
+        matches!(self, TcpState::SynSent | TcpState::SynRecv)
+    }
+
+    /// Done with this connection: a SYN may start a new one on the same key (port reuse).
+    #[inline(always)]
+    pub const fn is_finished(self) -> bool {
+        matches!(self, TcpState::Closed | TcpState::TimeWait)
+    }
+}
+
+impl TryFrom<u8> for TcpState {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        if v as usize >= Self::COUNT {
+            return Err(v);
+        }
+        Ok(Self::from_u8_lossy(v))
+    }
+}
+
+/// Why a well-formed TCP segment changed no state. The `reason` label of
+/// `tcpstate_invalid_segments_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum InvalidReason {
+    SynFin = 0,
+    SynRst = 1,
+    NoFlags = 2,
+    BadFlags = 3,
+    RstOutOfWindow = 4,
+    FinOutOfWindow = 5,
+    /// A SYN-ACK whose acknowledgement number is not the client's ISN + 1.
+    BadSynAck = 6,
+    /// A SYN or SYN-ACK on a connection that is already synchronized.
+    UnexpectedSyn = 7,
+    /// A non-SYN segment on a flow whose endpoints are both closed (late or after an RST).
+    ClosedFlow = 8,
+    /// A FIN or RST for a flow that is not tracked (midstream pickup starts only from plain ACKs).
+    NoFlow = 9,
+}
+
+impl InvalidReason {
+    pub const COUNT: usize = 10;
+    pub const ALL: [InvalidReason; Self::COUNT] = [
+        InvalidReason::SynFin,
+        InvalidReason::SynRst,
+        InvalidReason::NoFlags,
+        InvalidReason::BadFlags,
+        InvalidReason::RstOutOfWindow,
+        InvalidReason::FinOutOfWindow,
+        InvalidReason::BadSynAck,
+        InvalidReason::UnexpectedSyn,
+        InvalidReason::ClosedFlow,
+        InvalidReason::NoFlow,
+    ];
+    pub const fn name(self) -> &'static str {
+        match self {
+            InvalidReason::SynFin => "syn_fin",
+            InvalidReason::SynRst => "syn_rst",
+            InvalidReason::NoFlags => "no_flags",
+            InvalidReason::BadFlags => "bad_flags",
+            InvalidReason::RstOutOfWindow => "rst_out_of_window",
+            InvalidReason::FinOutOfWindow => "fin_out_of_window",
+            InvalidReason::BadSynAck => "bad_synack",
+            InvalidReason::UnexpectedSyn => "unexpected_syn",
+            InvalidReason::ClosedFlow => "closed_flow",
+            InvalidReason::NoFlow => "no_flow",
+        }
+    }
+}
+
+impl From<BadFlags> for InvalidReason {
+    #[inline(always)]
+    fn from(b: BadFlags) -> Self {
+        match b {
+            BadFlags::SynFin => InvalidReason::SynFin,
+            BadFlags::SynRst => InvalidReason::SynRst,
+            BadFlags::NoFlags => InvalidReason::NoFlags,
+            BadFlags::Other => InvalidReason::BadFlags,
+        }
+    }
+}
+
+/// Outcome of an opening handshake. The `result` label of `tcpstate_handshakes_total`
+/// (`timeout` is decided by the daemon's sweeper, the rest by [`step`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Handshake {
+    None = 0,
+    Established = 1,
+    /// An RST answered the SYN: nothing listens on the port.
+    Refused = 2,
+    /// An RST aborted the handshake after the SYN was answered.
+    Reset = 3,
+}
+
+/// Which parts of the record [`step`] changed, so the caller writes only those.
+pub mod write {
+    pub const WORD: u8 = 0x01;
+    pub const SEQ_A: u8 = 0x02;
+    pub const SEQ_B: u8 = 0x04;
+    pub const SINCE_A: u8 = 0x08;
+    pub const SINCE_B: u8 = 0x10;
+    pub const SYN_NS: u8 = 0x20;
+    pub const LAST_SEEN: u8 = 0x40;
+
+    #[inline(always)]
+    pub const fn seq(side: crate::flow::Side) -> u8 {
+        SEQ_A << side as u8
+    }
+    #[inline(always)]
+    pub const fn since(side: crate::flow::Side) -> u8 {
+        SINCE_A << side as u8
+    }
+}
+
+/// What [`step`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// The record after the segment. Equal to the input where `write` has no bit.
+    pub rec: FlowRecord,
+    /// [`write`] bits.
+    pub write: u8,
+    /// Set when the segment was rejected; the record is then unchanged but for `last_seen_s`.
+    pub invalid: Option<InvalidReason>,
+    /// An RST was accepted (both endpoints are now closed).
+    pub rst: bool,
+    pub handshake: Handshake,
+    /// The flow left the half-open phase and gives back its half-open budget slot.
+    pub half_open_released: bool,
+}
+
+const NS_PER_S: u64 = 1_000_000_000;
+/// Largest window an observer assumes when it cannot know one (midstream pickup): 1 GiB, the RFC 7323
+/// maximum (65535 << 14).
+const WIN_UNKNOWN: u32 = 1 << 30;
+
+impl Step {
+    /// A step that has changed nothing yet.
+    pub const EMPTY: Step = Step {
+        rec: FlowRecord {
+            word: 0,
+            seq: [EndpointSeq {
+                isn: 0,
+                end: 0,
+                ack: 0,
+                win: 0,
+            }; 2],
+            since_ns: [0; 2],
+            syn_ns: 0,
+            last_seen_s: 0,
+            _pad: 0,
+        },
+        write: 0,
+        invalid: None,
+        rst: false,
+        handshake: Handshake::None,
+        half_open_released: false,
+    };
+
+    /// Starts a step from `rec`, in place (the kernel keeps its `Step` in a per-CPU scratch slot,
+    /// not on its 512-byte stack).
+    #[inline(always)]
+    fn reset(&mut self, rec: &FlowRecord, now_ns: u64) {
+        self.rec = *rec;
+        self.write = 0;
+        self.invalid = None;
+        self.rst = false;
+        self.handshake = Handshake::None;
+        self.half_open_released = false;
+        let now_s = (now_ns / NS_PER_S) as u32;
+        if now_s != rec.last_seen_s {
+            self.rec.last_seen_s = now_s;
+            self.write |= write::LAST_SEEN;
+        }
+    }
+
+    /// Marks the segment rejected. Nothing of the record changes but the last-seen stamp: every
+    /// `on_*` function rejects before it modifies anything.
+    #[inline(always)]
+    fn reject(&mut self, why: InvalidReason) {
+        self.invalid = Some(why);
+        self.write &= write::LAST_SEEN;
+    }
+}
+
+/// The window a receiver accepts, `[start, start + len)`, or `None` when it has sent nothing we could
+/// learn it from. The stored ack lags the true one by less than half the window (see
+/// [`EndpointSeq::ack`]), so the true window `[rcv_nxt, rcv_nxt + win)` lies inside
+/// `[ack, ack + 1.5 * win)`; the extra 1 keeps a zero window able to accept an exact-match RST.
+#[inline(always)]
+fn receive_window(w: &FlowWord, side: Side, seq: &EndpointSeq) -> Option<(u32, u32)> {
+    if !w.knows(side, known::ACK) {
+        return None;
+    }
+    let win = if seq.win > WIN_UNKNOWN {
+        WIN_UNKNOWN
+    } else {
+        seq.win
+    };
+    Some((seq.ack, win + win / 2 + 1))
+}
+
+/// The sender's advertised window in bytes. RFC 7323: the window of a SYN or SYN-ACK is never
+/// scaled; after the handshake both sides' shifts are in the record (0 when either omitted it).
+#[inline(always)]
+fn scaled_window(w: &FlowWord, side: Side, seg: &Segment) -> u32 {
+    let shift = w.wscale[side.index()];
+    if seg.has(SYN) || shift > WSCALE_MAX {
+        seg.win as u32
+    } else {
+        (seg.win as u32) << shift
+    }
+}
+
+/// Records what a non-SYN segment tells about its sender's receive side. Writes only when the ack
+/// moved more than half a window since the stored one or the window grew: an established bulk flow
+/// costs one write per half window of data, not one per segment.
+#[inline(always)]
+fn learn_receive_side(st: &mut Step, w: &mut FlowWord, s: Side, seg: &Segment) {
+    if !seg.has(ACK) {
+        return;
+    }
+    let win = scaled_window(w, s, seg);
+    let cur = &mut st.rec.seq[s.index()];
+    let stale = !w.knows(s, known::ACK)
+        || seq_diff(seg.ack, cur.ack) > (cur.win / 2) as i32
+        || win > cur.win;
+    if stale {
+        cur.ack = seg.ack;
+        cur.win = win;
+        w.learn(s, known::ACK);
+        st.write |= write::seq(s);
+    }
+}
+
+/// Advances a flow by one segment sent by side `s`. Pure and total.
+#[inline(always)]
+pub fn step(rec: &FlowRecord, s: Side, seg: &Segment, now_ns: u64) -> Step {
+    let mut st = Step::EMPTY;
+    step_into(&mut st, rec, s, seg, now_ns);
+    st
+}
+
+/// [`step`] writing its result into `st`.
+#[inline(always)]
+pub fn step_into(st: &mut Step, rec: &FlowRecord, s: Side, seg: &Segment, now_ns: u64) {
+    st.reset(rec, now_ns);
+    step_in_place(st, s, seg, now_ns);
+}
+
+#[inline(always)]
+fn step_in_place(st: &mut Step, s: Side, seg: &Segment, now_ns: u64) {
+    if let Err(bad) = check_flags(seg.flags) {
+        return st.reject(bad.into());
+    }
+    let old = st.rec.word();
+    let r = s.other();
+    let (s0, r0) = (old.state(s), old.state(r));
+    if seg.flags & (SYN | RST | FIN) == 0
+        && s0 == TcpState::Established
+        && r0 == TcpState::Established
+    {
+        // The segment that arrives millions of times a second: data or an ACK on an established
+        // connection. No transition is possible; at most the sender's ack/window hint moves.
+        // (Separate and inline so the kernel's hot path makes no function call.)
+        let mut w = old;
+        learn_receive_side(st, &mut w, s, seg);
+        if w != old {
+            st.rec.set_word(w);
+            st.write |= write::WORD;
+        }
+        return;
+    }
+    if seg.has(RST) {
+        on_rst(st, old, s, seg)
+    } else if seg.has(SYN) && seg.has(ACK) {
+        on_syn_ack(st, old, s, seg)
+    } else if seg.has(SYN) {
+        on_syn(st, old, s, seg, now_ns)
+    } else if s0 == TcpState::Closed && r0 == TcpState::Closed {
+        st.reject(InvalidReason::ClosedFlow)
+    } else {
+        on_ack_fin(st, old, s, seg, now_ns)
+    }
+    finish(st, old, s, now_ns)
+}
+
+/// Bookkeeping common to every accepted transition: state-entry stamps, handshake outcome, the
+/// half-open budget.
+#[inline(always)]
+fn finish(st: &mut Step, old: FlowWord, s: Side, now_ns: u64) {
+    if st.invalid.is_some() {
+        return;
+    }
+    let mut w = st.rec.word();
+    for side in [Side::A, Side::B] {
+        if w.state[side.index()] != old.state[side.index()] {
+            st.rec.since_ns[side.index()] = now_ns;
+            st.write |= write::since(side);
+        }
+    }
+    let r = s.other();
+    let was_opening = old.state(s).is_handshake() || old.state(r).is_handshake();
+    let is_opening = w.state(s).is_handshake() || w.state(r).is_handshake();
+    if was_opening && !is_opening {
+        st.handshake = if !st.rst {
+            Handshake::Established
+        } else if old.state(r) == TcpState::SynSent && old.state(s) == TcpState::Closed {
+            Handshake::Refused
+        } else {
+            Handshake::Reset
+        };
+    }
+    if w.has(flowflags::HALF_OPEN) && !is_opening {
+        w.flags &= !flowflags::HALF_OPEN;
+        st.half_open_released = true;
+    }
+    if w != old {
+        st.rec.set_word(w);
+        st.write |= write::WORD;
+    }
+}
+
+/// RFC 9293 section 3.10.7.x, as an observer: in SYN-SENT an RST is acceptable if it acknowledges the
+/// SYN; otherwise its sequence number must fall in the receiver's window. RFC 5961 has the receiver
+/// demand an exact match and send a challenge ACK otherwise; an observer accepts the window (the
+/// kernel will accept the RST that follows the challenge anyway) and counts the rest as invalid.
+#[inline(never)]
+fn on_rst(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
+    let r = s.other();
+    let (s0, r0) = (old.state(s), old.state(r));
+    if s0 == TcpState::Closed && r0 == TcpState::Closed {
+        return st.reject(InvalidReason::ClosedFlow);
+    }
+    let rs = &st.rec.seq[r.index()];
+    let acceptable = if r0 == TcpState::SynSent {
+        seg.has(ACK) && old.knows(r, known::END) && seg.ack == rs.end
+    } else if let Some((start, len)) = receive_window(&old, r, rs) {
+        seq_in(seg.seq, start, len)
+    } else {
+        // The receiver has sent nothing we could learn its window from: nothing to check against.
+        true
+    };
+    if !acceptable {
+        return st.reject(InvalidReason::RstOutOfWindow);
+    }
+    let mut w = old;
+    w.set_state(s, TcpState::Closed);
+    w.set_state(r, TcpState::Closed);
+    w.flags |= flowflags::RESET;
+    st.rec.set_word(w);
+    st.rst = true;
+}
+
+/// A SYN without ACK: a new connection, its retransmission, or the second half of a simultaneous open.
+#[inline(never)]
+fn on_syn(st: &mut Step, old: FlowWord, s: Side, seg: &Segment, now_ns: u64) {
+    let r = s.other();
+    let (s0, r0) = (old.state(s), old.state(r));
+    let ss = st.rec.seq[s.index()];
+    if s0 == TcpState::SynSent && old.knows(s, known::ISN) && seg.seq == ss.isn {
+        return; // Retransmitted SYN.
+    }
+    let mut w = old;
+    let fresh = EndpointSeq {
+        isn: seg.seq,
+        end: seg.seq.wrapping_add(1),
+        ack: 0,
+        win: seg.win as u32,
+    };
+    if s0 == TcpState::Closed && r0 == TcpState::SynSent {
+        // Simultaneous open (RFC 9293 figure 7): SYNs cross, each side receives the other's SYN in
+        // SYN-SENT and moves to SYN-RECEIVED.
+        st.rec.seq[s.index()] = fresh;
+        w.forget_side(s);
+        w.learn(s, known::ISN | known::END);
+        w.wscale[s.index()] = seg.wscale;
+        w.set_state(s, TcpState::SynRecv);
+        w.set_state(r, TcpState::SynRecv);
+        st.write |= write::seq(s);
+    } else if s0.is_finished() && r0.is_finished() {
+        // A new connection, possibly reusing the key of one in TIME_WAIT or CLOSED (RFC 9293
+        // section 3.6.1 allows a SYN to reopen from TIME-WAIT).
+        st.rec.seq[s.index()] = fresh;
+        st.rec.seq[r.index()] = EndpointSeq::default();
+        st.rec.syn_ns = now_ns;
+        w.known = 0;
+        w.learn(s, known::ISN | known::END);
+        w.wscale = [WSCALE_NONE, WSCALE_NONE];
+        w.wscale[s.index()] = seg.wscale;
+        w.flags &= flowflags::HALF_OPEN;
+        w.set_client(s);
+        w.set_state(s, TcpState::SynSent);
+        w.set_state(r, TcpState::Closed);
+        st.write |= write::SEQ_A | write::SEQ_B | write::SYN_NS;
+    } else if s0 == TcpState::SynSent {
+        // The client gave up on its first ISN and tries again with another: same attempt.
+        st.rec.seq[s.index()] = fresh;
+        w.wscale[s.index()] = seg.wscale;
+        st.write |= write::seq(s);
+    } else {
+        return st.reject(InvalidReason::UnexpectedSyn);
+    }
+    st.rec.set_word(w);
+}
+
+/// A SYN-ACK: the server answering (client then ESTABLISHED), a simultaneous-open SYN-ACK, or a
+/// retransmission.
+#[inline(never)]
+fn on_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
+    let r = s.other();
+    let (s0, r0) = (old.state(s), old.state(r));
+    let ss = st.rec.seq[s.index()];
+    let rs = st.rec.seq[r.index()];
+    if matches!(s0, TcpState::SynRecv | TcpState::Established)
+        && old.knows(s, known::ISN)
+        && seg.seq == ss.isn
+    {
+        // Retransmitted SYN-ACK (its ACK to the client, or the client's final ACK, was lost). In a
+        // simultaneous open it also completes the receiver, which is still SYN-RECEIVED.
+        if s0 == TcpState::SynRecv && r0 == TcpState::SynRecv && seg.ack == rs.end {
+            let mut w = old;
+            w.set_state(r, TcpState::Established);
+            st.rec.set_word(w);
+            learn_receive_side_word(st, s, seg);
+        }
+        return;
+    }
+    let acks_syn = old.knows(r, known::END) && seg.ack == rs.end;
+    if !acks_syn {
+        return if r0 == TcpState::SynSent || r0 == TcpState::SynRecv {
+            st.reject(InvalidReason::BadSynAck)
+        } else {
+            st.reject(InvalidReason::UnexpectedSyn)
+        };
+    }
+    if !(matches!(s0, TcpState::Closed | TcpState::SynSent) && r0 == TcpState::SynSent) {
+        return st.reject(InvalidReason::UnexpectedSyn);
+    }
+    let mut w = old;
+    st.rec.seq[s.index()] = EndpointSeq {
+        isn: seg.seq,
+        end: seg.seq.wrapping_add(1),
+        ack: seg.ack,
+        win: seg.win as u32,
+    };
+    w.forget_side(s);
+    w.learn(s, known::ISN | known::END | known::ACK);
+    // RFC 7323 section 1.3: scaling is in effect only when both SYNs carried the option.
+    let (ws_s, ws_r) = (seg.wscale, w.wscale[r.index()]);
+    if ws_s > WSCALE_MAX || ws_r > WSCALE_MAX {
+        w.wscale = [0, 0];
+    } else {
+        w.wscale[s.index()] = ws_s;
+    }
+    w.set_state(s, TcpState::SynRecv);
+    w.set_state(r, TcpState::Established);
+    st.rec.set_word(w);
+    st.write |= write::seq(s);
+}
+
+#[inline(always)]
+fn learn_receive_side_word(st: &mut Step, s: Side, seg: &Segment) {
+    let mut w = st.rec.word();
+    learn_receive_side(st, &mut w, s, seg);
+    st.rec.set_word(w);
+}
+
+/// Any segment with ACK and without SYN or RST: data, pure ACKs, FINs. ACK effects on the receiver
+/// are applied before the FIN's, so a FIN+ACK that acknowledges the receiver's own FIN takes it
+/// from FIN-WAIT-1 straight to TIME-WAIT.
+#[inline(never)]
+fn on_ack_fin(st: &mut Step, old: FlowWord, s: Side, seg: &Segment, now_ns: u64) {
+    let r = s.other();
+    let (s0, r0) = (old.state(s), old.state(r));
+    let ss = st.rec.seq[s.index()];
+    let rs = st.rec.seq[r.index()];
+    let fin = seg.has(FIN);
+    let fin_end = seg.seq.wrapping_add(seg.len).wrapping_add(1);
+    let fin_repeat = fin
+        && old.knows(s, known::END)
+        && fin_end == ss.end
+        && !s0.is_handshake()
+        && s0 != TcpState::Established;
+    if fin && !fin_repeat {
+        // The FIN (with any payload before it) must overlap the receiver's window, or a blind FIN
+        // could tear the mirror down.
+        if let Some((start, len)) = receive_window(&old, r, &rs) {
+            let last = seg.seq.wrapping_add(seg.len);
+            if !(seq_ge(last, start) && seq_diff(seg.seq, start) < len as i32) {
+                return st.reject(InvalidReason::FinOutOfWindow);
+            }
+        }
+    }
+    let mut w = old;
+    learn_receive_side(st, &mut w, s, seg);
+
+    // What the ACK tells about the receiver's SYN or FIN. An unknown `end` (seeded or midstream
+    // records) is taken as acknowledged: the observer has nothing better.
+    let acks_r = !old.knows(r, known::END) || seq_ge(seg.ack, rs.end);
+    let mut r1 = r0;
+    let mut s1 = s0;
+    if acks_r {
+        r1 = match r0 {
+            TcpState::SynRecv => TcpState::Established,
+            TcpState::FinWait1 => TcpState::FinWait2,
+            TcpState::Closing => TcpState::TimeWait,
+            TcpState::LastAck => TcpState::Closed,
+            other => other,
+        };
+        // The SYN-ACK was not seen (tap port seeing one direction late): its ACK proves it.
+        if s0 == TcpState::SynSent && r0 == TcpState::SynRecv {
+            s1 = TcpState::Established;
+        }
+    }
+
+    if fin && fin_repeat {
+        if s0 == TcpState::Closed && r0 == TcpState::TimeWait {
+            // The final ACK was lost: the peer in LAST-ACK resends its FIN (RFC 9293 section
+            // 3.10.7.4), and TIME-WAIT restarts its 2MSL timer when it acknowledges it again.
+            s1 = TcpState::LastAck;
+        }
+        if r1 == TcpState::TimeWait {
+            st.rec.since_ns[r.index()] = now_ns;
+            st.write |= write::since(r);
+        }
+    } else if fin {
+        s1 = match s1 {
+            TcpState::Established | TcpState::SynRecv => TcpState::FinWait1,
+            TcpState::CloseWait => TcpState::LastAck,
+            other => other,
+        };
+        if s1 != s0 {
+            st.rec.seq[s.index()].end = fin_end;
+            w.learn(s, known::END);
+            st.write |= write::seq(s);
+        }
+        r1 = match r1 {
+            TcpState::Established | TcpState::SynRecv => TcpState::CloseWait,
+            TcpState::FinWait1 => TcpState::Closing,
+            TcpState::FinWait2 => TcpState::TimeWait,
+            other => other,
+        };
+    }
+    w.set_state(s, s1);
+    w.set_state(r, r1);
+    st.rec.set_word(w);
+}
+
+/// How a flow the table does not hold yet starts, when it may start at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opening {
+    /// A SYN: a new connection. Counts against the half-open budget.
+    Syn,
+    /// A SYN-ACK whose SYN was not seen. Counts against the half-open budget.
+    SynAck,
+    /// A plain ACK or data: picked up midstream as ESTABLISHED on both sides.
+    Midstream,
+}
+
+/// Builds the record for a segment of an untracked flow: the record as it must have been just before
+/// the segment, advanced by [`step`]. `counted` is [`FlowWord::counted`]. Returns the reason when
+/// such a segment cannot start tracking (RST, FIN and invalid flags).
+pub fn open(
+    s: Side,
+    seg: &Segment,
+    counted: u8,
+    now_ns: u64,
+    ports: [u16; 2],
+) -> Result<(Opening, Step), InvalidReason> {
+    let mut st = Step::EMPTY;
+    let opening = open_into(&mut st, s, seg, counted, now_ns, ports)?;
+    Ok((opening, st))
+}
+
+/// [`open`] writing its result into `st`.
+#[inline(always)]
+pub fn open_into(
+    st: &mut Step,
+    s: Side,
+    seg: &Segment,
+    counted: u8,
+    now_ns: u64,
+    ports: [u16; 2],
+) -> Result<Opening, InvalidReason> {
+    if let Err(bad) = check_flags(seg.flags) {
+        return Err(bad.into());
+    }
+    let r = s.other();
+    let mut w = FlowWord {
+        counted,
+        wscale: [WSCALE_NONE, WSCALE_NONE],
+        ..FlowWord::default()
+    };
+    st.reset(&Step::EMPTY.rec, now_ns);
+    let rec = &mut st.rec;
+    let opening = if seg.has(RST) || seg.has(FIN) {
+        return Err(InvalidReason::NoFlow);
+    } else if seg.has(SYN) && !seg.has(ACK) {
+        Opening::Syn
+    } else if seg.has(SYN) {
+        // The client's SYN, reconstructed from the acknowledgement number.
+        let isn = seg.ack.wrapping_sub(1);
+        rec.seq[r.index()] = EndpointSeq {
+            isn,
+            end: seg.ack,
+            ack: 0,
+            win: 0,
+        };
+        w.learn(r, known::ISN | known::END);
+        w.flags |= flowflags::MIDSTREAM;
+        w.set_client(r);
+        w.set_state(r, TcpState::SynSent);
+        rec.syn_ns = now_ns;
+        Opening::SynAck
+    } else {
+        // Midstream: both ESTABLISHED. The client is guessed to be the side with the higher
+        // (ephemeral) port. The receiver should be acknowledging about `seg.seq`; its window and
+        // both scale factors are unknown, so assume the largest.
+        w.flags |= flowflags::MIDSTREAM | flowflags::ROLE_GUESSED;
+        w.set_client(if ports[1] > ports[0] {
+            Side::B
+        } else {
+            Side::A
+        });
+        w.wscale = [WSCALE_MAX, WSCALE_MAX];
+        w.set_state(s, TcpState::Established);
+        w.set_state(r, TcpState::Established);
+        rec.seq[r.index()] = EndpointSeq {
+            isn: 0,
+            end: 0,
+            ack: seg.seq,
+            win: WIN_UNKNOWN,
+        };
+        w.learn(r, known::ACK);
+        Opening::Midstream
+    };
+    rec.since_ns = [now_ns, now_ns];
+    rec.set_word(w);
+    step_in_place(st, s, seg, now_ns);
+    if opening != Opening::Midstream && st.invalid.is_none() {
+        let mut w = st.rec.word();
+        w.flags |= flowflags::HALF_OPEN;
+        st.rec.set_word(w);
+    }
+    Ok(opening)
+}

@@ -1,0 +1,81 @@
+//! tcpstate's kernel programs. Entry points only: parsing and the state machine are
+//! tcpstate-common's, the map glue is `track`.
+//!
+//! Every program fails open: whatever happens, the packet goes on untouched.
+#![no_std]
+#![no_main]
+
+mod packet;
+mod track;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use tcpstate_common::{
+    counters::Hook,
+    packet::{Packet, SkipReason},
+};
+
+use crate::{
+    packet::{parse_frame, Frame, ParseStatus},
+    track::{track, Scratch, View},
+};
+
+/// TCX "next": let the rest of the chain (or the stack) have the packet, as a monitor must.
+const TCX_NEXT: i32 = -1;
+/// Bytes a TC program pulls into the linear area when headers straddle it: Ethernet, two VLAN
+/// tags, IPv6 with a few extension headers and a TCP header with options.
+const TC_PULL: u32 = 256;
+
+/// Host mode, ingress: segments arriving for local endpoints.
+#[xdp]
+pub fn tcpstate_xdp_host(ctx: XdpContext) -> u32 {
+    if let Some(scratch) = Scratch::get() {
+        let status = parse_frame(&Frame::xdp(&ctx), &mut scratch.pkt);
+        track(status, scratch, Hook::Xdp, View::HostIngress);
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Tap mode: a port that sees both directions (mirror port, `lo`).
+#[xdp]
+pub fn tcpstate_xdp_tap(ctx: XdpContext) -> u32 {
+    if let Some(scratch) = Scratch::get() {
+        let status = parse_frame(&Frame::xdp(&ctx), &mut scratch.pkt);
+        track(status, scratch, Hook::Xdp, View::Tap);
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Host mode, egress: segments local endpoints send.
+#[classifier]
+pub fn tcpstate_tc_egress(ctx: TcContext) -> i32 {
+    let Some(scratch) = Scratch::get() else {
+        return TCX_NEXT;
+    };
+    let frame = Frame::tc(&ctx);
+    let mut status = parse_frame(&frame, &mut scratch.pkt);
+    // Headers outside the linear area (possible for locally built skbs): pull them in and parse
+    // again. Only the parse repeats.
+    if status == ParseStatus::Skip(SkipReason::Truncated) && frame.len() > frame.readable() {
+        let want = if ctx.len() < TC_PULL {
+            ctx.len()
+        } else {
+            TC_PULL
+        };
+        if ctx.pull_data(want).is_ok() {
+            status = parse_frame(&Frame::tc(&ctx), &mut scratch.pkt);
+        }
+    }
+    track(status, scratch, Hook::Tc, View::HostEgress);
+    TCX_NEXT
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program (no panicking paths survive verification).
+    loop {}
+}

@@ -1,0 +1,85 @@
+//! [`Packet`] over XDP and TC packet memory: every read compared against `data_end`, the shape the
+//! verifier proves safe.
+
+use aya_ebpf::programs::{TcContext, XdpContext};
+use tcpstate_common::packet::{parse, Packet, Parsed, SkipReason, TcpPacket, MAX_HEADER_OFFSET};
+
+pub struct Frame {
+    data: usize,
+    data_end: usize,
+    len: usize,
+}
+
+impl Frame {
+    #[inline(always)]
+    pub fn xdp(ctx: &XdpContext) -> Frame {
+        Frame {
+            data: ctx.data(),
+            data_end: ctx.data_end(),
+            len: ctx.data_end() - ctx.data(),
+        }
+    }
+
+    /// TC sees the skb's linear part; `len` is the whole skb (GSO super-packets included).
+    #[inline(always)]
+    pub fn tc(ctx: &TcContext) -> Frame {
+        Frame {
+            data: ctx.data(),
+            data_end: ctx.data_end(),
+            len: ctx.len() as usize,
+        }
+    }
+
+    #[inline(always)]
+    pub fn readable(&self) -> usize {
+        self.data_end - self.data
+    }
+}
+
+impl Packet for Frame {
+    #[inline(always)]
+    fn read<T: Copy>(&self, off: usize) -> Option<T> {
+        // An explicit bound on the offset: the verifier needs a known maximum before it accepts a
+        // packet pointer with a variable offset. No header we look for lies further in.
+        if off > MAX_HEADER_OFFSET + 64 {
+            return None;
+        }
+        let start = self.data + off;
+        if start + core::mem::size_of::<T>() > self.data_end {
+            return None;
+        }
+        // SAFETY: [start, start + size) lies inside the packet (checked against data_end above);
+        // T is a plain integer type; the read may be unaligned (allowed for packet memory on the
+        // architectures the object is built for, and compiled as such by bpf-linker).
+        Some(unsafe { core::ptr::read_unaligned(start as *const T) })
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// Parses a frame into `out`, returning `Parsed::Tcp` with the same value or why it is not a
+/// segment. A BPF function of its own so the parser's stack frame is gone by the time the flow
+/// update runs (the verifier adds up the frames of a call chain against 512 bytes). The packet
+/// pointers reach it through `frame`; as a static function it is verified in its caller's context.
+#[inline(never)]
+pub fn parse_frame(frame: &Frame, out: &mut TcpPacket) -> ParseStatus {
+    match parse(frame) {
+        Parsed::Tcp(t) => {
+            *out = t;
+            ParseStatus::Tcp
+        }
+        Parsed::NotTcp => ParseStatus::NotTcp,
+        Parsed::Skip(why) => ParseStatus::Skip(why),
+    }
+}
+
+/// [`Parsed`] without its payload, which `parse_frame` leaves in the caller's scratch slot.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ParseStatus {
+    NotTcp,
+    Tcp,
+    Skip(SkipReason),
+}

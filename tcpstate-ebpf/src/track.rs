@@ -1,0 +1,260 @@
+//! One segment through the flow table: look up, run the shared state machine, write back, count.
+//! All decisions are tcpstate-common's; this file only touches maps.
+
+use crate::packet::ParseStatus;
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+    Global,
+};
+use tcpstate_common::{
+    commit::{atomic_add, commit},
+    counters::{for_each_delta, idx, Hook, UntrackedReason},
+    flow::{flowflags, FlowKey, FlowRecord, FlowWord, Side},
+    maps::{Config, TableCounters, UserCounters, CAPACITY_SLACK},
+    packet::TcpPacket,
+    state::{open_into, step_into, write, Opening, Step},
+};
+
+/// Default capacity compiled into the object; the daemon sets the real one at load time.
+const DEFAULT_CAPACITY: u32 = 131_072;
+
+// No preallocation: elements are allocated on insert and freed after an RCU grace period, so a
+// record the daemon deletes can never be reused under a program still holding its pointer. LRU is
+// avoided on purpose: it evicts silently and incrementally kept gauges would drift.
+#[map(name = "TCPSTATE_FLOWS")]
+static FLOWS: HashMap<FlowKey, FlowRecord> =
+    HashMap::pinned(DEFAULT_CAPACITY + CAPACITY_SLACK, BPF_F_NO_PREALLOC);
+
+#[map(name = "TCPSTATE_COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(idx::COUNT, 0);
+
+#[map(name = "TCPSTATE_TABLE")]
+static TABLE: Array<TableCounters> = Array::pinned(1, 0);
+
+#[map(name = "TCPSTATE_USER")]
+static USER: Array<UserCounters> = Array::pinned(1, 0);
+
+/// Working space for one segment: the parsed packet and the state machine's [`Step`]. Both are too
+/// big for the 512-byte stack, which the verifier sums over a call chain.
+pub struct Scratch {
+    pub pkt: TcpPacket,
+    pub step: Step,
+}
+
+#[map(name = "TCPSTATE_SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+impl Scratch {
+    /// This CPU's slot. Nothing else runs on this CPU while a program does (see `bump`), and each
+    /// program run overwrites what it reads before reading it.
+    #[inline(always)]
+    pub fn get() -> Option<&'static mut Scratch> {
+        // SAFETY: per-CPU array value, valid for the program run, exclusively ours (above).
+        SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+    }
+}
+
+#[unsafe(no_mangle)]
+static TCPSTATE_CONFIG: Global<Config> = Global::new(Config {
+    capacity: DEFAULT_CAPACITY as u64,
+    half_open_budget: DEFAULT_CAPACITY as u64 / 4,
+});
+
+/// Where the program sits, which decides who is local.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// Host mode, XDP: the receiver is the local endpoint.
+    HostIngress,
+    /// Host mode, TC egress: the sender is the local endpoint.
+    HostEgress,
+    /// Tap mode: both directions on one port; both endpoints counted.
+    Tap,
+}
+
+/// Racing CPUs rarely collide more than once; after this many lost compare-and-swaps the segment is
+/// dropped from tracking rather than spinning (the verifier also wants a bound).
+const MAX_ATTEMPTS: u32 = 4;
+
+#[inline(always)]
+pub fn count(slot: u32) {
+    bump(slot, 1);
+}
+
+#[inline(always)]
+fn bump(slot: u32, delta: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot; XDP runs in softirq and TC egress with bottom halves disabled, so
+        // nothing else updates this CPU's copy concurrently.
+        unsafe { *p = (*p).wrapping_add(delta) };
+    }
+}
+
+#[inline(always)]
+fn table_add(field: fn(*mut TableCounters) -> *mut u64) {
+    if let Some(t) = TABLE.get_ptr_mut(0) {
+        // SAFETY: array value pointers are valid and 8-byte aligned; fields are u64.
+        unsafe { atomic_add(field(t), 1) };
+    }
+}
+
+/// Tracks one parsed frame. Never fails the packet: every outcome is a counter.
+#[inline(always)]
+pub fn track(status: ParseStatus, scratch: &mut Scratch, hook: Hook, view: View) {
+    match status {
+        ParseStatus::NotTcp => return,
+        ParseStatus::Skip(why) => return count(idx::SKIPPED + why as u32),
+        ParseStatus::Tcp => {}
+    }
+    bump(idx::SEGMENTS + hook as u32, 1);
+    // SAFETY: helper without arguments. The coarse clock (jiffies resolution) is enough for
+    // last-seen stamps; transitions re-stamp with the precise clock (`precise_stamps`).
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let mut attempt = 0;
+    while attempt < MAX_ATTEMPTS {
+        attempt += 1;
+        match update(scratch, view, now) {
+            Found::Done => return,
+            Found::Raced => continue,
+            Found::Missing => {
+                if insert_new(scratch, view, now) {
+                    return;
+                }
+                // Another CPU inserted the key first: update theirs.
+            }
+        }
+    }
+}
+
+/// What [`update`] found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Done,
+    /// Another CPU changed the record between our read and our write.
+    Raced,
+    Missing,
+}
+
+/// Looks the flow up and advances it. A BPF function of its own, working on the scratch copy of
+/// the segment, never on packet memory.
+#[inline(never)]
+fn update(scratch: &mut Scratch, view: View, now: u64) -> Found {
+    let tcp = &scratch.pkt;
+    let (key, sender) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);
+    let _ = view;
+    let Some(ptr) = FLOWS.get_ptr_mut(&key) else {
+        return Found::Missing;
+    };
+    // SAFETY: a value pointer returned by lookup stays valid for this program run (RCU). The
+    // record is read in place; the word it was computed from is re-checked by `commit`.
+    let rec = unsafe { &*ptr };
+    let word = rec.word;
+    let st = &mut scratch.step;
+    step_into(st, rec, sender, &scratch.pkt.seg, now);
+    if st.write == 0 && st.invalid.is_none() {
+        return Found::Done; // The hot path: established data and ACKs within a coarse second.
+    }
+    precise_stamps(st);
+    // SAFETY: as above; map values are 8-byte aligned.
+    if !unsafe { commit(ptr, word, st) } {
+        return Found::Raced;
+    }
+    account(FlowWord::from_bits(word), st, sender);
+    Found::Done
+}
+
+/// Transitions stamp state-entry times with the precise clock (handshake durations need
+/// microseconds); only they pay for it.
+#[inline(always)]
+fn precise_stamps(st: &mut Step) {
+    if st.write & (write::SINCE_A | write::SINCE_B | write::SYN_NS) == 0 {
+        return;
+    }
+    // SAFETY: helper without arguments.
+    let precise = unsafe { bpf_ktime_get_ns() };
+    for side in [Side::A, Side::B] {
+        if st.write & write::since(side) != 0 {
+            st.rec.since_ns[side.index()] = precise;
+        }
+    }
+    if st.write & write::SYN_NS != 0 {
+        st.rec.syn_ns = precise;
+    }
+}
+
+#[inline(always)]
+fn account(old: FlowWord, st: &Step, sender: Side) {
+    for_each_delta(old, st, sender, bump);
+    if st.half_open_released {
+        table_add(|t| unsafe { core::ptr::addr_of_mut!((*t).half_open_released) });
+    }
+}
+
+/// Starts tracking a flow the table does not hold. Returns `false` only when another CPU inserted
+/// the same key meanwhile. A separate BPF function: its frame (the opening record and its step)
+/// does not add to the lookup path's stack.
+#[inline(never)]
+fn insert_new(scratch: &mut Scratch, view: View, now: u64) -> bool {
+    let tcp = &scratch.pkt;
+    let (key, sender) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);
+    let counted = match view {
+        View::HostIngress => sender.other().bit(),
+        View::HostEgress => sender.bit(),
+        View::Tap => Side::A.bit() | Side::B.bit(),
+    };
+    let st = &mut scratch.step;
+    let opening = match open_into(st, sender, &scratch.pkt.seg, counted, now, key.port) {
+        Ok(v) => v,
+        Err(why) => {
+            bump(idx::INVALID + why as u32, 1);
+            return true;
+        }
+    };
+    if st.invalid.is_some() {
+        bump(idx::INVALID + st.invalid.map_or(0, |w| w as u32), 1);
+        return true;
+    }
+    // Know the fill before inserting: a SYN must never pay for a failed insert into a full map.
+    let cfg = TCPSTATE_CONFIG.load();
+    let (Some(table), Some(user)) = (TABLE.get(0), USER.get(0)) else {
+        return true;
+    };
+    let (fill, half_open) = table.fill(user);
+    if fill >= cfg.capacity {
+        bump(idx::UNTRACKED + UntrackedReason::TableFull as u32, 1);
+        return true;
+    }
+    let half = opening != Opening::Midstream;
+    if half && half_open >= cfg.half_open_budget {
+        bump(idx::UNTRACKED + UntrackedReason::HalfOpenBudget as u32, 1);
+        return true;
+    }
+    // SAFETY: helper without arguments.
+    let precise = unsafe { bpf_ktime_get_ns() };
+    st.rec.since_ns = [precise, precise];
+    if st.rec.syn_ns != 0 {
+        st.rec.syn_ns = precise;
+    }
+    match FLOWS.insert(&key, &st.rec, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // -EEXIST: lost the race to another CPU.
+        Err(-17) => return false,
+        Err(_) => {
+            bump(idx::UNTRACKED + UntrackedReason::InsertFailed as u32, 1);
+            return true;
+        }
+    }
+    table_add(|t| unsafe { core::ptr::addr_of_mut!((*t).inserted) });
+    if st.rec.word().has(flowflags::HALF_OPEN) {
+        table_add(|t| unsafe { core::ptr::addr_of_mut!((*t).half_open_inserted) });
+    }
+    bump(idx::opened(opening), 1);
+    let before = FlowWord {
+        counted,
+        ..FlowWord::default()
+    };
+    for_each_delta(before, st, sender, bump);
+    true
+}

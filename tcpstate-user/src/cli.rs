@@ -1,0 +1,127 @@
+//! Command-line surface (clap). Raw arguments only: `config` validates them into a `RunConfig`.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcpstate",
+    version,
+    about = "Mirror every TCP connection's state in the kernel (XDP + TC) and export it to Prometheus"
+)]
+pub struct Cli {
+    /// Log level filter (error, warn, info, debug, trace), or a tracing directive.
+    #[arg(long, global = true, env = "TCPSTATE_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and attach the kernel programs and serve /metrics until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// List the tracked flows of a running daemon, with both endpoints' states and ages.
+    Flows(FlowsArgs),
+    /// Remove the pinned maps a daemon left behind (programs detach when the daemon exits).
+    Cleanup(PinArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// XDP on ingress and TC on egress: counts local endpoints (comparable to `ss -tan`).
+    Host,
+    /// XDP only, on a port that sees both directions (mirror port, lo): counts both endpoints.
+    Tap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    /// Native (driver) mode where the driver supports it, else generic.
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Directory under bpffs where the daemon pins its maps.
+    #[arg(long, env = "TCPSTATE_PIN_DIR", default_value = "/sys/fs/bpf/tcpstate")]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Interface to watch; repeat for several. Default: the interface of the default route.
+    #[arg(
+        long = "iface",
+        short = 'i',
+        env = "TCPSTATE_IFACE",
+        value_delimiter = ','
+    )]
+    pub ifaces: Vec<String>,
+    /// host: XDP ingress + TC egress; tap: XDP only, both directions on one port. `lo` is always tap.
+    #[arg(long, env = "TCPSTATE_MODE", value_enum, default_value = "host")]
+    pub mode: Mode,
+    /// XDP attach mode.
+    #[arg(long, env = "TCPSTATE_XDP_MODE", value_enum, default_value = "auto")]
+    pub xdp_mode: XdpModeArg,
+    /// Address the /metrics endpoint listens on.
+    #[arg(long, env = "TCPSTATE_LISTEN", default_value = "0.0.0.0:9477")]
+    pub listen: SocketAddr,
+    /// Flows the kernel table holds at most.
+    #[arg(long, env = "TCPSTATE_MAX_FLOWS", default_value_t = 131_072)]
+    pub max_flows: u32,
+    /// Flows in the handshake (SYN seen, not yet established) the table holds at most, so a SYN
+    /// flood cannot crowd out established flows. Default: a quarter of --max-flows.
+    #[arg(long, env = "TCPSTATE_HALF_OPEN_BUDGET")]
+    pub half_open_budget: Option<u32>,
+    /// TIME_WAIT lifetime (2*MSL; Linux uses 60s).
+    #[arg(long, env = "TCPSTATE_TIME_WAIT", default_value = "60s")]
+    pub time_wait: Duration,
+    /// SYN_SENT lifetime without an answer (Linux gives up after 127s with tcp_syn_retries=6).
+    #[arg(long, env = "TCPSTATE_SYN_SENT_TIMEOUT", default_value = "130s")]
+    pub syn_sent_timeout: Duration,
+    /// SYN_RECV lifetime without the final ACK (Linux gives up after 63s with tcp_synack_retries=5).
+    #[arg(long, env = "TCPSTATE_SYN_RECV_TIMEOUT", default_value = "65s")]
+    pub syn_recv_timeout: Duration,
+    /// FIN_WAIT_2 lifetime (Linux tcp_fin_timeout: 60s).
+    #[arg(long, env = "TCPSTATE_FIN_WAIT2_TIMEOUT", default_value = "60s")]
+    pub fin_wait2_timeout: Duration,
+    /// Idle time after which FIN_WAIT_1, CLOSING and LAST_ACK are given up.
+    #[arg(long, env = "TCPSTATE_CLOSING_TIMEOUT", default_value = "2m")]
+    pub closing_timeout: Duration,
+    /// Idle time after which an ESTABLISHED flow is dropped (the kernel keeps idle connections
+    /// forever; 5 days is conntrack's default).
+    #[arg(long, env = "TCPSTATE_ESTABLISHED_IDLE_TIMEOUT", default_value = "5d")]
+    pub established_idle_timeout: Duration,
+    /// How long a flow whose endpoints are both closed is kept, so late segments are recognized.
+    #[arg(long, env = "TCPSTATE_CLOSED_LINGER", default_value = "10s")]
+    pub closed_linger: Duration,
+    /// How often the background walk expires flows and refreshes ages.
+    #[arg(long, env = "TCPSTATE_SWEEP_INTERVAL", default_value = "1s")]
+    pub sweep_interval: Duration,
+    /// Do not seed the table from the kernel's socket table at start-up.
+    #[arg(long, env = "TCPSTATE_NO_SEED")]
+    pub no_seed: bool,
+    #[command(flatten)]
+    pub pins: PinArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FlowsArgs {
+    /// Print JSON, one array of flows.
+    #[arg(long)]
+    pub json: bool,
+    /// Only flows with an endpoint in this state (e.g. close_wait, time_wait).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only flows with an endpoint on this port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[command(flatten)]
+    pub pins: PinArgs,
+}

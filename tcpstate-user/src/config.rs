@@ -1,0 +1,188 @@
+//! Validated configuration: what `tcpstate run` does, decided once from the raw arguments.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time};
+
+use crate::{
+    cli::{Mode, RunArgs, XdpModeArg},
+    error::Preflight,
+    netif,
+};
+
+/// A duration written like `500ms`, `3s`, `90s`, `2m`, `1h`, `5d`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Duration(pub time::Duration);
+
+impl FromStr for Duration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration: write it like 3s, 90s, 2m"))?;
+        let ms = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" => return Err(format!("{s:?} has no unit: write it like {s}s or {s}m")),
+            _ => {
+                return Err(format!(
+                    "{s:?} has an unknown unit {unit:?}: use ms, s, m, h or d"
+                ))
+            }
+        };
+        n.checked_mul(ms)
+            .map(|ms| Duration(time::Duration::from_millis(ms)))
+            .ok_or_else(|| format!("{s:?} is too long"))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}s", self.0.as_secs_f64())
+    }
+}
+
+/// Lifetimes the sweeper enforces (the kernel programs never expire anything).
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub time_wait: time::Duration,
+    pub syn_sent: time::Duration,
+    pub syn_recv: time::Duration,
+    pub fin_wait2: time::Duration,
+    pub closing_idle: time::Duration,
+    pub established_idle: time::Duration,
+    pub closed_linger: time::Duration,
+}
+
+/// How one interface is watched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub iface: String,
+    pub mode: Mode,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub attachments: Vec<Attachment>,
+    pub xdp_mode: XdpModeArg,
+    pub listen: SocketAddr,
+    pub capacity: u32,
+    pub half_open_budget: u32,
+    pub timeouts: Timeouts,
+    pub sweep_interval: time::Duration,
+    pub seed: bool,
+    pub pin_dir: PathBuf,
+}
+
+/// Largest table the daemon will ask for (the map's max_entries is a u32, and past this the
+/// kernel memory, ~160 bytes a flow, stops being a reasonable default mistake).
+const MAX_CAPACITY: u32 = 16 * 1024 * 1024;
+
+impl RunConfig {
+    pub fn from_args(a: &RunArgs) -> Result<RunConfig, ConfigError> {
+        let mut ifaces = a.ifaces.clone();
+        if ifaces.is_empty() {
+            ifaces.push(
+                netif::default_route_interface()
+                    .ok_or(ConfigError::Preflight(Preflight::NoDefaultRoute))?,
+            );
+        }
+        ifaces.dedup();
+        let attachments = ifaces
+            .into_iter()
+            .map(|iface| {
+                // On lo every segment passes twice through the same device (out, then in): host mode
+                // would see each one on both hooks, so lo is always tap mode.
+                let mode = if iface == "lo" { Mode::Tap } else { a.mode };
+                Attachment { iface, mode }
+            })
+            .collect();
+        if a.max_flows == 0 || a.max_flows > MAX_CAPACITY {
+            return Err(ConfigError::Invalid(format!(
+                "--max-flows must be between 1 and {MAX_CAPACITY}, not {}",
+                a.max_flows
+            )));
+        }
+        let half_open_budget = a.half_open_budget.unwrap_or((a.max_flows / 4).max(1));
+        if half_open_budget == 0 || half_open_budget > a.max_flows {
+            return Err(ConfigError::Invalid(format!(
+                "--half-open-budget must be between 1 and --max-flows ({}), not {half_open_budget}",
+                a.max_flows
+            )));
+        }
+        let positive = |name: &str, d: Duration| {
+            if d.0.is_zero() {
+                Err(ConfigError::Invalid(format!(
+                    "{name} must be longer than 0s"
+                )))
+            } else {
+                Ok(d.0)
+            }
+        };
+        Ok(RunConfig {
+            attachments,
+            xdp_mode: a.xdp_mode,
+            listen: a.listen,
+            capacity: a.max_flows,
+            half_open_budget,
+            timeouts: Timeouts {
+                time_wait: positive("--time-wait", a.time_wait)?,
+                syn_sent: positive("--syn-sent-timeout", a.syn_sent_timeout)?,
+                syn_recv: positive("--syn-recv-timeout", a.syn_recv_timeout)?,
+                fin_wait2: positive("--fin-wait2-timeout", a.fin_wait2_timeout)?,
+                closing_idle: positive("--closing-timeout", a.closing_timeout)?,
+                established_idle: positive(
+                    "--established-idle-timeout",
+                    a.established_idle_timeout,
+                )?,
+                closed_linger: positive("--closed-linger", a.closed_linger)?,
+            },
+            sweep_interval: positive("--sweep-interval", a.sweep_interval)?,
+            seed: !a.no_seed,
+            pin_dir: a.pins.pin_dir.clone(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Preflight(#[from] Preflight),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_reject_the_rest() {
+        assert_eq!(
+            "3s".parse::<Duration>().unwrap().0,
+            time::Duration::from_secs(3)
+        );
+        assert_eq!(
+            "2m".parse::<Duration>().unwrap().0,
+            time::Duration::from_secs(120)
+        );
+        assert_eq!(
+            "500ms".parse::<Duration>().unwrap().0,
+            time::Duration::from_millis(500)
+        );
+        assert_eq!(
+            "5d".parse::<Duration>().unwrap().0,
+            time::Duration::from_secs(432_000)
+        );
+        assert!("90".parse::<Duration>().unwrap_err().contains("no unit"));
+        assert!("3x"
+            .parse::<Duration>()
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!("s".parse::<Duration>().is_err());
+    }
+}

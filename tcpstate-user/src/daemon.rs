@@ -1,0 +1,205 @@
+//! `tcpstate run`: preflight, load, attach, seed, then serve /metrics while the sweeper walks the
+//! table, until SIGINT or SIGTERM.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use aya::maps::MapError;
+use tcpstate_common::maps::UserCounters;
+use tracing::{info, warn};
+
+use crate::{
+    cli::Mode,
+    config::RunConfig,
+    error::Preflight,
+    http, loader,
+    metrics::{self, Scrape},
+    netif, seed, sockdiag,
+    sweeper::{self, monotonic_ns, SweepReport},
+    tables::{self, Books, Flows},
+};
+
+/// `bpf(2)` update flag: insert only if the key is absent (include/uapi/linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
+
+/// What the scrape and the sweeper share. Scrapes hold the lock for one read of the counters.
+struct State {
+    books: Books,
+    user: UserCounters,
+    report: SweepReport,
+}
+
+pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
+    loader::preflight(&cfg)?;
+    // Bind first: a busy port is reported before anything is attached.
+    let listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| Preflight::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    listener.set_nonblocking(true)?;
+    let mut ebpf = loader::load(&cfg)?;
+    let attached = loader::attach(&mut ebpf, &cfg)?;
+    let (mut flows, mut books) = tables::from_ebpf(&mut ebpf)?;
+    // The daemon's side of the books survives restarts in its pinned map.
+    let mut user = books.user()?;
+    if cfg.seed {
+        seed_from_kernel(&cfg, &mut flows, &mut user);
+        books.set_user(&user)?;
+    }
+    let state = Arc::new(Mutex::new(State {
+        books,
+        user,
+        report: SweepReport::default(),
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sweeper = spawn_sweeper(flows, state.clone(), stop.clone(), &cfg);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(serve(listener, state, attached, &cfg));
+    stop.store(true, Ordering::Relaxed);
+    let _ = sweeper.join();
+    // Dropping the object closes the link and program descriptors: the kernel detaches them.
+    drop(ebpf);
+    info!(
+        "detached; flow table stays pinned in {}",
+        cfg.pin_dir.display()
+    );
+    result
+}
+
+fn seed_from_kernel(cfg: &RunConfig, flows: &mut Flows, user: &mut UserCounters) {
+    let sockets = match sockdiag::dump_tcp() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot read the kernel's socket table; counts fill in as segments arrive");
+            return;
+        }
+    };
+    let scope = seed::Scope {
+        host: cfg
+            .attachments
+            .iter()
+            .filter(|a| a.mode == Mode::Host)
+            .flat_map(|a| netif::addresses(&a.iface))
+            .collect::<HashSet<_>>(),
+        loopback: cfg.attachments.iter().any(|a| a.iface == "lo"),
+    };
+    let mut seeded = 0;
+    for (key, rec) in seed::records(&sockets, &scope, monotonic_ns()) {
+        // BPF_NOEXIST: a flow the programs already track (attached before seeding) wins.
+        match flows.0.insert(key, rec, BPF_NOEXIST) {
+            Ok(()) => {
+                user.record_insert(rec.word());
+                seeded += 1;
+            }
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => warn!(error = %e, "could not seed a flow"),
+        }
+    }
+    info!(
+        seeded,
+        sockets = sockets.len(),
+        "seeded the flow table from the kernel's socket table"
+    );
+}
+
+fn spawn_sweeper(
+    mut flows: Flows,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+    cfg: &RunConfig,
+) -> std::thread::JoinHandle<()> {
+    let (interval, timeouts) = (cfg.sweep_interval, cfg.timeouts);
+    std::thread::Builder::new()
+        .name("sweeper".into())
+        .spawn(move || {
+            let mut report = SweepReport::default();
+            while !stop.load(Ordering::Relaxed) {
+                let mut user = state.lock().expect("state lock").user;
+                let removed = sweeper::sweep(&mut flows, &mut user, &timeouts, &mut report);
+                {
+                    let mut s = state.lock().expect("state lock");
+                    s.report = report.clone();
+                    if removed > 0 {
+                        s.user = user;
+                        if let Err(e) = s.books.set_user(&user) {
+                            warn!(error = %e, "could not store the daemon's counters");
+                        }
+                    }
+                }
+                // Sleep in short steps so shutdown is prompt.
+                let mut slept = Duration::ZERO;
+                while slept < interval && !stop.load(Ordering::Relaxed) {
+                    let step = Duration::from_millis(100).min(interval - slept);
+                    std::thread::sleep(step);
+                    slept += step;
+                }
+            }
+        })
+        .expect("spawn sweeper thread")
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    state: Arc<Mutex<State>>,
+    attached: Vec<loader::Attached>,
+    cfg: &RunConfig,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    info!(listen = %cfg.listen, "serving /metrics");
+    let (capacity, half_open_budget) = (cfg.capacity, cfg.half_open_budget);
+    let handler: http::Handler = Arc::new(move |path: &str| match path {
+        "/metrics" => {
+            let s = state.lock().expect("state lock");
+            let mut totals = match s.books.totals() {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(error = %e, "cannot read counters");
+                    return Some((
+                        "text/plain",
+                        format!("# cannot read counters: {e}\n").into_bytes(),
+                    ));
+                }
+            };
+            totals.user = s.user;
+            let body = metrics::render(&Scrape {
+                totals: &totals,
+                capacity,
+                half_open_budget,
+                sweep: &s.report,
+                attached: &attached,
+            });
+            Some((metrics::CONTENT_TYPE, body))
+        }
+        "/" => Some((
+            "text/plain",
+            b"tcpstate: TCP connection states from XDP/TC. Metrics at /metrics\n".to_vec(),
+        )),
+        _ => None,
+    });
+    http::serve(listener, handler, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: detaching"),
+        _ = int.recv() => info!("SIGINT: detaching"),
+    }
+}

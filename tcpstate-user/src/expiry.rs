@@ -1,0 +1,131 @@
+//! When the sweeper drops a flow. The kernel programs never expire anything; this is the one
+//! place that decides, as a pure function so it is tested without a kernel.
+
+use tcpstate_common::{flow::Side, FlowRecord, TcpState};
+
+use crate::config::Timeouts;
+
+/// Why a flow was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expired {
+    /// An endpoint was still opening: counts as a handshake timeout.
+    Handshake,
+    /// TIME_WAIT ran its 2*MSL.
+    TimeWait,
+    /// Closed on both sides, idle, or given up while closing.
+    Other,
+}
+
+const NS: u64 = 1_000_000_000;
+
+/// `Some` when every endpoint of `rec` is done by its state's rule. State ages count from when the
+/// endpoint entered the state (`since_ns`), idle times from the last segment (`last_seen_s`).
+/// CLOSE_WAIT never expires: a socket stuck there is exactly what users need to see.
+pub fn decide(rec: &FlowRecord, now_ns: u64, t: &Timeouts) -> Option<Expired> {
+    let w = rec.word();
+    let idle = now_ns.saturating_sub(rec.last_seen_s as u64 * NS);
+    let mut why = Expired::Other;
+    for side in [Side::A, Side::B] {
+        let age = now_ns.saturating_sub(rec.since_ns[side.index()]);
+        let state = w.state(side);
+        let done = match state {
+            TcpState::Closed => age >= t.closed_linger.as_nanos() as u64,
+            TcpState::TimeWait => age >= t.time_wait.as_nanos() as u64,
+            TcpState::SynSent => age >= t.syn_sent.as_nanos() as u64,
+            TcpState::SynRecv => age >= t.syn_recv.as_nanos() as u64,
+            TcpState::FinWait2 => age >= t.fin_wait2.as_nanos() as u64,
+            TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck => {
+                idle >= t.closing_idle.as_nanos() as u64
+            }
+            TcpState::Established => idle >= t.established_idle.as_nanos() as u64,
+            TcpState::CloseWait => false,
+        };
+        if !done {
+            return None;
+        }
+        why = match (why, state) {
+            (_, TcpState::SynSent | TcpState::SynRecv) | (Expired::Handshake, _) => {
+                Expired::Handshake
+            }
+            (_, TcpState::TimeWait) => Expired::TimeWait,
+            (w, _) => w,
+        };
+    }
+    Some(why)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tcpstate_common::FlowWord;
+
+    use super::*;
+
+    fn timeouts() -> Timeouts {
+        let s = Duration::from_secs;
+        Timeouts {
+            time_wait: s(60),
+            syn_sent: s(130),
+            syn_recv: s(65),
+            fin_wait2: s(60),
+            closing_idle: s(120),
+            established_idle: s(3600),
+            closed_linger: s(10),
+        }
+    }
+
+    fn rec(a: TcpState, b: TcpState, since_s: u64, last_seen_s: u32) -> FlowRecord {
+        let mut w = FlowWord::default();
+        w.set_state(Side::A, a);
+        w.set_state(Side::B, b);
+        let mut r = FlowRecord {
+            since_ns: [since_s * NS; 2],
+            last_seen_s,
+            ..Default::default()
+        };
+        r.set_word(w);
+        r
+    }
+
+    #[test]
+    fn time_wait_expires_after_two_msl_and_not_before() {
+        let r = rec(TcpState::TimeWait, TcpState::Closed, 100, 100);
+        assert_eq!(decide(&r, 159 * NS, &timeouts()), None);
+        assert_eq!(decide(&r, 160 * NS, &timeouts()), Some(Expired::TimeWait));
+    }
+
+    #[test]
+    fn close_wait_never_expires_however_idle() {
+        let r = rec(TcpState::CloseWait, TcpState::FinWait2, 0, 0);
+        assert_eq!(decide(&r, 100 * 86_400 * NS, &timeouts()), None);
+    }
+
+    #[test]
+    fn half_open_flows_time_out_as_handshakes() {
+        let r = rec(TcpState::SynSent, TcpState::Closed, 0, 0);
+        assert_eq!(decide(&r, 129 * NS, &timeouts()), None);
+        assert_eq!(decide(&r, 130 * NS, &timeouts()), Some(Expired::Handshake));
+        let r = rec(TcpState::Established, TcpState::SynRecv, 0, 0);
+        assert_eq!(
+            decide(&r, 65 * NS, &timeouts()),
+            None,
+            "the established side is not idle long enough"
+        );
+        assert_eq!(decide(&r, 3600 * NS, &timeouts()), Some(Expired::Handshake));
+    }
+
+    #[test]
+    fn established_expires_on_idleness_not_age() {
+        let r = rec(TcpState::Established, TcpState::Established, 0, 5000);
+        assert_eq!(decide(&r, 8000 * NS, &timeouts()), None);
+        assert_eq!(decide(&r, 8600 * NS, &timeouts()), Some(Expired::Other));
+    }
+
+    #[test]
+    fn reset_flows_linger_briefly() {
+        let r = rec(TcpState::Closed, TcpState::Closed, 50, 50);
+        assert_eq!(decide(&r, 59 * NS, &timeouts()), None);
+        assert_eq!(decide(&r, 60 * NS, &timeouts()), Some(Expired::Other));
+    }
+}

@@ -1,0 +1,143 @@
+//! `tcpstate flows` and `tcpstate cleanup`: reading (or removing) a daemon's pinned maps.
+
+use std::{fs, path::Path};
+
+use serde_json::json;
+use tcpstate_common::{
+    flow::{flowflags, Side},
+    maps, FlowKey, FlowRecord, TcpState,
+};
+
+use crate::{cli::FlowsArgs, error::Preflight, seed::words_addr, sweeper::monotonic_ns, tables};
+
+/// One tracked flow, decoded for people and scripts.
+struct FlowView {
+    key: FlowKey,
+    rec: FlowRecord,
+}
+
+impl FlowView {
+    fn endpoint(&self, side: Side) -> String {
+        let ip = words_addr(self.key.addr[side.index()]);
+        match ip {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", self.key.port[side.index()]),
+            v4 => format!("{v4}:{}", self.key.port[side.index()]),
+        }
+    }
+
+    fn age_s(&self, side: Side, now: u64) -> f64 {
+        now.saturating_sub(self.rec.since_ns[side.index()]) as f64 / 1e9
+    }
+
+    fn json(&self, now: u64) -> serde_json::Value {
+        let w = self.rec.word();
+        let side = |s: Side| {
+            json!({
+                "endpoint": self.endpoint(s),
+                "state": w.state(s).name(),
+                "role": w.role(s).name(),
+                "local": w.is_counted(s),
+                "age_seconds": self.age_s(s, now),
+            })
+        };
+        json!({
+            "a": side(Side::A),
+            "b": side(Side::B),
+            "midstream": w.has(flowflags::MIDSTREAM),
+            "seeded": w.has(flowflags::SEEDED),
+            "age_is_lower_bound": w.has(flowflags::SEEDED),
+            "reset": w.has(flowflags::RESET),
+        })
+    }
+}
+
+pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
+    let (flows, _) = tables::from_pins(&args.pins.pin_dir)?;
+    let now = monotonic_ns();
+    let state_filter = match &args.state {
+        Some(s) => Some(
+            std::iter::once(TcpState::Closed)
+                .chain(TcpState::OPEN)
+                .find(|t| t.name() == s)
+                .ok_or_else(|| anyhow::anyhow!("unknown state {s:?}: use one of syn_sent, syn_recv, established, fin_wait1, fin_wait2, close_wait, closing, last_ack, time_wait, closed"))?,
+        ),
+        None => None,
+    };
+    let mut views: Vec<FlowView> = flows
+        .0
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(key, rec)| FlowView { key, rec })
+        .filter(|v| {
+            let w = v.rec.word();
+            state_filter.is_none_or(|s| w.state(Side::A) == s || w.state(Side::B) == s)
+                && args.port.is_none_or(|p| v.key.port.contains(&p))
+        })
+        .collect();
+    views.sort_by_key(|v| (v.key.port, v.key.addr));
+    if args.json {
+        let all: Vec<_> = views.iter().map(|v| v.json(now)).collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    println!(
+        "{:<46} {:<12} {:>9}   {:<46} {:<12} {:>9}  FLAGS",
+        "ENDPOINT A", "STATE", "AGE", "ENDPOINT B", "STATE", "AGE"
+    );
+    for v in &views {
+        let w = v.rec.word();
+        let mark = |s: Side| if w.is_counted(s) { "*" } else { "" };
+        let mut flags = Vec::new();
+        for (bit, name) in [
+            (flowflags::MIDSTREAM, "midstream"),
+            (flowflags::SEEDED, "seeded"),
+            (flowflags::RESET, "reset"),
+        ] {
+            if w.has(bit) {
+                flags.push(name);
+            }
+        }
+        println!(
+            "{:<46} {:<12} {:>8.1}s   {:<46} {:<12} {:>8.1}s  {}",
+            format!("{}{}", v.endpoint(Side::A), mark(Side::A)),
+            w.state(Side::A).name(),
+            v.age_s(Side::A, now),
+            format!("{}{}", v.endpoint(Side::B), mark(Side::B)),
+            w.state(Side::B).name(),
+            v.age_s(Side::B, now),
+            flags.join(",")
+        );
+    }
+    println!(
+        "{} flows (* marks counted endpoints: local in host mode, both in tap mode)",
+        views.len()
+    );
+    Ok(())
+}
+
+pub fn cleanup(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        println!("nothing to clean: {} does not exist", dir.display());
+        return Ok(());
+    }
+    for name in [maps::FLOWS, maps::COUNTERS, maps::TABLE, maps::USER] {
+        let p = dir.join(name);
+        if p.exists() {
+            fs::remove_file(&p)
+                .map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", p.display()))?;
+        }
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => println!("removed {}", dir.display()),
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "removed tcpstate's maps but not {}: {e}",
+                dir.display()
+            ))
+        }
+    }
+    let _ = Preflight::NotRunning {
+        dir: dir.to_path_buf(),
+    };
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! Loading the kernel programs, pinning their maps and attaching them to interfaces.
+//!
+//! Programs are attached through bpf_link (XDP) and TCX (TC egress, Linux 6.6+), both owned by
+//! file descriptors of this process: when the daemon exits, however it exits, the kernel detaches
+//! them. The maps are pinned so that the flows (and their ages) outlive a restart.
+
+use std::{fs, io, path::Path};
+
+use aya::{
+    maps::MapInfo,
+    programs::{tc::TcAttachType, SchedClassifier, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use tcpstate_common::{
+    counters::idx,
+    flow::{FlowKey, FlowRecord},
+    maps::{self, Config, CAPACITY_SLACK},
+};
+use tracing::{info, warn};
+
+use crate::{
+    cli::{Mode, XdpModeArg},
+    config::RunConfig,
+    error::Preflight,
+    netif,
+};
+
+/// The object tcpstate-user's build.rs built with aya-build.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// How a program ended up attached, for the log and the `tcpstate_attachment_info` metric.
+#[derive(Clone, Debug)]
+pub struct Attached {
+    pub iface: String,
+    pub hook: &'static str,
+    pub mode: &'static str,
+}
+
+/// Checks what loading needs and says in one line what is missing.
+pub fn preflight(cfg: &RunConfig) -> Result<(), Preflight> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 && !has_bpf_capabilities() {
+        return Err(Preflight::NotPrivileged);
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(Preflight::NoBtf);
+    }
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    if let (Some(major), Some(minor)) = (parts.next(), parts.next()) {
+        if (major, minor) < (6, 6) {
+            return Err(Preflight::KernelTooOld(release.trim().to_string()));
+        }
+    }
+    for a in &cfg.attachments {
+        if !netif::exists(&a.iface) {
+            return Err(Preflight::NoSuchInterface(a.iface.clone()));
+        }
+        if !netif::is_up(&a.iface) {
+            return Err(Preflight::InterfaceDown(a.iface.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// CAP_BPF (39), CAP_NET_ADMIN (12), CAP_PERFMON (38) and CAP_SYS_ADMIN (21, for bpffs and
+/// sock_diag of other users' sockets) in the effective set.
+fn has_bpf_capabilities() -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    [39u32, 12, 38, 21].iter().all(|bit| eff & (1 << bit) != 0)
+}
+
+/// Mounts bpffs on the pin directory's parent when nothing is mounted there yet (it is not by
+/// default on this machine kind), then creates the pin directory.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), Preflight> {
+    let root = pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf"));
+    let err = |source| Preflight::Bpffs {
+        path: root.to_path_buf(),
+        source,
+    };
+    if !is_bpffs(root) {
+        fs::create_dir_all(root).map_err(err)?;
+        let c = |s: &str| std::ffi::CString::new(s).expect("no NUL in path");
+        let target = c(&root.to_string_lossy());
+        // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+        let rc = unsafe {
+            libc::mount(
+                c("bpf").as_ptr(),
+                target.as_ptr(),
+                c("bpf").as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        info!(path = %root.display(), "mounted bpffs");
+    }
+    fs::create_dir_all(pin_dir).map_err(err)
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(p.to_string_lossy().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into `st`, which is plain data.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid path string and `st` a valid out-pointer.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// Refuses pinned maps whose layout or size differs from what this build would create: the kernel
+/// would otherwise run the new programs against the old layout.
+fn check_pins(cfg: &RunConfig) -> Result<(), Preflight> {
+    let path = cfg.pin_dir.join(maps::FLOWS);
+    if !path.exists() {
+        return Ok(());
+    }
+    let incompatible = |what: String| Preflight::IncompatiblePins {
+        dir: cfg.pin_dir.clone(),
+        what,
+    };
+    let info = MapInfo::from_pin(&path)
+        .map_err(|e| incompatible(format!("cannot read {}: {e}", path.display())))?;
+    let want = (
+        size_of::<FlowKey>() as u32,
+        size_of::<FlowRecord>() as u32,
+        cfg.capacity + CAPACITY_SLACK,
+    );
+    let have = (info.key_size(), info.value_size(), info.max_entries());
+    if want != have {
+        return Err(incompatible(format!(
+            "key/value/slots {}/{}/{} where this run needs {}/{}/{}",
+            have.0, have.1, have.2, want.0, want.1, want.2
+        )));
+    }
+    let counters = cfg.pin_dir.join(maps::COUNTERS);
+    if let Ok(info) = MapInfo::from_pin(&counters) {
+        if info.max_entries() != idx::COUNT {
+            return Err(incompatible(format!(
+                "{} counter slots where this build has {}",
+                info.max_entries(),
+                idx::COUNT
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Loads the object with this run's configuration, reusing maps pinned by an earlier run.
+pub fn load(cfg: &RunConfig) -> anyhow::Result<Ebpf> {
+    ensure_bpffs(&cfg.pin_dir)?;
+    check_pins(cfg)?;
+    let config = Config {
+        capacity: cfg.capacity as u64,
+        half_open_budget: cfg.half_open_budget as u64,
+    };
+    let ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&cfg.pin_dir)
+        .map_max_entries(maps::FLOWS, cfg.capacity + CAPACITY_SLACK)
+        .override_global(maps::CONFIG, &config, true)
+        .load(OBJECT)?;
+    Ok(ebpf)
+}
+
+/// Attaches the programs each interface's mode needs.
+pub fn attach(ebpf: &mut Ebpf, cfg: &RunConfig) -> anyhow::Result<Vec<Attached>> {
+    let mut done = Vec::new();
+    for a in &cfg.attachments {
+        let prog = match a.mode {
+            Mode::Host => "tcpstate_xdp_host",
+            Mode::Tap => "tcpstate_xdp_tap",
+        };
+        let mode = attach_xdp(ebpf, prog, &a.iface, cfg.xdp_mode)?;
+        log_verifier_cost(ebpf, prog);
+        info!(iface = %a.iface, mode, program = prog, "attached XDP");
+        done.push(Attached {
+            iface: a.iface.clone(),
+            hook: "xdp",
+            mode,
+        });
+        if a.mode == Mode::Host {
+            let tc: &mut SchedClassifier = ebpf
+                .program_mut("tcpstate_tc_egress")
+                .expect("object has tc program")
+                .try_into()?;
+            if tc.fd().is_err() {
+                tc.load()?;
+            }
+            tc.attach(&a.iface, TcAttachType::Egress)?;
+            log_verifier_cost(ebpf, "tcpstate_tc_egress");
+            info!(iface = %a.iface, "attached TC egress (tcx)");
+            done.push(Attached {
+                iface: a.iface.clone(),
+                hook: "tc",
+                mode: "tcx",
+            });
+        }
+    }
+    Ok(done)
+}
+
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    iface: &str,
+    want: XdpModeArg,
+) -> anyhow::Result<&'static str> {
+    let xdp: &mut Xdp = ebpf
+        .program_mut(prog)
+        .expect("object has xdp program")
+        .try_into()?;
+    if xdp.fd().is_err() {
+        xdp.load()?;
+    }
+    // lo has no native XDP; veth and most NIC drivers do.
+    let tries: &[(XdpMode, &'static str)] = match want {
+        XdpModeArg::Native => &[(XdpMode::Driver, "native")],
+        XdpModeArg::Generic => &[(XdpMode::Skb, "generic")],
+        XdpModeArg::Auto if iface == "lo" => &[(XdpMode::Skb, "generic")],
+        XdpModeArg::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+    };
+    let mut last = None;
+    for &(mode, name) in tries {
+        match xdp.attach(iface, mode) {
+            Ok(_) => return Ok(name),
+            Err(e) => {
+                let busy = format!("{e:?}").contains("EBUSY")
+                    || format!("{e:?}").contains("Device or resource busy");
+                if busy {
+                    return Err(Preflight::XdpBusy {
+                        iface: iface.to_string(),
+                    }
+                    .into());
+                }
+                warn!(iface, mode = name, error = %e, "XDP attach failed");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.expect("at least one attach mode tried").into())
+}
+
+/// The verifier's instruction count is the budget the kernel programs spend against its 1M limit;
+/// logged so a change that pushes it up is noticed before it fails on some kernel.
+fn log_verifier_cost(ebpf: &Ebpf, prog: &str) {
+    if let Some(info) = ebpf.program(prog).and_then(|p| p.info().ok()) {
+        tracing::debug!(program = prog, verified_insns = ?info.verified_instruction_count(), "verifier cost");
+    }
+}

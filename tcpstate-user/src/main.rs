@@ -1,0 +1,53 @@
+//! `tcpstate`: the daemon (`run`) and the inspection commands.
+
+mod cli;
+mod config;
+mod daemon;
+mod error;
+mod expiry;
+mod http;
+mod inspect;
+mod loader;
+mod metrics;
+mod netif;
+mod seed;
+mod sockdiag;
+mod sweeper;
+mod tables;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::{
+    cli::{Cli, Command},
+    config::{ConfigError, RunConfig},
+    error::Preflight,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match &cli.command {
+        Command::Run(args) => RunConfig::from_args(args)
+            .map_err(anyhow::Error::from)
+            .and_then(daemon::run),
+        Command::Flows(args) => inspect::flows(args),
+        Command::Cleanup(args) => inspect::cleanup(&args.pin_dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line that says what to do; causes joined with ": ".
+            eprintln!("tcpstate: {e:#}");
+            let usage = e.downcast_ref::<Preflight>().is_some()
+                || e.downcast_ref::<ConfigError>().is_some();
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Seeding the flow table from the kernel's socket table at start-up, so counts (CLOSE_WAIT
+//! included) are right from the first scrape instead of filling in as segments arrive.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+use tcpstate_common::{
+    flow::{flowflags, FlowKey, FlowRecord, FlowWord, Side},
+    tcp::WSCALE_MAX,
+    TcpState,
+};
+
+use crate::sockdiag::{KernelState, Socket};
+
+/// Key words for an address: IPv4 as v4-mapped IPv6, as the kernel programs store it.
+pub fn addr_words(ip: IpAddr) -> [u32; 4] {
+    let v6 = match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    let o = v6.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+/// The address a key's side holds.
+pub fn words_addr(w: [u32; 4]) -> IpAddr {
+    let mut o = [0u8; 16];
+    for (i, word) in w.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    let v6 = std::net::Ipv6Addr::from(o);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// The state a peer must be in, given one endpoint's kernel state (the peer's socket is on another
+/// host, or in another namespace, so the dump does not show it).
+pub fn peer_state(local: TcpState) -> TcpState {
+    match local {
+        TcpState::SynSent => TcpState::Closed,
+        TcpState::SynRecv => TcpState::Established,
+        TcpState::Established | TcpState::FinWait1 => TcpState::Established,
+        TcpState::FinWait2 => TcpState::CloseWait,
+        TcpState::CloseWait | TcpState::LastAck => TcpState::FinWait2,
+        TcpState::Closing => TcpState::Closing,
+        TcpState::TimeWait | TcpState::Closed => TcpState::Closed,
+    }
+}
+
+/// Which local addresses count: sockets on them are seeded, and their endpoints counted.
+pub struct Scope {
+    /// Addresses of host-mode interfaces.
+    pub host: HashSet<IpAddr>,
+    /// Whether `lo` is watched (tap mode): loopback connections are seeded with both ends counted.
+    pub loopback: bool,
+}
+
+impl Scope {
+    fn counts(&self, ip: IpAddr) -> bool {
+        self.host.contains(&ip)
+            || (self.loopback && ip.is_loopback())
+            || (self.loopback && is_mapped_loopback(ip))
+    }
+}
+
+fn is_mapped_loopback(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()))
+}
+
+/// Builds one record per connection from the dump. `now_ns` is CLOCK_MONOTONIC, the kernel
+/// programs' clock; ages of seeded flows start there and are lower bounds (flag SEEDED).
+pub fn records(sockets: &[Socket], scope: &Scope, now_ns: u64) -> Vec<(FlowKey, FlowRecord)> {
+    let listening: HashSet<u16> = sockets
+        .iter()
+        .filter(|s| s.state == KernelState::Listen)
+        .map(|s| s.local.1)
+        .collect();
+    let mut flows: HashMap<FlowKey, (FlowWord, u8)> = HashMap::new();
+    for s in sockets {
+        let KernelState::Conn(state) = s.state else {
+            continue;
+        };
+        if !scope.counts(s.local.0) {
+            continue;
+        }
+        let (key, side) = FlowKey::canonical(
+            addr_words(s.local.0),
+            s.local.1,
+            addr_words(s.remote.0),
+            s.remote.1,
+        );
+        let (w, from_kernel) = flows.entry(key).or_insert_with(|| {
+            let mut w = FlowWord {
+                flags: flowflags::SEEDED | flowflags::MIDSTREAM,
+                wscale: [WSCALE_MAX, WSCALE_MAX],
+                ..FlowWord::default()
+            };
+            // The server is the endpoint on a listening port; else this socket opened it.
+            let client = if listening.contains(&s.local.1) {
+                side.other()
+            } else {
+                side
+            };
+            w.set_client(client);
+            (w, 0)
+        });
+        w.set_state(side, state);
+        w.counted |= side.bit();
+        *from_kernel |= side.bit();
+    }
+    flows
+        .into_iter()
+        .map(|(key, (mut w, from_kernel))| {
+            for side in [Side::A, Side::B] {
+                if from_kernel & side.bit() == 0 {
+                    w.set_state(side, peer_state(w.state(side.other())));
+                }
+            }
+            let mut rec = FlowRecord {
+                since_ns: [now_ns; 2],
+                last_seen_s: (now_ns / 1_000_000_000) as u32,
+                ..FlowRecord::default()
+            };
+            rec.set_word(w);
+            (key, rec)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sock(state: KernelState, local: (&str, u16), remote: (&str, u16)) -> Socket {
+        Socket {
+            state,
+            local: (local.0.parse().unwrap(), local.1),
+            remote: (remote.0.parse().unwrap(), remote.1),
+            uid: 0,
+            inode: 1,
+        }
+    }
+
+    #[test]
+    fn host_sockets_are_seeded_with_the_inferred_peer_and_roles_from_listeners() {
+        let socks = vec![
+            sock(KernelState::Listen, ("0.0.0.0", 80), ("0.0.0.0", 0)),
+            sock(
+                KernelState::Conn(TcpState::CloseWait),
+                ("192.0.2.1", 80),
+                ("192.0.2.2", 40000),
+            ),
+            sock(
+                KernelState::Conn(TcpState::Established),
+                ("192.0.2.1", 41000),
+                ("192.0.2.9", 443),
+            ),
+            // Not on a watched address: not seeded.
+            sock(
+                KernelState::Conn(TcpState::Established),
+                ("127.0.0.1", 5000),
+                ("127.0.0.1", 6000),
+            ),
+        ];
+        let scope = Scope {
+            host: ["192.0.2.1".parse().unwrap()].into(),
+            loopback: false,
+        };
+        let recs = records(&socks, &scope, 5_000_000_000);
+        assert_eq!(recs.len(), 2);
+        for (key, rec) in recs {
+            let w = rec.word();
+            let local = if words_addr(key.addr[0]) == "192.0.2.1".parse::<IpAddr>().unwrap() {
+                Side::A
+            } else {
+                Side::B
+            };
+            assert!(w.is_counted(local) && !w.is_counted(local.other()));
+            assert!(w.has(flowflags::SEEDED));
+            if key.port[local.index()] == 80 {
+                assert_eq!(w.state(local), TcpState::CloseWait);
+                assert_eq!(w.state(local.other()), TcpState::FinWait2);
+                assert_eq!(w.role(local), tcpstate_common::Role::Server);
+            } else {
+                assert_eq!(w.state(local), TcpState::Established);
+                assert_eq!(w.role(local), tcpstate_common::Role::Client);
+            }
+        }
+    }
+
+    #[test]
+    fn loopback_pairs_take_both_states_from_the_kernel() {
+        let socks = vec![
+            sock(
+                KernelState::Conn(TcpState::FinWait2),
+                ("127.0.0.1", 50000),
+                ("127.0.0.1", 8080),
+            ),
+            sock(
+                KernelState::Conn(TcpState::CloseWait),
+                ("127.0.0.1", 8080),
+                ("127.0.0.1", 50000),
+            ),
+        ];
+        let scope = Scope {
+            host: HashSet::new(),
+            loopback: true,
+        };
+        let recs = records(&socks, &scope, 1);
+        assert_eq!(recs.len(), 1);
+        let w = recs[0].1.word();
+        assert_eq!(w.counted, 3);
+        let mut states = [w.state(Side::A), w.state(Side::B)];
+        states.sort();
+        assert_eq!(states, [TcpState::FinWait2, TcpState::CloseWait]);
+    }
+
+    #[test]
+    fn address_words_round_trip_and_map_ipv4() {
+        for ip in ["192.0.2.7", "2001:db8::1", "::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(words_addr(addr_words(ip)), ip);
+        }
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(
+            addr_words(v4),
+            FlowKey::v4_mapped(u32::from_ne_bytes([192, 0, 2, 7]))
+        );
+    }
+}
