@@ -13,7 +13,7 @@ pub trait Packet {
     /// part of the frame. `T` is a plain integer or integer array; the read may be unaligned.
     fn read<T: Copy>(&self, off: usize) -> Option<T>;
     /// Length of the whole packet (for TC, `skb->len`, which may exceed the readable part).
-    fn len(&self) -> usize;
+    fn total_len(&self) -> usize;
 }
 
 /// Why a frame that looked like IP or TCP could not be taken as a segment. The `reason` label of
@@ -161,7 +161,7 @@ fn parse_ipv4<P: Packet>(p: &P, l3: usize) -> Parsed {
     // tot_len 0 is what BIG TCP (Linux 6.3+) writes for IPv4 GSO packets over 64 KiB: then only the
     // skb length tells the payload.
     let ip_payload = if tot_len == 0 {
-        p.len().saturating_sub(l4)
+        p.total_len().saturating_sub(l4)
     } else if tot_len < ihl + TCP_HLEN {
         return Parsed::Skip(SkipReason::BadIpLength);
     } else {
@@ -225,7 +225,7 @@ fn parse_ipv6<P: Packet>(p: &P, l3: usize) -> Parsed {
     let ext_len = off - first;
     // Payload length 0 with a hop-by-hop jumbo option is how BIG TCP sends IPv6 GSO packets.
     let ip_payload = if payload_len == 0 {
-        p.len().saturating_sub(off)
+        p.total_len().saturating_sub(off)
     } else if payload_len < ext_len + TCP_HLEN {
         return Parsed::Skip(SkipReason::BadIpLength);
     } else {
@@ -334,7 +334,7 @@ impl Packet for SlicePacket<'_> {
         // integer type for which every bit pattern is valid.
         Some(unsafe { core::ptr::read_unaligned(self.0.as_ptr().add(off) as *const T) })
     }
-    fn len(&self) -> usize {
+    fn total_len(&self) -> usize {
         self.0.len()
     }
 }

@@ -59,7 +59,7 @@ pub fn tcpstate_tc_egress(ctx: TcContext) -> i32 {
     let mut status = parse_frame(&frame, &mut scratch.pkt);
     // Headers outside the linear area (possible for locally built skbs): pull them in and parse
     // again. Only the parse repeats.
-    if status == ParseStatus::Skip(SkipReason::Truncated) && frame.len() > frame.readable() {
+    if status == ParseStatus::Skip(SkipReason::Truncated) && frame.total_len() > frame.readable() {
         let want = if ctx.len() < TC_PULL {
             ctx.len()
         } else {

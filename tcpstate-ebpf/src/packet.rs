@@ -55,7 +55,7 @@ impl Packet for Frame {
     }
 
     #[inline(always)]
-    fn len(&self) -> usize {
+    fn total_len(&self) -> usize {
         self.len
     }
 }

@@ -140,6 +140,10 @@ enum Found {
 /// Looks the flow up and advances it. A BPF function of its own, working on the scratch copy of
 /// the segment, never on packet memory.
 #[inline(never)]
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by reference: no copies of the key on the 512-byte stack"
+)]
 fn update(scratch: &mut Scratch, view: View, now: u64) -> Found {
     let tcp = &scratch.pkt;
     let (key, sender) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);
@@ -196,6 +200,10 @@ fn account(old: FlowWord, st: &Step, sender: Side) {
 /// the same key meanwhile. A separate BPF function: its frame (the opening record and its step)
 /// does not add to the lookup path's stack.
 #[inline(never)]
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by reference: no copies of the key or record on the 512-byte stack"
+)]
 fn insert_new(scratch: &mut Scratch, view: View, now: u64) -> bool {
     let tcp = &scratch.pkt;
     let (key, sender) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);

@@ -1,0 +1,107 @@
+//! Black-box tests of the command line that need no privileges: bad input gets one line that says
+//! what to do, and the right exit code (2 for usage and preflight errors).
+
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcpstate");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("TCPSTATE_LOG")
+        .output()
+        .expect("run tcpstate")
+}
+
+fn stderr_line(o: &Output) -> String {
+    let e = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    assert_eq!(
+        e.lines().count(),
+        1,
+        "expected exactly one line of error, got:\n{e}"
+    );
+    e
+}
+
+fn is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        == Some("0")
+}
+
+#[test]
+fn invalid_max_flows_names_the_option() {
+    let o = run(&["run", "--iface", "lo", "--max-flows", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr_line(&o);
+    assert!(e.contains("--max-flows must be between 1 and"), "{e}");
+}
+
+#[test]
+fn half_open_budget_above_capacity_is_rejected() {
+    let o = run(&[
+        "run",
+        "--iface",
+        "lo",
+        "--max-flows",
+        "100",
+        "--half-open-budget",
+        "101",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_line(&o).contains("--half-open-budget must be between 1 and --max-flows (100)"));
+}
+
+#[test]
+fn duration_without_unit_says_how_to_write_it() {
+    let o = run(&["run", "--time-wait", "60"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("--time-wait") && e.contains("has no unit: write it like 60s or 60m"),
+        "{e}"
+    );
+}
+
+#[test]
+fn zero_duration_is_rejected() {
+    let o = run(&["run", "--iface", "lo", "--sweep-interval", "0s"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_line(&o).contains("--sweep-interval must be longer than 0s"));
+}
+
+#[test]
+fn missing_interface_or_privilege_is_one_actionable_line() {
+    let o = run(&["run", "--iface", "nosuchif0", "--listen", "127.0.0.1:0"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr_line(&o);
+    if is_root() {
+        assert!(
+            e.contains("interface \"nosuchif0\" does not exist") && e.contains("--iface"),
+            "{e}"
+        );
+    } else {
+        assert!(e.contains("needs root") && e.contains("sudo"), "{e}");
+    }
+}
+
+#[test]
+fn inspecting_without_a_daemon_says_none_is_running() {
+    let o = run(&["flows", "--pin-dir", "/nonexistent/tcpstate-test"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr_line(&o);
+    assert!(
+        e.contains("no tcpstate daemon is running") && e.contains("tcpstate run"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cleanup_of_nothing_succeeds() {
+    let o = run(&["cleanup", "--pin-dir", "/nonexistent/tcpstate-test"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("nothing to clean"));
+}

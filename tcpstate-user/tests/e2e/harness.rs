@@ -1,0 +1,526 @@
+//! The end-to-end harness: network namespaces joined by veth, the real daemon attached in one of
+//! them, real sockets, and the kernel's own view (`ss -tan`) to compare against.
+//!
+//! Every resource is owned by a guard whose `Drop` removes it, so a failing (panicking) test still
+//! deletes its namespaces, links and pins. Addresses are documentation ranges (192.0.2.0/24,
+//! 2001:db8::/32) that exist only inside the namespaces a test creates.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tcpstate");
+pub const SERVER_V4: &str = "192.0.2.1";
+pub const CLIENT_V4: &str = "192.0.2.2";
+pub const SERVER_V6: &str = "2001:db8::1";
+pub const CLIENT_V6: &str = "2001:db8::2";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command and panics with its output when it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Fails loudly, naming what is missing, when the suite cannot run here.
+pub fn require_privileges() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1));
+    assert_eq!(euid, Some("0"), "the end-to-end tests need root (network namespaces, XDP, TC, bpffs): run `cargo xtask test` as root");
+    for tool in ["ip", "ss", "nsenter", "promtool"] {
+        let found = std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .any(|d| std::path::Path::new(d).join(tool).exists());
+        assert!(found, "{tool} is missing: run `cargo xtask setup` (Debian packages iproute2, util-linux, prometheus)");
+    }
+}
+
+/// A network namespace, deleted (with every link in it) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!(
+            "tse2e-{}-{}-{tag}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NS ...`
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["ip", "-n", &self.name];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
+    /// Runs `f` on a thread that has entered this namespace; sockets it creates belong here.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns on this thread only, with a valid namespace descriptor.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    }
+
+    /// Non-LISTEN TCP sockets per state, as `ss -tan` shows them in this namespace.
+    pub fn ss_states(&self) -> BTreeMap<String, i64> {
+        self.ss_states_on(None)
+    }
+
+    /// As `ss_states`, counting only sockets whose local address is in `locals` (when given): the
+    /// sockets whose segments cross the monitored interface.
+    pub fn ss_states_on(&self, locals: Option<&[IpAddr]>) -> BTreeMap<String, i64> {
+        let out = sh(&["ip", "netns", "exec", &self.name, "ss", "-Htan"]);
+        let mut m = BTreeMap::new();
+        for line in out.lines() {
+            let mut cols = line.split_whitespace();
+            let Some(state) = cols.next() else { continue };
+            let local = cols
+                .nth(2)
+                .and_then(|l| l.rsplit_once(':'))
+                .map(|(a, _)| a.trim_matches(['[', ']']));
+            let local = local
+                .map(|a| a.strip_prefix("::ffff:").unwrap_or(a))
+                .and_then(|a| a.parse::<IpAddr>().ok());
+            if let Some(locals) = locals {
+                if !local.is_some_and(|a| locals.contains(&a)) {
+                    continue;
+                }
+            }
+            let ours = match state {
+                "LISTEN" => continue,
+                "SYN-SENT" => "syn_sent",
+                "SYN-RECV" => "syn_recv",
+                "ESTAB" => "established",
+                "FIN-WAIT-1" => "fin_wait1",
+                "FIN-WAIT-2" => "fin_wait2",
+                "CLOSE-WAIT" => "close_wait",
+                "CLOSING" => "closing",
+                "LAST-ACK" => "last_ack",
+                "TIME-WAIT" => "time_wait",
+                other => panic!("unexpected ss state {other:?} in {line:?}"),
+            };
+            *m.entry(ours.to_string()).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Two namespaces, `srv` and `cli`, joined by a veth pair with IPv4 and IPv6 addresses.
+pub struct Pair {
+    pub srv: Netns,
+    pub cli: Netns,
+    pub srv_if: String,
+}
+
+impl Pair {
+    pub fn new() -> Pair {
+        let srv = Netns::new("srv");
+        let cli = Netns::new("cli");
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let (s, c) = (
+            format!("tsv{}s{n}", std::process::id() % 1000),
+            format!("tsv{}c{n}", std::process::id() % 1000),
+        );
+        // Created directly inside the namespaces: nothing is left on the host if a step fails.
+        sh(&[
+            "ip", "link", "add", &s, "netns", &srv.name, "type", "veth", "peer", "name", &c,
+            "netns", &cli.name,
+        ]);
+        for (ns, dev, v4, v6) in [
+            (&srv, &s, SERVER_V4, SERVER_V6),
+            (&cli, &c, CLIENT_V4, CLIENT_V6),
+        ] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+        Pair {
+            srv,
+            cli,
+            srv_if: s,
+        }
+    }
+
+    pub fn listen(&self, ip: &str, port: u16) -> TcpListener {
+        let addr = SocketAddr::new(ip.parse().unwrap(), port);
+        self.srv
+            .enter(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")))
+    }
+
+    pub fn connect(&self, ip: &str, port: u16) -> TcpStream {
+        connect_in(&self.cli, ip, port)
+    }
+}
+
+pub fn connect_in(ns: &Netns, ip: &str, port: u16) -> TcpStream {
+    let addr = SocketAddr::new(ip.parse().unwrap(), port);
+    ns.enter(move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+    })
+}
+
+/// Sends `msg` one way and reads it on the other side, so both directions carry data and ACKs.
+pub fn exchange(a: &mut TcpStream, b: &mut TcpStream, msg: &[u8]) {
+    a.write_all(msg).unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    b.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, msg);
+}
+
+/// Closes with SO_LINGER {on, 0}: the kernel aborts with an RST instead of a FIN.
+pub fn abort(s: TcpStream) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid socket and option buffer.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            size_of::<libc::linger>() as u32,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(s);
+}
+
+/// The daemon, running in a namespace. Stopped (SIGTERM) and its pins removed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Namespace the scrapes come from, and the address they go to.
+    scrape_ns: String,
+    listen: SocketAddr,
+    /// Local addresses whose sockets the tracker sees (host mode on a veth); `None`: all (tap on lo).
+    scope: Option<Vec<IpAddr>>,
+    pub pin_dir: PathBuf,
+    log: PathBuf,
+}
+
+/// Where a daemon listens and who scrapes it.
+pub struct Opts<'a> {
+    pub listen: &'a str,
+    /// Scrape from this namespace instead of the daemon's (so scrapes do not cross a monitored lo).
+    pub scrape_from: Option<&'a Netns>,
+    pub scope: Option<Vec<IpAddr>>,
+}
+
+impl Daemon {
+    /// A host-mode daemon on the server side of `p`, scraped over the server namespace's lo.
+    pub fn host(p: &Pair, args: &[&str]) -> Daemon {
+        let mut all = vec!["--iface", p.srv_if.as_str()];
+        all.extend_from_slice(args);
+        let scope = Some(vec![ip(SERVER_V4), ip(SERVER_V6)]);
+        Self::start(
+            &p.srv,
+            &all,
+            Opts {
+                listen: "127.0.0.1:9477",
+                scrape_from: None,
+                scope,
+            },
+        )
+    }
+
+    pub fn start(ns: &Netns, args: &[&str], opts: Opts) -> Daemon {
+        require_privileges();
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name));
+        let log = std::env::temp_dir().join(format!("{}.log", ns.name));
+        let log_file = File::create(&log).unwrap();
+        // nsenter --net, not `ip netns exec`: the latter remounts /sys and hides bpffs.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg(BIN)
+            .args([
+                "--log",
+                "debug",
+                "run",
+                "--listen",
+                opts.listen,
+                "--pin-dir",
+            ])
+            .arg(&pin_dir)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn tcpstate");
+        let mut d = Daemon {
+            child: Some(child),
+            scrape_ns: opts.scrape_from.unwrap_or(ns).name.clone(),
+            listen: opts.listen.parse().expect("listen address"),
+            scope: opts.scope,
+            pin_dir,
+            log,
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "tcpstate exited ({st}) before serving /metrics:\n{}",
+                    self.log()
+                );
+            }
+            if self.try_get("/metrics").is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "tcpstate did not serve /metrics within 30s:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn try_get(&self, path: &str) -> Option<String> {
+        let path = path.to_string();
+        let ns = format!("/run/netns/{}", self.scrape_ns);
+        let listen = self.listen;
+        std::thread::spawn(move || {
+            let f = File::open(&ns).ok()?;
+            // SAFETY: as in Netns::enter.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return None;
+            }
+            let mut s = TcpStream::connect_timeout(&listen, Duration::from_secs(2)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+            let mut resp = String::new();
+            s.read_to_string(&mut resp).ok()?;
+            let (head, body) = resp.split_once("\r\n\r\n")?;
+            head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+        })
+        .join()
+        .ok()
+        .flatten()
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        Metrics::parse(
+            &self
+                .try_get("/metrics")
+                .unwrap_or_else(|| panic!("no /metrics:\n{}", self.log())),
+        )
+    }
+
+    pub fn raw_metrics(&self) -> String {
+        self.try_get("/metrics")
+            .unwrap_or_else(|| panic!("no /metrics:\n{}", self.log()))
+    }
+
+    /// Waits until the tracker's per-state connection counts equal `ss -tan` in `ns`, and still do
+    /// 100 ms later: a checkpoint must not pass on a transient state (FIN_WAIT_1 and LAST_ACK last
+    /// until the peer's ACK, often tens of milliseconds).
+    pub fn assert_matches_kernel(&self, ns: &Netns, checkpoint: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut agreed: Option<BTreeMap<String, i64>> = None;
+        loop {
+            let kernel = ns.ss_states_on(self.scope.as_deref());
+            let tracker = self.metrics().states();
+            if kernel == tracker {
+                if agreed.as_ref() == Some(&kernel) {
+                    return;
+                }
+                agreed = Some(kernel);
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            agreed = None;
+            if Instant::now() > deadline {
+                panic!("at {checkpoint:?}: tracker {tracker:?} != kernel (ss -tan) {kernel:?}\ndaemon log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `pred` holds for the metrics, or panics with `what` and the last metrics.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = self.metrics();
+            if pred(&m) {
+                return m;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; last metrics:\n{}", m.text);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+        let _ = Command::new(BIN)
+            .args(["cleanup", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// A parsed /metrics body: samples keyed by name and sorted label pairs.
+pub struct Metrics {
+    pub text: String,
+    samples: BTreeMap<String, f64>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad sample line {line:?}"));
+            samples.insert(
+                series.to_string(),
+                value
+                    .parse::<f64>()
+                    .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            );
+        }
+        Metrics {
+            text: text.to_string(),
+            samples,
+        }
+    }
+
+    /// The value of `name{labels}` with labels given in the exposition's (alphabetical) order,
+    /// e.g. `get("tcpstate_connections", &[("role", "server"), ("state", "established")])`.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let key = if labels.is_empty() {
+            name.to_string()
+        } else {
+            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            format!("{name}{{{}}}", l.join(","))
+        };
+        *self
+            .samples
+            .get(&key)
+            .unwrap_or_else(|| panic!("no sample {key} in:\n{}", self.text))
+    }
+
+    /// Non-zero `tcpstate_connections` summed over roles, per state.
+    pub fn states(&self) -> BTreeMap<String, i64> {
+        let mut m = BTreeMap::new();
+        for (k, v) in &self.samples {
+            if let Some(rest) = k.strip_prefix("tcpstate_connections{") {
+                let state = rest
+                    .split("state=\"")
+                    .nth(1)
+                    .and_then(|s| s.split('"').next())
+                    .expect("state label");
+                if *v != 0.0 {
+                    *m.entry(state.to_string()).or_insert(0) += *v as i64;
+                }
+            }
+        }
+        m
+    }
+
+    pub fn connections(&self, role: &str, state: &str) -> f64 {
+        self.get("tcpstate_connections", &[("role", role), ("state", state)])
+    }
+}
+
+/// `promtool check metrics` on an exposition: exit 0 and no complaints.
+pub fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed: run `cargo xtask setup`");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "promtool check metrics: {complaints}"
+    );
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}

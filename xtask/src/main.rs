@@ -1,0 +1,163 @@
+//! `cargo xtask`: one entry point for the things a developer or CI does with tcpstate.
+//!
+//! Every command first runs `setup`, which installs only what is missing and costs about a second
+//! when everything is there.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (Debian packages, bpf-linker, rust-src, bpffs).
+    Setup,
+    /// Build the daemon (and the kernel programs it embeds) in release mode.
+    Build,
+    /// Build and run the daemon as root; arguments after `--` go to `tcpstate run`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: host unit and property tests, then the privileged end-to-end suite.
+    Test {
+        /// Only the host tests (no root needed).
+        #[arg(long)]
+        host_only: bool,
+        /// Filter passed to the end-to-end suite (test name substring).
+        filter: Option<String>,
+    },
+    /// rustfmt and clippy (-D warnings) on the host crates, and clippy on the eBPF crate with nightly.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    setup::ensure()?;
+    match cmd {
+        Cmd::Setup => Ok(()),
+        Cmd::Build => cargo(&["build", "--release", "-p", "tcpstate-user"]),
+        Cmd::Run { args } => {
+            require_root("tcpstate run")?;
+            cargo(&["build", "--release", "-p", "tcpstate-user"])?;
+            let bin = root().join("target/release/tcpstate");
+            let mut cmd = Command::new(bin);
+            cmd.arg("run").args(args);
+            status(&mut cmd)
+        }
+        Cmd::Test { host_only, filter } => test(host_only, filter),
+        Cmd::Lint => lint(),
+    }
+}
+
+fn test(host_only: bool, filter: Option<String>) -> Result<()> {
+    // Host tests: the state machine, parser and daemon logic. The eBPF crate cannot build for the
+    // host and the e2e suite needs root, so both stay out of default-members.
+    cargo(&["test"])?;
+    if host_only {
+        return Ok(());
+    }
+    require_root("the end-to-end tests (network namespaces, XDP, TC, bpffs)")?;
+    // One thread: the tests share bpffs and the kernel's XDP/TC attach points.
+    let mut args = vec![
+        "test",
+        "-p",
+        "tcpstate-user",
+        "--features",
+        "e2e",
+        "--test",
+        "e2e",
+        "--",
+    ];
+    if let Some(f) = filter.as_deref() {
+        args.push(f);
+    }
+    args.push("--test-threads=1");
+    cargo(&args)
+}
+
+fn lint() -> Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--all-targets",
+        "--features",
+        "tcpstate-user/e2e",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // The kernel crate: nightly, for the BPF target, as aya-build compiles it.
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root().join("tcpstate-ebpf")).args([
+        "+nightly",
+        "clippy",
+        "-Z",
+        "build-std=core",
+        "--target",
+        "bpfel-unknown-none",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    status(&mut cmd)
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY-free: reading the effective uid through /proc keeps xtask free of libc.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        .unwrap_or("");
+    if euid != "0" {
+        bail!("{what} need root: run `sudo -E cargo xtask ...` (or as root)");
+    }
+    Ok(())
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root()).args(args);
+    status(&mut cmd)
+}
+
+pub fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! `cargo xtask setup`: installs, idempotently and only what is missing, what a fresh machine of
+//! this project's kind needs. Checks are cheap (dpkg-query, rustup, a statfs); installs run only
+//! when a check fails.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+use crate::status;
+
+/// Debian packages: LLVM 22 to build bpf-linker against (it must match rustc's LLVM), and the
+/// tools the tests drive: promtool (prometheus), nft (nftables), hping3, scapy, ss/ip (iproute2),
+/// curl for the README's check, util-linux for nsenter.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "prometheus",
+    "nftables",
+    "hping3",
+    "python3-scapy",
+    "iproute2",
+    "curl",
+    "util-linux",
+];
+
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+pub fn ensure() -> Result<()> {
+    apt_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    bpffs();
+    Ok(())
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {missing:?}: run `sudo apt-get install {}`",
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask setup: installing {}", missing.join(" "));
+    status(Command::new("apt-get").args(["update", "-qq"]))?;
+    status(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("rustup is needed to manage the nightly toolchain")?;
+    if !out.status.success() {
+        bail!("no nightly toolchain: install one with `rustup toolchain install nightly --component rust-src`");
+    }
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        return Ok(());
+    }
+    eprintln!("xtask setup: adding rust-src to nightly (for -Z build-std=core)");
+    status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> Result<()> {
+    let have = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have {
+        return Ok(());
+    }
+    eprintln!("xtask setup: building bpf-linker against LLVM 22 (a few minutes, once)");
+    let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
+    status(Command::new("cargo").env("PATH", path).args([
+        "install",
+        "--locked",
+        "bpf-linker",
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ]))
+}
+
+/// bpffs on /sys/fs/bpf, for pinned maps. The daemon mounts it itself when missing; doing it here
+/// too lets unprivileged inspection and the tests find it. Failure is not fatal (not root).
+fn bpffs() {
+    let mounted = std::fs::read_to_string("/proc/mounts").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    });
+    if !mounted && is_root() && Path::new("/sys/fs/bpf").exists() {
+        let _ = Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        == Some("0")
+}
