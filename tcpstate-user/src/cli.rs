@@ -26,6 +26,9 @@ pub enum Command {
     Run(RunArgs),
     /// List the tracked flows of a running daemon, with both endpoints' states and ages.
     Flows(FlowsArgs),
+    /// CLOSE_WAIT endpoints stuck past a threshold, by port and owning process. Exit code 1 when
+    /// there are leaks, 0 when none (for scripts and cron), 2 on errors.
+    Leaks(LeaksArgs),
     /// Remove the pinned maps a daemon left behind (programs detach when the daemon exits).
     Cleanup(PinArgs),
 }
@@ -79,6 +82,12 @@ pub struct RunArgs {
     /// flood cannot crowd out established flows. Default: a quarter of --max-flows.
     #[arg(long, env = "TCPSTATE_HALF_OPEN_BUDGET")]
     pub half_open_budget: Option<u32>,
+    /// CLOSE_WAIT age past which an endpoint counts as leaked (tcpstate_close_wait_leaked).
+    #[arg(long, env = "TCPSTATE_CLOSE_WAIT_LEAK_AFTER", default_value = "60s")]
+    pub close_wait_leak_after: Duration,
+    /// Most ports given their own `port` label; the others are reported as port="other".
+    #[arg(long, env = "TCPSTATE_PORT_LABELS", default_value_t = 32)]
+    pub port_labels: usize,
     /// TIME_WAIT lifetime (2*MSL; Linux uses 60s).
     #[arg(long, env = "TCPSTATE_TIME_WAIT", default_value = "60s")]
     pub time_wait: Duration,
@@ -122,6 +131,24 @@ pub struct FlowsArgs {
     /// Only flows with an endpoint on this port.
     #[arg(long)]
     pub port: Option<u16>,
+    /// Only flows with an endpoint at this address.
+    #[arg(long)]
+    pub address: Option<std::net::IpAddr>,
+    /// Only flows with an endpoint in its state for longer than this (e.g. 5m).
+    #[arg(long)]
+    pub older_than: Option<Duration>,
+    #[command(flatten)]
+    pub pins: PinArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaksArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// CLOSE_WAIT age past which an endpoint counts as leaked.
+    #[arg(long, default_value = "60s")]
+    pub older_than: Duration,
     #[command(flatten)]
     pub pins: PinArgs,
 }

@@ -73,6 +73,8 @@ pub struct RunConfig {
     pub capacity: u32,
     pub half_open_budget: u32,
     pub timeouts: Timeouts,
+    pub close_wait_leak_after: time::Duration,
+    pub port_labels: usize,
     pub sweep_interval: time::Duration,
     pub seed: bool,
     pub pin_dir: PathBuf,
@@ -140,6 +142,15 @@ impl RunConfig {
                     a.established_idle_timeout,
                 )?,
                 closed_linger: positive("--closed-linger", a.closed_linger)?,
+            },
+            close_wait_leak_after: positive("--close-wait-leak-after", a.close_wait_leak_after)?,
+            port_labels: if (1..=1024).contains(&a.port_labels) {
+                a.port_labels
+            } else {
+                return Err(ConfigError::Invalid(format!(
+                    "--port-labels must be between 1 and 1024, not {}",
+                    a.port_labels
+                )));
             },
             sweep_interval: positive("--sweep-interval", a.sweep_interval)?,
             seed: !a.no_seed,

@@ -18,7 +18,8 @@ use crate::{
     cli::Mode,
     config::RunConfig,
     error::Preflight,
-    http, loader,
+    http::{self, Reply},
+    loader,
     metrics::{self, Scrape},
     netif, seed, sockdiag,
     sweeper::{self, monotonic_ns, SweepReport},
@@ -118,15 +119,34 @@ fn spawn_sweeper(
     cfg: &RunConfig,
 ) -> std::thread::JoinHandle<()> {
     let (interval, timeouts) = (cfg.sweep_interval, cfg.timeouts);
+    let host_mode = cfg.attachments.iter().any(|a| a.mode == Mode::Host);
+    let mut leaks = sweeper::Leaks {
+        leak_after_s: cfg.close_wait_leak_after.as_secs_f64(),
+        port_labels: cfg.port_labels,
+        listening: Default::default(),
+        labelled: Default::default(),
+    };
     std::thread::Builder::new()
         .name("sweeper".into())
         .spawn(move || {
             let mut report = SweepReport::default();
             while !stop.load(Ordering::Relaxed) {
-                let mut user = state.lock().expect("state lock").user;
-                let removed = sweeper::sweep(&mut flows, &mut user, &timeouts, &mut report);
+                if host_mode {
+                    // Port labels go to listening ports; the kernel knows which they are.
+                    if let Ok(l) = sockdiag::dump_listening() {
+                        leaks.listening = l.iter().map(|s| s.local.1).collect();
+                    }
+                }
+                let mut user = state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .user;
+                let removed =
+                    sweeper::sweep(&mut flows, &mut user, &timeouts, &mut leaks, &mut report);
                 {
-                    let mut s = state.lock().expect("state lock");
+                    let mut s = state
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     s.report = report.clone();
                     if removed > 0 {
                         s.user = user;
@@ -158,32 +178,40 @@ async fn serve(
     let (capacity, half_open_budget) = (cfg.capacity, cfg.half_open_budget);
     let handler: http::Handler = Arc::new(move |path: &str| match path {
         "/metrics" => {
-            let s = state.lock().expect("state lock");
+            let s = state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut totals = match s.books.totals() {
                 Ok(t) => t,
                 Err(e) => {
                     warn!(error = %e, "cannot read counters");
-                    return Some((
-                        "text/plain",
-                        format!("# cannot read counters: {e}\n").into_bytes(),
-                    ));
+                    return Reply::Failed(format!("cannot read the kernel counters: {e}"));
                 }
             };
             totals.user = s.user;
-            let body = metrics::render(&Scrape {
+            let scrape = Scrape {
                 totals: &totals,
                 capacity,
                 half_open_budget,
                 sweep: &s.report,
                 attached: &attached,
-            });
-            Some((metrics::CONTENT_TYPE, body))
+            };
+            match metrics::render(&scrape) {
+                Ok(body) => Reply::Ok {
+                    content_type: metrics::CONTENT_TYPE,
+                    body,
+                },
+                Err(e) => {
+                    warn!(error = %e, "cannot encode metrics");
+                    Reply::Failed(format!("cannot encode metrics: {e}"))
+                }
+            }
         }
-        "/" => Some((
-            "text/plain",
-            b"tcpstate: TCP connection states from XDP/TC. Metrics at /metrics\n".to_vec(),
-        )),
-        _ => None,
+        "/" => Reply::Ok {
+            content_type: "text/plain",
+            body: b"tcpstate: TCP connection states from XDP/TC. Metrics at /metrics\n".to_vec(),
+        },
+        _ => Reply::NotFound,
     });
     http::serve(listener, handler, shutdown_signal()).await;
     Ok(())

@@ -9,8 +9,19 @@ use tokio::{
 };
 use tracing::debug;
 
-/// Renders a response body for a path, or `None` for 404.
-pub type Handler = Arc<dyn Fn(&str) -> Option<(&'static str, Vec<u8>)> + Send + Sync>;
+/// What a handler answers for a path.
+pub enum Reply {
+    Ok {
+        content_type: &'static str,
+        body: Vec<u8>,
+    },
+    NotFound,
+    /// 500, with a one-line reason.
+    Failed(String),
+}
+
+/// Renders the response for a path.
+pub type Handler = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
 
 const MAX_REQUEST: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,13 +88,20 @@ async fn respond(mut stream: TcpStream, handler: Handler) -> std::io::Result<()>
         .await;
     }
     match handler(path) {
-        Some((ctype, body)) => write(&mut stream, "200 OK", ctype, &body, head_only).await,
-        None => {
+        Reply::Ok { content_type, body } => {
+            write(&mut stream, "200 OK", content_type, &body, head_only).await
+        }
+        Reply::NotFound => {
+            let body = b"not found: try /metrics\n";
+            write(&mut stream, "404 Not Found", "text/plain", body, head_only).await
+        }
+        Reply::Failed(why) => {
+            let body = format!("{why}\n");
             write(
                 &mut stream,
-                "404 Not Found",
+                "500 Internal Server Error",
                 "text/plain",
-                b"not found: try /metrics\n",
+                body.as_bytes(),
                 head_only,
             )
             .await

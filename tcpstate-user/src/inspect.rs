@@ -8,7 +8,13 @@ use tcpstate_common::{
     maps, FlowKey, FlowRecord, TcpState,
 };
 
-use crate::{cli::FlowsArgs, error::Preflight, seed::words_addr, sweeper::monotonic_ns, tables};
+use crate::{
+    cli::FlowsArgs,
+    error::Preflight,
+    seed::{addr_words, words_addr},
+    sweeper::monotonic_ns,
+    tables,
+};
 
 /// One tracked flow, decoded for people and scripts.
 struct FlowView {
@@ -72,6 +78,14 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
             let w = v.rec.word();
             state_filter.is_none_or(|s| w.state(Side::A) == s || w.state(Side::B) == s)
                 && args.port.is_none_or(|p| v.key.port.contains(&p))
+                && args
+                    .address
+                    .is_none_or(|a| v.key.addr.contains(&addr_words(a)))
+                && args.older_than.is_none_or(|d| {
+                    [Side::A, Side::B]
+                        .iter()
+                        .any(|&s| v.age_s(s, now) > d.0.as_secs_f64())
+                })
         })
         .collect();
     views.sort_by_key(|v| (v.key.port, v.key.addr));

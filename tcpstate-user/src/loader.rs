@@ -16,7 +16,7 @@ use tcpstate_common::{
     flow::{FlowKey, FlowRecord},
     maps::{self, Config, CAPACITY_SLACK},
 };
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     cli::{Mode, XdpModeArg},
@@ -244,7 +244,9 @@ fn attach_xdp(
                     }
                     .into());
                 }
-                warn!(iface, mode = name, error = %e, "XDP attach failed");
+                // Expected where the driver has no native XDP (virtio without enough queues, lo):
+                // the next mode is tried.
+                info!(iface, mode = name, error = %e, "XDP attach mode unavailable");
                 last = Some(e);
             }
         }

@@ -1,15 +1,18 @@
 //! `tcpstate`: the daemon (`run`) and the inspection commands.
 
 mod cli;
+mod closewait;
 mod config;
 mod daemon;
 mod error;
 mod expiry;
 mod http;
 mod inspect;
+mod leaks;
 mod loader;
 mod metrics;
 mod netif;
+mod owners;
 mod seed;
 mod sockdiag;
 mod sweeper;
@@ -33,12 +36,24 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Command::Leaks(args) = &cli.command {
+        // 0: no leak, 1: leaks, 2: could not tell.
+        return match leaks::run(args) {
+            Ok(false) => ExitCode::SUCCESS,
+            Ok(true) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("tcpstate: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let result = match &cli.command {
         Command::Run(args) => RunConfig::from_args(args)
             .map_err(anyhow::Error::from)
             .and_then(daemon::run),
         Command::Flows(args) => inspect::flows(args),
         Command::Cleanup(args) => inspect::cleanup(&args.pin_dir),
+        Command::Leaks(_) => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

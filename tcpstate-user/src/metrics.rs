@@ -220,6 +220,23 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
     out.push(f);
 
     let mut f = gauge(
+        "tcpstate_close_wait_leaked",
+        "Counted endpoints in CLOSE_WAIT for longer than --close-wait-leak-after, by local port (listening ports; the rest as other).",
+    );
+    for (port, fig) in &s.sweep.close_wait.ports {
+        f.sample(&[("port", port)], fig.leaked as f64);
+    }
+    out.push(f);
+    let mut f = gauge(
+        "tcpstate_close_wait_oldest_seconds",
+        "Age of the oldest counted CLOSE_WAIT endpoint, by local port; 0 when none.",
+    );
+    for (port, fig) in &s.sweep.close_wait.ports {
+        f.sample(&[("port", port)], fig.oldest_s);
+    }
+    out.push(f);
+
+    let mut f = gauge(
         "tcpstate_sweep_duration_seconds",
         "Wall time of the latest background walk of the flow table.",
     );
@@ -256,16 +273,18 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
     );
     f.sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
     out.push(f);
-    out.into_iter().map(|f| f.0).collect()
+    // A family with no samples (no attachment yet, no sweep yet) is not valid exposition.
+    out.into_iter()
+        .map(|f| f.0)
+        .filter(|f| !f.get_metric().is_empty())
+        .collect()
 }
 
 /// Prometheus text exposition format 0.0.4.
-pub fn render(s: &Scrape) -> Vec<u8> {
+pub fn render(s: &Scrape) -> prometheus::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(16 * 1024);
-    TextEncoder::new()
-        .encode(&families(s), &mut buf)
-        .expect("encoding to a Vec cannot fail");
-    buf
+    TextEncoder::new().encode(&families(s), &mut buf)?;
+    Ok(buf)
 }
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -55,6 +55,16 @@ const INET_DIAG_MSG_LEN: usize = 72;
 
 /// Every TCP socket of this network namespace, IPv4 and IPv6, in every state.
 pub fn dump_tcp() -> io::Result<Vec<Socket>> {
+    dump(u32::MAX)
+}
+
+/// Listening sockets only (the kernel filters: cheap even on a busy host).
+pub fn dump_listening() -> io::Result<Vec<Socket>> {
+    dump(1 << 10)
+}
+
+/// Sockets whose state bit (1 << TCP_*) is in `states`.
+fn dump(states: u32) -> io::Result<Vec<Socket>> {
     // SAFETY: plain socket(2) call.
     let fd = unsafe {
         libc::socket(
@@ -70,13 +80,13 @@ pub fn dump_tcp() -> io::Result<Vec<Socket>> {
     let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        request(&fd, family)?;
+        request(&fd, family, states)?;
         read_all(&fd, &mut out)?;
     }
     Ok(out)
 }
 
-fn request(fd: &std::os::fd::OwnedFd, family: u8) -> io::Result<()> {
+fn request(fd: &std::os::fd::OwnedFd, family: u8, states: u32) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let mut msg = Vec::with_capacity(NLMSG_HDRLEN + 56);
     let len = (NLMSG_HDRLEN + 56) as u32;
@@ -87,7 +97,7 @@ fn request(fd: &std::os::fd::OwnedFd, family: u8) -> io::Result<()> {
     msg.extend_from_slice(&0u32.to_ne_bytes()); // pid
                                                 // inet_diag_req_v2: family, protocol, ext, pad, states, then a zeroed sockid (48 bytes).
     msg.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
-    msg.extend_from_slice(&u32::MAX.to_ne_bytes());
+    msg.extend_from_slice(&states.to_ne_bytes());
     msg.extend_from_slice(&[0u8; 48]);
     // SAFETY: zeroed sockaddr_nl addresses the kernel.
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };

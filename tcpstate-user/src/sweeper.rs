@@ -1,12 +1,16 @@
 //! The background walk: expires flows by their state's timeout and reports its own cost. Runs on
 //! its own thread at a fixed cadence; scrapes serve its latest report and never wait for it.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use tcpstate_common::{maps::UserCounters, FlowKey, FlowRecord};
 use tracing::warn;
 
 use crate::{
+    closewait::{self, Stuck, Survey},
     config::Timeouts,
     expiry::{self, Expired},
     tables::Flows,
@@ -17,6 +21,18 @@ pub struct SweepReport {
     pub duration: Duration,
     pub visited: u64,
     pub sweeps: u64,
+    pub close_wait: Survey,
+}
+
+/// What the walk needs besides the timeouts.
+pub struct Leaks {
+    pub leak_after_s: f64,
+    pub port_labels: usize,
+    /// Listening ports (host mode: from sock_diag), refreshed by the caller.
+    pub listening: BTreeSet<u16>,
+    /// Ports labelled by the previous walk: they keep their label, so a leak that goes away (the
+    /// process closed its sockets, or exited and stopped listening) reads 0 rather than vanishing.
+    pub labelled: BTreeSet<u16>,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns and bpf_ktime_get_coarse_ns.
@@ -35,19 +51,26 @@ pub fn sweep(
     flows: &mut Flows,
     user: &mut UserCounters,
     t: &Timeouts,
+    leaks: &mut Leaks,
     report: &mut SweepReport,
 ) -> usize {
     let start = Instant::now();
     let now = monotonic_ns();
     let mut expired: Vec<(FlowKey, FlowRecord, Expired)> = Vec::new();
+    let mut stuck: Vec<Stuck> = Vec::new();
     let mut visited = 0u64;
     for item in flows.0.iter() {
         let Ok((key, rec)) = item else { continue };
         visited += 1;
+        stuck.extend(closewait::stuck_endpoints(&key, &rec, now));
         if let Some(why) = expiry::decide(&rec, now, t) {
             expired.push((key, rec, why));
         }
     }
+    let candidates: BTreeSet<u16> = leaks.listening.union(&leaks.labelled).copied().collect();
+    let labels = closewait::choose_labels(&candidates, &stuck, leaks.port_labels);
+    report.close_wait = closewait::survey(&stuck, &labels, leaks.leak_after_s);
+    leaks.labelled = labels;
     let mut removed = 0;
     for (key, rec, why) in expired {
         // A segment may have moved the flow since the walk read it: re-read, and leave it for the

@@ -459,16 +459,13 @@ impl Metrics {
     /// The value of `name{labels}` with labels given in the exposition's (alphabetical) order,
     /// e.g. `get("tcpstate_connections", &[("role", "server"), ("state", "established")])`.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let key = if labels.is_empty() {
-            name.to_string()
-        } else {
-            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-            format!("{name}{{{}}}", l.join(","))
-        };
-        *self
-            .samples
-            .get(&key)
-            .unwrap_or_else(|| panic!("no sample {key} in:\n{}", self.text))
+        self.try_get(name, labels)
+            .unwrap_or_else(|| panic!("no sample {} in:\n{}", series(name, labels), self.text))
+    }
+
+    /// As `get`, `None` when the series is absent (for predicates that wait for it to appear).
+    pub fn try_get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples.get(&series(name, labels)).copied()
     }
 
     /// Non-zero `tcpstate_connections` summed over roles, per state.
@@ -492,6 +489,14 @@ impl Metrics {
     pub fn connections(&self, role: &str, state: &str) -> f64 {
         self.get("tcpstate_connections", &[("role", role), ("state", state)])
     }
+}
+
+fn series(name: &str, labels: &[(&str, &str)]) -> String {
+    if labels.is_empty() {
+        return name.to_string();
+    }
+    let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    format!("{name}{{{}}}", l.join(","))
 }
 
 /// `promtool check metrics` on an exposition: exit 0 and no complaints.

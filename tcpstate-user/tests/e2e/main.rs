@@ -5,6 +5,7 @@
 //! Needs root. Run with `cargo xtask test` (one test thread).
 
 mod harness;
+mod leaks;
 
 use std::{
     io::{Read, Write},

@@ -1,0 +1,271 @@
+//! `tcpstate leaks`: CLOSE_WAIT endpoints past a threshold, grouped by local port and owning process.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use serde_json::json;
+use tcpstate_common::{
+    flow::{flowflags, Side},
+    TcpState,
+};
+
+use crate::{
+    cli::LeaksArgs,
+    owners::{owners, Owner},
+    seed::{addr_words, words_addr},
+    sockdiag::{self, KernelState},
+    sweeper::monotonic_ns,
+    tables,
+};
+
+/// What CLOSE_WAIT piling up almost always means, in one line.
+pub const HINT: &str = "the peer closed and this process never called close() on these sockets: look for a path that reads EOF or an error and returns without closing (error branches, connection pools)";
+
+/// A leaked endpoint, joined with its socket and owner when the kernel still has them.
+struct Leak {
+    port: u16,
+    remote: IpAddr,
+    age_s: f64,
+    lower_bound: bool,
+    owner: Option<Owner>,
+}
+
+/// The leaks of one (port, process) group.
+struct Group {
+    port: u16,
+    owner: Option<Owner>,
+    count: usize,
+    oldest_s: f64,
+    newest_s: f64,
+    lower_bound: bool,
+    peers: Vec<(IpAddr, usize)>,
+}
+
+/// Prints the report; returns whether any leak was found (exit code 1 for scripts and cron).
+pub fn run(args: &LeaksArgs) -> anyhow::Result<bool> {
+    let (flows, _) = tables::from_pins(&args.pins.pin_dir)?;
+    let now = monotonic_ns();
+    let threshold = args.older_than.0.as_secs_f64();
+    // The kernel's sockets in this network namespace, keyed like the flow table.
+    let sockets = sockdiag::dump_tcp().unwrap_or_default();
+    let by_tuple: HashMap<([u32; 4], u16, [u32; 4], u16), u32> = sockets
+        .iter()
+        .filter(|s| s.state == KernelState::Conn(TcpState::CloseWait))
+        .map(|s| {
+            (
+                (
+                    addr_words(s.local.0),
+                    s.local.1,
+                    addr_words(s.remote.0),
+                    s.remote.1,
+                ),
+                s.inode,
+            )
+        })
+        .collect();
+    let mut found = Vec::new();
+    for (key, rec) in flows.0.iter().filter_map(Result::ok) {
+        let w = rec.word();
+        for side in [Side::A, Side::B] {
+            if !w.is_counted(side) || w.state(side) != TcpState::CloseWait {
+                continue;
+            }
+            let age_s = now.saturating_sub(rec.since_ns[side.index()]) as f64 / 1e9;
+            if age_s <= threshold {
+                continue;
+            }
+            let (l, r) = (side.index(), side.other().index());
+            let inode = by_tuple
+                .get(&(key.addr[l], key.port[l], key.addr[r], key.port[r]))
+                .copied();
+            found.push((
+                key.port[l],
+                words_addr(key.addr[r]),
+                age_s,
+                w.has(flowflags::SEEDED),
+                inode,
+            ));
+        }
+    }
+    let inodes: HashSet<u32> = found.iter().filter_map(|f| f.4).collect();
+    let owners = owners(&inodes);
+    let leaks: Vec<Leak> = found
+        .into_iter()
+        .map(|(port, remote, age_s, lower_bound, inode)| Leak {
+            port,
+            remote,
+            age_s,
+            lower_bound,
+            owner: inode
+                .and_then(|i| owners.get(&i))
+                .and_then(|o| o.first().cloned()),
+        })
+        .collect();
+    let groups = group(leaks);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&groups, threshold))?
+        );
+    } else {
+        print_table(&groups, threshold);
+    }
+    Ok(!groups.is_empty())
+}
+
+fn group(leaks: Vec<Leak>) -> Vec<Group> {
+    let mut groups: BTreeMap<(u16, Option<u32>), Group> = BTreeMap::new();
+    let mut peers: HashMap<(u16, Option<u32>), HashMap<IpAddr, usize>> = HashMap::new();
+    for l in leaks {
+        let k = (l.port, l.owner.as_ref().map(|o| o.pid));
+        let g = groups.entry(k).or_insert_with(|| Group {
+            port: l.port,
+            owner: l.owner.clone(),
+            count: 0,
+            oldest_s: 0.0,
+            newest_s: f64::MAX,
+            lower_bound: false,
+            peers: Vec::new(),
+        });
+        g.count += 1;
+        g.oldest_s = g.oldest_s.max(l.age_s);
+        g.newest_s = g.newest_s.min(l.age_s);
+        g.lower_bound |= l.lower_bound;
+        *peers.entry(k).or_default().entry(l.remote).or_insert(0) += 1;
+    }
+    let mut out: Vec<Group> = groups
+        .into_iter()
+        .map(|(k, mut g)| {
+            let mut p: Vec<(IpAddr, usize)> =
+                peers.remove(&k).unwrap_or_default().into_iter().collect();
+            p.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            p.truncate(3);
+            g.peers = p;
+            g
+        })
+        .collect();
+    out.sort_by(|a, b| b.count.cmp(&a.count).then(a.port.cmp(&b.port)));
+    out
+}
+
+fn to_json(groups: &[Group], threshold: f64) -> serde_json::Value {
+    json!({
+        "threshold_seconds": threshold,
+        "leaks": groups.iter().map(|g| json!({
+            "port": g.port,
+            "pid": g.owner.as_ref().map(|o| o.pid),
+            "command": g.owner.as_ref().map(|o| o.command.clone()),
+            "cmdline": g.owner.as_ref().map(|o| o.cmdline.clone()),
+            "user": g.owner.as_ref().map(|o| o.user.clone()),
+            "uid": g.owner.as_ref().map(|o| o.uid),
+            "count": g.count,
+            "oldest_seconds": g.oldest_s,
+            "newest_seconds": g.newest_s,
+            "age_is_lower_bound": g.lower_bound,
+            "top_peers": g.peers.iter().map(|(a, n)| json!({"address": a.to_string(), "count": n})).collect::<Vec<_>>(),
+            "hint": HINT,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn human_age(s: f64) -> String {
+    let s = s as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn print_table(groups: &[Group], threshold: f64) {
+    if groups.is_empty() {
+        println!("no CLOSE_WAIT endpoint older than {}", human_age(threshold));
+        return;
+    }
+    println!(
+        "{:<6} {:>8} {:<10} {:<16} {:>6} {:>9} {:>9}  TOP PEERS",
+        "PORT", "PID", "USER", "COMMAND", "COUNT", "OLDEST", "NEWEST"
+    );
+    for g in groups {
+        let (pid, user, cmd) = match &g.owner {
+            Some(o) => (o.pid.to_string(), o.user.clone(), o.command.clone()),
+            None => ("?".into(), "?".into(), "?".into()),
+        };
+        let mark = if g.lower_bound { ">" } else { "" };
+        let peers: Vec<String> = g.peers.iter().map(|(a, n)| format!("{a} ({n})")).collect();
+        println!(
+            "{:<6} {:>8} {:<10} {:<16} {:>6} {:>9} {:>9}  {}",
+            g.port,
+            pid,
+            user,
+            cmd,
+            g.count,
+            format!("{mark}{}", human_age(g.oldest_s)),
+            format!("{mark}{}", human_age(g.newest_s)),
+            peers.join(", ")
+        );
+        if let Some(o) = &g.owner {
+            println!("       cmdline: {}", o.cmdline);
+        } else {
+            println!("       owner unknown: run `tcpstate leaks` in the daemon's network namespace, as root");
+        }
+    }
+    println!("hint: {HINT}");
+    if groups.iter().any(|g| g.lower_bound) {
+        println!("(> : seen at daemon start-up; the real age is at least this)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_durations() {
+        assert_eq!(human_age(5.4), "5s");
+        assert_eq!(human_age(90.0), "1m30s");
+        assert_eq!(human_age(7260.0), "2h01m");
+        assert_eq!(human_age(90_000.0), "1d01h");
+    }
+
+    #[test]
+    fn leaks_group_by_port_and_process_with_top_peers() {
+        let owner = |pid| {
+            Some(Owner {
+                pid,
+                command: "srv".into(),
+                cmdline: "srv --x".into(),
+                uid: 0,
+                user: "root".into(),
+            })
+        };
+        let l = |port, remote: &str, age_s, pid| Leak {
+            port,
+            remote: remote.parse().unwrap(),
+            age_s,
+            lower_bound: false,
+            owner: owner(pid),
+        };
+        let groups = group(vec![
+            l(80, "192.0.2.5", 100.0, 7),
+            l(80, "192.0.2.5", 70.0, 7),
+            l(80, "192.0.2.6", 65.0, 7),
+            l(80, "192.0.2.9", 300.0, 8),
+            l(443, "192.0.2.5", 61.0, 7),
+        ]);
+        assert_eq!(groups.len(), 3);
+        let g = &groups[0];
+        assert_eq!((g.port, g.owner.as_ref().unwrap().pid, g.count), (80, 7, 3));
+        assert_eq!((g.oldest_s, g.newest_s), (100.0, 65.0));
+        assert_eq!(
+            g.peers,
+            vec![
+                ("192.0.2.5".parse().unwrap(), 2),
+                ("192.0.2.6".parse().unwrap(), 1)
+            ]
+        );
+    }
+}
