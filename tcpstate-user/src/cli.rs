@@ -31,6 +31,8 @@ pub enum Command {
     Leaks(LeaksArgs),
     /// Remove the pinned maps a daemon left behind (programs detach when the daemon exits).
     Cleanup(PinArgs),
+    /// Print every metric the daemon exports (an idle daemon's /metrics), without loading anything.
+    DescribeMetrics,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -54,6 +54,9 @@ fn main() -> ExitCode {
         Command::Flows(args) => inspect::flows(args),
         Command::Cleanup(args) => inspect::cleanup(&args.pin_dir),
         Command::Leaks(_) => unreachable!("handled above"),
+        Command::DescribeMetrics => metrics::describe()
+            .map_err(anyhow::Error::from)
+            .and_then(|b| Ok(std::io::Write::write_all(&mut std::io::stdout(), &b)?)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -288,3 +288,30 @@ pub fn render(s: &Scrape) -> prometheus::Result<Vec<u8>> {
 }
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The exposition of a daemon that has seen nothing: every family, with its labels, at zero. For
+/// `tcpstate describe-metrics`, and for checking dashboards and alert rules against what is
+/// really exported.
+pub fn describe() -> prometheus::Result<Vec<u8>> {
+    let totals = Totals {
+        slots: vec![0; tcpstate_common::counters::idx::COUNT as usize],
+        ..Totals::default()
+    };
+    let mut sweep = SweepReport::default();
+    sweep
+        .close_wait
+        .ports
+        .insert(crate::closewait::OTHER.to_string(), Default::default());
+    let attached = [Attached {
+        iface: "eth0".into(),
+        hook: "xdp",
+        mode: "native",
+    }];
+    render(&Scrape {
+        totals: &totals,
+        capacity: 0,
+        half_open_budget: 0,
+        sweep: &sweep,
+        attached: &attached,
+    })
+}

@@ -105,3 +105,45 @@ fn cleanup_of_nothing_succeeds() {
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("nothing to clean"));
 }
+
+#[test]
+fn describe_metrics_lists_the_contract_and_passes_promtool() {
+    let o = run(&["describe-metrics"]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    for name in [
+        "tcpstate_connections",
+        "tcpstate_resets_total",
+        "tcpstate_segments_total",
+        "tcpstate_invalid_segments_total",
+        "tcpstate_flow_table_entries",
+        "tcpstate_flow_table_capacity",
+        "tcpstate_flows_untracked_total",
+        "tcpstate_handshakes_total",
+        "tcpstate_close_wait_leaked",
+        "tcpstate_close_wait_oldest_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} missing from:\n{text}"
+        );
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is needed: run `cargo xtask setup`");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "promtool: {complaints}"
+    );
+}
