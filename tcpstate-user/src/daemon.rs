@@ -50,7 +50,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
     // The daemon's side of the books survives restarts in its pinned map.
     let mut user = books.user()?;
     if cfg.seed {
-        seed_from_kernel(&cfg, &mut flows, &mut user);
+        sync_with_kernel(&cfg, &mut flows, &mut user);
         books.set_user(&user)?;
     }
     let state = Arc::new(Mutex::new(State {
@@ -76,7 +76,11 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
     result
 }
 
-fn seed_from_kernel(cfg: &RunConfig, flows: &mut Flows, user: &mut UserCounters) {
+/// Brings the table in line with the kernel's socket table: drops records a reused (pinned) table
+/// kept for connections that changed or ended while no daemon ran, then seeds every socket the
+/// table lacks. Runs after attaching, so nothing that happens meanwhile is missed; records the
+/// programs create first win (BPF_NOEXIST).
+fn sync_with_kernel(cfg: &RunConfig, flows: &mut Flows, user: &mut UserCounters) {
     let sockets = match sockdiag::dump_tcp() {
         Ok(s) => s,
         Err(e) => {
@@ -93,9 +97,22 @@ fn seed_from_kernel(cfg: &RunConfig, flows: &mut Flows, user: &mut UserCounters)
             .collect::<HashSet<_>>(),
         loopback: cfg.attachments.iter().any(|a| a.iface == "lo"),
     };
+    let kernel = seed::kernel_states(&sockets, &scope);
+    let stale: Vec<_> = flows
+        .0
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(key, rec)| seed::is_stale(key, rec, &kernel, &scope))
+        .collect();
+    let mut kept = flows.0.keys().count();
+    for (key, rec) in &stale {
+        if flows.0.remove(key).is_ok() {
+            user.record_delete(rec.word());
+            kept -= 1;
+        }
+    }
     let mut seeded = 0;
     for (key, rec) in seed::records(&sockets, &scope, monotonic_ns()) {
-        // BPF_NOEXIST: a flow the programs already track (attached before seeding) wins.
         match flows.0.insert(key, rec, BPF_NOEXIST) {
             Ok(()) => {
                 user.record_insert(rec.word());
@@ -106,9 +123,11 @@ fn seed_from_kernel(cfg: &RunConfig, flows: &mut Flows, user: &mut UserCounters)
         }
     }
     info!(
+        kept,
+        dropped_stale = stale.len(),
         seeded,
         sockets = sockets.len(),
-        "seeded the flow table from the kernel's socket table"
+        "flow table in line with the kernel's socket table"
     );
 }
 

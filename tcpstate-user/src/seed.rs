@@ -62,7 +62,7 @@ pub struct Scope {
 }
 
 impl Scope {
-    fn counts(&self, ip: IpAddr) -> bool {
+    pub fn counts(&self, ip: IpAddr) -> bool {
         self.host.contains(&ip)
             || (self.loopback && ip.is_loopback())
             || (self.loopback && is_mapped_loopback(ip))
@@ -131,6 +131,51 @@ pub fn records(sockets: &[Socket], scope: &Scope, now_ns: u64) -> Vec<(FlowKey, 
             (key, rec)
         })
         .collect()
+}
+
+/// The kernel's state of every in-scope socket, keyed like the flow table (canonical key and the
+/// socket's side).
+pub fn kernel_states(sockets: &[Socket], scope: &Scope) -> HashMap<(FlowKey, Side), TcpState> {
+    sockets
+        .iter()
+        .filter_map(|s| {
+            let KernelState::Conn(state) = s.state else {
+                return None;
+            };
+            if !scope.counts(s.local.0) {
+                return None;
+            }
+            let (key, side) = FlowKey::canonical(
+                addr_words(s.local.0),
+                s.local.1,
+                addr_words(s.remote.0),
+                s.remote.1,
+            );
+            Some(((key, side), state))
+        })
+        .collect()
+}
+
+/// Whether a record found in a reused (pinned) table no longer describes the kernel's sockets: a
+/// counted endpoint in scope whose socket is gone, or in another state. Connections change while no
+/// daemon watches; such records are replaced by seeding from the kernel.
+pub fn is_stale(
+    key: &FlowKey,
+    rec: &FlowRecord,
+    kernel: &HashMap<(FlowKey, Side), TcpState>,
+    scope: &Scope,
+) -> bool {
+    let w = rec.word();
+    [Side::A, Side::B].into_iter().any(|side| {
+        if !w.is_counted(side) || !scope.counts(words_addr(key.addr[side.index()])) {
+            return false;
+        }
+        let kernel = kernel
+            .get(&(*key, side))
+            .copied()
+            .unwrap_or(TcpState::Closed);
+        kernel != w.state(side)
+    })
 }
 
 #[cfg(test)]
@@ -219,6 +264,52 @@ mod tests {
         let mut states = [w.state(Side::A), w.state(Side::B)];
         states.sort();
         assert_eq!(states, [TcpState::FinWait2, TcpState::CloseWait]);
+    }
+
+    #[test]
+    fn records_that_disagree_with_the_kernel_are_stale() {
+        let scope = Scope {
+            host: ["192.0.2.1".parse().unwrap()].into(),
+            loopback: false,
+        };
+        let live = sock(
+            KernelState::Conn(TcpState::CloseWait),
+            ("192.0.2.1", 80),
+            ("192.0.2.2", 40000),
+        );
+        let (key, side) = FlowKey::canonical(
+            addr_words(live.local.0),
+            80,
+            addr_words(live.remote.0),
+            40000,
+        );
+        let rec_in = |state: TcpState| {
+            let mut w = FlowWord::default();
+            w.set_state(side, state);
+            w.set_state(side.other(), TcpState::FinWait2);
+            w.counted = side.bit();
+            let mut r = FlowRecord::default();
+            r.set_word(w);
+            r
+        };
+        let kernel = kernel_states(std::slice::from_ref(&live), &scope);
+        assert!(
+            !is_stale(&key, &rec_in(TcpState::CloseWait), &kernel, &scope),
+            "same state: kept, with its age"
+        );
+        assert!(
+            is_stale(&key, &rec_in(TcpState::Established), &kernel, &scope),
+            "moved on while no daemon watched"
+        );
+        let gone = HashMap::new();
+        assert!(
+            is_stale(&key, &rec_in(TcpState::CloseWait), &gone, &scope),
+            "socket gone"
+        );
+        assert!(
+            !is_stale(&key, &rec_in(TcpState::Closed), &gone, &scope),
+            "closed and gone agree"
+        );
     }
 
     #[test]

@@ -241,6 +241,8 @@ pub struct Daemon {
     scope: Option<Vec<IpAddr>>,
     pub pin_dir: PathBuf,
     log: PathBuf,
+    /// Leave the pinned maps on drop (a restart test hands them to the next daemon).
+    keep_pins: bool,
 }
 
 /// Where a daemon listens and who scrapes it.
@@ -254,23 +256,37 @@ pub struct Opts<'a> {
 impl Daemon {
     /// A host-mode daemon on the server side of `p`, scraped over the server namespace's lo.
     pub fn host(p: &Pair, args: &[&str]) -> Daemon {
-        let mut all = vec!["--iface", p.srv_if.as_str()];
-        all.extend_from_slice(args);
-        let scope = Some(vec![ip(SERVER_V4), ip(SERVER_V6)]);
-        Self::start(
-            &p.srv,
-            &all,
-            Opts {
-                listen: "127.0.0.1:9477",
-                scrape_from: None,
-                scope,
-            },
+        Self::host_pinned(
+            p,
+            args,
+            PathBuf::from(format!("/sys/fs/bpf/{}", p.srv.name)),
         )
     }
 
+    /// As `host`, with the pin directory given (a restarted daemon reuses its predecessor's).
+    pub fn host_pinned(p: &Pair, args: &[&str], pin_dir: PathBuf) -> Daemon {
+        let mut all = vec!["--iface", p.srv_if.as_str()];
+        all.extend_from_slice(args);
+        let scope = Some(vec![ip(SERVER_V4), ip(SERVER_V6)]);
+        let opts = Opts {
+            listen: "127.0.0.1:9477",
+            scrape_from: None,
+            scope,
+        };
+        Self::start_pinned(&p.srv, &all, opts, pin_dir)
+    }
+
     pub fn start(ns: &Netns, args: &[&str], opts: Opts) -> Daemon {
+        Self::start_pinned(
+            ns,
+            args,
+            opts,
+            PathBuf::from(format!("/sys/fs/bpf/{}", ns.name)),
+        )
+    }
+
+    pub fn start_pinned(ns: &Netns, args: &[&str], opts: Opts, pin_dir: PathBuf) -> Daemon {
         require_privileges();
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name));
         let log = std::env::temp_dir().join(format!("{}.log", ns.name));
         let log_file = File::create(&log).unwrap();
         // nsenter --net, not `ip netns exec`: the latter remounts /sys and hides bpffs.
@@ -298,6 +314,7 @@ impl Daemon {
             scope: opts.scope,
             pin_dir,
             log,
+            keep_pins: false,
         };
         d.wait_ready();
         d
@@ -405,9 +422,19 @@ impl Daemon {
 
     /// SIGTERM, then the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// Sends `sig` and waits; the pinned maps stay for the next daemon.
+    pub fn signal_keep_pins(mut self, sig: i32) -> std::process::ExitStatus {
+        self.keep_pins = true;
+        self.signal(sig)
+    }
+
+    fn signal(&mut self, sig: i32) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as i32, sig) };
         child.wait().unwrap()
     }
 }
@@ -418,6 +445,9 @@ impl Drop for Daemon {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let _ = c.wait();
+        }
+        if self.keep_pins {
+            return;
         }
         let _ = Command::new(BIN)
             .args(["cleanup", "--pin-dir"])

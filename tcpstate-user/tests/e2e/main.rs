@@ -7,6 +7,7 @@
 mod harness;
 mod inject;
 mod leaks;
+mod restart;
 
 use std::{
     io::{Read, Write},

@@ -1,0 +1,80 @@
+//! Restarts lose nothing: a new daemon reopens the pinned maps, keeps every flow and its age, and
+//! drops or corrects what changed while no daemon was watching.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use crate::harness::*;
+
+fn close_wait_age(d: &Daemon) -> f64 {
+    let out = Command::new(BIN)
+        .args(["flows", "--json", "--state", "close_wait", "--pin-dir"])
+        .arg(&d.pin_dir)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = &v.as_array().unwrap()[0];
+    assert_eq!(
+        f["seeded"], false,
+        "kept from before the restart, not re-seeded: {f}"
+    );
+    let local = if f["a"]["local"] == true {
+        &f["a"]
+    } else {
+        &f["b"]
+    };
+    local["age_seconds"].as_f64().unwrap()
+}
+
+#[test]
+fn restarts_after_sigterm_and_kill_keep_flows_and_ages() {
+    let p = Pair::new();
+    let pins = PathBuf::from(format!("/sys/fs/bpf/{}-restart", p.srv.name));
+    let args = ["--sweep-interval", "100ms"];
+    let d = Daemon::host_pinned(&p, &args, pins.clone());
+    let l = p.listen(SERVER_V4, 8080);
+    // A leak, and an established connection that will close while no daemon runs.
+    let c1 = p.connect(SERVER_V4, 8080);
+    let (_leak, _) = l.accept().unwrap();
+    drop(c1);
+    let mut c2 = p.connect(SERVER_V4, 8080);
+    let (mut s2, _) = l.accept().unwrap();
+    exchange(&mut c2, &mut s2, b"before");
+    d.assert_matches_kernel(&p.srv, "before the restart");
+    std::thread::sleep(Duration::from_secs(1));
+    let age_before = close_wait_age(&d);
+    assert!(d.signal_keep_pins(libc::SIGTERM).success());
+
+    // While nobody watches: c2 ends (the server closes first: TIME_WAIT), a new connection opens.
+    drop(s2);
+    std::thread::sleep(Duration::from_millis(100));
+    drop(c2);
+    let mut c3 = p.connect(SERVER_V4, 8080);
+    let (mut s3, _) = l.accept().unwrap();
+    exchange(&mut c3, &mut s3, b"while down");
+    std::thread::sleep(Duration::from_millis(200));
+
+    let d = Daemon::host_pinned(&p, &args, pins.clone());
+    let m = d.metrics();
+    assert_eq!(
+        m.states(),
+        p.srv.ss_states_on(Some(&[ip(SERVER_V4), ip(SERVER_V6)])),
+        "first scrape after SIGTERM restart"
+    );
+    assert_eq!(m.connections("server", "close_wait"), 1.0);
+    assert_eq!(m.connections("server", "time_wait"), 1.0);
+    assert_eq!(m.connections("server", "established"), 1.0);
+    let age_after = close_wait_age(&d);
+    assert!(
+        age_after >= age_before,
+        "the leak kept its age across the restart: {age_before}s then {age_after}s"
+    );
+
+    // kill -9: no cleanup at all, links die with the process; the next daemon takes over.
+    assert!(!d.signal_keep_pins(libc::SIGKILL).success());
+    drop(s3);
+    let d = Daemon::host_pinned(&p, &args, pins);
+    d.assert_matches_kernel(&p.srv, "after kill -9 and a restart");
+    assert!(close_wait_age(&d) >= age_after, "still the original age");
+    drop(c3);
+    d.assert_matches_kernel(&p.srv, "following segments after the second restart");
+}
