@@ -3,9 +3,9 @@
 //! XDP (ingress) and TC (egress) for the same connection run on different CPUs. The state word is
 //! replaced by compare-and-swap, so of two racing transitions one wins and the other is recomputed
 //! from the winner's result (state counters stay exact). The sequence facts are written after the
-//! word: each is owned by the endpoint that sent the segment, and a reply to a segment can only be
-//! observed after that segment's program run has finished, so no reader depends on a fact written
-//! by a transition still in flight.
+//! word: each describes what one endpoint sent (see `EndpointSeq` for the two exceptions), and a
+//! reply to a segment can only be observed after that segment's program run has finished, so no
+//! reader depends on a fact written by a transition still in flight.
 
 use crate::{
     flow::{FlowRecord, Side},

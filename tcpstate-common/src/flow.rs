@@ -82,9 +82,11 @@ impl FlowKey {
     }
 }
 
-/// What one endpoint has sent, as far as the state machine needs it. Written only by segments that
-/// endpoint sent, so the two directions (XDP and TC, often on different CPUs) never write the same
-/// field. Sequence numbers in host byte order.
+/// What one endpoint has sent, as far as the state machine needs it. Written by segments that
+/// endpoint sent, with two exceptions that cannot race with them: a SYN-ACK also records what the
+/// client expects next (the client sends nothing between its SYN and receiving that SYN-ACK), and a
+/// SYN reopening a finished key clears the peer's facts (the peer is closed or in TIME-WAIT).
+/// Sequence numbers in host byte order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct EndpointSeq {
@@ -93,9 +95,10 @@ pub struct EndpointSeq {
     /// The acknowledgement number that acknowledges this endpoint's latest SYN or FIN: `isn + 1`
     /// after a SYN, `fin_seq + 1` after a FIN (`fin_seq` = the FIN segment's seq + payload length).
     pub end: u32,
-    /// A recent acknowledgement number this endpoint sent (valid when `KNOWN_ACK`). It lags the true
-    /// value by less than half of `win`: it is refreshed only when it falls that far behind, which
-    /// keeps established data off the write path.
+    /// A recent acknowledgement number this endpoint sent, or for a client before its first ACK
+    /// the one it will send (the server's ISN + 1, learned from the SYN-ACK); valid when
+    /// `known::ACK`. It lags the true value by less than half of `win`: it is refreshed only when
+    /// it falls that far behind, which keeps established data off the write path.
     pub ack: u32,
     /// The largest receive window (scaled, bytes) this endpoint advertised since `ack` was refreshed.
     pub win: u32,

@@ -164,6 +164,10 @@ fn parse_ipv4<P: Packet>(p: &P, l3: usize) -> Parsed {
         p.total_len().saturating_sub(l4)
     } else if tot_len < ihl + TCP_HLEN {
         return Parsed::Skip(SkipReason::BadIpLength);
+    } else if l3 + tot_len > p.total_len() {
+        // Shorter than its own length field: the stack drops it, so it must change nothing here.
+        // (Longer is normal: Ethernet pads short frames.)
+        return Parsed::Skip(SkipReason::Truncated);
     } else {
         tot_len - ihl
     };
@@ -228,6 +232,9 @@ fn parse_ipv6<P: Packet>(p: &P, l3: usize) -> Parsed {
         p.total_len().saturating_sub(off)
     } else if payload_len < ext_len + TCP_HLEN {
         return Parsed::Skip(SkipReason::BadIpLength);
+    } else if first + payload_len > p.total_len() {
+        // Shorter than its own length field: dropped by the stack, so nothing here either.
+        return Parsed::Skip(SkipReason::Truncated);
     } else {
         payload_len - ext_len
     };
@@ -249,6 +256,9 @@ fn parse_tcp<P: Packet>(
     let doff = ((get!(p.read::<u8>(l4 + 12)) >> 4) as usize) * 4;
     let flags = get!(p.read::<u8>(l4 + 13));
     let win = get!(be16(p, l4 + 14));
+    // The whole 20-byte fixed header must be in the frame, not only the fields read above: a frame
+    // cut inside the checksum or urgent pointer is truncated, not a segment. (Was accepted.)
+    get!(p.read::<u16>(l4 + 18));
     // RFC 9293 section 3.1: data offset is at least 5 words, and the header must fit the payload.
     if doff < TCP_HLEN || doff > ip_payload {
         return Parsed::Skip(SkipReason::BadDataOffset);
@@ -303,15 +313,17 @@ fn window_scale<P: Packet>(p: &P, opts: usize, opts_len: usize) -> u8 {
                     break;
                 };
                 let len = len as usize;
+                // Checked before the window-scale match, so an option running past the data
+                // offset is never read from the payload. (Was checked after it.)
+                if len < 2 || at + len > opts_len {
+                    break;
+                }
                 if kind == 3 && len == 3 {
                     return match p.read::<u8>(opts + at + 2) {
                         Some(s) if s > WSCALE_MAX => WSCALE_MAX,
                         Some(s) => s,
                         None => WSCALE_NONE,
                     };
-                }
-                if len < 2 || at + len > opts_len {
-                    break;
                 }
                 o = at + len;
             }

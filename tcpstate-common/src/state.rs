@@ -460,8 +460,14 @@ fn on_syn(st: &mut Step, old: FlowWord, s: Side, seg: &Segment, now_ns: u64) {
     let r = s.other();
     let (s0, r0) = (old.state(s), old.state(r));
     let ss = st.rec.seq[s.index()];
-    if s0 == TcpState::SynSent && old.knows(s, known::ISN) && seg.seq == ss.isn {
-        return; // Retransmitted SYN.
+    // Retransmitted SYN: the same ISN from the client of a connection not yet over. Also after the
+    // mirror saw the SYN-ACK: it may have been lost beyond the observer, and the client resends.
+    if old.knows(s, known::ISN)
+        && seg.seq == ss.isn
+        && old.client() as u8 == s as u8
+        && !s0.is_finished()
+    {
+        return;
     }
     let mut w = old;
     let fresh = EndpointSeq {
@@ -476,7 +482,14 @@ fn on_syn(st: &mut Step, old: FlowWord, s: Side, seg: &Segment, now_ns: u64) {
         st.rec.seq[s.index()] = fresh;
         w.forget_side(s);
         w.learn(s, known::ISN | known::END);
-        w.wscale[s.index()] = seg.wscale;
+        // RFC 7323 section 1.3: scaling is in effect only when both SYNs carried the option. (Was
+        // `wscale[s] = seg.wscale` alone, which left the other side's shift in effect when this
+        // SYN had none.)
+        if seg.wscale > WSCALE_MAX || w.wscale[r.index()] > WSCALE_MAX {
+            w.wscale = [0, 0];
+        } else {
+            w.wscale[s.index()] = seg.wscale;
+        }
         w.set_state(s, TcpState::SynRecv);
         w.set_state(r, TcpState::SynRecv);
         st.write |= write::seq(s);
@@ -519,8 +532,10 @@ fn on_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
         && seg.seq == ss.isn
     {
         // Retransmitted SYN-ACK (its ACK to the client, or the client's final ACK, was lost). In a
-        // simultaneous open it also completes the receiver, which is still SYN-RECEIVED.
-        if s0 == TcpState::SynRecv && r0 == TcpState::SynRecv && seg.ack == rs.end {
+        // simultaneous open it also completes the receiver, which is still SYN-RECEIVED, whether
+        // the sender is too or was itself completed by the other side's SYN-ACK first. (Requiring
+        // the sender in SYN-RECEIVED left the second side stuck there when the SYN-ACKs crossed.)
+        if r0 == TcpState::SynRecv && seg.ack == rs.end {
             let mut w = old;
             w.set_state(r, TcpState::Established);
             st.rec.set_word(w);
@@ -548,6 +563,11 @@ fn on_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
     };
     w.forget_side(s);
     w.learn(s, known::ISN | known::END | known::ACK);
+    // The client's receive side is known exactly from here: it expects seg.seq + 1, within the
+    // (unscaled) window of its SYN. Without it an RST or FIN towards the client went unchecked
+    // until the client's first ACK, so a blind one could tear the mirror down.
+    st.rec.seq[r.index()].ack = seg.seq.wrapping_add(1);
+    w.learn(r, known::ACK);
     // RFC 7323 section 1.3: scaling is in effect only when both SYNs carried the option.
     let (ws_s, ws_r) = (seg.wscale, w.wscale[r.index()]);
     if ws_s > WSCALE_MAX || ws_r > WSCALE_MAX {
@@ -558,7 +578,7 @@ fn on_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
     w.set_state(s, TcpState::SynRecv);
     w.set_state(r, TcpState::Established);
     st.rec.set_word(w);
-    st.write |= write::seq(s);
+    st.write |= write::SEQ_A | write::SEQ_B;
 }
 
 #[inline(always)]
@@ -629,6 +649,12 @@ fn on_ack_fin(st: &mut Step, old: FlowWord, s: Side, seg: &Segment, now_ns: u64)
     } else if fin {
         s1 = match s1 {
             TcpState::Established | TcpState::SynRecv => TcpState::FinWait1,
+            // Simultaneous close (RFC 9293 figure 13): the mirror put the sender in CLOSE-WAIT
+            // when the receiver's FIN went by, but a FIN that does not acknowledge that FIN was
+            // sent before it arrived, from ESTABLISHED: the sender is in FIN-WAIT-1 and the
+            // receiver's FIN takes it to CLOSING. (Was LAST-ACK, which ended CLOSED instead of
+            // TIME-WAIT.)
+            TcpState::CloseWait if r0 == TcpState::FinWait1 && !acks_r => TcpState::Closing,
             TcpState::CloseWait => TcpState::LastAck,
             other => other,
         };
@@ -710,6 +736,13 @@ pub fn open_into(
             win: 0,
         };
         w.learn(r, known::ISN | known::END);
+        // A SYN-ACK carries window scale only if the SYN did (RFC 7323 section 1.3), so scaling
+        // is in effect; the client's shift is unknown, so assume the largest, as midstream pickup
+        // does. (Leaving it absent turned scaling off for both sides: receive windows up to 2^14
+        // times too small, and FINs after a burst of data rejected as out of window.)
+        if seg.wscale <= WSCALE_MAX {
+            w.wscale[r.index()] = WSCALE_MAX;
+        }
         w.flags |= flowflags::MIDSTREAM;
         w.set_client(r);
         w.set_state(r, TcpState::SynSent);

@@ -1,0 +1,1902 @@
+//! Behaviour tests of the observer's TCP state machine: [`state::step`], [`state::open`] and the
+//! counter deltas they produce ([`counters::for_each_delta`]).
+//!
+//! Organised like smoltcp's `socket/tcp.rs` tests: a [`Conn`] fixture per starting state, built by
+//! driving real segment sequences through `step` (never by poking fields), helpers that send one
+//! segment from the client (`c2s`) or the server (`s2c`), and one `mod` per starting state.
+//!
+//! Every segment a test sends also goes through the checks in [`Conn::send`], which hold for any
+//! segment in any state: the step is written back with `commit::commit` and must reproduce the
+//! step's record exactly (so `write` names every change), a rejected segment changes nothing but
+//! `last_seen_s`, `since_ns` is stamped for every side whose state changed, and the connection
+//! gauges summed from every delta equal the counted endpoints' actual states.
+
+use std::collections::BTreeMap;
+
+use tcpstate_common::{
+    commit::commit,
+    counters::{for_each_delta, idx, RstDirection},
+    flow::{flowflags, FlowRecord, FlowWord, Role, Side},
+    state::{open, step, write, Handshake, InvalidReason, Opening, Step, TcpState},
+    tcp::{flags::*, Segment, WSCALE_MAX, WSCALE_NONE},
+};
+use TcpState::*;
+
+const NS: u64 = 1_000_000_000;
+const MS: u64 = 1_000_000;
+/// Every fixture's clock starts here (100 s) and advances 1 ms per segment, so all the segments
+/// of a test fall in the same second unless a test moves to the next one.
+const T0: u64 = 100 * NS;
+const CISN: u32 = 1_000_000;
+const SISN: u32 = 3_000_000_000;
+/// Raw window every fixture segment advertises. The fixtures' SYNs carry no window scale, so this
+/// is also the window in bytes: an RST or FIN is in the receiver's window when its sequence number
+/// lies within `[ack, ack + 1.5 * WIN]` (see `state::receive_window`).
+const WIN: u16 = 10_000;
+/// The last sequence number offset (from the receiver's ack) an RST or FIN may have.
+const WIN_EDGE: u32 = WIN as u32 * 3 / 2;
+const CPORT: u16 = 40_000;
+const SPORT: u16 = 80;
+/// Tap mode: both endpoints counted.
+const BOTH: u8 = 0b11;
+
+fn seg(flags: u8, seq: u32, ack: u32, len: u32) -> Segment {
+    Segment {
+        seq,
+        ack,
+        len,
+        win: WIN,
+        flags,
+        wscale: WSCALE_NONE,
+    }
+}
+
+trait SegmentExt {
+    fn ws(self, shift: u8) -> Self;
+    fn win(self, win: u16) -> Self;
+}
+
+impl SegmentExt for Segment {
+    fn ws(mut self, shift: u8) -> Self {
+        self.wscale = shift;
+        self
+    }
+    fn win(mut self, win: u16) -> Self {
+        self.win = win;
+        self
+    }
+}
+
+/// Every counter slot `st` moves, in call order, with wrapping deltas read back as signed.
+fn deltas(old: FlowWord, st: &Step, sender: Side) -> Vec<(u32, i64)> {
+    let mut v = Vec::new();
+    for_each_delta(old, st, sender, |slot, d| v.push((slot, d as i64)));
+    v
+}
+
+fn except_last_seen(mut r: FlowRecord) -> FlowRecord {
+    r.last_seen_s = 0;
+    r
+}
+
+/// A tracked flow and the counters the kernel would have kept for it.
+struct Conn {
+    rec: FlowRecord,
+    now: u64,
+    /// The side that sent the connection's first SYN.
+    client: Side,
+    /// Every counter slot summed over all steps so far, as the per-CPU array holds them.
+    counters: BTreeMap<u32, u64>,
+}
+
+impl Conn {
+    /// Starts tracking with the segment `sender` sent, through `state::open`, at `T0`.
+    fn open(sender: Side, counted: u8, s: Segment, ports: [u16; 2]) -> (Opening, Conn) {
+        let (opening, st) = open(sender, &s, counted, T0, ports).expect("segment opens a flow");
+        assert_eq!(st.invalid, None, "an opening segment is never rejected");
+        let mut c = Conn {
+            rec: st.rec,
+            now: T0,
+            client: st.rec.word().client(),
+            counters: BTreeMap::new(),
+        };
+        let before = FlowWord {
+            counted,
+            ..FlowWord::default()
+        };
+        c.count(before, &st, sender);
+        (opening, c)
+    }
+
+    /// A flow opened by `client`'s SYN with initial sequence number `isn`.
+    fn start(client: Side, counted: u8, isn: u32) -> Conn {
+        let (opening, c) = Conn::open(client, counted, seg(SYN, isn, 0, 0), ports(client));
+        assert_eq!(opening, Opening::Syn);
+        c
+    }
+
+    fn server(&self) -> Side {
+        self.client.other()
+    }
+
+    fn count(&mut self, old: FlowWord, st: &Step, sender: Side) {
+        for_each_delta(old, st, sender, |slot, d| {
+            let v = self.counters.entry(slot).or_insert(0);
+            *v = v.wrapping_add(d);
+        });
+        self.check_gauges();
+    }
+
+    /// One segment from `from`, 1 ms after the previous one: step, commit, count, and the checks
+    /// that hold for every segment.
+    fn send(&mut self, from: Side, s: Segment) -> Step {
+        self.now += MS;
+        let old = self.rec;
+        let st = step(&old, from, &s, self.now);
+        // SAFETY: `self.rec` is a live, aligned FlowRecord owned by this test.
+        let committed = unsafe { commit(&mut self.rec, old.word, &st) };
+        assert!(
+            committed,
+            "nothing else writes the record: the CAS must succeed"
+        );
+        assert_eq!(
+            self.rec, st.rec,
+            "commit wrote only what `write` ({:#x}) names, and missed a change",
+            st.write
+        );
+        if let Some(why) = st.invalid {
+            assert_eq!(
+                except_last_seen(st.rec),
+                except_last_seen(old),
+                "rejected segment ({why:?}) changed the record"
+            );
+            assert_eq!(st.write & !write::LAST_SEEN, 0, "rejected segment wrote");
+            assert!(!st.rst && !st.half_open_released);
+            assert_eq!(st.handshake, Handshake::None);
+        }
+        let (ow, nw) = (old.word(), st.rec.word());
+        for side in [Side::A, Side::B] {
+            if ow.state(side) != nw.state(side) {
+                assert_eq!(st.rec.since_ns[side.index()], self.now, "since of {side:?}");
+            }
+        }
+        self.count(ow, &st, from);
+        st
+    }
+
+    fn c2s(&mut self, flags: u8, seq: u32, ack: u32, len: u32) -> Step {
+        self.send(self.client, seg(flags, seq, ack, len))
+    }
+
+    fn s2c(&mut self, flags: u8, seq: u32, ack: u32, len: u32) -> Step {
+        self.send(self.server(), seg(flags, seq, ack, len))
+    }
+
+    fn c2s_seg(&mut self, s: Segment) -> Step {
+        self.send(self.client, s)
+    }
+
+    fn s2c_seg(&mut self, s: Segment) -> Step {
+        self.send(self.server(), s)
+    }
+
+    fn word(&self) -> FlowWord {
+        self.rec.word()
+    }
+
+    /// (client state, server state).
+    fn states(&self) -> (TcpState, TcpState) {
+        let w = self.word();
+        (w.state(self.client), w.state(self.server()))
+    }
+
+    fn since(&self, side: Side) -> u64 {
+        self.rec.since_ns[side.index()]
+    }
+
+    fn counter(&self, slot: u32) -> u64 {
+        self.counters.get(&slot).copied().unwrap_or(0)
+    }
+
+    fn gauge(&self, role: Role, state: TcpState) -> i64 {
+        self.counter(idx::conn(role, state)) as i64
+    }
+
+    /// The key invariant: the gauges the kernel keeps incrementally equal the counted endpoints'
+    /// actual states.
+    fn check_gauges(&self) {
+        let w = self.word();
+        for role in Role::ALL {
+            for state in TcpState::OPEN {
+                let actual = [Side::A, Side::B]
+                    .into_iter()
+                    .filter(|&s| w.is_counted(s) && w.state(s) == state && w.role(s) == role)
+                    .count() as i64;
+                assert_eq!(self.gauge(role, state), actual, "gauge {role:?} {state:?}");
+            }
+        }
+    }
+
+    /// Moves the clock into the next second (the last-seen stamp will move).
+    fn next_second(&mut self) {
+        self.now = (self.now / NS + 1) * NS;
+    }
+}
+
+/// Ports with the client's the higher (ephemeral) one.
+fn ports(client: Side) -> [u16; 2] {
+    match client {
+        Side::A => [CPORT, SPORT],
+        Side::B => [SPORT, CPORT],
+    }
+}
+
+// Fixtures. Each one is reached from the previous by real segments, and asserts where it got to.
+// The `_on` forms take the client's side; the plain forms put the client on side A.
+
+fn syn_sent_on(client: Side) -> Conn {
+    let c = Conn::start(client, BOTH, CISN);
+    assert_eq!(c.states(), (SynSent, Closed));
+    c
+}
+
+fn syn_recv_on(client: Side) -> Conn {
+    let mut c = syn_sent_on(client);
+    c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+    assert_eq!(c.states(), (Established, SynRecv));
+    c
+}
+
+fn established_on(client: Side) -> Conn {
+    let mut c = syn_recv_on(client);
+    c.c2s(ACK, CISN + 1, SISN + 1, 0);
+    assert_eq!(c.states(), (Established, Established));
+    c
+}
+
+/// The client closed first: client FIN_WAIT_1, server CLOSE_WAIT.
+fn fin_wait1_on(client: Side) -> Conn {
+    let mut c = established_on(client);
+    c.c2s(FIN | ACK, CISN + 1, SISN + 1, 0);
+    assert_eq!(c.states(), (FinWait1, CloseWait));
+    c
+}
+
+fn fin_wait2_on(client: Side) -> Conn {
+    let mut c = fin_wait1_on(client);
+    c.s2c(ACK, SISN + 1, CISN + 2, 0);
+    assert_eq!(c.states(), (FinWait2, CloseWait));
+    c
+}
+
+/// Client TIME_WAIT, server LAST_ACK.
+fn last_ack_on(client: Side) -> Conn {
+    let mut c = fin_wait2_on(client);
+    c.s2c(FIN | ACK, SISN + 1, CISN + 2, 0);
+    assert_eq!(c.states(), (TimeWait, LastAck));
+    c
+}
+
+/// Client TIME_WAIT, server CLOSED.
+fn time_wait_on(client: Side) -> Conn {
+    let mut c = last_ack_on(client);
+    c.c2s(ACK, CISN + 2, SISN + 2, 0);
+    assert_eq!(c.states(), (TimeWait, Closed));
+    c
+}
+
+/// Simultaneous close: the FINs cross, neither acknowledges the other.
+fn closing_on(client: Side) -> Conn {
+    let mut c = fin_wait1_on(client);
+    c.s2c(FIN | ACK, SISN + 1, CISN + 1, 0);
+    assert_eq!(c.states(), (Closing, Closing));
+    c
+}
+
+/// The server closed first: server FIN_WAIT_1, client CLOSE_WAIT.
+fn server_fin_wait1_on(client: Side) -> Conn {
+    let mut c = established_on(client);
+    c.s2c(FIN | ACK, SISN + 1, CISN + 1, 0);
+    assert_eq!(c.states(), (CloseWait, FinWait1));
+    c
+}
+
+/// Simultaneous open: the SYNs cross.
+fn simultaneous_syn_recv_on(client: Side) -> Conn {
+    let mut c = syn_sent_on(client);
+    c.s2c(SYN, SISN, 0, 0);
+    assert_eq!(c.states(), (SynRecv, SynRecv));
+    c
+}
+
+fn syn_sent() -> Conn {
+    syn_sent_on(Side::A)
+}
+fn syn_recv() -> Conn {
+    syn_recv_on(Side::A)
+}
+fn established() -> Conn {
+    established_on(Side::A)
+}
+fn fin_wait1() -> Conn {
+    fin_wait1_on(Side::A)
+}
+fn fin_wait2() -> Conn {
+    fin_wait2_on(Side::A)
+}
+fn last_ack() -> Conn {
+    last_ack_on(Side::A)
+}
+fn time_wait() -> Conn {
+    time_wait_on(Side::A)
+}
+fn closing() -> Conn {
+    closing_on(Side::A)
+}
+fn server_fin_wait1() -> Conn {
+    server_fin_wait1_on(Side::A)
+}
+fn simultaneous_syn_recv() -> Conn {
+    simultaneous_syn_recv_on(Side::A)
+}
+
+const SIDES: [Side; 2] = [Side::A, Side::B];
+
+/// Asserts `st` rejected the segment for `why` and left `before` as it was.
+fn assert_rejected(c: &Conn, st: &Step, before: &FlowRecord, why: InvalidReason) {
+    assert_eq!(st.invalid, Some(why));
+    assert_eq!(except_last_seen(c.rec), except_last_seen(*before));
+}
+
+mod open_untracked {
+    use super::*;
+
+    #[test]
+    fn syn_opens_a_half_open_flow_with_the_sender_as_client_in_syn_sent() {
+        for client in SIDES {
+            let c = syn_sent_on(client);
+            let w = c.word();
+            assert_eq!(w.client(), client);
+            assert_eq!(w.role(client), Role::Client);
+            assert!(w.has(flowflags::HALF_OPEN));
+            assert!(!w.has(flowflags::MIDSTREAM) && !w.has(flowflags::ROLE_GUESSED));
+            assert_eq!(c.rec.syn_ns, T0);
+            assert_eq!(c.rec.since_ns, [T0, T0]);
+            assert_eq!(c.rec.seq[client.index()].isn, CISN);
+            assert_eq!(c.rec.seq[client.index()].end, CISN + 1);
+            assert_eq!(c.gauge(Role::Client, SynSent), 1);
+            assert_eq!(c.counters.len(), 1, "only the client's gauge moved");
+        }
+    }
+
+    #[test]
+    fn fin_or_rst_cannot_start_tracking() {
+        for flags in [FIN | ACK, FIN | ACK | PSH, RST, RST | ACK] {
+            for sender in SIDES {
+                let r = open(sender, &seg(flags, 5, 6, 0), BOTH, T0, [1, 2]);
+                assert_eq!(r.err(), Some(InvalidReason::NoFlow), "flags {flags:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_flags_cannot_start_tracking_and_name_the_reason() {
+        for (flags, why) in [
+            (SYN | FIN, InvalidReason::SynFin),
+            (SYN | RST, InvalidReason::SynRst),
+            (0, InvalidReason::NoFlags),
+            (FIN, InvalidReason::BadFlags),
+            (FIN | PSH | URG, InvalidReason::BadFlags),
+        ] {
+            let r = open(Side::A, &seg(flags, 5, 6, 0), BOTH, T0, [1, 2]);
+            assert_eq!(r.err(), Some(why), "flags {flags:#x}");
+        }
+    }
+
+    #[test]
+    fn plain_ack_is_picked_up_midstream_established_on_both_sides() {
+        let (opening, c) = Conn::open(Side::A, BOTH, seg(ACK | PSH, 500, 900, 100), [CPORT, SPORT]);
+        assert_eq!(opening, Opening::Midstream);
+        let w = c.word();
+        assert_eq!(
+            (w.state(Side::A), w.state(Side::B)),
+            (Established, Established)
+        );
+        assert!(w.has(flowflags::MIDSTREAM) && w.has(flowflags::ROLE_GUESSED));
+        assert!(
+            !w.has(flowflags::HALF_OPEN),
+            "a midstream flow is not half-open"
+        );
+        // The client is guessed to be the side with the higher (ephemeral) port.
+        assert_eq!(w.client(), Side::A);
+        assert_eq!(c.rec.syn_ns, 0, "no SYN was seen");
+        assert_eq!(
+            w.wscale,
+            [WSCALE_MAX, WSCALE_MAX],
+            "unknown scale: assume the largest"
+        );
+        assert_eq!(c.gauge(Role::Client, Established), 1);
+        assert_eq!(c.gauge(Role::Server, Established), 1);
+
+        let (_, c) = Conn::open(Side::A, BOTH, seg(ACK, 500, 900, 0), [SPORT, CPORT]);
+        assert_eq!(c.word().client(), Side::B);
+    }
+
+    #[test]
+    fn midstream_flow_closes_through_fin_wait_and_time_wait() {
+        // Side B (port 40000) is the guessed client; it closes first.
+        let (_, mut c) = Conn::open(Side::B, BOTH, seg(ACK, 7_000, 9_000, 0), [SPORT, CPORT]);
+        assert_eq!(c.client, Side::B);
+        c.s2c(ACK | PSH, 9_000, 7_000, 50);
+        let st = c.c2s(FIN | ACK, 7_000, 9_050, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(c.states(), (FinWait1, CloseWait));
+        c.s2c(ACK, 9_050, 7_001, 0);
+        assert_eq!(c.states(), (FinWait2, CloseWait));
+        c.s2c(FIN | ACK, 9_050, 7_001, 0);
+        assert_eq!(c.states(), (TimeWait, LastAck));
+        c.c2s(ACK, 7_001, 9_051, 0);
+        assert_eq!(c.states(), (TimeWait, Closed));
+        assert!(
+            c.word().has(flowflags::MIDSTREAM),
+            "still marked as picked up"
+        );
+    }
+
+    #[test]
+    fn midstream_fin_far_outside_the_assumed_window_is_rejected() {
+        let (_, mut c) = Conn::open(Side::A, BOTH, seg(ACK, 7_000, 9_000, 0), [CPORT, SPORT]);
+        let before = c.rec;
+        // Side A's receive window is known from its ACK: 9000 onwards, WIN << 14 wide.
+        let st = c.s2c(FIN | ACK, 9_000u32.wrapping_add(1 << 31), 7_000, 0);
+        assert_rejected(&c, &st, &before, InvalidReason::FinOutOfWindow);
+    }
+
+    #[test]
+    fn synack_pickup_reconstructs_the_client_syn_and_completes_on_the_final_ack() {
+        for client in SIDES {
+            let (opening, mut c) = Conn::open(
+                client.other(),
+                BOTH,
+                seg(SYN | ACK, SISN, CISN + 1, 0),
+                ports(client),
+            );
+            assert_eq!(opening, Opening::SynAck);
+            assert_eq!(c.client, client, "the SYN-ACK's receiver sent the SYN");
+            assert_eq!(c.states(), (Established, SynRecv));
+            let w = c.word();
+            assert!(w.has(flowflags::HALF_OPEN) && w.has(flowflags::MIDSTREAM));
+            assert!(
+                !w.has(flowflags::ROLE_GUESSED),
+                "a SYN-ACK says who the client is"
+            );
+            assert_eq!(c.rec.seq[client.index()].isn, CISN);
+            assert_eq!(c.rec.syn_ns, T0);
+
+            let st = c.c2s(ACK, CISN + 1, SISN + 1, 0);
+            assert_eq!(c.states(), (Established, Established));
+            assert_eq!(st.handshake, Handshake::Established);
+            assert!(st.half_open_released);
+            assert!(!c.word().has(flowflags::HALF_OPEN));
+        }
+    }
+
+    #[test]
+    fn synack_pickup_keeps_window_scaling_when_the_synack_carries_it() {
+        // A SYN-ACK carries window scale only if the SYN did (RFC 7323 section 1.3), so scaling is
+        // in effect although the SYN was not seen. Regression: the pickup used to turn scaling off,
+        // shrinking the client's window 128-fold here, so the server's FIN after a 20 kB response
+        // fell "outside" it and the mirror never saw the connection close.
+        let (_, mut c) = Conn::open(
+            Side::B,
+            BOTH,
+            seg(SYN | ACK, SISN, CISN + 1, 0).ws(7),
+            [CPORT, SPORT],
+        );
+        c.c2s_seg(seg(ACK, CISN + 1, SISN + 1, 0).win(502)); // 502 << 7 = 64256 bytes
+        for i in 0..20 {
+            c.s2c(ACK | PSH, SISN + 1 + i * 1000, CISN + 1, 1000);
+        }
+        let st = c.s2c(FIN | ACK, SISN + 20_001, CISN + 1, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(c.states(), (CloseWait, FinWait1));
+    }
+
+    #[test]
+    fn the_opening_segment_again_is_a_retransmission_that_changes_nothing() {
+        let cases = [
+            (Side::A, seg(SYN, CISN, 0, 0)),
+            (Side::B, seg(SYN | ACK, SISN, CISN + 1, 0)),
+            (Side::A, seg(ACK | PSH, 500, 900, 100)),
+        ];
+        for (sender, s) in cases {
+            let (_, mut c) = Conn::open(sender, BOTH, s, [CPORT, SPORT]);
+            let before = c.rec;
+            let st = c.send(sender, s);
+            assert_eq!(st.invalid, None);
+            assert_eq!(st.write, 0, "{s:?}");
+            assert_eq!(c.rec, before);
+        }
+    }
+}
+
+mod syn_sent {
+    use super::*;
+
+    #[test]
+    fn synack_acking_the_isn_establishes_the_client_and_puts_the_server_in_syn_recv() {
+        for client in SIDES {
+            let mut c = syn_sent_on(client);
+            let server = c.server();
+            let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+            assert_eq!(c.states(), (Established, SynRecv));
+            assert_eq!(st.invalid, None);
+            assert_eq!(st.handshake, Handshake::None, "the server is still opening");
+            assert!(!st.half_open_released);
+            assert!(c.word().has(flowflags::HALF_OPEN));
+            // Both states changed; the server's ISN is learned, and the client's receive side
+            // (it now expects SISN + 1 within its SYN's window).
+            assert_eq!(
+                st.write,
+                write::WORD | write::SEQ_A | write::SEQ_B | write::SINCE_A | write::SINCE_B
+            );
+            assert_eq!(c.since(client), c.now);
+            assert_eq!(c.since(server), c.now);
+            assert_eq!(c.rec.seq[server.index()].isn, SISN);
+            assert_eq!(c.rec.seq[server.index()].end, SISN + 1);
+        }
+    }
+
+    #[test]
+    fn synack_with_the_wrong_ack_is_a_bad_synack() {
+        for ack in [CISN, CISN + 2, 0] {
+            let mut c = syn_sent();
+            let before = c.rec;
+            let st = c.s2c(SYN | ACK, SISN, ack, 0);
+            assert_rejected(&c, &st, &before, InvalidReason::BadSynAck);
+        }
+    }
+
+    #[test]
+    fn retransmitted_syn_changes_nothing_but_last_seen() {
+        let mut c = syn_sent();
+        c.next_second();
+        let before = c.rec;
+        let st = c.c2s(SYN, CISN, 0, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(st.write, write::LAST_SEEN);
+        assert_eq!(c.rec.last_seen_s, (c.now / NS) as u32);
+        assert_eq!(except_last_seen(c.rec), except_last_seen(before));
+    }
+
+    #[test]
+    fn syn_with_a_new_isn_replaces_the_isn_and_stays_in_syn_sent() {
+        let mut c = syn_sent();
+        let since = c.since(Side::A);
+        let st = c.c2s(SYN, CISN + 777, 0, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(
+            st.write,
+            write::SEQ_A,
+            "only the client's sequence facts change"
+        );
+        assert_eq!(c.states(), (SynSent, Closed));
+        assert_eq!(c.since(Side::A), since);
+        assert_eq!(c.rec.seq[0].isn, CISN + 777);
+        // The SYN-ACK must now acknowledge the new ISN.
+        let before = c.rec;
+        let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        assert_rejected(&c, &st, &before, InvalidReason::BadSynAck);
+        c.s2c(SYN | ACK, SISN, CISN + 778, 0);
+        assert_eq!(c.states(), (Established, SynRecv));
+    }
+
+    #[test]
+    fn rst_ack_acking_the_syn_is_a_refused_connection() {
+        for client in SIDES {
+            let mut c = syn_sent_on(client);
+            let server_since = c.since(c.server());
+            // What a host with nothing listening answers: RST|ACK, seq 0, ack = ISN + 1.
+            let st = c.s2c(RST | ACK, 0, CISN + 1, 0);
+            assert_eq!(c.states(), (Closed, Closed));
+            assert!(st.rst);
+            assert_eq!(st.handshake, Handshake::Refused);
+            assert!(st.half_open_released);
+            let w = c.word();
+            assert!(w.has(flowflags::RESET) && !w.has(flowflags::HALF_OPEN));
+            assert_eq!(st.write, write::WORD | write::since(client));
+            assert_eq!(c.since(c.server()), server_since);
+        }
+    }
+
+    #[test]
+    fn rst_that_does_not_ack_the_syn_is_rejected() {
+        // RFC 9293 section 3.10.7.3: in SYN-SENT an RST is acceptable only if its ACK acknowledges
+        // the SYN; without the ACK bit it is dropped.
+        for (flags, ack) in [(RST | ACK, CISN), (RST | ACK, CISN + 2), (RST, CISN + 1)] {
+            let mut c = syn_sent();
+            let before = c.rec;
+            let st = c.s2c(flags, 0, ack, 0);
+            assert_rejected(&c, &st, &before, InvalidReason::RstOutOfWindow);
+        }
+    }
+
+    #[test]
+    fn client_rst_abandoning_its_connect_resets_the_handshake() {
+        let mut c = syn_sent();
+        let st = c.c2s(RST, CISN + 1, 0, 0);
+        assert_eq!(c.states(), (Closed, Closed));
+        assert!(st.rst);
+        assert_eq!(st.handshake, Handshake::Reset);
+        assert!(st.half_open_released);
+    }
+
+    #[test]
+    fn crossing_syn_is_a_simultaneous_open_with_both_sides_in_syn_recv() {
+        for client in SIDES {
+            let mut c = syn_sent_on(client);
+            let st = c.s2c(SYN, SISN, 0, 0);
+            assert_eq!(c.states(), (SynRecv, SynRecv));
+            assert_eq!(st.handshake, Handshake::None);
+            assert_eq!(
+                c.word().client(),
+                client,
+                "the first SYN's sender stays the client"
+            );
+            assert_eq!(
+                st.write,
+                write::WORD | write::seq(c.server()) | write::SINCE_A | write::SINCE_B
+            );
+        }
+    }
+
+    #[test]
+    fn synack_from_the_client_side_is_unexpected() {
+        let mut c = syn_sent();
+        let before = c.rec;
+        let st = c.c2s(SYN | ACK, CISN, SISN + 1, 0);
+        assert_rejected(&c, &st, &before, InvalidReason::UnexpectedSyn);
+    }
+}
+
+mod simultaneous_open {
+    use super::*;
+
+    #[test]
+    fn both_synacks_establish_both_sides_in_either_order() {
+        for client in SIDES {
+            for client_synack_first in [true, false] {
+                let mut c = simultaneous_syn_recv_on(client);
+                // Each side answers the other's SYN with a SYN-ACK of its own ISN (RFC 9293
+                // figure 7); each SYN-ACK completes its receiver.
+                let first = if client_synack_first {
+                    c.c2s(SYN | ACK, CISN, SISN + 1, 0)
+                } else {
+                    c.s2c(SYN | ACK, SISN, CISN + 1, 0)
+                };
+                assert_eq!(first.invalid, None);
+                assert_eq!(first.handshake, Handshake::None);
+                let expect = if client_synack_first {
+                    (SynRecv, Established)
+                } else {
+                    (Established, SynRecv)
+                };
+                assert_eq!(c.states(), expect);
+
+                let second = if client_synack_first {
+                    c.s2c(SYN | ACK, SISN, CISN + 1, 0)
+                } else {
+                    c.c2s(SYN | ACK, CISN, SISN + 1, 0)
+                };
+                assert_eq!(second.invalid, None);
+                assert_eq!(c.states(), (Established, Established));
+                assert_eq!(second.handshake, Handshake::Established);
+                assert!(second.half_open_released);
+                assert!(!c.word().has(flowflags::HALF_OPEN));
+            }
+        }
+    }
+
+    #[test]
+    fn an_ack_completes_the_side_still_in_syn_recv() {
+        let mut c = simultaneous_syn_recv();
+        c.c2s(SYN | ACK, CISN, SISN + 1, 0);
+        assert_eq!(c.states(), (SynRecv, Established));
+        let st = c.s2c(ACK, SISN + 1, CISN + 1, 0);
+        assert_eq!(c.states(), (Established, Established));
+        assert_eq!(st.handshake, Handshake::Established);
+    }
+
+    #[test]
+    fn retransmitted_syn_changes_nothing() {
+        let mut c = simultaneous_syn_recv();
+        let before = c.rec;
+        let st = c.s2c(SYN, SISN, 0, 0);
+        assert_rejected(&c, &st, &before, InvalidReason::UnexpectedSyn);
+    }
+
+    #[test]
+    fn window_scale_is_used_only_when_both_syns_carry_it() {
+        for (client_ws, server_ws, expect) in [
+            (7, 9, [7, 9]),
+            (7, WSCALE_NONE, [0, 0]),
+            (WSCALE_NONE, 9, [0, 0]),
+            (WSCALE_NONE, WSCALE_NONE, [0, 0]),
+        ] {
+            let (_, mut c) = Conn::open(
+                Side::A,
+                BOTH,
+                seg(SYN, CISN, 0, 0).ws(client_ws),
+                [CPORT, SPORT],
+            );
+            c.s2c_seg(seg(SYN, SISN, 0, 0).ws(server_ws));
+            assert_eq!(c.states(), (SynRecv, SynRecv));
+            assert_eq!(
+                c.word().wscale,
+                expect,
+                "client {client_ws}, server {server_ws}"
+            );
+        }
+    }
+
+    #[test]
+    fn rst_in_window_resets_the_handshake() {
+        let mut c = simultaneous_syn_recv();
+        c.c2s(SYN | ACK, CISN, SISN + 1, 0);
+        let st = c.c2s(RST, CISN + 1, 0, 0);
+        assert_eq!(c.states(), (Closed, Closed));
+        assert_eq!(st.handshake, Handshake::Reset);
+        assert!(st.half_open_released);
+    }
+}
+
+mod syn_recv {
+    use super::*;
+
+    #[test]
+    fn final_ack_establishes_the_server_and_completes_the_handshake() {
+        for client in SIDES {
+            let mut c = syn_recv_on(client);
+            let client_since = c.since(client);
+            let st = c.c2s(ACK, CISN + 1, SISN + 1, 0);
+            assert_eq!(c.states(), (Established, Established));
+            assert_eq!(st.handshake, Handshake::Established);
+            assert!(st.half_open_released);
+            assert!(!c.word().has(flowflags::HALF_OPEN));
+            assert_eq!(st.write, write::WORD | write::since(c.server()));
+            assert_eq!(c.since(client), client_since);
+            assert_eq!(c.since(c.server()), c.now);
+            assert_eq!(c.counter(idx::HANDSHAKES), 1, "one established handshake");
+        }
+    }
+
+    #[test]
+    fn ack_that_does_not_ack_the_synack_leaves_the_server_in_syn_recv() {
+        let mut c = syn_recv();
+        let st = c.c2s(ACK, CISN + 1, SISN, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(c.states(), (Established, SynRecv));
+        assert_eq!(st.handshake, Handshake::None);
+        assert!(!st.half_open_released);
+    }
+
+    #[test]
+    fn retransmitted_synack_changes_nothing_but_last_seen() {
+        let mut c = syn_recv();
+        c.next_second();
+        let before = c.rec;
+        let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(st.write, write::LAST_SEEN);
+        assert_eq!(except_last_seen(c.rec), except_last_seen(before));
+    }
+
+    #[test]
+    fn retransmitted_syn_changes_nothing_and_is_not_invalid() {
+        // The SYN-ACK was lost after the observer saw it, and the client resends its SYN: an
+        // ordinary retransmission, idempotent and not counted as invalid.
+        let mut c = syn_recv();
+        let before = c.rec;
+        let st = c.c2s(SYN, CISN, 0, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(except_last_seen(c.rec), except_last_seen(before));
+    }
+
+    #[test]
+    fn a_syn_with_another_isn_from_the_established_client_is_unexpected() {
+        let mut c = syn_recv();
+        let before = c.rec;
+        let st = c.c2s(SYN, CISN + 7, 0, 0);
+        assert_rejected(&c, &st, &before, InvalidReason::UnexpectedSyn);
+    }
+
+    #[test]
+    fn synack_with_another_isn_is_unexpected() {
+        let mut c = syn_recv();
+        let before = c.rec;
+        let st = c.s2c(SYN | ACK, SISN + 5, CISN + 1, 0);
+        assert_rejected(&c, &st, &before, InvalidReason::UnexpectedSyn);
+    }
+
+    #[test]
+    fn client_rst_in_the_server_window_resets_the_handshake() {
+        let mut c = syn_recv();
+        let st = c.c2s(RST, CISN + 1, 0, 0);
+        assert_eq!(c.states(), (Closed, Closed));
+        assert_eq!(st.handshake, Handshake::Reset);
+        assert!(st.half_open_released);
+    }
+
+    #[test]
+    fn server_rst_in_the_client_window_resets_the_handshake() {
+        let mut c = syn_recv();
+        let st = c.s2c(RST | ACK, SISN + 1, CISN + 1, 0);
+        assert_eq!(c.states(), (Closed, Closed));
+        assert_eq!(st.handshake, Handshake::Reset);
+    }
+
+    #[test]
+    fn blind_rst_outside_either_window_is_rejected() {
+        // The client has sent nothing since its SYN, but the SYN-ACK told the observer exactly what
+        // it expects next (SISN + 1) and its SYN what window it offered.
+        for from_client in [true, false] {
+            let mut c = syn_recv();
+            let before = c.rec;
+            let st = if from_client {
+                c.c2s(RST, CISN + 1 + WIN_EDGE + 1, 0, 0)
+            } else {
+                c.s2c(RST, SISN + 1 + WIN_EDGE + 1, 0, 0)
+            };
+            assert_rejected(&c, &st, &before, InvalidReason::RstOutOfWindow);
+        }
+    }
+
+    #[test]
+    fn fin_from_the_client_completes_the_handshake_and_starts_the_close() {
+        let mut c = syn_recv();
+        let st = c.c2s(FIN | ACK, CISN + 1, SISN + 1, 0);
+        assert_eq!(c.states(), (FinWait1, CloseWait));
+        assert_eq!(st.handshake, Handshake::Established);
+        assert!(st.half_open_released);
+    }
+}
+
+mod established {
+    use super::*;
+
+    #[test]
+    fn data_and_acks_within_the_window_in_the_same_second_write_nothing() {
+        let mut c = established();
+        let before = c.rec;
+        for st in [
+            c.c2s(ACK, CISN + 1, SISN + 1, 0),
+            c.s2c(ACK | PSH, SISN + 1, CISN + 1, 1000),
+            c.c2s(ACK, CISN + 1, SISN + 1001, 0),
+            c.c2s(ACK | PSH, CISN + 1, SISN + 1001, 1000),
+            c.s2c(ACK, SISN + 1001, CISN + 1001, 0),
+        ] {
+            assert_eq!(st.invalid, None);
+            assert_eq!(st.write, 0);
+        }
+        assert_eq!(c.rec, before);
+    }
+
+    #[test]
+    fn data_in_a_new_second_writes_only_last_seen() {
+        let mut c = established();
+        c.next_second();
+        let st = c.c2s(ACK | PSH, CISN + 1, SISN + 1, 100);
+        assert_eq!(st.write, write::LAST_SEEN);
+        assert_eq!(c.rec.last_seen_s, (c.now / NS) as u32);
+    }
+
+    #[test]
+    fn ack_hint_is_refreshed_only_after_half_a_window_or_a_larger_window() {
+        let mut c = established();
+        // Half the window is 5000 bytes: an ack 5000 ahead of the stored one is not yet stale.
+        assert_eq!(c.c2s(ACK, CISN + 1, SISN + 1 + 5_000, 0).write, 0);
+        assert_eq!(
+            c.c2s(ACK, CISN + 1, SISN + 1 + 5_001, 0).write,
+            write::SEQ_A
+        );
+        assert_eq!(c.rec.seq[0].ack, SISN + 1 + 5_001);
+        assert_eq!(
+            c.c2s_seg(seg(ACK, CISN + 1, SISN + 5_002, 0).win(WIN + 1))
+                .write,
+            write::SEQ_A
+        );
+        assert_eq!(c.rec.seq[0].win, WIN as u32 + 1);
+        assert_eq!(
+            c.c2s_seg(seg(ACK, CISN + 1, SISN + 5_002, 0).win(WIN - 1))
+                .write,
+            0,
+            "a smaller window is not a reason to write"
+        );
+    }
+
+    #[test]
+    fn client_fin_moves_the_client_to_fin_wait1_and_the_server_to_close_wait() {
+        for client in SIDES {
+            let mut c = established_on(client);
+            let st = c.c2s(FIN | ACK, CISN + 1, SISN + 1, 0);
+            assert_eq!(c.states(), (FinWait1, CloseWait));
+            assert_eq!(
+                st.write,
+                write::WORD | write::seq(client) | write::SINCE_A | write::SINCE_B
+            );
+            assert_eq!(c.rec.seq[client.index()].end, CISN + 2);
+            assert_eq!(st.handshake, Handshake::None);
+        }
+    }
+
+    #[test]
+    fn server_fin_moves_the_server_to_fin_wait1_and_the_client_to_close_wait() {
+        for client in SIDES {
+            let mut c = established_on(client);
+            c.s2c(FIN | ACK, SISN + 1, CISN + 1, 0);
+            assert_eq!(c.states(), (CloseWait, FinWait1));
+        }
+    }
+
+    #[test]
+    fn fin_payload_moves_the_fin_end_past_the_data() {
+        let mut c = established();
+        c.c2s(FIN | ACK | PSH, CISN + 1, SISN + 1, 100);
+        assert_eq!(
+            c.rec.seq[0].end,
+            CISN + 102,
+            "fin_seq = seq + len; end = fin_seq + 1"
+        );
+        c.s2c(ACK, SISN + 1, CISN + 101, 0);
+        assert_eq!(
+            c.states(),
+            (FinWait1, CloseWait),
+            "acks the data, not the FIN"
+        );
+        c.s2c(ACK, SISN + 1, CISN + 102, 0);
+        assert_eq!(c.states(), (FinWait2, CloseWait));
+    }
+
+    #[test]
+    fn fin_outside_the_receiver_window_is_rejected() {
+        for (seq, len) in [
+            (CISN + 1 + WIN_EDGE + 1, 0),
+            (CISN + 1 + 1_000_000, 0),
+            // Ends before the window starts: everything in it was already acknowledged.
+            (CISN + 1 - 20, 10),
+        ] {
+            let mut c = established();
+            let before = c.rec;
+            let st = c.c2s(FIN | ACK, seq, SISN + 1, len);
+            assert_rejected(&c, &st, &before, InvalidReason::FinOutOfWindow);
+        }
+    }
+
+    #[test]
+    fn fin_at_the_window_edges_is_accepted() {
+        for (seq, len) in [(CISN + 1 + WIN_EDGE, 0), (CISN + 1 - 20, 20)] {
+            let mut c = established();
+            let st = c.c2s(FIN | ACK, seq, SISN + 1, len);
+            assert_eq!(st.invalid, None, "seq {seq} len {len}");
+            assert_eq!(c.states(), (FinWait1, CloseWait));
+        }
+    }
+
+    #[test]
+    fn rst_in_the_receiver_window_closes_both_sides() {
+        for client in SIDES {
+            for (from_client, offset) in [(true, 0), (true, WIN_EDGE), (false, 0), (false, 777)] {
+                let mut c = established_on(client);
+                let st = if from_client {
+                    c.c2s(RST | ACK, CISN + 1 + offset, SISN + 1, 0)
+                } else {
+                    c.s2c(RST, SISN + 1 + offset, 0, 0)
+                };
+                assert_eq!(c.states(), (Closed, Closed));
+                assert!(st.rst);
+                assert!(c.word().has(flowflags::RESET));
+                assert_eq!(st.handshake, Handshake::None, "no handshake in progress");
+                assert!(!st.half_open_released);
+                assert_eq!(st.write, write::WORD | write::SINCE_A | write::SINCE_B);
+            }
+        }
+    }
+
+    #[test]
+    fn rst_outside_the_receiver_window_is_rejected_and_changes_nothing() {
+        for from_client in [true, false] {
+            for offset in [WIN_EDGE + 1, 1 << 20, 1 << 31, 0u32.wrapping_sub(1)] {
+                let mut c = established();
+                let before = c.rec;
+                let st = if from_client {
+                    c.c2s(RST | ACK, (CISN + 1).wrapping_add(offset), SISN + 1, 0)
+                } else {
+                    c.s2c(RST | ACK, (SISN + 1).wrapping_add(offset), CISN + 1, 0)
+                };
+                assert_rejected(&c, &st, &before, InvalidReason::RstOutOfWindow);
+                assert_eq!(
+                    c.counter(idx::INVALID + InvalidReason::RstOutOfWindow as u32),
+                    1
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn syn_on_an_established_connection_is_unexpected() {
+        for from_client in [true, false] {
+            let mut c = established();
+            let before = c.rec;
+            let st = if from_client {
+                c.c2s(SYN, CISN + 50, 0, 0)
+            } else {
+                c.s2c(SYN, SISN + 50, 0, 0)
+            };
+            assert_rejected(&c, &st, &before, InvalidReason::UnexpectedSyn);
+        }
+    }
+
+    #[test]
+    fn retransmitted_synack_after_the_final_ack_changes_nothing() {
+        let mut c = established();
+        let before = c.rec;
+        let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(st.write, 0);
+        assert_eq!(c.rec, before);
+    }
+
+    #[test]
+    fn urgent_data_is_an_ordinary_segment() {
+        let mut c = established();
+        let st = c.c2s(ACK | URG | PSH, CISN + 1, SISN + 1, 10);
+        assert_eq!(st.invalid, None);
+        assert_eq!(c.states(), (Established, Established));
+    }
+}
+
+mod invalid_flags {
+    use super::*;
+
+    const CASES: [(u8, InvalidReason); 9] = [
+        (SYN | FIN, InvalidReason::SynFin),
+        (SYN | FIN | ACK, InvalidReason::SynFin),
+        (SYN | RST, InvalidReason::SynRst),
+        (SYN | RST | ACK, InvalidReason::SynRst),
+        (0, InvalidReason::NoFlags),
+        (PSH, InvalidReason::NoFlags),
+        (FIN, InvalidReason::BadFlags),
+        (FIN | PSH | URG, InvalidReason::BadFlags),
+        (RST | FIN | ACK, InvalidReason::BadFlags),
+    ];
+
+    #[test]
+    fn impossible_flag_combinations_change_nothing_in_any_state_and_name_the_reason() {
+        let fixtures: [fn() -> Conn; 8] = [
+            syn_sent,
+            syn_recv,
+            established,
+            fin_wait1,
+            fin_wait2,
+            closing,
+            last_ack,
+            time_wait,
+        ];
+        for fixture in fixtures {
+            for (flags, why) in CASES {
+                for from_client in [true, false] {
+                    let mut c = fixture();
+                    let before = c.rec;
+                    // Numbers that would be acceptable with valid flags.
+                    let st = if from_client {
+                        c.c2s(flags, CISN + 1, SISN + 1, 0)
+                    } else {
+                        c.s2c(flags, SISN + 1, CISN + 1, 0)
+                    };
+                    assert_rejected(&c, &st, &before, why);
+                    assert_eq!(c.counter(idx::INVALID + why as u32), 1, "flags {flags:#x}");
+                }
+            }
+        }
+    }
+}
+
+mod rst_in_every_state {
+    use super::*;
+
+    /// A fixture and the next sequence number its client and its server would send: an RST there
+    /// is what a stack aborting the connection sends, and what RFC 5961 accepts exactly.
+    type Case = (&'static str, fn() -> Conn, u32, u32);
+
+    const CASES: [Case; 8] = [
+        ("syn_recv", syn_recv, CISN + 1, SISN + 1),
+        ("established", established, CISN + 1, SISN + 1),
+        ("fin_wait1", fin_wait1, CISN + 2, SISN + 1),
+        ("fin_wait2", fin_wait2, CISN + 2, SISN + 1),
+        ("server_fin_wait1", server_fin_wait1, CISN + 1, SISN + 2),
+        ("closing", closing, CISN + 2, SISN + 2),
+        ("last_ack", last_ack, CISN + 2, SISN + 2),
+        ("time_wait", time_wait, CISN + 2, SISN + 2),
+    ];
+
+    #[test]
+    fn rst_at_the_senders_next_number_closes_both_and_counts_the_states_left() {
+        for (name, fixture, client_next, server_next) in CASES {
+            for from_client in [true, false] {
+                let mut c = fixture();
+                let (client_was, server_was) = c.states();
+                let st = if from_client {
+                    c.c2s(RST | ACK, client_next, server_next, 0)
+                } else {
+                    c.s2c(RST, server_next, 0, 0)
+                };
+                assert!(st.rst, "{name}, from client {from_client}");
+                assert_eq!(c.states(), (Closed, Closed));
+                assert!(c.word().has(flowflags::RESET));
+                let (sent, received) = if from_client {
+                    (client_was, server_was)
+                } else {
+                    (server_was, client_was)
+                };
+                assert_eq!(
+                    c.counter(idx::resets(RstDirection::Sent, sent)),
+                    1,
+                    "{name}"
+                );
+                assert_eq!(c.counter(idx::resets(RstDirection::Received, received)), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn rst_outside_the_receivers_window_is_rejected_in_every_state() {
+        for (name, fixture, client_next, server_next) in CASES {
+            for from_client in [true, false] {
+                let next = if from_client {
+                    client_next
+                } else {
+                    server_next
+                };
+                for seq in [next + 4 * WIN as u32, next.wrapping_sub(WIN as u32)] {
+                    let mut c = fixture();
+                    let before = c.rec;
+                    let st = if from_client {
+                        c.c2s(RST | ACK, seq, server_next, 0)
+                    } else {
+                        c.s2c(RST, seq, 0, 0)
+                    };
+                    assert_eq!(
+                        st.invalid,
+                        Some(InvalidReason::RstOutOfWindow),
+                        "{name} {seq}"
+                    );
+                    assert_eq!(except_last_seen(c.rec), except_last_seen(before));
+                }
+            }
+        }
+    }
+}
+
+mod fin_wait1 {
+    use super::*;
+
+    #[test]
+    fn ack_of_the_fin_moves_the_closer_to_fin_wait2() {
+        for client in SIDES {
+            let mut c = fin_wait1_on(client);
+            let server_since = c.since(c.server());
+            let st = c.s2c(ACK, SISN + 1, CISN + 2, 0);
+            assert_eq!(c.states(), (FinWait2, CloseWait));
+            assert_eq!(st.write, write::WORD | write::since(client));
+            assert_eq!(c.since(c.server()), server_since);
+        }
+    }
+
+    #[test]
+    fn ack_short_of_the_fin_leaves_fin_wait1() {
+        let mut c = fin_wait1();
+        let st = c.s2c(ACK, SISN + 1, CISN + 1, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(c.states(), (FinWait1, CloseWait));
+    }
+
+    #[test]
+    fn fin_that_acks_our_fin_goes_straight_to_time_wait() {
+        for client in SIDES {
+            let mut c = fin_wait1_on(client);
+            let st = c.s2c(FIN | ACK, SISN + 1, CISN + 2, 0);
+            assert_eq!(c.states(), (TimeWait, LastAck));
+            assert_eq!(
+                st.write,
+                write::WORD | write::seq(c.server()) | write::SINCE_A | write::SINCE_B
+            );
+        }
+    }
+
+    #[test]
+    fn crossing_fins_are_a_simultaneous_close_with_both_sides_closing() {
+        for client in SIDES {
+            let mut c = fin_wait1_on(client);
+            // The server's FIN does not acknowledge the client's: it was sent before the client's
+            // FIN arrived, from ESTABLISHED (RFC 9293 figure 13). Both ends go to CLOSING.
+            let st = c.s2c(FIN | ACK, SISN + 1, CISN + 1, 0);
+            assert_eq!(st.invalid, None);
+            assert_eq!(c.states(), (Closing, Closing));
+            assert_eq!(c.gauge(Role::Client, Closing), 1);
+            assert_eq!(c.gauge(Role::Server, Closing), 1);
+            assert_eq!(c.gauge(Role::Server, LastAck), 0);
+        }
+    }
+
+    #[test]
+    fn retransmitted_fin_changes_nothing_but_last_seen() {
+        let mut c = fin_wait1();
+        c.next_second();
+        let before = c.rec;
+        let st = c.c2s(FIN | ACK, CISN + 1, SISN + 1, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(st.write, write::LAST_SEEN);
+        assert_eq!(except_last_seen(c.rec), except_last_seen(before));
+    }
+
+    #[test]
+    fn close_wait_side_keeps_sending_data() {
+        let mut c = fin_wait1();
+        let st = c.s2c(ACK | PSH, SISN + 1, CISN + 1, 500);
+        assert_eq!(st.invalid, None);
+        assert_eq!(c.states(), (FinWait1, CloseWait));
+        c.s2c(ACK | PSH, SISN + 501, CISN + 2, 500);
+        assert_eq!(
+            c.states(),
+            (FinWait2, CloseWait),
+            "the data segment acked the FIN"
+        );
+        c.c2s(ACK, CISN + 2, SISN + 1001, 0);
+        assert_eq!(c.states(), (FinWait2, CloseWait));
+    }
+
+    #[test]
+    fn rst_in_window_from_either_side_closes_both() {
+        for from_client in [true, false] {
+            let mut c = fin_wait1();
+            let st = if from_client {
+                c.c2s(RST, CISN + 2, 0, 0)
+            } else {
+                c.s2c(RST, SISN + 1, 0, 0)
+            };
+            assert!(st.rst);
+            assert_eq!(c.states(), (Closed, Closed));
+        }
+    }
+}
+
+mod fin_wait2 {
+    use super::*;
+
+    #[test]
+    fn peer_fin_moves_the_closer_to_time_wait_and_the_peer_to_last_ack() {
+        for client in SIDES {
+            let mut c = fin_wait2_on(client);
+            c.s2c(FIN | ACK, SISN + 1, CISN + 2, 0);
+            assert_eq!(c.states(), (TimeWait, LastAck));
+            assert_eq!(c.gauge(Role::Client, TimeWait), 1);
+            assert_eq!(c.gauge(Role::Server, LastAck), 1);
+        }
+    }
+
+    #[test]
+    fn half_close_data_then_a_fin_with_payload_is_acked_after_the_payload() {
+        let mut c = fin_wait2();
+        for i in 0..3 {
+            c.s2c(ACK | PSH, SISN + 1 + i * 1000, CISN + 2, 1000);
+            c.c2s(ACK, CISN + 2, SISN + 1 + (i + 1) * 1000, 0);
+            assert_eq!(c.states(), (FinWait2, CloseWait));
+        }
+        c.s2c(FIN | ACK | PSH, SISN + 3001, CISN + 2, 200);
+        assert_eq!(c.states(), (TimeWait, LastAck));
+        assert_eq!(c.rec.seq[1].end, SISN + 3202);
+        c.c2s(ACK, CISN + 2, SISN + 3201, 0);
+        assert_eq!(
+            c.states(),
+            (TimeWait, LastAck),
+            "acks the payload, not the FIN"
+        );
+        c.c2s(ACK, CISN + 2, SISN + 3202, 0);
+        assert_eq!(c.states(), (TimeWait, Closed));
+    }
+
+    #[test]
+    fn fin_from_the_close_wait_side_outside_the_window_is_rejected() {
+        let mut c = fin_wait2();
+        let before = c.rec;
+        let st = c.s2c(FIN | ACK, SISN + 1 + WIN_EDGE + 1, CISN + 2, 0);
+        assert_rejected(&c, &st, &before, InvalidReason::FinOutOfWindow);
+    }
+
+    #[test]
+    fn retransmitted_fin_changes_nothing() {
+        let mut c = fin_wait2();
+        let before = c.rec;
+        let st = c.c2s(FIN | ACK, CISN + 1, SISN + 1, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(st.write, 0);
+        assert_eq!(c.rec, before);
+    }
+}
+
+mod close_wait {
+    use super::*;
+
+    #[test]
+    fn server_first_close_walks_every_state_on_both_ends() {
+        for client in SIDES {
+            let mut c = server_fin_wait1_on(client);
+            c.c2s(ACK, CISN + 1, SISN + 2, 0);
+            assert_eq!(c.states(), (CloseWait, FinWait2));
+            // Half-close: the client, in CLOSE_WAIT, keeps sending.
+            c.c2s(ACK | PSH, CISN + 1, SISN + 2, 300);
+            c.s2c(ACK, SISN + 2, CISN + 301, 0);
+            assert_eq!(c.states(), (CloseWait, FinWait2));
+            c.c2s(FIN | ACK, CISN + 301, SISN + 2, 0);
+            assert_eq!(c.states(), (LastAck, TimeWait));
+            let st = c.s2c(ACK, SISN + 2, CISN + 302, 0);
+            assert_eq!(c.states(), (Closed, TimeWait));
+            assert_eq!(st.write, write::WORD | write::since(client));
+            assert_eq!(c.gauge(Role::Server, TimeWait), 1);
+            assert_eq!(c.gauge(Role::Client, LastAck), 0);
+        }
+    }
+}
+
+mod closing {
+    use super::*;
+
+    #[test]
+    fn acks_of_both_fins_take_both_sides_to_time_wait() {
+        for client in SIDES {
+            let mut c = closing_on(client);
+            c.c2s(ACK, CISN + 2, SISN + 2, 0);
+            assert_eq!(c.states(), (Closing, TimeWait));
+            c.s2c(ACK, SISN + 2, CISN + 2, 0);
+            assert_eq!(c.states(), (TimeWait, TimeWait));
+            assert_eq!(c.gauge(Role::Client, TimeWait), 1);
+            assert_eq!(c.gauge(Role::Server, TimeWait), 1);
+        }
+    }
+
+    #[test]
+    fn retransmitted_fins_change_nothing() {
+        let mut c = closing();
+        let before = c.rec;
+        assert_eq!(c.c2s(FIN | ACK, CISN + 1, SISN + 1, 0).write, 0);
+        assert_eq!(c.s2c(FIN | ACK, SISN + 1, CISN + 1, 0).write, 0);
+        assert_eq!(c.rec, before);
+    }
+
+    #[test]
+    fn syn_on_both_time_wait_starts_a_new_connection() {
+        let mut c = closing();
+        c.c2s(ACK, CISN + 2, SISN + 2, 0);
+        c.s2c(ACK, SISN + 2, CISN + 2, 0);
+        c.c2s(SYN, CISN + 100_000, 0, 0);
+        assert_eq!(c.states(), (SynSent, Closed));
+    }
+
+    #[test]
+    fn rst_in_window_closes_both() {
+        let mut c = closing();
+        let st = c.s2c(RST, SISN + 2, 0, 0);
+        assert!(st.rst);
+        assert_eq!(c.states(), (Closed, Closed));
+    }
+}
+
+mod last_ack {
+    use super::*;
+
+    #[test]
+    fn final_ack_closes_the_last_ack_side() {
+        for client in SIDES {
+            let mut c = last_ack_on(client);
+            let client_since = c.since(client);
+            let st = c.c2s(ACK, CISN + 2, SISN + 2, 0);
+            assert_eq!(c.states(), (TimeWait, Closed));
+            assert_eq!(st.write, write::WORD | write::since(c.server()));
+            assert_eq!(c.since(client), client_since);
+            assert_eq!(c.gauge(Role::Server, LastAck), 0);
+        }
+    }
+
+    #[test]
+    fn ack_short_of_the_fin_leaves_last_ack() {
+        let mut c = last_ack();
+        c.c2s(ACK, CISN + 2, SISN + 1, 0);
+        assert_eq!(c.states(), (TimeWait, LastAck));
+    }
+
+    #[test]
+    fn retransmitted_fin_restarts_time_wait_and_changes_nothing_else() {
+        let mut c = last_ack();
+        let before = c.rec;
+        let st = c.s2c(FIN | ACK, SISN + 1, CISN + 2, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(c.states(), (TimeWait, LastAck));
+        assert_eq!(
+            st.write,
+            write::SINCE_A,
+            "only the TIME_WAIT side's 2MSL restarts"
+        );
+        assert_eq!(c.since(Side::A), c.now);
+        let mut expect = before;
+        expect.since_ns[0] = c.now;
+        assert_eq!(c.rec, expect);
+    }
+
+    #[test]
+    fn rst_in_window_closes_both_and_out_of_window_is_rejected() {
+        let mut c = last_ack();
+        let before = c.rec;
+        let st = c.s2c(RST, SISN + 2 + 4 * WIN as u32, 0, 0);
+        assert_rejected(&c, &st, &before, InvalidReason::RstOutOfWindow);
+        let st = c.s2c(RST, SISN + 2, 0, 0);
+        assert!(st.rst);
+        assert_eq!(c.states(), (Closed, Closed));
+    }
+}
+
+mod time_wait {
+    use super::*;
+
+    #[test]
+    fn fin_resent_after_a_lost_final_ack_revives_last_ack_and_restarts_time_wait() {
+        for client in SIDES {
+            let mut c = time_wait_on(client);
+            let st = c.s2c(FIN | ACK, SISN + 1, CISN + 2, 0);
+            assert_eq!(st.invalid, None);
+            assert_eq!(c.states(), (TimeWait, LastAck));
+            assert_eq!(st.write, write::WORD | write::SINCE_A | write::SINCE_B);
+            assert_eq!(c.since(client), c.now, "TIME_WAIT restarts its 2MSL timer");
+            assert_eq!(c.gauge(Role::Server, LastAck), 1);
+            // The new final ACK gets through.
+            c.c2s(ACK, CISN + 2, SISN + 2, 0);
+            assert_eq!(c.states(), (TimeWait, Closed));
+            assert_eq!(c.gauge(Role::Server, LastAck), 0);
+        }
+    }
+
+    #[test]
+    fn syn_from_the_client_reuses_the_port_for_a_new_connection() {
+        let mut c = time_wait();
+        let server_since = c.since(Side::B);
+        let st = c.c2s(SYN, CISN + 100_000, 0, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(c.states(), (SynSent, Closed));
+        assert_eq!(
+            st.write,
+            write::WORD | write::SEQ_A | write::SEQ_B | write::SINCE_A | write::SYN_NS
+        );
+        assert_eq!(c.rec.syn_ns, c.now);
+        assert_eq!(c.since(Side::B), server_since);
+        assert_eq!(c.rec.seq[0].isn, CISN + 100_000);
+        assert_eq!(
+            c.rec.seq[1],
+            Default::default(),
+            "the old server's facts are gone"
+        );
+        assert_eq!(c.gauge(Role::Client, TimeWait), 0);
+        assert_eq!(c.gauge(Role::Client, SynSent), 1);
+        // The new connection runs its own handshake; the old numbers mean nothing any more.
+        let before = c.rec;
+        let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        assert_rejected(&c, &st, &before, InvalidReason::BadSynAck);
+        c.s2c(SYN | ACK, 77, CISN + 100_001, 0);
+        c.c2s(ACK, CISN + 100_001, 78, 0);
+        assert_eq!(c.states(), (Established, Established));
+    }
+
+    #[test]
+    fn syn_from_the_former_server_reuses_the_port_with_the_roles_swapped() {
+        for client in SIDES {
+            let mut c = time_wait_on(client);
+            let server = c.server();
+            let st = c.s2c(SYN, SISN + 100_000, 0, 0);
+            assert_eq!(st.invalid, None);
+            let w = c.word();
+            assert_eq!(w.client(), server, "the new SYN's sender is the client");
+            assert_eq!(w.state(server), SynSent);
+            assert_eq!(w.state(client), Closed);
+            assert_eq!(c.gauge(Role::Client, TimeWait), 0);
+            assert_eq!(c.gauge(Role::Client, SynSent), 1);
+            assert_eq!(c.gauge(Role::Server, SynSent), 0);
+            // And the old client answers as the new server.
+            c.c2s(SYN | ACK, 4242, SISN + 100_001, 0);
+            assert_eq!(w.role(client), Role::Server);
+            assert_eq!(c.word().state(client), SynRecv);
+            assert_eq!(c.word().state(server), Established);
+        }
+    }
+
+    #[test]
+    fn late_ack_from_the_time_wait_side_changes_nothing() {
+        let mut c = time_wait();
+        let before = c.rec;
+        let st = c.c2s(ACK, CISN + 2, SISN + 2, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(st.write, 0);
+        assert_eq!(c.rec, before);
+    }
+
+    #[test]
+    fn rst_in_window_closes_both_and_out_of_window_is_rejected() {
+        for from_client in [true, false] {
+            let mut c = time_wait();
+            let before = c.rec;
+            let (seq_in, seq_out) = if from_client {
+                (CISN + 2, CISN + 2 + 4 * WIN as u32)
+            } else {
+                (SISN + 2, SISN + 2 + 4 * WIN as u32)
+            };
+            let sender = if from_client { Side::A } else { Side::B };
+            let st = c.send(sender, seg(RST, seq_out, 0, 0));
+            assert_rejected(&c, &st, &before, InvalidReason::RstOutOfWindow);
+            let st = c.send(sender, seg(RST, seq_in, 0, 0));
+            assert!(st.rst);
+            assert_eq!(c.states(), (Closed, Closed));
+        }
+    }
+
+    #[test]
+    fn anything_but_a_syn_on_a_closed_flow_is_rejected() {
+        let mut c = established();
+        c.c2s(RST, CISN + 1, 0, 0);
+        for (from_client, flags) in [
+            (true, ACK),
+            (false, FIN | ACK),
+            (false, RST),
+            (true, SYN | ACK),
+        ] {
+            let before = c.rec;
+            let st = if from_client {
+                c.c2s(flags, CISN + 1, SISN + 1, 0)
+            } else {
+                c.s2c(flags, SISN + 1, CISN + 1, 0)
+            };
+            let why = if flags & SYN != 0 {
+                InvalidReason::UnexpectedSyn
+            } else {
+                InvalidReason::ClosedFlow
+            };
+            assert_rejected(&c, &st, &before, why);
+        }
+    }
+
+    #[test]
+    fn syn_on_a_reset_flow_starts_a_new_connection() {
+        for from_client in [true, false] {
+            let mut c = established();
+            c.c2s(RST, CISN + 1, 0, 0);
+            assert!(c.word().has(flowflags::RESET));
+            let st = if from_client {
+                c.c2s(SYN, 5, 0, 0)
+            } else {
+                c.s2c(SYN, 5, 0, 0)
+            };
+            assert_eq!(st.invalid, None);
+            let w = c.word();
+            let sender = if from_client { Side::A } else { Side::B };
+            assert_eq!(w.client(), sender);
+            assert_eq!(w.state(sender), SynSent);
+            assert_eq!(w.state(sender.other()), Closed);
+            assert!(!w.has(flowflags::RESET), "the new connection was not reset");
+        }
+    }
+}
+
+mod wraparound {
+    use super::*;
+
+    #[test]
+    fn handshake_data_and_close_across_the_2_32_boundary() {
+        let cisn = u32::MAX - 1; // the SYN's end is u32::MAX
+        let sisn = u32::MAX; // the SYN-ACK's end is 0
+        let mut c = Conn::start(Side::A, BOTH, cisn);
+        c.s2c(SYN | ACK, sisn, u32::MAX, 0);
+        assert_eq!(c.states(), (Established, SynRecv));
+        c.c2s(ACK, u32::MAX, 0, 0);
+        assert_eq!(c.states(), (Established, Established));
+        // 100 bytes at u32::MAX..=98, then a FIN at 99 with 10 more bytes: end = 110.
+        c.c2s(ACK | PSH, u32::MAX, 0, 100);
+        c.s2c(ACK, 0, 99, 0);
+        let st = c.c2s(FIN | ACK, 99, 0, 10);
+        assert_eq!(st.invalid, None);
+        assert_eq!(c.rec.seq[0].end, 110);
+        c.s2c(ACK, 0, 109, 0);
+        assert_eq!(c.states(), (FinWait1, CloseWait));
+        c.s2c(ACK, 0, 110, 0);
+        assert_eq!(c.states(), (FinWait2, CloseWait));
+        c.s2c(FIN | ACK, 0, 110, 0);
+        c.c2s(ACK, 110, 1, 0);
+        assert_eq!(c.states(), (TimeWait, Closed));
+    }
+
+    #[test]
+    fn fin_payload_straddling_the_boundary_wraps_its_end() {
+        let mut c = Conn::start(Side::A, BOTH, u32::MAX - 100);
+        c.s2c(SYN | ACK, SISN, u32::MAX - 99, 0);
+        c.c2s(ACK, u32::MAX - 99, SISN + 1, 0);
+        c.c2s(FIN | ACK, u32::MAX - 9, SISN + 1, 20);
+        assert_eq!(c.rec.seq[0].end, 11);
+        c.s2c(ACK, SISN + 1, 10, 0);
+        assert_eq!(c.states(), (FinWait1, CloseWait));
+        c.s2c(ACK, SISN + 1, 11, 0);
+        assert_eq!(c.states(), (FinWait2, CloseWait));
+    }
+
+    #[test]
+    fn rst_window_spans_the_boundary() {
+        // The client's receive window starts at u32::MAX - 100 and is WIN_EDGE long.
+        let sisn = u32::MAX - 101;
+        let build = || {
+            let mut c = Conn::start(Side::A, BOTH, CISN);
+            c.s2c(SYN | ACK, sisn, CISN + 1, 0);
+            c.c2s(ACK, CISN + 1, sisn + 1, 0);
+            c
+        };
+        let last_in = (sisn + 1).wrapping_add(WIN_EDGE);
+        assert!(last_in < 20_000, "the window's end wrapped");
+        let mut c = build();
+        let before = c.rec;
+        let st = c.s2c(RST, last_in + 1, 0, 0);
+        assert_rejected(&c, &st, &before, InvalidReason::RstOutOfWindow);
+        let st = c.s2c(RST, last_in, 0, 0);
+        assert!(st.rst);
+        let mut c = build();
+        let st = c.s2c(RST, 5, 0, 0);
+        assert!(st.rst, "wrapped sequence number inside the window");
+    }
+}
+
+mod window_scale {
+    use super::*;
+
+    /// Handshake with the given shifts, then the server advertises a raw window of 1000.
+    fn scaled(client_ws: u8, server_ws: u8) -> Conn {
+        let (_, mut c) = Conn::open(
+            Side::A,
+            BOTH,
+            seg(SYN, CISN, 0, 0).ws(client_ws),
+            [CPORT, SPORT],
+        );
+        c.s2c_seg(seg(SYN | ACK, SISN, CISN + 1, 0).ws(server_ws));
+        c.c2s(ACK, CISN + 1, SISN + 1, 0);
+        c.s2c_seg(seg(ACK, SISN + 1, CISN + 1, 0).win(1000));
+        c
+    }
+
+    #[test]
+    fn both_syns_carrying_window_scale_put_it_in_effect() {
+        let mut c = scaled(7, 9);
+        assert_eq!(c.word().wscale, [7, 9]);
+        // 1000 << 9 = 512000 bytes: 100 kB ahead of the server's ack is inside.
+        let st = c.c2s(RST, CISN + 1 + 100_000, 0, 0);
+        assert!(st.rst);
+    }
+
+    #[test]
+    fn one_syn_without_window_scale_turns_scaling_off() {
+        for (client_ws, server_ws) in [(7, WSCALE_NONE), (WSCALE_NONE, 9)] {
+            let mut c = scaled(client_ws, server_ws);
+            assert_eq!(c.word().wscale, [0, 0]);
+            let before = c.rec;
+            // Unscaled the server's window is at most WIN bytes.
+            let st = c.c2s(RST, CISN + 1 + 100_000, 0, 0);
+            assert_rejected(&c, &st, &before, InvalidReason::RstOutOfWindow);
+        }
+    }
+
+    #[test]
+    fn syn_and_synack_windows_are_never_scaled() {
+        // RFC 7323 section 2.2: the window field of a SYN or SYN-ACK is not scaled.
+        let (_, mut c) = Conn::open(Side::A, BOTH, seg(SYN, CISN, 0, 0).ws(7), [CPORT, SPORT]);
+        c.s2c_seg(seg(SYN | ACK, SISN, CISN + 1, 0).ws(9));
+        assert_eq!(c.rec.seq[1].win, WIN as u32);
+        let before = c.rec;
+        let st = c.c2s(RST, CISN + 1 + WIN_EDGE + 1, 0, 0);
+        assert_rejected(&c, &st, &before, InvalidReason::RstOutOfWindow);
+        let st = c.c2s(RST, CISN + 1 + WIN_EDGE, 0, 0);
+        assert!(st.rst);
+    }
+}
+
+mod counters {
+    use super::*;
+
+    fn conn(role: Role, state: TcpState, d: i64) -> (u32, i64) {
+        (idx::conn(role, state), d)
+    }
+
+    fn resets(dir: RstDirection, state: TcpState) -> (u32, i64) {
+        (idx::resets(dir, state), 1)
+    }
+
+    fn handshake(h: Handshake) -> (u32, i64) {
+        (idx::HANDSHAKES + h as u32 - 1, 1)
+    }
+
+    #[test]
+    fn opening_counts_from_an_all_closed_word() {
+        let s = seg(SYN, CISN, 0, 0);
+        let (_, st) = open(Side::B, &s, BOTH, T0, [SPORT, CPORT]).unwrap();
+        let before = FlowWord {
+            counted: BOTH,
+            ..FlowWord::default()
+        };
+        assert_eq!(
+            deltas(before, &st, Side::B),
+            [conn(Role::Client, SynSent, 1)]
+        );
+
+        let s = seg(ACK, 1, 2, 0);
+        let (_, st) = open(Side::A, &s, BOTH, T0, [SPORT, CPORT]).unwrap();
+        assert_eq!(
+            deltas(before, &st, Side::A),
+            [
+                conn(Role::Server, Established, 1),
+                conn(Role::Client, Established, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn tap_mode_moves_every_endpoint_whose_state_changed() {
+        let mut c = syn_sent();
+        let old = c.word();
+        let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        assert_eq!(
+            deltas(old, &st, Side::B),
+            [
+                conn(Role::Client, SynSent, -1),
+                conn(Role::Client, Established, 1),
+                conn(Role::Server, SynRecv, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn host_mode_counts_only_the_local_endpoint() {
+        // Host mode on the server: only side B is counted.
+        let mut c = Conn::start(Side::A, Side::B.bit(), CISN);
+        assert!(c.counters.is_empty(), "the client is not ours");
+        let old = c.word();
+        let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        assert_eq!(deltas(old, &st, Side::B), [conn(Role::Server, SynRecv, 1)]);
+        let old = c.word();
+        let st = c.c2s(ACK, CISN + 1, SISN + 1, 0);
+        assert_eq!(
+            deltas(old, &st, Side::A),
+            [
+                conn(Role::Server, SynRecv, -1),
+                conn(Role::Server, Established, 1),
+                handshake(Handshake::Established),
+            ]
+        );
+        // The client's own transitions move nothing.
+        let old = c.word();
+        let st = c.s2c(FIN | ACK, SISN + 1, CISN + 1, 0);
+        assert_eq!(
+            deltas(old, &st, Side::B),
+            [
+                conn(Role::Server, Established, -1),
+                conn(Role::Server, FinWait1, 1)
+            ]
+        );
+        let old = c.word();
+        let st = c.c2s(ACK, CISN + 1, SISN + 1, 0);
+        assert_eq!(st.write, 0);
+        assert_eq!(deltas(old, &st, Side::A), []);
+        assert_eq!(c.gauge(Role::Client, CloseWait), 0);
+    }
+
+    #[test]
+    fn rst_counts_once_per_counted_side_with_its_direction_and_prior_state() {
+        let mut c = fin_wait2();
+        let old = c.word();
+        let st = c.c2s(RST, CISN + 2, 0, 0);
+        assert_eq!(
+            deltas(old, &st, Side::A),
+            [
+                conn(Role::Client, FinWait2, -1),
+                resets(RstDirection::Sent, FinWait2),
+                conn(Role::Server, CloseWait, -1),
+                resets(RstDirection::Received, CloseWait),
+            ]
+        );
+
+        // Host mode on the server: only the server's view, as received.
+        let mut c = Conn::start(Side::A, Side::B.bit(), CISN);
+        c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        c.c2s(ACK, CISN + 1, SISN + 1, 0);
+        let old = c.word();
+        let st = c.c2s(RST | ACK, CISN + 1, SISN + 1, 0);
+        assert_eq!(
+            deltas(old, &st, Side::A),
+            [
+                conn(Role::Server, Established, -1),
+                resets(RstDirection::Received, Established)
+            ]
+        );
+    }
+
+    #[test]
+    fn refused_connection_counts_the_rst_and_the_refused_handshake() {
+        // On the client's host: the client received the RST in SYN_SENT.
+        let mut c = Conn::start(Side::A, Side::A.bit(), CISN);
+        let old = c.word();
+        let st = c.s2c(RST | ACK, 0, CISN + 1, 0);
+        assert_eq!(
+            deltas(old, &st, Side::B),
+            [
+                conn(Role::Client, SynSent, -1),
+                resets(RstDirection::Received, SynSent),
+                handshake(Handshake::Refused),
+            ]
+        );
+        // On the server's host: nothing listened, the RST left from a closed endpoint.
+        let mut c = Conn::start(Side::A, Side::B.bit(), CISN);
+        let old = c.word();
+        let st = c.s2c(RST | ACK, 0, CISN + 1, 0);
+        assert_eq!(
+            deltas(old, &st, Side::B),
+            [
+                resets(RstDirection::Sent, Closed),
+                handshake(Handshake::Refused)
+            ]
+        );
+    }
+
+    #[test]
+    fn rejected_segment_counts_only_its_reason() {
+        let mut c = established();
+        let old = c.word();
+        let st = c.c2s(RST, CISN + 1 + 4 * WIN as u32, 0, 0);
+        assert_eq!(
+            deltas(old, &st, Side::A),
+            [(idx::INVALID + InvalidReason::RstOutOfWindow as u32, 1)]
+        );
+    }
+
+    #[test]
+    fn port_reuse_by_the_former_server_moves_the_gauges_to_the_new_roles() {
+        let mut c = time_wait();
+        let old = c.word();
+        let st = c.s2c(SYN, 5, 0, 0);
+        assert_eq!(
+            deltas(old, &st, Side::B),
+            [
+                conn(Role::Client, TimeWait, -1),
+                conn(Role::Client, SynSent, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn revived_last_ack_is_counted_again() {
+        let mut c = time_wait();
+        let old = c.word();
+        let st = c.s2c(FIN | ACK, SISN + 1, CISN + 2, 0);
+        assert_eq!(deltas(old, &st, Side::B), [conn(Role::Server, LastAck, 1)]);
+    }
+
+    #[test]
+    fn a_full_connection_leaves_only_the_time_wait_gauge() {
+        let c = time_wait();
+        let nonzero: Vec<_> = c
+            .counters
+            .iter()
+            .filter(|(&slot, &v)| slot < idx::SEGMENTS && v != 0)
+            .map(|(&slot, &v)| (slot, v as i64))
+            .collect();
+        assert_eq!(nonzero, [conn(Role::Client, TimeWait, 1)]);
+        assert_eq!(c.counter(idx::HANDSHAKES), 1);
+    }
+}
