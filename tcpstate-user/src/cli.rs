@@ -118,6 +118,14 @@ pub struct RunArgs {
     /// Do not seed the table from the kernel's socket table at start-up.
     #[arg(long, env = "TCPSTATE_NO_SEED")]
     pub no_seed: bool,
+    /// Preflight: load, attach, verify and detach, then exit 0; or print one line naming what is
+    /// missing and exit 2. Serves nothing and pins nothing.
+    #[arg(long)]
+    pub check: bool,
+    /// TOML file with any of these options by their long names (`iface = ["eth0"]`,
+    /// `time-wait = "60s"`). Flags and TCPSTATE_* variables take precedence over it.
+    #[arg(long, env = "TCPSTATE_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub pins: PinArgs,
 }

@@ -19,7 +19,7 @@ use crate::{
     config::RunConfig,
     error::Preflight,
     http::{self, Reply},
-    loader,
+    inspect, loader,
     metrics::{self, Scrape},
     netif, seed, sockdiag,
     sweeper::{self, monotonic_ns, SweepReport},
@@ -34,6 +34,34 @@ struct State {
     books: Books,
     user: UserCounters,
     report: SweepReport,
+}
+
+/// `tcpstate run --check`: everything `run` does up to serving, then undone. Uses a private pin
+/// directory so a running daemon's maps are never touched.
+pub fn check(mut cfg: RunConfig) -> anyhow::Result<String> {
+    loader::preflight(&cfg)?;
+    cfg.pin_dir = cfg
+        .pin_dir
+        .with_file_name(format!("tcpstate-check-{}", std::process::id()));
+    let attempt = || -> anyhow::Result<Vec<loader::Attached>> {
+        let mut ebpf = loader::load(&cfg)?;
+        let attached = loader::attach(&mut ebpf, &cfg)?;
+        let (_, books) = tables::from_ebpf(&mut ebpf)?;
+        books.totals()?;
+        Ok(attached)
+    };
+    let result = attempt();
+    if cfg.pin_dir.exists() {
+        inspect::remove_pins(&cfg.pin_dir)?;
+    }
+    let attached: Vec<String> = result?
+        .iter()
+        .map(|a| format!("{} {} ({})", a.iface, a.hook, a.mode))
+        .collect();
+    Ok(format!(
+        "ok: loaded, attached and detached: {}",
+        attached.join(", ")
+    ))
 }
 
 pub fn run(cfg: RunConfig) -> anyhow::Result<()> {

@@ -10,7 +10,6 @@ use tcpstate_common::{
 
 use crate::{
     cli::FlowsArgs,
-    error::Preflight,
     seed::{addr_words, words_addr},
     sweeper::monotonic_ns,
     tables,
@@ -134,6 +133,13 @@ pub fn cleanup(dir: &Path) -> anyhow::Result<()> {
         println!("nothing to clean: {} does not exist", dir.display());
         return Ok(());
     }
+    remove_pins(dir)?;
+    println!("removed {}", dir.display());
+    Ok(())
+}
+
+/// Removes tcpstate's pinned maps and their directory (only ours: a stranger's file stops it).
+pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
     for name in [maps::FLOWS, maps::COUNTERS, maps::TABLE, maps::USER] {
         let p = dir.join(name);
         if p.exists() {
@@ -141,17 +147,6 @@ pub fn cleanup(dir: &Path) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", p.display()))?;
         }
     }
-    match fs::remove_dir(dir) {
-        Ok(()) => println!("removed {}", dir.display()),
-        Err(e) => {
-            return Err(anyhow::anyhow!(
-                "removed tcpstate's maps but not {}: {e}",
-                dir.display()
-            ))
-        }
-    }
-    let _ = Preflight::NotRunning {
-        dir: dir.to_path_buf(),
-    };
-    Ok(())
+    fs::remove_dir(dir)
+        .map_err(|e| anyhow::anyhow!("removed tcpstate's maps but not {}: {e}", dir.display()))
 }

@@ -3,6 +3,7 @@
 mod cli;
 mod closewait;
 mod config;
+mod configfile;
 mod daemon;
 mod error;
 mod expiry;
@@ -29,8 +30,19 @@ use crate::{
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+    let argv = match configfile::complete_args(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tcpstate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
+    // A preflight prints one line; its progress logs would only bury it.
+    let quiet = matches!(&cli.command, Command::Run(a) if a.check)
+        && std::env::var_os("TCPSTATE_LOG").is_none();
+    let level = if quiet { "warn" } else { cli.log.as_str() };
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -48,6 +60,22 @@ fn main() -> ExitCode {
         };
     }
     let result = match &cli.command {
+        Command::Run(args) if args.check => {
+            // Preflight for deployment scripts: any failure is exit 2, one line.
+            return match RunConfig::from_args(args)
+                .map_err(anyhow::Error::from)
+                .and_then(daemon::check)
+            {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tcpstate: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Run(args) => RunConfig::from_args(args)
             .map_err(anyhow::Error::from)
             .and_then(daemon::run),

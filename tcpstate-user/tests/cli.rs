@@ -147,3 +147,71 @@ fn describe_metrics_lists_the_contract_and_passes_promtool() {
         "promtool: {complaints}"
     );
 }
+
+fn config_file(name: &str, body: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("tcpstate-cli-{}-{name}.toml", std::process::id()));
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn config_file_values_are_validated_like_flags() {
+    let f = config_file("bad", "iface = [\"lo\"]\nmax-flows = 0\n");
+    let o = run(&["run", "--config", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_line(&o).contains("--max-flows must be between 1 and"));
+    let f = config_file("unit", "time-wait = \"5\"\n");
+    let o = run(&["run", "--config", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--time-wait"));
+}
+
+#[test]
+fn config_file_rejects_unknown_options_by_name() {
+    let f = config_file("unknown", "interface = \"eth0\"\n");
+    let o = run(&["run", "--config", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr_line(&o);
+    assert!(
+        e.contains("unknown option \"interface\"") && e.contains("long names"),
+        "{e}"
+    );
+}
+
+#[test]
+fn flags_and_environment_take_precedence_over_the_file() {
+    // The file's max-flows = 0 would be rejected; a flag or variable overriding it gets past
+    // validation to the interface check (or, unprivileged, the privilege check).
+    let f = config_file("prec", "max-flows = 0\niface = [\"nosuchif1\"]\n");
+    let past_validation = |o: &Output| {
+        let e = stderr_line(o);
+        assert!(!e.contains("--max-flows"), "{e}");
+        if is_root() {
+            assert!(e.contains("interface \"nosuchif1\" does not exist"), "{e}");
+        }
+    };
+    let o = run(&[
+        "run",
+        "--config",
+        f.to_str().unwrap(),
+        "--max-flows",
+        "5",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    past_validation(&o);
+    let o = Command::new(BIN)
+        .args([
+            "run",
+            "--config",
+            f.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("TCPSTATE_MAX_FLOWS", "5")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    past_validation(&o);
+}

@@ -7,6 +7,7 @@
 mod harness;
 mod inject;
 mod leaks;
+mod preflight;
 mod restart;
 
 use std::{
@@ -419,10 +420,33 @@ fn time_wait_expires_after_the_configured_2msl() {
     assert_eq!(m.get("tcpstate_flows_expired_total", &[]), 1.0);
 }
 
+/// IDs of loaded programs named tcpstate*, as the kernel lists them.
+fn tcpstate_program_ids() -> std::collections::BTreeSet<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|info| {
+            info.name_as_str()
+                .is_some_and(|n| n.starts_with("tcpstate"))
+        })
+        .map(|info| info.id())
+        .collect()
+}
+
 #[test]
 fn sigterm_detaches_every_program() {
+    require_privileges();
     let p = Pair::new();
+    // Only this daemon's programs: others (another test run, a real deployment) may be loaded.
+    let before = tcpstate_program_ids();
     let d = host_daemon(&p, FAST);
+    let ours: Vec<u32> = tcpstate_program_ids()
+        .difference(&before)
+        .copied()
+        .collect();
+    assert!(
+        ours.len() >= 2,
+        "the daemon loaded its XDP and TC programs: {ours:?}"
+    );
     assert!(
         p.srv
             .ip(&["link", "show", "dev", &p.srv_if])
@@ -437,10 +461,9 @@ fn sigterm_detaches_every_program() {
             .contains("xdp"),
         "XDP detached after SIGTERM"
     );
-    let left: Vec<String> = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter_map(|info| info.name_as_str().map(str::to_string))
-        .filter(|n| n.starts_with("tcpstate"))
+    let left: Vec<u32> = tcpstate_program_ids()
+        .into_iter()
+        .filter(|id| ours.contains(id))
         .collect();
     assert!(
         left.is_empty(),

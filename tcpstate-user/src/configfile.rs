@@ -1,0 +1,98 @@
+//! `tcpstate run --config FILE`: options from a TOML file, by their long names. Precedence is
+//! flags, then TCPSTATE_* environment variables, then the file, then defaults: the file's values
+//! are appended to the command line only for options that are still at their defaults, and clap
+//! then validates them like any flag (so a bad value names its option).
+
+use std::{ffi::OsString, path::Path};
+
+use clap::{parser::ValueSource, CommandFactory};
+
+use crate::cli::{Cli, Command};
+
+/// The command line, completed with the config file's values when `run --config` names one.
+pub fn complete_args(argv: Vec<OsString>) -> Result<Vec<OsString>, String> {
+    let Ok(cli) = Cli::try_parse_from_args(&argv) else {
+        return Ok(argv);
+    }; // clap reports it
+    let Command::Run(run) = &cli.command else {
+        return Ok(argv);
+    };
+    let Some(path) = run.config.clone() else {
+        return Ok(argv);
+    };
+    let matches = Cli::command()
+        .try_get_matches_from(&argv)
+        .map_err(|e| e.to_string())?;
+    let run_matches = matches
+        .subcommand_matches("run")
+        .expect("run subcommand parsed above");
+    let run_cmd = Cli::command()
+        .find_subcommand("run")
+        .expect("run subcommand exists")
+        .clone();
+    let table = read(&path)?;
+    let mut out = argv;
+    for (key, value) in table {
+        let Some(arg) = run_cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()))
+        else {
+            return Err(format!(
+                "unknown option {key:?} in {}: use the long names of `tcpstate run --help`",
+                path.display()
+            ));
+        };
+        if key == "config" {
+            return Err(format!(
+                "{}: a config file cannot name another (config = ...)",
+                path.display()
+            ));
+        }
+        match run_matches.value_source(arg.get_id().as_str()) {
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable) => continue,
+            _ => {}
+        }
+        let flag = format!("--{key}");
+        match value {
+            toml::Value::Boolean(true) => out.push(flag.into()),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                for item in items {
+                    out.push(format!("{flag}={}", scalar(&key, &item, &path)?).into());
+                }
+            }
+            other => out.push(format!("{flag}={}", scalar(&key, &other, &path)?).into()),
+        }
+    }
+    Ok(out)
+}
+
+fn scalar(key: &str, v: &toml::Value, path: &Path) -> Result<String, String> {
+    match v {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        _ => Err(format!(
+            "option {key:?} in {} must be a string, number or list of them",
+            path.display()
+        )),
+    }
+}
+
+fn read(path: &Path) -> Result<toml::Table, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    text.parse::<toml::Table>().map_err(|e| {
+        format!(
+            "config file {} is not valid TOML: {}",
+            path.display(),
+            e.message()
+        )
+    })
+}
+
+impl Cli {
+    fn try_parse_from_args(argv: &[OsString]) -> Result<Cli, clap::Error> {
+        <Cli as clap::Parser>::try_parse_from(argv)
+    }
+}

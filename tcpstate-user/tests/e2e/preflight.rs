@@ -1,0 +1,76 @@
+//! `tcpstate run --check`: load, attach, verify, detach and exit 0, or one line and exit 2.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+fn check(ns: &Netns, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.name))
+        .args([BIN, "run", "--check"])
+        .args(args)
+        .env_remove("TCPSTATE_LOG")
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).trim().to_string(),
+    )
+}
+
+#[test]
+fn check_attaches_and_detaches_or_names_what_is_missing() {
+    require_privileges();
+    let p = Pair::new();
+    let (code, out, err) = check(&p.srv, &["--iface", &p.srv_if]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("{} xdp (native)", p.srv_if))
+            && out.contains(&format!("{} tc (tcx)", p.srv_if)),
+        "{out}"
+    );
+    assert!(
+        !p.srv
+            .ip(&["link", "show", "dev", &p.srv_if])
+            .contains("xdp"),
+        "detached again"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir("/sys/fs/bpf")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("tcpstate-check-")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "no pins left behind: {leftovers:?}");
+
+    let (code, _, err) = check(&p.srv, &["--iface", "nosuchif9"]);
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+    assert!(
+        err.contains("interface \"nosuchif9\" does not exist"),
+        "{err}"
+    );
+
+    p.srv.ip(&["link", "set", &p.srv_if, "down"]);
+    let (code, _, err) = check(&p.srv, &["--iface", &p.srv_if]);
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+    assert!(
+        err.contains("is down") && err.contains("ip link set"),
+        "{err}"
+    );
+    p.srv.ip(&["link", "set", &p.srv_if, "up"]);
+
+    // A daemon already attached: the check says so instead of fighting over the hook.
+    let d = Daemon::host(&p, &[]);
+    let (code, _, err) = check(&p.srv, &["--iface", &p.srv_if]);
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+    assert!(err.contains("already has an XDP program attached"), "{err}");
+    assert_eq!(
+        d.metrics().get("tcpstate_flow_table_capacity", &[]),
+        131072.0,
+        "the running daemon is untouched"
+    );
+}
