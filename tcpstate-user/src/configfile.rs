@@ -48,9 +48,13 @@ pub fn complete_args(argv: Vec<OsString>) -> Result<Vec<OsString>, String> {
                 path.display()
             ));
         }
-        match run_matches.value_source(arg.get_id().as_str()) {
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable) => continue,
-            _ => {}
+        // Set on the command line or in the environment: those win over the file.
+        let source = run_matches.value_source(arg.get_id().as_str());
+        if matches!(
+            source,
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
         }
         let flag = format!("--{key}");
         match value {

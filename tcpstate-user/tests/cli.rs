@@ -1,7 +1,11 @@
 //! Black-box tests of the command line that need no privileges: bad input gets one line that says
 //! what to do, and the right exit code (2 for usage and preflight errors).
 
+mod support;
+
 use std::process::{Command, Output};
+
+use support::{is_root, promtool_check};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstate");
 
@@ -21,15 +25,6 @@ fn stderr_line(o: &Output) -> String {
         "expected exactly one line of error, got:\n{e}"
     );
     e
-}
-
-fn is_root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().nth(1))
-        == Some("0")
 }
 
 #[test]
@@ -128,24 +123,7 @@ fn describe_metrics_lists_the_contract_and_passes_promtool() {
             "{name} missing from:\n{text}"
         );
     }
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) is needed: run `cargo xtask setup`");
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let complaints = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && complaints.trim().is_empty(),
-        "promtool: {complaints}"
-    );
+    promtool_check(&text);
 }
 
 fn config_file(name: &str, body: &str) -> std::path::PathBuf {

@@ -17,6 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use crate::support::promtool_check;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_tcpstate");
 pub const SERVER_V4: &str = "192.0.2.1";
 pub const CLIENT_V4: &str = "192.0.2.2";
@@ -42,12 +44,7 @@ pub fn sh(args: &[&str]) -> String {
 
 /// Fails loudly, naming what is missing, when the suite cannot run here.
 pub fn require_privileges() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().nth(1));
-    assert_eq!(euid, Some("0"), "the end-to-end tests need root (network namespaces, XDP, TC, bpffs): run `cargo xtask test` as root");
+    assert!(crate::support::is_root(), "the end-to-end tests need root (network namespaces, XDP, TC, bpffs): run `cargo xtask test` as root");
     for tool in ["ip", "ss", "nsenter", "promtool"] {
         let found = std::env::var("PATH")
             .unwrap_or_default()
@@ -527,33 +524,6 @@ fn series(name: &str, labels: &[(&str, &str)]) -> String {
     }
     let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     format!("{name}{{{}}}", l.join(","))
-}
-
-/// `promtool check metrics` on an exposition: exit 0 and no complaints.
-pub fn promtool_check(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) must be installed: run `cargo xtask setup`");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let complaints = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && complaints.trim().is_empty(),
-        "promtool check metrics: {complaints}"
-    );
 }
 
 pub fn ip(s: &str) -> IpAddr {

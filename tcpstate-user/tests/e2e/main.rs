@@ -9,6 +9,8 @@ mod inject;
 mod leaks;
 mod preflight;
 mod restart;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::{
     io::{Read, Write},
