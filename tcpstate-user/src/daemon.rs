@@ -21,7 +21,7 @@ use crate::{
     http::{self, Reply},
     inspect, loader,
     metrics::{self, Scrape},
-    netif, seed, sockdiag,
+    netif, ports, seed, sockdiag,
     sweeper::{self, monotonic_ns, SweepReport},
     tables::{self, Books, Flows},
 };
@@ -170,7 +170,7 @@ fn spawn_sweeper(
     let mut leaks = sweeper::Leaks {
         leak_after_s: cfg.close_wait_leak_after.as_secs_f64(),
         port_labels: cfg.port_labels,
-        listening: Default::default(),
+        listeners: Default::default(),
         labelled: Default::default(),
     };
     std::thread::Builder::new()
@@ -181,7 +181,7 @@ fn spawn_sweeper(
                 if host_mode {
                     // Port labels go to listening ports; the kernel knows which they are.
                     if let Ok(l) = sockdiag::dump_listening() {
-                        leaks.listening = l.iter().map(|s| s.local.1).collect();
+                        leaks.listeners = listeners(&l);
                     }
                 }
                 let mut user = state
@@ -262,6 +262,17 @@ async fn serve(
     });
     http::serve(listener, handler, shutdown_signal()).await;
     Ok(())
+}
+
+/// Accept queues by port, summed over a port's listeners (IPv4 and IPv6, SO_REUSEPORT groups).
+fn listeners(sockets: &[sockdiag::Socket]) -> std::collections::BTreeMap<u16, ports::AcceptQueue> {
+    let mut m = std::collections::BTreeMap::new();
+    for s in sockets {
+        let q: &mut ports::AcceptQueue = m.entry(s.local.1).or_default();
+        q.length += s.rqueue as u64;
+        q.max_length += s.wqueue as u64;
+    }
+    m
 }
 
 async fn shutdown_signal() {

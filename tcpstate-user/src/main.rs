@@ -1,7 +1,6 @@
 //! `tcpstate`: the daemon (`run`) and the inspection commands.
 
 mod cli;
-mod closewait;
 mod config;
 mod configfile;
 mod daemon;
@@ -14,6 +13,7 @@ mod loader;
 mod metrics;
 mod netif;
 mod owners;
+mod ports;
 mod seed;
 mod sockdiag;
 mod sweeper;

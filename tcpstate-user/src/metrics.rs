@@ -223,7 +223,7 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
         "tcpstate_close_wait_leaked",
         "Counted endpoints in CLOSE_WAIT for longer than --close-wait-leak-after, by local port (listening ports; the rest as other).",
     );
-    for (port, fig) in &s.sweep.close_wait.ports {
+    for (port, fig) in &s.sweep.ports.ports {
         f.sample(&[("port", port)], fig.leaked as f64);
     }
     out.push(f);
@@ -231,10 +231,35 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
         "tcpstate_close_wait_oldest_seconds",
         "Age of the oldest counted CLOSE_WAIT endpoint, by local port; 0 when none.",
     );
-    for (port, fig) in &s.sweep.close_wait.ports {
+    for (port, fig) in &s.sweep.ports.ports {
         f.sample(&[("port", port)], fig.oldest_s);
     }
     out.push(f);
+
+    let mut f = gauge(
+        "tcpstate_syn_backlog",
+        "Local server endpoints in SYN_RECV (half-open: SYN-ACK sent, final ACK not yet seen), by local port.",
+    );
+    for (port, fig) in &s.sweep.ports.ports {
+        f.sample(&[("port", port)], fig.syn_backlog as f64);
+    }
+    out.push(f);
+    let mut f = gauge(
+        "tcpstate_accept_queue_length",
+        "Connections completed and waiting for accept() on a listening port (the kernel's accept queue).",
+    );
+    let mut g = gauge(
+        "tcpstate_accept_queue_max_length",
+        "Limit of a listening port's accept queue (listen() backlog capped by net.core.somaxconn).",
+    );
+    for (port, fig) in &s.sweep.ports.ports {
+        if let Some(q) = fig.accept {
+            f.sample(&[("port", port)], q.length as f64);
+            g.sample(&[("port", port)], q.max_length as f64);
+        }
+    }
+    out.push(f);
+    out.push(g);
 
     let mut f = gauge(
         "tcpstate_sweep_duration_seconds",
@@ -289,7 +314,8 @@ pub fn render(s: &Scrape) -> prometheus::Result<Vec<u8>> {
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The exposition of a daemon that has seen nothing: every family, with its labels, at zero. For
+/// The exposition of a daemon that has seen nothing (but one listening port): every family, with
+/// its labels, at zero. For
 /// `tcpstate describe-metrics`, and for checking dashboards and alert rules against what is
 /// really exported.
 pub fn describe() -> prometheus::Result<Vec<u8>> {
@@ -297,11 +323,17 @@ pub fn describe() -> prometheus::Result<Vec<u8>> {
         slots: vec![0; tcpstate_common::counters::idx::COUNT as usize],
         ..Totals::default()
     };
+    // One listening port, shown as port="0", so the per-port families appear with their labels.
     let mut sweep = SweepReport::default();
+    let listening = crate::ports::PortFigures {
+        accept: Some(Default::default()),
+        ..Default::default()
+    };
+    sweep.ports.ports.insert("0".to_string(), listening);
     sweep
-        .close_wait
         .ports
-        .insert(crate::closewait::OTHER.to_string(), Default::default());
+        .ports
+        .insert(crate::ports::OTHER.to_string(), Default::default());
     let attached = [Attached {
         iface: "eth0".into(),
         hook: "xdp",

@@ -189,6 +189,8 @@ mod tests {
             remote: (remote.0.parse().unwrap(), remote.1),
             uid: 0,
             inode: 1,
+            rqueue: 0,
+            wqueue: 0,
         }
     }
 

@@ -13,6 +13,10 @@ pub struct Socket {
     pub remote: (IpAddr, u16),
     pub uid: u32,
     pub inode: u32,
+    /// Listening sockets: the accept queue's length (sk_ack_backlog); others: unread bytes.
+    pub rqueue: u32,
+    /// Listening sockets: the accept queue's limit (sk_max_ack_backlog); others: unsent bytes.
+    pub wqueue: u32,
 }
 
 /// `include/net/tcp_states.h`.
@@ -178,6 +182,8 @@ fn parse_msg(m: &[u8]) -> Option<Socket> {
         state: KernelState::from_raw(m[1]),
         local: (addr(8), sport),
         remote: (addr(24), dport),
+        rqueue: u32_at(56),
+        wqueue: u32_at(60),
         uid: u32_at(64),
         inode: u32_at(68),
     })

@@ -2,7 +2,7 @@
 //! its own thread at a fixed cadence; scrapes serve its latest report and never wait for it.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -10,9 +10,9 @@ use tcpstate_common::{maps::UserCounters, FlowKey, FlowRecord};
 use tracing::warn;
 
 use crate::{
-    closewait::{self, Stuck, Survey},
     config::Timeouts,
     expiry::{self, Expired},
+    ports::{self, AcceptQueue, PortEndpoint, Survey},
     tables::Flows,
 };
 
@@ -21,15 +21,15 @@ pub struct SweepReport {
     pub duration: Duration,
     pub visited: u64,
     pub sweeps: u64,
-    pub close_wait: Survey,
+    pub ports: Survey,
 }
 
 /// What the walk needs besides the timeouts.
 pub struct Leaks {
     pub leak_after_s: f64,
     pub port_labels: usize,
-    /// Listening ports (host mode: from sock_diag), refreshed by the caller.
-    pub listening: BTreeSet<u16>,
+    /// Listening ports and their accept queues (host mode: from sock_diag), refreshed by the caller.
+    pub listeners: BTreeMap<u16, AcceptQueue>,
     /// Ports labelled by the previous walk: they keep their label, so a leak that goes away (the
     /// process closed its sockets, or exited and stopped listening) reads 0 rather than vanishing.
     pub labelled: BTreeSet<u16>,
@@ -57,19 +57,24 @@ pub fn sweep(
     let start = Instant::now();
     let now = monotonic_ns();
     let mut expired: Vec<(FlowKey, FlowRecord, Expired)> = Vec::new();
-    let mut stuck: Vec<Stuck> = Vec::new();
+    let mut seen: Vec<PortEndpoint> = Vec::new();
     let mut visited = 0u64;
     for item in flows.0.iter() {
         let Ok((key, rec)) = item else { continue };
         visited += 1;
-        stuck.extend(closewait::stuck_endpoints(&key, &rec, now));
+        seen.extend(ports::endpoints(&key, &rec, now));
         if let Some(why) = expiry::decide(&rec, now, t) {
             expired.push((key, rec, why));
         }
     }
-    let candidates: BTreeSet<u16> = leaks.listening.union(&leaks.labelled).copied().collect();
-    let labels = closewait::choose_labels(&candidates, &stuck, leaks.port_labels);
-    report.close_wait = closewait::survey(&stuck, &labels, leaks.leak_after_s);
+    let candidates: BTreeSet<u16> = leaks
+        .listeners
+        .keys()
+        .chain(&leaks.labelled)
+        .copied()
+        .collect();
+    let labels = ports::choose_labels(&candidates, &seen, leaks.port_labels);
+    report.ports = ports::survey(&seen, &labels, leaks.leak_after_s, &leaks.listeners);
     leaks.labelled = labels;
     let mut removed = 0;
     for (key, rec, why) in expired {

@@ -4,6 +4,7 @@
 //!
 //! Needs root. Run with `cargo xtask test` (one test thread).
 
+mod backlog;
 mod harness;
 mod inject;
 mod leaks;

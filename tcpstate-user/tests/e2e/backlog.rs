@@ -1,0 +1,146 @@
+//! The half-open backlog and the accept queue, against the kernel's own view.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+/// Drops every segment the client namespace sends to `port` with ACK but without SYN: its final
+/// handshake ACKs never arrive, so the server holds SYN_RECV. Removed on drop.
+struct DropFinalAcks<'a> {
+    ns: &'a Netns,
+}
+
+impl<'a> DropFinalAcks<'a> {
+    fn new(ns: &'a Netns, port: u16) -> Self {
+        let nft = |args: &[&str]| {
+            let mut all = vec!["ip", "netns", "exec", &ns.name, "nft"];
+            all.extend_from_slice(args);
+            sh(&all);
+        };
+        nft(&["add", "table", "inet", "tse2e"]);
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            "tse2e",
+            "out",
+            "{ type filter hook output priority 0 ; policy accept ; }",
+        ]);
+        let port = port.to_string();
+        nft(&[
+            "add",
+            "rule",
+            "inet",
+            "tse2e",
+            "out",
+            "tcp",
+            "dport",
+            &port,
+            "tcp",
+            "flags",
+            "&",
+            "(syn | ack)",
+            "==",
+            "ack",
+            "drop",
+        ]);
+        DropFinalAcks { ns }
+    }
+}
+
+impl Drop for DropFinalAcks<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns.name,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "tse2e",
+            ])
+            .status();
+    }
+}
+
+fn backlog(m: &Metrics, port: &str) -> Option<f64> {
+    m.try_get("tcpstate_syn_backlog", &[("port", port)])
+}
+
+#[test]
+fn syn_backlog_counts_half_open_connections_like_the_kernel() {
+    let p = Pair::new();
+    let d = Daemon::host(&p, &["--sweep-interval", "100ms"]);
+    let _l = p.listen(SERVER_V4, 8080);
+    let block = DropFinalAcks::new(&p.cli, 8080);
+    // connect() returns once the SYN-ACK arrives; the server never sees the ACK.
+    let clients: Vec<_> = (0..4).map(|_| p.connect(SERVER_V4, 8080)).collect();
+    d.wait_for("four half-open on 8080", |m| {
+        backlog(m, "8080") == Some(4.0)
+    });
+    d.assert_matches_kernel(&p.srv, "four SYN-RECV");
+    assert_eq!(d.metrics().connections("server", "syn_recv"), 4.0);
+
+    // Lift the block: the server retransmits its SYN-ACKs (after 1s), the clients answer, the
+    // handshakes complete.
+    drop(block);
+    let m = d.wait_for("handshakes completed", |m| {
+        backlog(m, "8080") == Some(0.0) && m.connections("server", "established") == 4.0
+    });
+    assert_eq!(
+        m.get("tcpstate_handshakes_total", &[("result", "established")]),
+        4.0
+    );
+    d.assert_matches_kernel(&p.srv, "four ESTABLISHED after the retransmitted SYN-ACKs");
+    drop(clients);
+}
+
+/// Recv-Q (queue length) and Send-Q (limit) of the listener on `port`, as `ss -ltn` shows them.
+fn ss_accept_queue(ns: &Netns, port: u16) -> (f64, f64) {
+    let out = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        "ss",
+        "-Hltn",
+        "sport",
+        "=",
+        &format!(":{port}"),
+    ]);
+    let cols: Vec<&str> = out.split_whitespace().collect();
+    (cols[1].parse().unwrap(), cols[2].parse().unwrap())
+}
+
+#[test]
+fn accept_queue_follows_the_kernel() {
+    let p = Pair::new();
+    let d = Daemon::host(&p, &["--sweep-interval", "100ms"]);
+    let l = p.listen(SERVER_V4, 8080);
+    let queue = |m: &Metrics| {
+        (
+            m.try_get("tcpstate_accept_queue_length", &[("port", "8080")]),
+            m.try_get("tcpstate_accept_queue_max_length", &[("port", "8080")]),
+        )
+    };
+    let (_, limit) = ss_accept_queue(&p.srv, 8080);
+    assert!(limit > 0.0);
+    d.wait_for("an empty queue with the kernel's limit", |m| {
+        queue(m) == (Some(0.0), Some(limit))
+    });
+    // Three handshakes complete and wait: nobody calls accept().
+    let clients: Vec<_> = (0..3).map(|_| p.connect(SERVER_V4, 8080)).collect();
+    d.wait_for("three waiting", |m| queue(m) == (Some(3.0), Some(limit)));
+    assert_eq!(
+        ss_accept_queue(&p.srv, 8080),
+        (3.0, limit),
+        "the kernel agrees"
+    );
+    let accepted: Vec<_> = (0..2).map(|_| l.accept().unwrap()).collect();
+    d.wait_for("one left after two accept()s", |m| {
+        queue(m) == (Some(1.0), Some(limit))
+    });
+    drop((accepted, clients));
+}
