@@ -746,7 +746,7 @@ pub fn open_into(
         w.flags |= flowflags::MIDSTREAM;
         w.set_client(r);
         w.set_state(r, TcpState::SynSent);
-        rec.syn_ns = now_ns;
+        // syn_ns stays 0: the SYN was not seen, so no handshake duration can be measured.
         Opening::SynAck
     } else {
         // Midstream: both ESTABLISHED. The client is guessed to be the side with the higher

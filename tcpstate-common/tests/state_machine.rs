@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use tcpstate_common::{
     commit::commit,
-    counters::{for_each_delta, idx, RstDirection},
+    counters::{for_each_delta, handshake_bucket, idx, RstDirection},
     flow::{flowflags, FlowRecord, FlowWord, Role, Side},
     state::{open, step, write, Handshake, InvalidReason, Opening, Step, TcpState},
     tcp::{flags::*, Segment, WSCALE_MAX, WSCALE_NONE},
@@ -471,7 +471,10 @@ mod open_untracked {
                 "a SYN-ACK says who the client is"
             );
             assert_eq!(c.rec.seq[client.index()].isn, CISN);
-            assert_eq!(c.rec.syn_ns, T0);
+            assert_eq!(
+                c.rec.syn_ns, 0,
+                "the SYN was not seen: no duration to measure"
+            );
 
             let st = c.c2s(ACK, CISN + 1, SISN + 1, 0);
             assert_eq!(c.states(), (Established, Established));
@@ -1723,6 +1726,15 @@ mod counters {
         (idx::HANDSHAKES + h as u32 - 1, 1)
     }
 
+    /// The histogram bucket and the sum a handshake of `ns` nanoseconds moves for `role`.
+    fn duration(role: Role, ns: u64) -> [(u32, i64); 2] {
+        let bucket = role as u32 * idx::HANDSHAKE_BUCKETS_PER_ROLE + handshake_bucket(ns);
+        [
+            (idx::HANDSHAKE_BUCKETS + bucket, 1),
+            (idx::HANDSHAKE_SUM_NS + role as u32, ns as i64),
+        ]
+    }
+
     #[test]
     fn opening_counts_from_an_all_closed_word() {
         let s = seg(SYN, CISN, 0, 0);
@@ -1752,14 +1764,14 @@ mod counters {
         let mut c = syn_sent();
         let old = c.word();
         let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
-        assert_eq!(
-            deltas(old, &st, Side::B),
-            [
-                conn(Role::Client, SynSent, -1),
-                conn(Role::Client, Established, 1),
-                conn(Role::Server, SynRecv, 1),
-            ]
-        );
+        // The client's handshake ends here, one segment (1 ms of fixture time) after its SYN.
+        let mut want = vec![
+            conn(Role::Client, SynSent, -1),
+            conn(Role::Client, Established, 1),
+        ];
+        want.extend(duration(Role::Client, 1_000_000));
+        want.push(conn(Role::Server, SynRecv, 1));
+        assert_eq!(deltas(old, &st, Side::B), want);
     }
 
     #[test]
@@ -1772,14 +1784,14 @@ mod counters {
         assert_eq!(deltas(old, &st, Side::B), [conn(Role::Server, SynRecv, 1)]);
         let old = c.word();
         let st = c.c2s(ACK, CISN + 1, SISN + 1, 0);
-        assert_eq!(
-            deltas(old, &st, Side::A),
-            [
-                conn(Role::Server, SynRecv, -1),
-                conn(Role::Server, Established, 1),
-                handshake(Handshake::Established),
-            ]
-        );
+        // The server's handshake: SYN to final ACK, two segments of fixture time.
+        let mut want = vec![
+            conn(Role::Server, SynRecv, -1),
+            conn(Role::Server, Established, 1),
+        ];
+        want.extend(duration(Role::Server, 2_000_000));
+        want.push(handshake(Handshake::Established));
+        assert_eq!(deltas(old, &st, Side::A), want);
         // The client's own transitions move nothing.
         let old = c.word();
         let st = c.s2c(FIN | ACK, SISN + 1, CISN + 1, 0);

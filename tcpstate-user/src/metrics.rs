@@ -2,11 +2,11 @@
 //! table: a scrape reads per-CPU counters and the sweeper's latest report, O(1) in flows.
 
 use prometheus::{
-    proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
+    proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
     Encoder, TextEncoder,
 };
 use tcpstate_common::{
-    counters::{idx, Hook, RstDirection, UntrackedReason},
+    counters::{idx, Hook, RstDirection, UntrackedReason, HANDSHAKE_BOUNDS_NS},
     packet::SkipReason,
     state::{InvalidReason, Opening},
     Role, TcpState,
@@ -59,6 +59,40 @@ impl Family {
                 m.set_gauge(g);
             }
         }
+        self.0.mut_metric().push(m);
+    }
+}
+
+impl Family {
+    /// A histogram sample from per-bucket (non-cumulative) counts whose last entry is +Inf.
+    fn histogram(&mut self, labels: &[(&str, &str)], bounds_s: &[f64], counts: &[u64], sum: f64) {
+        let mut h = Histogram::default();
+        let mut cumulative = 0u64;
+        let mut buckets = Vec::with_capacity(bounds_s.len());
+        for (&le, &n) in bounds_s.iter().zip(counts) {
+            cumulative += n;
+            let mut b = Bucket::default();
+            b.set_upper_bound(le);
+            b.set_cumulative_count(cumulative);
+            buckets.push(b);
+        }
+        // +Inf is the total, which the encoder writes from the sample count.
+        h.set_sample_count(counts.iter().sum());
+        h.set_sample_sum(sum);
+        h.set_bucket(buckets);
+        let mut m = Metric::default();
+        m.set_label(
+            labels
+                .iter()
+                .map(|(k, v)| {
+                    let mut l = LabelPair::default();
+                    l.set_name(k.to_string());
+                    l.set_value(v.to_string());
+                    l
+                })
+                .collect(),
+        );
+        m.set_histogram(h);
         self.0.mut_metric().push(m);
     }
 }
@@ -191,6 +225,25 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
         );
     }
     f.sample(&[("result", "timeout")], t.user.handshake_timeouts as f64);
+    out.push(f);
+
+    let mut f = Family::new(
+        "tcpstate_handshake_duration_seconds",
+        "Opening handshakes as seen on this host, SYN to ESTABLISHED: the client's ends with the SYN-ACK, the server's with the final ACK.",
+        MetricType::HISTOGRAM,
+    );
+    let bounds: Vec<f64> = HANDSHAKE_BOUNDS_NS
+        .iter()
+        .map(|&ns| ns as f64 / 1e9)
+        .collect();
+    for role in Role::ALL {
+        let first = idx::HANDSHAKE_BUCKETS + role as u32 * idx::HANDSHAKE_BUCKETS_PER_ROLE;
+        let counts: Vec<u64> = (first..first + idx::HANDSHAKE_BUCKETS_PER_ROLE)
+            .map(|i| t.slot(i))
+            .collect();
+        let sum = t.slot(idx::HANDSHAKE_SUM_NS + role as u32) as f64 / 1e9;
+        f.histogram(&[("role", role.name())], &bounds, &counts, sum);
+    }
     out.push(f);
 
     let (fill, half_open) = t.table.fill(&t.user);

@@ -93,6 +93,35 @@ fn syn_backlog_counts_half_open_connections_like_the_kernel() {
         m.get("tcpstate_handshakes_total", &[("result", "established")]),
         4.0
     );
+    // Held back until the server's first SYN-ACK retransmission (1 s after the SYN): the server's
+    // handshakes took about a second, and the histogram says so.
+    let bucket = |le: &str| {
+        m.get(
+            "tcpstate_handshake_duration_seconds_bucket",
+            &[("role", "server"), ("le", le)],
+        )
+    };
+    assert_eq!(
+        m.get(
+            "tcpstate_handshake_duration_seconds_count",
+            &[("role", "server")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        bucket("0.5"),
+        0.0,
+        "none completed before the block was lifted and a SYN-ACK resent"
+    );
+    assert_eq!(bucket("2.5"), 4.0);
+    let sum = m.get(
+        "tcpstate_handshake_duration_seconds_sum",
+        &[("role", "server")],
+    );
+    assert!(
+        (3.6..=10.0).contains(&sum),
+        "four handshakes of about 1s each: {sum}"
+    );
     d.assert_matches_kernel(&p.srv, "four ESTABLISHED after the retransmitted SYN-ACKs");
     drop(clients);
 }

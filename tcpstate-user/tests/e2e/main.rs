@@ -48,6 +48,25 @@ fn client_closes_first() {
         m.get("tcpstate_handshakes_total", &[("result", "established")]),
         1.0
     );
+    let server_le = |le: &str| {
+        m.get(
+            "tcpstate_handshake_duration_seconds_bucket",
+            &[("role", "server"), ("le", le)],
+        )
+    };
+    assert_eq!(
+        server_le("0.1"),
+        1.0,
+        "a handshake across a veth takes well under 100 ms"
+    );
+    let clients = m.get(
+        "tcpstate_handshake_duration_seconds_count",
+        &[("role", "client")],
+    );
+    assert_eq!(
+        clients, 0.0,
+        "the client is not local: not counted in host mode"
+    );
 
     drop(c);
     d.assert_matches_kernel(&p.srv, "client closed: server in CLOSE_WAIT");
