@@ -4,7 +4,7 @@ use std::{fs, path::Path};
 
 use serde_json::json;
 use tcpstate_common::{
-    flow::{flowflags, Side},
+    flow::{flowflags, known, Side},
     maps, FlowKey, FlowRecord, TcpState,
 };
 
@@ -43,6 +43,13 @@ impl FlowView {
                 "role": w.role(s).name(),
                 "local": w.is_counted(s),
                 "age_seconds": self.age_s(s, now),
+                // What the tracker knows of this endpoint's sequence space (null where unknown).
+                "seq": {
+                    "isn": w.knows(s, known::ISN).then_some(self.rec.seq[s.index()].isn),
+                    "syn_or_fin_end": w.knows(s, known::END).then_some(self.rec.seq[s.index()].end),
+                    "ack": w.knows(s, known::ACK).then_some(self.rec.seq[s.index()].ack),
+                    "window": w.knows(s, known::ACK).then_some(self.rec.seq[s.index()].win),
+                },
             })
         };
         json!({

@@ -10,6 +10,7 @@ mod inject;
 mod leaks;
 mod preflight;
 mod restart;
+mod spoof;
 #[path = "../support/mod.rs"]
 mod support;
 
