@@ -7,7 +7,7 @@ use std::process::Command;
 use crate::harness::*;
 
 /// Debian's interpreter, which has python3-scapy (the first `python3` on PATH may be another).
-const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+pub const DEBIAN_PYTHON: &str = "/usr/bin/python3";
 
 /// Sends TCP segments with scapy from `ns`: (src port, dst port, flags, seq).
 fn craft(ns: &Netns, src: &str, dst: &str, segments: &[(u16, u16, &str, u32)]) {
