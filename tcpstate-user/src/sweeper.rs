@@ -62,9 +62,10 @@ pub fn sweep(
     for item in flows.0.iter() {
         let Ok((key, rec)) = item else { continue };
         visited += 1;
-        seen.extend(ports::endpoints(&key, &rec, now));
-        if let Some(why) = expiry::decide(&rec, now, t) {
-            expired.push((key, rec, why));
+        // A flow this walk expires is not in the figures it serves.
+        match expiry::decide(&rec, now, t) {
+            Some(why) => expired.push((key, rec, why)),
+            None => seen.extend(ports::endpoints(&key, &rec, now)),
         }
     }
     let candidates: BTreeSet<u16> = leaks

@@ -113,3 +113,41 @@ fn syn_flood_fills_only_the_half_open_budget() {
     );
     assert!(m.get("tcpstate_flows_opened_total", &[("how", "midstream")]) >= 5.0);
 }
+
+#[test]
+fn unanswered_handshakes_time_out_and_give_back_the_budget() {
+    let p = Pair::new();
+    p.srv.ip(&[
+        "route",
+        "add",
+        &format!("{FORGED_NET}.0/24"),
+        "via",
+        CLIENT_V4,
+    ]);
+    let d = Daemon::host(
+        &p,
+        &[
+            "--sweep-interval",
+            "100ms",
+            "--syn-sent-timeout",
+            "1s",
+            "--syn-recv-timeout",
+            "1s",
+        ],
+    );
+    let _l = p.listen(SERVER_V4, 8080);
+    syn_flood(&p.cli, 3, 0);
+    d.wait_for("three half-open", |m| {
+        m.get("tcpstate_flow_table_half_open_entries", &[]) == 3.0
+    });
+    let m = d.wait_for("three handshake timeouts", |m| {
+        m.get("tcpstate_handshakes_total", &[("result", "timeout")]) == 3.0
+    });
+    assert_eq!(
+        m.get("tcpstate_flow_table_half_open_entries", &[]),
+        0.0,
+        "the budget is given back"
+    );
+    assert_eq!(m.get("tcpstate_syn_backlog", &[("port", "8080")]), 0.0);
+    assert_eq!(m.get("tcpstate_flows_expired_total", &[]), 3.0);
+}
