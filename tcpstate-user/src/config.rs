@@ -86,7 +86,13 @@ const MAX_CAPACITY: u32 = 16 * 1024 * 1024;
 
 impl RunConfig {
     pub fn from_args(a: &RunArgs) -> Result<RunConfig, ConfigError> {
-        let mut ifaces = a.ifaces.clone();
+        // An empty value (TCPSTATE_IFACE= in an environment file) means "not set".
+        let mut ifaces: Vec<String> = a
+            .ifaces
+            .iter()
+            .filter(|i| !i.trim().is_empty())
+            .cloned()
+            .collect();
         if ifaces.is_empty() {
             ifaces.push(
                 netif::default_route_interface()

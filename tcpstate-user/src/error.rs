@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Preflight {
-    #[error("tcpstate needs root or CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON+CAP_SYS_ADMIN to load eBPF programs: run it with sudo")]
+    #[error("tcpstate needs root or CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON (and CAP_SYS_ADMIN while bpffs is not mounted) to load eBPF programs: run it with sudo")]
     NotPrivileged,
     #[error(
         "interface {0:?} does not exist: list interfaces with `ip link` and pass one with --iface"
@@ -16,11 +16,21 @@ pub enum Preflight {
     NoDefaultRoute,
     #[error("the kernel has no BTF (/sys/kernel/btf/vmlinux missing): tcpstate needs a kernel built with CONFIG_DEBUG_INFO_BTF")]
     NoBtf,
-    #[error("kernel {0} is too old: tcpstate needs Linux 6.1 or newer (bpf memory allocator, TCX, BPF atomics)")]
+    #[error("kernel {0} is too old: tcpstate needs Linux 6.6 or newer (TCX, bpf memory allocator, BPF atomics)")]
     KernelTooOld(String),
     #[error("cannot mount bpffs on {path}: {source}; mount it with `mount -t bpf bpf {path}`", path = .path.display())]
     Bpffs {
         path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the pin directory {path}: {source}; check that bpffs is mounted there and writable by this user", path = .path.display())]
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the pinned maps in {dir} ({source}): they belong to another user; run as that user or `chown -R` the directory to this one", dir = .dir.display())]
+    PinsUnreadable {
+        dir: PathBuf,
         source: std::io::Error,
     },
     #[error("pinned maps in {dir} are from another tcpstate build or --max-flows ({what}): run `tcpstate cleanup` first", dir = .dir.display())]

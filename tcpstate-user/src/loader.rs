@@ -41,7 +41,7 @@ pub struct Attached {
 /// Checks what loading needs and says in one line what is missing.
 pub fn preflight(cfg: &RunConfig) -> Result<(), Preflight> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 && !has_bpf_capabilities() {
+    if unsafe { libc::geteuid() } != 0 && !has_bpf_capabilities(&cfg.pin_dir) {
         return Err(Preflight::NotPrivileged);
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -68,16 +68,23 @@ pub fn preflight(cfg: &RunConfig) -> Result<(), Preflight> {
     Ok(())
 }
 
-/// CAP_BPF (39), CAP_NET_ADMIN (12), CAP_PERFMON (38) and CAP_SYS_ADMIN (21, for bpffs and
-/// sock_diag of other users' sockets) in the effective set.
-fn has_bpf_capabilities() -> bool {
+/// The capabilities the kernel needs, measured (deploy/README.md): CAP_BPF (39) for maps and
+/// programs, CAP_NET_ADMIN (12) to attach XDP and TC, CAP_PERFMON (38) for the verifier to allow
+/// packet-pointer arithmetic; CAP_SYS_ADMIN (21) only to mount bpffs when it is missing.
+fn has_bpf_capabilities(pin_dir: &Path) -> bool {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     let eff = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
-    [39u32, 12, 38, 21].iter().all(|bit| eff & (1 << bit) != 0)
+    let bpffs_mounted = is_bpffs(pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf")));
+    let needed: &[u32] = if bpffs_mounted {
+        &[39, 12, 38]
+    } else {
+        &[39, 12, 38, 21]
+    };
+    needed.iter().all(|bit| eff & (1 << bit) != 0)
 }
 
 /// Mounts bpffs on the pin directory's parent when nothing is mounted there yet (it is not by
@@ -107,7 +114,10 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), Preflight> {
         }
         info!(path = %root.display(), "mounted bpffs");
     }
-    fs::create_dir_all(pin_dir).map_err(err)
+    fs::create_dir_all(pin_dir).map_err(|source| Preflight::PinDir {
+        path: pin_dir.to_path_buf(),
+        source,
+    })
 }
 
 fn is_bpffs(p: &Path) -> bool {
@@ -131,8 +141,17 @@ fn check_pins(cfg: &RunConfig) -> Result<(), Preflight> {
         dir: cfg.pin_dir.clone(),
         what,
     };
-    let info = MapInfo::from_pin(&path)
-        .map_err(|e| incompatible(format!("cannot read {}: {e}", path.display())))?;
+    let info = MapInfo::from_pin(&path).map_err(|e| match e {
+        aya::maps::MapError::SyscallError(s)
+            if matches!(s.io_error.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
+        {
+            Preflight::PinsUnreadable {
+                dir: cfg.pin_dir.clone(),
+                source: s.io_error,
+            }
+        }
+        e => incompatible(format!("cannot read {}: {e}", path.display())),
+    })?;
     let want = (
         size_of::<FlowKey>() as u32,
         size_of::<FlowRecord>() as u32,

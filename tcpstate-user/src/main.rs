@@ -30,6 +30,7 @@ use crate::{
 };
 
 fn main() -> ExitCode {
+    restore_sigpipe_for_inspection();
     let argv = match configfile::complete_args(std::env::args_os().collect()) {
         Ok(a) => a,
         Err(e) => {
@@ -95,5 +96,16 @@ fn main() -> ExitCode {
                 || e.downcast_ref::<ConfigError>().is_some();
             ExitCode::from(if usage { 2 } else { 1 })
         }
+    }
+}
+
+/// `tcpstate leaks | head` must end quietly when head closes the pipe, as command-line tools do:
+/// the default SIGPIPE action (Rust ignores SIGPIPE, so println! would panic on EPIPE). Not for
+/// `run`: a scraper hanging up mid-response must not kill the daemon.
+fn restore_sigpipe_for_inspection() {
+    let daemon = std::env::args().skip(1).any(|a| a == "run");
+    if !daemon {
+        // SAFETY: setting a signal disposition to its default before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
 }

@@ -126,10 +126,25 @@ fn describe_metrics_lists_the_contract_and_passes_promtool() {
     promtool_check(&text);
 }
 
-fn config_file(name: &str, body: &str) -> std::path::PathBuf {
+/// A config file in the temp directory, removed when dropped.
+struct ConfigFile(std::path::PathBuf);
+
+impl ConfigFile {
+    fn to_str(&self) -> Option<&str> {
+        self.0.to_str()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn config_file(name: &str, body: &str) -> ConfigFile {
     let p = std::env::temp_dir().join(format!("tcpstate-cli-{}-{name}.toml", std::process::id()));
     std::fs::write(&p, body).unwrap();
-    p
+    ConfigFile(p)
 }
 
 #[test]
