@@ -10,6 +10,7 @@ mod harness;
 mod inject;
 mod leaks;
 mod preflight;
+mod prometheus;
 mod restart;
 mod spoof;
 #[path = "../support/mod.rs"]
