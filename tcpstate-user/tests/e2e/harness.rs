@@ -422,6 +422,11 @@ impl Daemon {
         self.signal(libc::SIGTERM)
     }
 
+    /// SIGTERM; the pinned maps stay (the caller checks or removes them).
+    pub fn stop_keep_pins(self) -> std::process::ExitStatus {
+        self.signal_keep_pins(libc::SIGTERM)
+    }
+
     /// Sends `sig` and waits; the pinned maps stay for the next daemon.
     pub fn signal_keep_pins(mut self, sig: i32) -> std::process::ExitStatus {
         self.keep_pins = true;

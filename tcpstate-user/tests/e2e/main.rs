@@ -478,7 +478,8 @@ fn sigterm_detaches_every_program() {
             .contains("xdp"),
         "XDP attached while running"
     );
-    let status = d.stop();
+    let pins = d.pin_dir.clone();
+    let status = d.stop_keep_pins();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
     assert!(
         !p.srv
@@ -493,5 +494,17 @@ fn sigterm_detaches_every_program() {
     assert!(
         left.is_empty(),
         "programs still loaded after SIGTERM: {left:?}"
+    );
+    // `tcpstate cleanup` removes what stays: the pinned maps and their directory.
+    assert!(pins.exists(), "the flow table stays pinned after SIGTERM");
+    let out = std::process::Command::new(BIN)
+        .args(["cleanup", "--pin-dir"])
+        .arg(&pins)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && !pins.exists(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
