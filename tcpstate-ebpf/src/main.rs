@@ -10,9 +10,11 @@ mod track;
 
 use aya_ebpf::{
     bindings::xdp_action,
+    EbpfContext,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use aya_log_ebpf::{debug, info, warn};
 use tcpstate_common::{
     counters::Hook,
     packet::{Packet, SkipReason},
@@ -20,7 +22,7 @@ use tcpstate_common::{
 
 use crate::{
     packet::{parse_frame, Frame, ParseStatus},
-    track::{track, Scratch, View},
+    track::{track, Event, Scratch, View},
 };
 
 /// TCX "next": let the rest of the chain (or the stack) have the packet, as a monitor must.
@@ -35,6 +37,7 @@ pub fn tcpstate_xdp_host(ctx: XdpContext) -> u32 {
     if let Some(scratch) = Scratch::get() {
         let status = parse_frame(&Frame::xdp(&ctx), &mut scratch.pkt);
         track(status, scratch, Hook::Xdp, View::HostIngress);
+        log_event(&ctx, scratch);
     }
     xdp_action::XDP_PASS
 }
@@ -45,6 +48,7 @@ pub fn tcpstate_xdp_tap(ctx: XdpContext) -> u32 {
     if let Some(scratch) = Scratch::get() {
         let status = parse_frame(&Frame::xdp(&ctx), &mut scratch.pkt);
         track(status, scratch, Hook::Xdp, View::Tap);
+        log_event(&ctx, scratch);
     }
     xdp_action::XDP_PASS
 }
@@ -70,7 +74,22 @@ pub fn tcpstate_tc_egress(ctx: TcContext) -> i32 {
         }
     }
     track(status, scratch, Hook::Tc, View::HostEgress);
+    log_event(&ctx, scratch);
     TCX_NEXT
+}
+
+/// One line for a rare event, through aya-log. Every log site checks AYA_LOG_LEVEL first, a
+/// read-only global the daemon sets from --kernel-log (0 unless asked): the verifier sees the
+/// constant and prunes the logging code, so an unlogged daemon pays nothing for it.
+#[inline(always)]
+fn log_event<C: EbpfContext>(ctx: &C, s: &Scratch) {
+    let (sport, dport) = (s.pkt.sport, s.pkt.dport);
+    match s.event {
+        Event::None => {}
+        Event::Invalid(why) => debug!(ctx, "invalid segment {}->{}: {}", sport, dport, why.name()),
+        Event::Untracked(why) => warn!(ctx, "flow {}->{} not tracked: {}", sport, dport, why.name()),
+        Event::ResetAccepted => info!(ctx, "RST accepted {}->{}", sport, dport),
+    }
 }
 
 #[cfg(not(test))]

@@ -15,7 +15,7 @@ use tcpstate_common::{
     flow::{flowflags, FlowKey, FlowRecord, FlowWord, Side},
     maps::{Config, TableCounters, UserCounters, CAPACITY_SLACK},
     packet::TcpPacket,
-    state::{open_into, step_into, write, Opening, Step},
+    state::{open_into, step_into, write, InvalidReason, Opening, Step},
 };
 
 /// Default capacity compiled into the object; the daemon sets the real one at load time.
@@ -42,6 +42,17 @@ static USER: Array<UserCounters> = Array::pinned(1, 0);
 pub struct Scratch {
     pub pkt: TcpPacket,
     pub step: Step,
+    /// The rare event this segment caused, for the entry point to log ([`Event`]).
+    pub event: Event,
+}
+
+/// A rare event worth a kernel log line (aya-log, when `--kernel-log` enables it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    None,
+    Invalid(InvalidReason),
+    Untracked(UntrackedReason),
+    ResetAccepted,
 }
 
 #[map(name = "TCPSTATE_SCRATCH")]
@@ -108,6 +119,7 @@ pub fn track(status: ParseStatus, scratch: &mut Scratch, hook: Hook, view: View)
         ParseStatus::Skip(why) => return count(idx::SKIPPED + why as u32),
         ParseStatus::Tcp => {}
     }
+    scratch.event = Event::None;
     bump(idx::SEGMENTS + hook as u32, 1);
     // SAFETY: helper without arguments. The coarse clock (jiffies resolution) is enough for
     // last-seen stamps; transitions re-stamp with the precise clock (`precise_stamps`).
@@ -165,6 +177,11 @@ fn update(scratch: &mut Scratch, view: View, now: u64) -> Found {
     if !unsafe { commit(ptr, word, st) } {
         return Found::Raced;
     }
+    scratch.event = match (st.invalid, st.rst) {
+        (Some(why), _) => Event::Invalid(why),
+        (None, true) => Event::ResetAccepted,
+        _ => Event::None,
+    };
     account(FlowWord::from_bits(word), st, sender);
     Found::Done
 }
@@ -217,11 +234,15 @@ fn insert_new(scratch: &mut Scratch, view: View, now: u64) -> bool {
         Ok(v) => v,
         Err(why) => {
             bump(idx::INVALID + why as u32, 1);
+            scratch.event = Event::Invalid(why);
             return true;
         }
     };
     if st.invalid.is_some() {
         bump(idx::INVALID + st.invalid.map_or(0, |w| w as u32), 1);
+        if let Some(why) = st.invalid {
+            scratch.event = Event::Invalid(why);
+        }
         return true;
     }
     // Know the fill before inserting: a SYN must never pay for a failed insert into a full map.
@@ -232,11 +253,13 @@ fn insert_new(scratch: &mut Scratch, view: View, now: u64) -> bool {
     let (fill, half_open) = table.fill(user);
     if fill >= cfg.capacity {
         bump(idx::UNTRACKED + UntrackedReason::TableFull as u32, 1);
+        scratch.event = Event::Untracked(UntrackedReason::TableFull);
         return true;
     }
     let half = opening != Opening::Midstream;
     if half && half_open >= cfg.half_open_budget {
         bump(idx::UNTRACKED + UntrackedReason::HalfOpenBudget as u32, 1);
+        scratch.event = Event::Untracked(UntrackedReason::HalfOpenBudget);
         return true;
     }
     // SAFETY: helper without arguments.
@@ -251,6 +274,7 @@ fn insert_new(scratch: &mut Scratch, view: View, now: u64) -> bool {
         Err(-17) => return false,
         Err(_) => {
             bump(idx::UNTRACKED + UntrackedReason::InsertFailed as u32, 1);
+        scratch.event = Event::Untracked(UntrackedReason::InsertFailed);
             return true;
         }
     }

@@ -43,6 +43,19 @@ pub enum Mode {
     Tap,
 }
 
+/// What the kernel programs log through aya-log (rare events only: invalid segments at debug,
+/// accepted RSTs at info, untracked flows at warn). Printed if `--log` lets the target
+/// `tcpstate::kernel` through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum KernelLog {
+    Off = 0,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum XdpModeArg {
     /// Native (driver) mode where the driver supports it, else generic.
@@ -115,6 +128,9 @@ pub struct RunArgs {
     /// How often the background walk expires flows and refreshes ages.
     #[arg(long, env = "TCPSTATE_SWEEP_INTERVAL", default_value = "1s")]
     pub sweep_interval: Duration,
+    /// Kernel-side log level (aya-log). Off costs nothing: the verifier prunes the log code.
+    #[arg(long, env = "TCPSTATE_KERNEL_LOG", value_enum, default_value = "off")]
+    pub kernel_log: KernelLog,
     /// Do not seed the table from the kernel's socket table at start-up.
     #[arg(long, env = "TCPSTATE_NO_SEED")]
     pub no_seed: bool,

@@ -77,6 +77,7 @@ pub struct RunConfig {
     pub port_labels: usize,
     pub sweep_interval: time::Duration,
     pub seed: bool,
+    pub kernel_log: crate::cli::KernelLog,
     pub pin_dir: PathBuf,
 }
 
@@ -160,6 +161,7 @@ impl RunConfig {
             },
             sweep_interval: positive("--sweep-interval", a.sweep_interval)?,
             seed: !a.no_seed,
+            kernel_log: a.kernel_log,
             pin_dir: a.pins.pin_dir.clone(),
         })
     }

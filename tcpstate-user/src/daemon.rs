@@ -15,11 +15,11 @@ use tcpstate_common::maps::UserCounters;
 use tracing::{info, warn};
 
 use crate::{
-    cli::Mode,
+    cli::{KernelLog, Mode},
     config::RunConfig,
     error::Preflight,
     http::{self, Reply},
-    inspect, loader,
+    inspect, kernellog, loader,
     metrics::{self, Scrape},
     netif, ports, seed, sockdiag,
     sweeper::{self, monotonic_ns, SweepReport},
@@ -74,6 +74,10 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let mut ebpf = loader::load(&cfg)?;
     let attached = loader::attach(&mut ebpf, &cfg)?;
+    let kernel_log = match cfg.kernel_log {
+        KernelLog::Off => None,
+        _ => Some(kernellog::take(&mut ebpf)?),
+    };
     let (mut flows, mut books) = tables::from_ebpf(&mut ebpf)?;
     // The daemon's side of the books survives restarts in its pinned map.
     let mut user = books.user()?;
@@ -92,7 +96,12 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(listener, state, attached, &cfg));
+    let result = runtime.block_on(async {
+        if let Some(logger) = kernel_log {
+            tokio::spawn(kernellog::forward(logger));
+        }
+        serve(listener, state, attached, &cfg).await
+    });
     stop.store(true, Ordering::Relaxed);
     let _ = sweeper.join();
     // Dropping the object closes the link and program descriptors: the kernel detaches them.

@@ -189,6 +189,8 @@ pub fn load(cfg: &RunConfig) -> anyhow::Result<Ebpf> {
         .default_map_pin_directory(&cfg.pin_dir)
         .map_max_entries(maps::FLOWS, cfg.capacity + CAPACITY_SLACK)
         .override_global(maps::CONFIG, &config, true)
+        // aya-log's gate in every kernel log site; 0 (off) lets the verifier drop them all.
+        .override_global(aya_log::LEVEL, &(cfg.kernel_log as u8), true)
         .load(OBJECT)?;
     Ok(ebpf)
 }

@@ -8,6 +8,7 @@ mod error;
 mod expiry;
 mod http;
 mod inspect;
+mod kernellog;
 mod leaks;
 mod loader;
 mod metrics;

@@ -158,6 +158,11 @@ fn tagged_and_malformed_frames_are_counted_and_pass() {
     // Remote SYNs with no answer: the local endpoint is not in any state, so no gauge moved.
     assert_eq!(m.states(), Default::default());
 
+    assert!(
+        !d.log().contains("tcpstate::kernel"),
+        "no kernel log lines unless --kernel-log asks"
+    );
+
     // The tracker still follows real traffic.
     std::thread::sleep(Duration::from_millis(100));
     let l = p.listen(SERVER_V4, 8080);
@@ -166,4 +171,38 @@ fn tagged_and_malformed_frames_are_counted_and_pass() {
     exchange(&mut c, &mut s, b"still here");
     d.assert_matches_kernel(&p.srv, "real traffic after hostile frames");
     promtool_check(&d.raw_metrics());
+}
+
+#[test]
+fn kernel_log_reports_invalid_segments_when_asked() {
+    let p = Pair::new();
+    let d = Daemon::host(&p, &["--kernel-log", "debug"]);
+    let dev = p.cli.ip(&["-o", "link", "show", "type", "veth"]);
+    let dev = dev
+        .split(": ")
+        .nth(1)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_string();
+    inject(
+        &p.cli,
+        &dev,
+        vec![frame(&[], ipv4(5, 6, 20, 0), tcp(5006, 80, SYN | FIN, 5))],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let want = "invalid segment 5006->80: syn_fin";
+    while !d.log().contains(want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kernel log line {want:?} in:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d
+        .log()
+        .lines()
+        .any(|l| l.contains("tcpstate::kernel") && l.contains(want)));
 }
