@@ -10,9 +10,9 @@ mod track;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    EbpfContext,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
+    EbpfContext,
 };
 use aya_log_ebpf::{debug, info, warn};
 use tcpstate_common::{
@@ -87,7 +87,9 @@ fn log_event<C: EbpfContext>(ctx: &C, s: &Scratch) {
     match s.event {
         Event::None => {}
         Event::Invalid(why) => debug!(ctx, "invalid segment {}->{}: {}", sport, dport, why.name()),
-        Event::Untracked(why) => warn!(ctx, "flow {}->{} not tracked: {}", sport, dport, why.name()),
+        Event::Untracked(why) => {
+            warn!(ctx, "flow {}->{} not tracked: {}", sport, dport, why.name())
+        }
         Event::ResetAccepted => info!(ctx, "RST accepted {}->{}", sport, dport),
     }
 }

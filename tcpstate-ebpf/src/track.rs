@@ -274,7 +274,7 @@ fn insert_new(scratch: &mut Scratch, view: View, now: u64) -> bool {
         Err(-17) => return false,
         Err(_) => {
             bump(idx::UNTRACKED + UntrackedReason::InsertFailed as u32, 1);
-        scratch.event = Event::Untracked(UntrackedReason::InsertFailed);
+            scratch.event = Event::Untracked(UntrackedReason::InsertFailed);
             return true;
         }
     }

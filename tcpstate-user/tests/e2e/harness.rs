@@ -417,11 +417,6 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM, then the exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
-        self.signal(libc::SIGTERM)
-    }
-
     /// SIGTERM; the pinned maps stay (the caller checks or removes them).
     pub fn stop_keep_pins(self) -> std::process::ExitStatus {
         self.signal_keep_pins(libc::SIGTERM)
