@@ -74,3 +74,34 @@ fn check_attaches_and_detaches_or_names_what_is_missing() {
         "the running daemon is untouched"
     );
 }
+
+#[test]
+fn check_without_privileges_says_what_to_do() {
+    require_privileges();
+    let ns = Netns::new("nopriv");
+    // An unprivileged user with no capabilities at all.
+    let o = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.name))
+        .args([
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .args([BIN, "run", "--check", "--iface", "lo"])
+        .env_remove("TCPSTATE_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    assert_eq!(
+        (o.status.code(), err.lines().count()),
+        (Some(2), 1),
+        "{err}"
+    );
+    assert!(
+        err.contains("needs root or CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON") && err.contains("sudo"),
+        "{err}"
+    );
+}
