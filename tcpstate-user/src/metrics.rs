@@ -36,17 +36,7 @@ impl Family {
 
     fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
         let mut m = Metric::default();
-        m.set_label(
-            labels
-                .iter()
-                .map(|(k, v)| {
-                    let mut l = LabelPair::default();
-                    l.set_name(k.to_string());
-                    l.set_value(v.to_string());
-                    l
-                })
-                .collect(),
-        );
+        m.set_label(label_pairs(labels));
         match self.0.get_field_type() {
             MetricType::COUNTER => {
                 let mut c = Counter::default();
@@ -81,20 +71,22 @@ impl Family {
         h.set_sample_sum(sum);
         h.set_bucket(buckets);
         let mut m = Metric::default();
-        m.set_label(
-            labels
-                .iter()
-                .map(|(k, v)| {
-                    let mut l = LabelPair::default();
-                    l.set_name(k.to_string());
-                    l.set_value(v.to_string());
-                    l
-                })
-                .collect(),
-        );
+        m.set_label(label_pairs(labels));
         m.set_histogram(h);
         self.0.mut_metric().push(m);
     }
+}
+
+fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
+    labels
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name(k.to_string());
+            l.set_value(v.to_string());
+            l
+        })
+        .collect()
 }
 
 fn gauge(name: &str, help: &str) -> Family {

@@ -2,9 +2,7 @@
 //! is exact up to the budget, what could not be tracked is counted, and real connections made
 //! during the flood are tracked.
 
-use std::process::Command;
-
-use crate::{harness::*, spoof::DEBIAN_PYTHON};
+use crate::harness::*;
 
 /// Forged sources: TEST-NET-2, routed in the server namespace back through the client namespace
 /// (which drops the SYN-ACKs: not its addresses), so every SYN-ACK leaves through the server's TC
@@ -17,15 +15,7 @@ fn syn_flood(ns: &Netns, count: usize, first_host: usize) {
          pkts = [IP(src='{FORGED_NET}.%d' % (1 + (i % 250)), dst='{SERVER_V4}')/TCP(sport=20000 + i, dport=8080, flags='S', seq=1000 * i) for i in range({first_host}, {first_host} + {count})]\n\
          send(pkts, verbose=0)"
     );
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, DEBIAN_PYTHON, "-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "scapy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    scapy(ns, &script);
 }
 
 fn ss_count(ns: &Netns, state: &str) -> i64 {

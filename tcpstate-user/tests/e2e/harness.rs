@@ -42,6 +42,22 @@ pub fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Debian's interpreter, which has python3-scapy (the first `python3` on PATH may be another).
+pub const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+
+/// Runs a scapy script inside `ns` (crafted segments: forged sources, exact sequence numbers).
+pub fn scapy(ns: &Netns, script: &str) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, DEBIAN_PYTHON, "-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scapy (Debian python3-scapy: `cargo xtask setup`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Fails loudly, naming what is missing, when the suite cannot run here.
 pub fn require_privileges() {
     assert!(crate::support::is_root(), "the end-to-end tests need root (network namespaces, XDP, TC, bpffs): run `cargo xtask test` as root");

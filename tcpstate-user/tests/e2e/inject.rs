@@ -93,6 +93,18 @@ fn inject(ns: &Netns, dev: &str, frames: Vec<Vec<u8>>) {
     });
 }
 
+/// The client namespace's end of the veth pair.
+fn client_veth(p: &Pair) -> String {
+    let out = p.cli.ip(&["-o", "link", "show", "type", "veth"]);
+    out.split(": ")
+        .nth(1)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn tagged_and_malformed_frames_are_counted_and_pass() {
     let p = Pair::new();
@@ -109,15 +121,7 @@ fn tagged_and_malformed_frames_are_counted_and_pass() {
         frame(&[], ipv4(5, 6, 20, 0), tcp_syn(5007)[..12].to_vec()), // cut inside TCP
         frame(&[], ipv4(5, 17, 8, 0), vec![0u8; 8]),    // UDP: not ours
     ];
-    let dev = p.cli.ip(&["-o", "link", "show", "type", "veth"]);
-    let dev = dev
-        .split(": ")
-        .nth(1)
-        .unwrap()
-        .split('@')
-        .next()
-        .unwrap()
-        .to_string();
+    let dev = client_veth(&p);
     inject(&p.cli, &dev, frames);
     let m = d.wait_for("the injected frames counted", |m| {
         m.get("tcpstate_flows_opened_total", &[("how", "syn")]) >= 2.0
@@ -177,15 +181,7 @@ fn tagged_and_malformed_frames_are_counted_and_pass() {
 fn kernel_log_reports_invalid_segments_when_asked() {
     let p = Pair::new();
     let d = Daemon::host(&p, &["--kernel-log", "debug"]);
-    let dev = p.cli.ip(&["-o", "link", "show", "type", "veth"]);
-    let dev = dev
-        .split(": ")
-        .nth(1)
-        .unwrap()
-        .split('@')
-        .next()
-        .unwrap()
-        .to_string();
+    let dev = client_veth(&p);
     inject(
         &p.cli,
         &dev,

@@ -6,9 +6,6 @@ use std::process::Command;
 
 use crate::harness::*;
 
-/// Debian's interpreter, which has python3-scapy (the first `python3` on PATH may be another).
-pub const DEBIAN_PYTHON: &str = "/usr/bin/python3";
-
 /// Sends TCP segments with scapy from `ns`: (src port, dst port, flags, seq).
 fn craft(ns: &Netns, src: &str, dst: &str, segments: &[(u16, u16, &str, u32)]) {
     let list: Vec<String> = segments
@@ -19,15 +16,7 @@ fn craft(ns: &Netns, src: &str, dst: &str, segments: &[(u16, u16, &str, u32)]) {
         "from scapy.all import IP, TCP, send\nsend([IP(src='{src}', dst='{dst}')/TCP(sport=s, dport=d, flags=f, seq=q) for s, d, f, q in [{}]], verbose=0)",
         list.join(",")
     );
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, DEBIAN_PYTHON, "-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "scapy (Debian python3-scapy, `cargo xtask setup`): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    scapy(ns, &script);
 }
 
 #[test]
