@@ -24,6 +24,8 @@ const PACKAGES: &[&str] = &[
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+/// The bpf-linker release known to build against LLVM 22 with this machine's rustc.
+const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn ensure() -> Result<()> {
     apt_packages()?;
@@ -93,10 +95,13 @@ fn bpf_linker() -> Result<()> {
     }
     eprintln!("xtask setup: building bpf-linker against LLVM 22 (a few minutes, once)");
     let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
+    // The release known to build here; no --locked: its lockfile may name crates newer than this
+    // machine's rustc, while a fresh resolution picks compatible ones.
     status(Command::new("cargo").env("PATH", path).args([
         "install",
-        "--locked",
         "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
         "--no-default-features",
         "--features",
         "llvm-22",
