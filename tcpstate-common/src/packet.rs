@@ -111,6 +111,20 @@ fn be32<P: Packet>(p: &P, off: usize) -> Option<u32> {
     p.read::<u32>(off).map(u32::from_be)
 }
 
+/// The cheapest test that a frame may carry TCP: two loads for IPv4, one for anything else. Frames
+/// that fail it leave before any map is touched; frames that pass get the full [`parse`].
+#[inline(always)]
+pub fn could_be_tcp<P: Packet>(p: &P) -> bool {
+    match be16(p, 12) {
+        Some(ETH_P_IP) => p.read::<u8>(ETH_HLEN + 9) == Some(IPPROTO_TCP),
+        // IPv6 may reach TCP through extension headers; tagged frames through their tags.
+        Some(ETH_P_IPV6 | ETH_P_8021Q | ETH_P_8021AD) => true,
+        // Too short for an EtherType: let the parser count it as truncated.
+        None => true,
+        Some(_) => false,
+    }
+}
+
 /// Parses a frame that starts with an Ethernet header.
 #[inline(always)]
 pub fn parse<P: Packet>(p: &P) -> Parsed {

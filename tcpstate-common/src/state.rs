@@ -701,6 +701,25 @@ pub fn open(
     Ok((opening, st))
 }
 
+/// How a segment of an untracked flow would start tracking, or why it cannot: decided from the
+/// flags alone, so the kernel can check the table's fill and the half-open budget before it runs
+/// the state machine (a SYN flood against a full table must stay cheap).
+#[inline(always)]
+pub fn classify_opening(seg: &Segment) -> Result<Opening, InvalidReason> {
+    if let Err(bad) = check_flags(seg.flags) {
+        return Err(bad.into());
+    }
+    if seg.has(RST) || seg.has(FIN) {
+        Err(InvalidReason::NoFlow)
+    } else if seg.has(SYN) && !seg.has(ACK) {
+        Ok(Opening::Syn)
+    } else if seg.has(SYN) {
+        Ok(Opening::SynAck)
+    } else {
+        Ok(Opening::Midstream)
+    }
+}
+
 /// [`open`] writing its result into `st`.
 #[inline(always)]
 pub fn open_into(
@@ -711,9 +730,7 @@ pub fn open_into(
     now_ns: u64,
     ports: [u16; 2],
 ) -> Result<Opening, InvalidReason> {
-    if let Err(bad) = check_flags(seg.flags) {
-        return Err(bad.into());
-    }
+    let opening = classify_opening(seg)?;
     let r = s.other();
     let mut w = FlowWord {
         counted,
@@ -722,11 +739,8 @@ pub fn open_into(
     };
     st.reset(&Step::EMPTY.rec, now_ns);
     let rec = &mut st.rec;
-    let opening = if seg.has(RST) || seg.has(FIN) {
-        return Err(InvalidReason::NoFlow);
-    } else if seg.has(SYN) && !seg.has(ACK) {
-        Opening::Syn
-    } else if seg.has(SYN) {
+    // A SYN needs nothing reconstructed: the step below opens the connection.
+    if opening == Opening::SynAck {
         // The client's SYN, reconstructed from the acknowledgement number.
         let isn = seg.ack.wrapping_sub(1);
         rec.seq[r.index()] = EndpointSeq {
@@ -747,8 +761,7 @@ pub fn open_into(
         w.set_client(r);
         w.set_state(r, TcpState::SynSent);
         // syn_ns stays 0: the SYN was not seen, so no handshake duration can be measured.
-        Opening::SynAck
-    } else {
+    } else if opening == Opening::Midstream {
         // Midstream: both ESTABLISHED. The client is guessed to be the side with the higher
         // (ephemeral) port. The receiver should be acknowledging about `seg.seq`; its window and
         // both scale factors are unknown, so assume the largest.
@@ -768,8 +781,7 @@ pub fn open_into(
             win: WIN_UNKNOWN,
         };
         w.learn(r, known::ACK);
-        Opening::Midstream
-    };
+    }
     rec.since_ns = [now_ns, now_ns];
     rec.set_word(w);
     step_in_place(st, s, seg, now_ns);

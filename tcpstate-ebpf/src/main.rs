@@ -17,7 +17,7 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, info, warn};
 use tcpstate_common::{
     counters::Hook,
-    packet::{Packet, SkipReason},
+    packet::{could_be_tcp, Packet, SkipReason},
 };
 
 use crate::{
@@ -34,6 +34,9 @@ const TC_PULL: u32 = 256;
 /// Host mode, ingress: segments arriving for local endpoints.
 #[xdp]
 pub fn tcpstate_xdp_host(ctx: XdpContext) -> u32 {
+    if !could_be_tcp(&Frame::xdp(&ctx)) {
+        return xdp_action::XDP_PASS;
+    }
     if let Some(scratch) = Scratch::get() {
         let status = parse_frame(&Frame::xdp(&ctx), &mut scratch.pkt);
         track(status, scratch, Hook::Xdp, View::HostIngress);
@@ -45,6 +48,9 @@ pub fn tcpstate_xdp_host(ctx: XdpContext) -> u32 {
 /// Tap mode: a port that sees both directions (mirror port, `lo`).
 #[xdp]
 pub fn tcpstate_xdp_tap(ctx: XdpContext) -> u32 {
+    if !could_be_tcp(&Frame::xdp(&ctx)) {
+        return xdp_action::XDP_PASS;
+    }
     if let Some(scratch) = Scratch::get() {
         let status = parse_frame(&Frame::xdp(&ctx), &mut scratch.pkt);
         track(status, scratch, Hook::Xdp, View::Tap);
@@ -56,6 +62,11 @@ pub fn tcpstate_xdp_tap(ctx: XdpContext) -> u32 {
 /// Host mode, egress: segments local endpoints send.
 #[classifier]
 pub fn tcpstate_tc_egress(ctx: TcContext) -> i32 {
+    // Not pulled: a frame whose EtherType is outside the linear area reads as "could be" and goes
+    // through the full path below.
+    if !could_be_tcp(&Frame::tc(&ctx)) {
+        return TCX_NEXT;
+    }
     let Some(scratch) = Scratch::get() else {
         return TCX_NEXT;
     };
@@ -75,6 +86,19 @@ pub fn tcpstate_tc_egress(ctx: TcContext) -> i32 {
     }
     track(status, scratch, Hook::Tc, View::HostEgress);
     log_event(&ctx, scratch);
+    TCX_NEXT
+}
+
+/// Does nothing but pass: the baseline `cargo xtask bench` measures every program against, loaded
+/// from the same object in the same run. Never attached by the daemon.
+#[xdp]
+pub fn tcpstate_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// The TC twin of `tcpstate_xdp_pass`, the baseline for the TC program.
+#[classifier]
+pub fn tcpstate_tc_pass(_ctx: TcContext) -> i32 {
     TCX_NEXT
 }
 

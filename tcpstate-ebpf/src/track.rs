@@ -15,7 +15,7 @@ use tcpstate_common::{
     flow::{flowflags, FlowKey, FlowRecord, FlowWord, Side},
     maps::{Config, TableCounters, UserCounters, CAPACITY_SLACK},
     packet::TcpPacket,
-    state::{open_into, step_into, write, InvalidReason, Opening, Step},
+    state::{classify_opening, open_into, step_into, write, InvalidReason, Opening, Step},
 };
 
 /// Default capacity compiled into the object; the daemon sets the real one at load time.
@@ -229,23 +229,16 @@ fn insert_new(scratch: &mut Scratch, view: View, now: u64) -> bool {
         View::HostEgress => sender.bit(),
         View::Tap => Side::A.bit() | Side::B.bit(),
     };
-    let st = &mut scratch.step;
-    let opening = match open_into(st, sender, &scratch.pkt.seg, counted, now, key.port) {
-        Ok(v) => v,
+    // Decide from the flags alone, then check the fill and the half-open budget: a SYN against a
+    // full table or a spent budget is turned away before the state machine or the map are touched.
+    let opening = match classify_opening(&scratch.pkt.seg) {
+        Ok(o) => o,
         Err(why) => {
             bump(idx::INVALID + why as u32, 1);
             scratch.event = Event::Invalid(why);
             return true;
         }
     };
-    if st.invalid.is_some() {
-        bump(idx::INVALID + st.invalid.map_or(0, |w| w as u32), 1);
-        if let Some(why) = st.invalid {
-            scratch.event = Event::Invalid(why);
-        }
-        return true;
-    }
-    // Know the fill before inserting: a SYN must never pay for a failed insert into a full map.
     let cfg = TCPSTATE_CONFIG.load();
     let (Some(table), Some(user)) = (TABLE.get(0), USER.get(0)) else {
         return true;
@@ -256,10 +249,20 @@ fn insert_new(scratch: &mut Scratch, view: View, now: u64) -> bool {
         scratch.event = Event::Untracked(UntrackedReason::TableFull);
         return true;
     }
-    let half = opening != Opening::Midstream;
-    if half && half_open >= cfg.half_open_budget {
+    if opening != Opening::Midstream && half_open >= cfg.half_open_budget {
         bump(idx::UNTRACKED + UntrackedReason::HalfOpenBudget as u32, 1);
         scratch.event = Event::Untracked(UntrackedReason::HalfOpenBudget);
+        return true;
+    }
+    let st = &mut scratch.step;
+    if let Err(why) = open_into(st, sender, &scratch.pkt.seg, counted, now, key.port) {
+        // Unreachable after classify_opening, but counted rather than assumed.
+        bump(idx::INVALID + why as u32, 1);
+        return true;
+    }
+    if let Some(why) = st.invalid {
+        bump(idx::INVALID + why as u32, 1);
+        scratch.event = Event::Invalid(why);
         return true;
     }
     // SAFETY: helper without arguments.

@@ -41,6 +41,9 @@ enum Cmd {
     },
     /// rustfmt and clippy (-D warnings) on the host crates, and clippy on the eBPF crate with nightly.
     Lint,
+    /// Benchmarks (not tests, as root): per-packet cost by BPF_PROG_TEST_RUN against pass-only
+    /// programs from the same object, and kernel memory per flow; writes target/bench/report.json.
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -68,6 +71,10 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Test { host_only, filter } => test(host_only, filter),
         Cmd::Lint => lint(),
+        Cmd::Bench => {
+            require_root("the benchmarks (they load the kernel programs)")?;
+            cargo(&["bench", "-p", "tcpstate-user", "--bench", "kernel"])
+        }
     }
 }
 

@@ -1,0 +1,534 @@
+//! Per-packet cost of the kernel programs, by BPF_PROG_TEST_RUN, against pass-only programs loaded
+//! from the same object in the same run; and kernel memory per tracked flow. Needs root. Run by
+//! `cargo xtask bench`, which prints the report; this writes `target/bench/report.json`.
+//!
+//! Every figure is a delta against its baseline measured the same way in the same run: the median
+//! of five runs of 1e6 repeats (single runs, medians over thousands, where each run must start
+//! from a reset record: flow creation, FIN, RST, and the 1M-flow random working set).
+
+use std::{fs, path::PathBuf, time::Duration};
+
+use aya::{
+    maps::{Array, HashMap, MapData},
+    programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
+    Ebpf, EbpfLoader,
+};
+use tcpstate_common::{
+    maps::{self, Config, UserCounters, CAPACITY_SLACK},
+    state::{open, step},
+    tcp::{flags::*, Segment, WSCALE_NONE},
+    FlowKey, FlowRecord,
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate"));
+
+const REPEAT: u32 = 1_000_000;
+const RUNS: usize = 5;
+const SINGLE_RUNS: usize = 4_000;
+const BIG_TABLE: u32 = 1_000_000;
+const CLIENT_ISN: u32 = 1_000;
+const SERVER_ISN: u32 = 9_000_000;
+
+/// One line of the report.
+struct Figure {
+    name: String,
+    unit: &'static str,
+    baseline: f64,
+    value: f64,
+    target: Option<f64>,
+}
+
+impl Figure {
+    fn delta(&self) -> f64 {
+        self.value - self.baseline
+    }
+    fn pass(&self) -> Option<bool> {
+        self.target.map(|t| self.delta() <= t)
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn test_run<P>(prog: &P, frame: &[u8], repeat: u32) -> Duration
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..TestRunOptions::new()
+    };
+    prog.test_run(opts).expect("BPF_PROG_TEST_RUN").duration
+}
+
+/// ns per packet: the median of RUNS runs of REPEAT repeats.
+fn repeated<P>(prog: &P, frame: &[u8]) -> f64
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    median(
+        (0..RUNS)
+            .map(|_| test_run(prog, frame, REPEAT).as_nanos() as f64)
+            .collect(),
+    )
+}
+
+// ---- frames ----
+
+fn ether(ethertype: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, ihl: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = ether(0x0800);
+    let mut h = [0u8; 20];
+    h[0] = 0x40 | ihl;
+    h[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    h[6] = 0x40;
+    h[8] = 64;
+    h[9] = proto;
+    h[12..16].copy_from_slice(&src);
+    h[16..20].copy_from_slice(&dst);
+    f.extend_from_slice(&h);
+    f.extend_from_slice(l4);
+    f
+}
+
+fn ipv6(src: [u8; 16], dst: [u8; 16], l4: &[u8]) -> Vec<u8> {
+    let mut f = ether(0x86dd);
+    let mut h = [0u8; 40];
+    h[0] = 0x60;
+    h[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
+    h[6] = 6;
+    h[7] = 64;
+    h[8..24].copy_from_slice(&src);
+    h[24..40].copy_from_slice(&dst);
+    f.extend_from_slice(&h);
+    f.extend_from_slice(l4);
+    f
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, payload: usize) -> Vec<u8> {
+    let mut t = vec![0u8; 20 + payload];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&1000u16.to_be_bytes());
+    t
+}
+
+const CLIENT4: [u8; 4] = [192, 0, 2, 2];
+const SERVER4: [u8; 4] = [192, 0, 2, 1];
+const CLIENT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const SERVER6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+fn words4(a: [u8; 4]) -> [u32; 4] {
+    FlowKey::v4_mapped(u32::from_ne_bytes(a))
+}
+
+fn words6(a: [u8; 16]) -> [u32; 4] {
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
+    })
+}
+
+/// The record of an established connection, built by the real state machine from a handshake
+/// seen by host-mode XDP on the server (the server is the counted side).
+fn established(client: [u32; 4], cport: u16, server: [u32; 4]) -> (FlowKey, FlowRecord) {
+    let (key, c) = FlowKey::canonical(client, cport, server, 80);
+    let s = c.other();
+    let seg = |flags, seq, ack| Segment {
+        seq,
+        ack,
+        len: 0,
+        win: 65_000,
+        flags,
+        wscale: WSCALE_NONE,
+    };
+    let (_, st) = open(c, &seg(SYN, CLIENT_ISN, 0), s.bit(), 1, key.port).expect("a SYN opens");
+    let st = step(&st.rec, s, &seg(SYN | ACK, SERVER_ISN, CLIENT_ISN + 1), 2);
+    let st = step(&st.rec, c, &seg(ACK, CLIENT_ISN + 1, SERVER_ISN + 1), 3);
+    (key, st.rec)
+}
+
+struct Bench {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+impl Bench {
+    fn load(capacity: u32) -> Bench {
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/tcpstate-bench-{}", std::process::id()));
+        fs::create_dir_all(&pin_dir)
+            .expect("bpffs mounted on /sys/fs/bpf (cargo xtask setup), and root");
+        let config = Config {
+            capacity: capacity as u64,
+            half_open_budget: capacity as u64 / 4,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .map_max_entries(maps::FLOWS, capacity + CAPACITY_SLACK)
+            .override_global(maps::CONFIG, &config, true)
+            .override_global(aya_log::LEVEL, &0u8, true)
+            .load(OBJECT)
+            .expect("load the object");
+        for name in ["tcpstate_xdp_host", "tcpstate_xdp_pass"] {
+            let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load().expect("verifier");
+        }
+        for name in ["tcpstate_tc_egress", "tcpstate_tc_pass"] {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load().expect("verifier");
+        }
+        Bench { ebpf, pin_dir }
+    }
+
+    fn xdp(&self, name: &str) -> &Xdp {
+        self.ebpf.program(name).unwrap().try_into().unwrap()
+    }
+
+    fn tc(&self, name: &str) -> &SchedClassifier {
+        self.ebpf.program(name).unwrap().try_into().unwrap()
+    }
+
+    fn flows(&mut self) -> HashMap<&mut MapData, FlowKey, FlowRecord> {
+        HashMap::try_from(self.ebpf.map_mut(maps::FLOWS).unwrap()).unwrap()
+    }
+
+    fn set_user(&mut self, u: &UserCounters) {
+        let mut a: Array<&mut MapData, UserCounters> =
+            Array::try_from(self.ebpf.map_mut(maps::USER).unwrap()).unwrap();
+        a.set(0, u, 0).unwrap();
+    }
+
+    /// Median ns of single runs of `frame`, each after `reset` put the table back.
+    fn single<P>(
+        &mut self,
+        prog: impl Fn(&Self) -> &P,
+        frame: &[u8],
+        mut reset: impl FnMut(&mut Self),
+    ) -> f64
+    where
+        P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+    {
+        let mut v = Vec::with_capacity(SINGLE_RUNS);
+        for _ in 0..SINGLE_RUNS {
+            reset(self);
+            v.push(test_run(prog(self), frame, 1).as_nanos() as f64);
+        }
+        median(v)
+    }
+}
+
+fn main() {
+    let mut figures = Vec::new();
+    let mut b = Bench::load(BIG_TABLE + 100_000);
+    let (k4, r4) = established(words4(CLIENT4), 40000, words4(SERVER4));
+    let (k6, r6) = established(words6(CLIENT6), 40000, words6(SERVER6));
+    b.flows().insert(k4, r4, 0).unwrap();
+    b.flows().insert(k6, r6, 0).unwrap();
+
+    let ack4 = ipv4(
+        CLIENT4,
+        SERVER4,
+        6,
+        5,
+        &tcp(40000, 80, ACK, CLIENT_ISN + 1, SERVER_ISN + 1, 0),
+    );
+    let data4 = ipv4(
+        CLIENT4,
+        SERVER4,
+        6,
+        5,
+        &tcp(40000, 80, ACK | PSH, CLIENT_ISN + 1, SERVER_ISN + 1, 100),
+    );
+    let ack6 = ipv6(
+        CLIENT6,
+        SERVER6,
+        &tcp(40000, 80, ACK, CLIENT_ISN + 1, SERVER_ISN + 1, 0),
+    );
+    let udp = ipv4(CLIENT4, SERVER4, 17, 5, &[0u8; 8]);
+    let mut arp = ether(0x0806);
+    arp.extend_from_slice(&[0u8; 28]);
+    let bad_ihl = ipv4(CLIENT4, SERVER4, 6, 4, &tcp(40000, 80, ACK, 1, 1, 0));
+    // The server's side of the connection, as TC egress sees it.
+    let tc_ack4 = ipv4(
+        SERVER4,
+        CLIENT4,
+        6,
+        5,
+        &tcp(80, 40000, ACK, SERVER_ISN + 1, CLIENT_ISN + 1, 0),
+    );
+
+    let xdp_base = repeated(b.xdp("tcpstate_xdp_pass"), &ack4);
+    let tc_base = repeated(b.tc("tcpstate_tc_pass"), &ack4);
+    let mut fig = |name: &str, baseline: f64, value: f64, target: Option<f64>| {
+        figures.push(Figure {
+            name: name.into(),
+            unit: "ns/packet",
+            baseline,
+            value,
+            target,
+        });
+    };
+    let host = |b: &Bench, frame: &[u8]| repeated(b.xdp("tcpstate_xdp_host"), frame);
+    fig("xdp non-tcp (udp)", xdp_base, host(&b, &udp), Some(5.0));
+    fig("xdp non-ip (arp)", xdp_base, host(&b, &arp), Some(5.0));
+    fig(
+        "xdp established ack, 1 flow, ipv4",
+        xdp_base,
+        host(&b, &ack4),
+        Some(30.0),
+    );
+    fig(
+        "xdp established data, 1 flow, ipv4",
+        xdp_base,
+        host(&b, &data4),
+        Some(30.0),
+    );
+    fig(
+        "xdp established ack, 1 flow, ipv6",
+        xdp_base,
+        host(&b, &ack6),
+        Some(30.0),
+    );
+    fig("xdp malformed (ihl 4)", xdp_base, host(&b, &bad_ihl), None);
+    fig(
+        "tc established ack, 1 flow, ipv4",
+        tc_base,
+        repeated(b.tc("tcpstate_tc_egress"), &tc_ack4),
+        Some(30.0),
+    );
+
+    // Runs that must start from a reset record, as single runs against single-run baselines.
+    let single_base = b.single(|b| b.xdp("tcpstate_xdp_pass"), &ack4, |_| {});
+    let syn = ipv4(
+        [198, 51, 100, 7],
+        SERVER4,
+        6,
+        5,
+        &tcp(50000, 80, SYN, 77, 0, 0),
+    );
+    let syn_key = FlowKey::canonical(words4([198, 51, 100, 7]), 50000, words4(SERVER4), 80).0;
+    let created = b.single(
+        |b| b.xdp("tcpstate_xdp_host"),
+        &syn,
+        |b| {
+            let _ = b.flows().remove(&syn_key);
+        },
+    );
+    let fin = ipv4(
+        CLIENT4,
+        SERVER4,
+        6,
+        5,
+        &tcp(40000, 80, FIN | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, 0),
+    );
+    let fin_cost = b.single(
+        |b| b.xdp("tcpstate_xdp_host"),
+        &fin,
+        |b| b.flows().insert(k4, r4, 0).unwrap(),
+    );
+    let rst = ipv4(
+        CLIENT4,
+        SERVER4,
+        6,
+        5,
+        &tcp(40000, 80, RST | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, 0),
+    );
+    let rst_cost = b.single(
+        |b| b.xdp("tcpstate_xdp_host"),
+        &rst,
+        |b| b.flows().insert(k4, r4, 0).unwrap(),
+    );
+    let mut fig = |name: &str, baseline: f64, value: f64, target: Option<f64>| {
+        figures.push(Figure {
+            name: name.into(),
+            unit: "ns/packet",
+            baseline,
+            value,
+            target,
+        });
+    };
+    fig(
+        "xdp syn creating a flow (single runs)",
+        single_base,
+        created,
+        None,
+    );
+    fig(
+        "xdp fin on an established flow (single runs)",
+        single_base,
+        fin_cost,
+        Some(150.0),
+    );
+    fig(
+        "xdp rst on an established flow (single runs)",
+        single_base,
+        rst_cost,
+        Some(150.0),
+    );
+
+    // SYN with the table full: the daemon's books say so (no need to fill it).
+    b.set_user(&UserCounters {
+        inserted: u64::from(BIG_TABLE) + 100_000,
+        ..Default::default()
+    });
+    let syn_full = repeated(b.xdp("tcpstate_xdp_host"), &syn);
+    b.set_user(&UserCounters::default());
+    figures.push(Figure {
+        name: "xdp syn, table full".into(),
+        unit: "ns/packet",
+        baseline: xdp_base,
+        value: syn_full,
+        target: Some(60.0),
+    });
+
+    // 1M flows, random working set.
+    let mut keys = Vec::with_capacity(BIG_TABLE as usize);
+    for i in 0..BIG_TABLE {
+        let client = [
+            198,
+            18 + (i >> 24) as u8 % 2,
+            (i >> 16) as u8,
+            (i >> 8) as u8,
+        ];
+        let port = 10_000 + (i % 50_000) as u16;
+        let (k, r) = established(
+            words4([client[0], client[1], client[2], client[3] ^ (i as u8)]),
+            port,
+            words4(SERVER4),
+        );
+        if b.flows().insert(k, r, 0).is_ok() {
+            keys.push((
+                k,
+                [client[0], client[1], client[2], client[3] ^ (i as u8)],
+                port,
+            ));
+        }
+    }
+    let memlock = map_memlock(&b);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut sample = Vec::new();
+    for _ in 0..SINGLE_RUNS {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let (_, addr, port) = keys[(rng % keys.len() as u64) as usize];
+        sample.push(ipv4(
+            addr,
+            SERVER4,
+            6,
+            5,
+            &tcp(port, 80, ACK, CLIENT_ISN + 1, SERVER_ISN + 1, 0),
+        ));
+    }
+    let big = median(
+        sample
+            .iter()
+            .map(|f| test_run(b.xdp("tcpstate_xdp_host"), f, 1).as_nanos() as f64)
+            .collect(),
+    );
+    let big_base = median(
+        sample
+            .iter()
+            .map(|f| test_run(b.xdp("tcpstate_xdp_pass"), f, 1).as_nanos() as f64)
+            .collect(),
+    );
+    figures.push(Figure {
+        name: format!(
+            "xdp established ack, {} flows, random (single runs)",
+            keys.len()
+        ),
+        unit: "ns/packet",
+        baseline: big_base,
+        value: big,
+        target: Some(120.0),
+    });
+    if let Some(bytes) = memlock {
+        let per_flow = bytes as f64 / (keys.len() + 2) as f64;
+        figures.push(Figure {
+            name: "kernel memory per tracked flow (map memlock / flows)".into(),
+            unit: "bytes",
+            baseline: 0.0,
+            value: per_flow,
+            target: Some(128.0),
+        });
+    }
+    report(&figures);
+}
+
+/// The flow map's `memlock` from /proc/self/fdinfo (the kernel's own accounting of its memory).
+fn map_memlock(b: &Bench) -> Option<u64> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let map = b.ebpf.map(maps::FLOWS)?;
+    let aya::maps::Map::HashMap(data) = map else {
+        return None;
+    };
+    let fd = data.fd().as_fd().as_raw_fd();
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn report(figures: &[Figure]) {
+    println!(
+        "{:<58} {:>10} {:>10} {:>9} {:>8}  result",
+        "figure", "baseline", "value", "delta", "target"
+    );
+    for f in figures {
+        let target = f.target.map_or("-".to_string(), |t| format!("+{t}"));
+        let result = match f.pass() {
+            Some(true) => "pass",
+            Some(false) => "FAIL",
+            None => "(no target)",
+        };
+        println!(
+            "{:<58} {:>10.1} {:>10.1} {:>+9.1} {:>8}  {result} ({})",
+            f.name,
+            f.baseline,
+            f.value,
+            f.delta(),
+            target,
+            f.unit
+        );
+    }
+    let json: Vec<String> = figures
+        .iter()
+        .map(|f| {
+            format!(
+                "  {{\"name\": {:?}, \"unit\": {:?}, \"baseline\": {:.1}, \"value\": {:.1}, \"delta\": {:.1}, \"target\": {}, \"pass\": {}}}",
+                f.name,
+                f.unit,
+                f.baseline,
+                f.value,
+                f.delta(),
+                f.target.map_or("null".into(), |t| format!("{t}")),
+                f.pass().map_or("null".into(), |p| p.to_string())
+            )
+        })
+        .collect();
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench"));
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("report.json"),
+        format!("[\n{}\n]\n", json.join(",\n")),
+    )
+    .unwrap();
+    println!("wrote {}", dir.join("report.json").display());
+}
