@@ -801,3 +801,89 @@ mod robustness {
         }
     }
 }
+
+/// The kernel's first test, before any map is touched: it may let non-TCP through (the parser
+/// decides), but must never turn away a frame the parser would take as a segment.
+mod could_be_tcp_prefilter {
+    use super::*;
+    use tcpstate_common::packet::could_be_tcp;
+
+    fn cbt(frame: &[u8]) -> bool {
+        could_be_tcp(&SlicePacket(frame))
+    }
+
+    #[test]
+    fn plain_non_tcp_leaves_at_once() {
+        let udp = V4 {
+            proto: IPPROTO_UDP,
+            ..V4::new()
+        };
+        assert!(!cbt(&eth(&[], ETH_P_IP, &udp.wrap(&[0u8; 8]))));
+        assert!(!cbt(&eth(&[], ETH_P_ARP, &[0u8; 46])));
+        assert!(!cbt(&eth(&[], 0x88cc, &[0u8; 46])));
+    }
+
+    #[test]
+    fn every_frame_the_parser_takes_passes() {
+        let t = Tcp::new(SYN).opts(&[3, 3, 7]);
+        let frames = [
+            frame4(&t),
+            eth(&[ETH_P_8021Q], ETH_P_IP, &V4::new().wrap(&t.bytes())),
+            eth(
+                &[ETH_P_8021AD, ETH_P_8021Q],
+                ETH_P_IP,
+                &V4::new().wrap(&t.bytes()),
+            ),
+            eth(&[], ETH_P_IPV6, &v6(IPPROTO_TCP, None, &t.bytes())),
+            eth(
+                &[],
+                ETH_P_IPV6,
+                &v6(0, None, &[ext(IPPROTO_TCP, 0), t.bytes()].concat()),
+            ),
+        ];
+        for f in frames {
+            assert!(matches!(p(&f), Parsed::Tcp(_)), "the parser takes it");
+            assert!(cbt(&f), "so the prefilter must pass it");
+        }
+        // Too short to tell: the parser counts it as truncated, so it must get there.
+        assert!(cbt(&[0u8; 10]));
+        assert_eq!(p(&[0u8; 10]), skip(SkipReason::Truncated));
+    }
+}
+
+mod opening_classification {
+    use tcpstate_common::state::{classify_opening, open, InvalidReason, Opening};
+
+    use super::*;
+
+    fn seg(flags: u8) -> Segment {
+        Segment {
+            seq: 1,
+            ack: 2,
+            len: 0,
+            win: 100,
+            flags,
+            wscale: WSCALE_NONE,
+        }
+    }
+
+    #[test]
+    fn flags_alone_decide_and_open_agrees() {
+        let cases = [
+            (SYN, Ok(Opening::Syn)),
+            (SYN | ACK, Ok(Opening::SynAck)),
+            (ACK, Ok(Opening::Midstream)),
+            (ACK | PSH, Ok(Opening::Midstream)),
+            (FIN | ACK, Err(InvalidReason::NoFlow)),
+            (RST, Err(InvalidReason::NoFlow)),
+            (SYN | FIN, Err(InvalidReason::SynFin)),
+            (0, Err(InvalidReason::NoFlags)),
+        ];
+        for (flags, want) in cases {
+            assert_eq!(classify_opening(&seg(flags)), want, "flags {flags:#x}");
+            let opened =
+                open(tcpstate_common::Side::A, &seg(flags), 1, 1, [1000, 80]).map(|(o, _)| o);
+            assert_eq!(opened, want, "open() decides the same for {flags:#x}");
+        }
+    }
+}
