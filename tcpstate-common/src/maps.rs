@@ -21,6 +21,9 @@ pub struct Config {
     pub capacity: u64,
     /// Half-open flows (created by a SYN or SYN-ACK, not yet out of the handshake) allowed at once.
     pub half_open_budget: u64,
+    /// Non-zero when the entry points hand rare events to aya-log (`--kernel-log`). A read-only
+    /// constant: at 0 the verifier removes the event bookkeeping from every path.
+    pub log_events: u64,
 }
 
 /// Kernel-owned fill counters (one array slot, updated with atomic adds; inserts are rare).

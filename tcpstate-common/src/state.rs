@@ -322,17 +322,40 @@ fn learn_receive_side(st: &mut Step, w: &mut FlowWord, s: Side, seg: &Segment) {
     if !seg.has(ACK) {
         return;
     }
-    let win = scaled_window(w, s, seg);
-    let cur = &mut st.rec.seq[s.index()];
-    let stale = !w.knows(s, known::ACK)
-        || seq_diff(seg.ack, cur.ack) > (cur.win / 2) as i32
-        || win > cur.win;
-    if stale {
+    if let Some(win) = receive_hint_stale(w, s, &st.rec.seq[s.index()], seg) {
+        let cur = &mut st.rec.seq[s.index()];
         cur.ack = seg.ack;
         cur.win = win;
         w.learn(s, known::ACK);
         st.write |= write::seq(s);
     }
+}
+
+/// The scaled window to store when the sender's ack/window hint must be refreshed (unknown, more
+/// than half a window behind, or the window grew), `None` when the stored hint still holds.
+#[inline(always)]
+fn receive_hint_stale(w: &FlowWord, s: Side, cur: &EndpointSeq, seg: &Segment) -> Option<u32> {
+    let win = scaled_window(w, s, seg);
+    let stale = !w.knows(s, known::ACK)
+        || seq_diff(seg.ack, cur.ack) > (cur.win / 2) as i32
+        || win > cur.win;
+    stale.then_some(win)
+}
+
+/// Whether [`step`] would change nothing and reject nothing: an ACK or data segment (valid flags,
+/// no SYN, RST or FIN) on a flow ESTABLISHED on both sides, whose sender's ack/window hint still
+/// holds, within the coarse second of the last-seen stamp. The kernel asks this of the map value
+/// itself, so the segment that arrives millions of times a second costs no copy of the record.
+/// Reads the state word once; the other fields are facts a racing CPU can only move forward.
+#[inline(always)]
+pub fn quiet(rec: &FlowRecord, s: Side, seg: &Segment, now_ns: u64) -> bool {
+    let w = rec.word();
+    check_flags(seg.flags).is_ok()
+        && seg.flags & (SYN | RST | FIN) == 0
+        && w.state(s) == TcpState::Established
+        && w.state(s.other()) == TcpState::Established
+        && (now_ns / NS_PER_S) as u32 == rec.last_seen_s
+        && receive_hint_stale(&w, s, &rec.seq[s.index()], seg).is_none()
 }
 
 /// Advances a flow by one segment sent by side `s`. Pure and total.

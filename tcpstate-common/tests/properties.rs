@@ -14,7 +14,7 @@ use tcpstate_common::{
     commit::commit,
     counters::{for_each_delta, idx},
     flow::{flowflags, FlowRecord, FlowWord, Role, Side},
-    state::{open, step, write, Handshake, InvalidReason, Opening, Step, TcpState},
+    state::{open, quiet, step, write, Handshake, InvalidReason, Opening, Step, TcpState},
     tcp::{check_flags, flags::*, seq_ge, Segment, WSCALE_MAX, WSCALE_NONE},
 };
 use TcpState::*;
@@ -361,8 +361,23 @@ impl Flow {
     }
 }
 
+thread_local! {
+    /// How often `quiet` said yes on this test's thread (the shortcut must be exercised).
+    static QUIET_SEEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// What every single step must satisfy, whatever the record and the segment.
 fn check_step(old: &FlowRecord, st: &Step, s: Side, seg: &Segment, now: u64) {
+    // The kernel skips `step` when `quiet` says so: `step` must then change and reject nothing.
+    if quiet(old, s, seg, now) {
+        QUIET_SEEN.with(|n| n.set(n.get() + 1));
+        assert_eq!(
+            (st.write, st.invalid),
+            (0, None),
+            "quiet, yet step acts: {seg:?}"
+        );
+        assert_eq!(st.rec, *old);
+    }
     let r = s.other();
     let (ow, nw) = (old.word(), st.rec.word());
     assert_eq!(st.rec.last_seen_s, (now / NS) as u32);
@@ -574,4 +589,9 @@ fn random_traffic_reaches_every_possible_pair_of_states() {
         .collect();
     let distinct: BTreeSet<_> = reached.into_iter().collect();
     assert_eq!(distinct.len(), ALLOWED_PAIRS, "reached only {distinct:?}");
+    let quiet_seen = QUIET_SEEN.with(|n| n.get());
+    assert!(
+        quiet_seen >= 20,
+        "the kernel's shortcut was checked against step only {quiet_seen} times"
+    );
 }

@@ -17,7 +17,7 @@ use tcpstate_common::{
     commit::commit,
     counters::{for_each_delta, handshake_bucket, idx, RstDirection},
     flow::{flowflags, FlowRecord, FlowWord, Role, Side},
-    state::{open, step, write, Handshake, InvalidReason, Opening, Step, TcpState},
+    state::{open, quiet, step, write, Handshake, InvalidReason, Opening, Step, TcpState},
     tcp::{flags::*, Segment, WSCALE_MAX, WSCALE_NONE},
 };
 use TcpState::*;
@@ -866,6 +866,28 @@ mod syn_recv {
 
 mod established {
     use super::*;
+
+    #[test]
+    fn quiet_says_yes_exactly_for_the_kernels_shortcut_case() {
+        let mut c = established();
+        let (client, server) = (c.client, c.server());
+        let q = |c: &Conn, from: Side, s: Segment| quiet(&c.rec, from, &s, c.now);
+        // An ACK or data within the window in the same second: nothing to do.
+        assert!(q(&c, client, seg(ACK, CISN + 1, SISN + 1, 0)));
+        assert!(q(&c, server, seg(ACK | PSH, SISN + 1, CISN + 1, 100)));
+        // Anything that may act: FIN, RST, SYN, impossible flags, an ack half a window ahead.
+        assert!(!q(&c, client, seg(FIN | ACK, CISN + 1, SISN + 1, 0)));
+        assert!(!q(&c, client, seg(RST | ACK, CISN + 1, SISN + 1, 0)));
+        assert!(!q(&c, client, seg(SYN, CISN, 0, 0)));
+        assert!(!q(&c, client, seg(PSH, CISN + 1, SISN + 1, 0)));
+        assert!(!q(&c, client, seg(ACK, CISN + 1, SISN + 1 + 40_000, 0)));
+        // A new second: the last-seen stamp must move.
+        c.next_second();
+        assert!(!q(&c, client, seg(ACK, CISN + 1, SISN + 1, 0)));
+        // Not established on both sides.
+        let c = syn_recv();
+        assert!(!q(&c, client, seg(ACK, CISN + 1, SISN + 1, 0)));
+    }
 
     #[test]
     fn data_and_acks_within_the_window_in_the_same_second_write_nothing() {

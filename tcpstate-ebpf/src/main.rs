@@ -22,7 +22,7 @@ use tcpstate_common::{
 
 use crate::{
     packet::{parse_frame, Frame, ParseStatus},
-    track::{track, Event, Scratch, View},
+    track::{logging, track, Event, Scratch, View},
 };
 
 /// TCX "next": let the rest of the chain (or the stack) have the packet, as a monitor must.
@@ -40,7 +40,9 @@ pub fn tcpstate_xdp_host(ctx: XdpContext) -> u32 {
     if let Some(scratch) = Scratch::get() {
         let status = parse_frame(&Frame::xdp(&ctx), &mut scratch.pkt);
         track(status, scratch, Hook::Xdp, View::HostIngress);
-        log_event(&ctx, scratch);
+        if logging() {
+            log_event(&ctx, scratch);
+        }
     }
     xdp_action::XDP_PASS
 }
@@ -54,7 +56,9 @@ pub fn tcpstate_xdp_tap(ctx: XdpContext) -> u32 {
     if let Some(scratch) = Scratch::get() {
         let status = parse_frame(&Frame::xdp(&ctx), &mut scratch.pkt);
         track(status, scratch, Hook::Xdp, View::Tap);
-        log_event(&ctx, scratch);
+        if logging() {
+            log_event(&ctx, scratch);
+        }
     }
     xdp_action::XDP_PASS
 }
@@ -85,7 +89,9 @@ pub fn tcpstate_tc_egress(ctx: TcContext) -> i32 {
         }
     }
     track(status, scratch, Hook::Tc, View::HostEgress);
-    log_event(&ctx, scratch);
+    if logging() {
+        log_event(&ctx, scratch);
+    }
     TCX_NEXT
 }
 
@@ -102,13 +108,15 @@ pub fn tcpstate_tc_pass(_ctx: TcContext) -> i32 {
     TCX_NEXT
 }
 
-/// One line for a rare event, through aya-log. Every log site checks AYA_LOG_LEVEL first, a
-/// read-only global the daemon sets from --kernel-log (0 unless asked): the verifier sees the
-/// constant and prunes the logging code, so an unlogged daemon pays nothing for it.
+/// One line for a rare event, through aya-log. Entry points call it only when `logging()` (a
+/// read-only global the daemon sets from --kernel-log, 0 unless asked): the verifier sees the
+/// constant and prunes the logging code, so an unlogged daemon pays nothing for it. The event is
+/// consumed here, so the next segment starts clean.
 #[inline(always)]
-fn log_event<C: EbpfContext>(ctx: &C, s: &Scratch) {
+fn log_event<C: EbpfContext>(ctx: &C, s: &mut Scratch) {
     let (sport, dport) = (s.pkt.sport, s.pkt.dport);
-    match s.event {
+    let event = core::mem::replace(&mut s.event, Event::None);
+    match event {
         Event::None => {}
         Event::Invalid(why) => debug!(ctx, "invalid segment {}->{}: {}", sport, dport, why.name()),
         Event::Untracked(why) => {

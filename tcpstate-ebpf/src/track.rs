@@ -15,7 +15,7 @@ use tcpstate_common::{
     flow::{flowflags, FlowKey, FlowRecord, FlowWord, Side},
     maps::{Config, TableCounters, UserCounters, CAPACITY_SLACK},
     packet::TcpPacket,
-    state::{classify_opening, open_into, step_into, write, InvalidReason, Opening, Step},
+    state::{classify_opening, open_into, quiet, step_into, write, InvalidReason, Opening, Step},
 };
 
 /// Default capacity compiled into the object; the daemon sets the real one at load time.
@@ -58,6 +58,13 @@ pub enum Event {
 #[map(name = "TCPSTATE_SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Whether rare events go to aya-log (`--kernel-log`): a load-time constant, so with logging off
+/// the verifier drops every use of [`Scratch::event`].
+#[inline(always)]
+pub fn logging() -> bool {
+    TCPSTATE_CONFIG.load().log_events != 0
+}
+
 impl Scratch {
     /// This CPU's slot. Nothing else runs on this CPU while a program does (see `bump`), and each
     /// program run overwrites what it reads before reading it.
@@ -70,6 +77,7 @@ impl Scratch {
 
 #[unsafe(no_mangle)]
 static TCPSTATE_CONFIG: Global<Config> = Global::new(Config {
+    log_events: 0,
     capacity: DEFAULT_CAPACITY as u64,
     half_open_budget: DEFAULT_CAPACITY as u64 / 4,
 });
@@ -119,7 +127,6 @@ pub fn track(status: ParseStatus, scratch: &mut Scratch, hook: Hook, view: View)
         ParseStatus::Skip(why) => return count(idx::SKIPPED + why as u32),
         ParseStatus::Tcp => {}
     }
-    scratch.event = Event::None;
     bump(idx::SEGMENTS + hook as u32, 1);
     // SAFETY: helper without arguments. The coarse clock (jiffies resolution) is enough for
     // last-seen stamps; transitions re-stamp with the precise clock (`precise_stamps`).
@@ -127,7 +134,7 @@ pub fn track(status: ParseStatus, scratch: &mut Scratch, hook: Hook, view: View)
     let mut attempt = 0;
     while attempt < MAX_ATTEMPTS {
         attempt += 1;
-        match update(scratch, view, now) {
+        match update(scratch, now) {
             Found::Done => return,
             Found::Raced => continue,
             Found::Missing => {
@@ -156,21 +163,25 @@ enum Found {
     clippy::needless_borrows_for_generic_args,
     reason = "by reference: no copies of the key on the 512-byte stack"
 )]
-fn update(scratch: &mut Scratch, view: View, now: u64) -> Found {
+fn update(scratch: &mut Scratch, now: u64) -> Found {
     let tcp = &scratch.pkt;
     let (key, sender) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);
-    let _ = view;
     let Some(ptr) = FLOWS.get_ptr_mut(&key) else {
         return Found::Missing;
     };
     // SAFETY: a value pointer returned by lookup stays valid for this program run (RCU). The
     // record is read in place; the word it was computed from is re-checked by `commit`.
     let rec = unsafe { &*ptr };
+    // The hot path: established data and ACKs within a coarse second change nothing, which the
+    // map value itself tells; no copy of the record, no write.
+    if quiet(rec, sender, &tcp.seg, now) {
+        return Found::Done;
+    }
     let word = rec.word;
     let st = &mut scratch.step;
     step_into(st, rec, sender, &scratch.pkt.seg, now);
     if st.write == 0 && st.invalid.is_none() {
-        return Found::Done; // The hot path: established data and ACKs within a coarse second.
+        return Found::Done;
     }
     precise_stamps(st);
     // SAFETY: as above; map values are 8-byte aligned.

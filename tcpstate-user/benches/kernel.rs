@@ -178,6 +178,7 @@ impl Bench {
         let config = Config {
             capacity: capacity as u64,
             half_open_budget: capacity as u64 / 4,
+            log_events: 0,
         };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)

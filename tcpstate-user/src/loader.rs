@@ -184,6 +184,7 @@ pub fn load(cfg: &RunConfig) -> anyhow::Result<Ebpf> {
     let config = Config {
         capacity: cfg.capacity as u64,
         half_open_budget: cfg.half_open_budget as u64,
+        log_events: u64::from(cfg.kernel_log != crate::cli::KernelLog::Off),
     };
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(&cfg.pin_dir)
