@@ -3,6 +3,8 @@
 //! Map values hold integers and byte arrays only (no `bool`, enum or `Option`): the kernel writes raw
 //! bytes, and userspace decodes states with `TryFrom`.
 
+use core::net::{IpAddr, Ipv6Addr};
+
 use crate::state::TcpState;
 
 /// One side of a flow. Side 0 is the endpoint with the lower `(address, port)`, so both directions
@@ -74,6 +76,34 @@ impl FlowKey {
     #[inline(always)]
     pub const fn v4_mapped(addr_be: u32) -> [u32; 4] {
         [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), addr_be]
+    }
+
+    /// Key words for an address, as the kernel programs store it: IPv4 as [`FlowKey::v4_mapped`],
+    /// IPv6 as its four words (a v4-mapped IPv6 address, from a dual-stack socket, gives the same
+    /// words as the IPv4 one, as on the wire).
+    pub fn addr_words(ip: IpAddr) -> [u32; 4] {
+        match ip {
+            IpAddr::V4(v4) => Self::v4_mapped(u32::from_ne_bytes(v4.octets())),
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                core::array::from_fn(|i| {
+                    u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+                })
+            }
+        }
+    }
+
+    /// The address a key's side holds; v4-mapped words read back as IPv4.
+    pub fn words_addr(words: [u32; 4]) -> IpAddr {
+        let mut o = [0u8; 16];
+        for (i, w) in words.iter().enumerate() {
+            o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        let v6 = Ipv6Addr::from(o);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
     }
 
     pub const fn is_v4(&self) -> bool {
@@ -267,4 +297,25 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowRecord {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_words_round_trip_and_ipv4_is_v4_mapped() {
+        for ip in ["192.0.2.7", "2001:db8::1", "::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(FlowKey::words_addr(FlowKey::addr_words(ip)), ip);
+        }
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(
+            FlowKey::addr_words(v4),
+            FlowKey::v4_mapped(u32::from_ne_bytes([192, 0, 2, 7]))
+        );
+        // A dual-stack socket's v4-mapped address is the same key as the IPv4 one.
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(FlowKey::addr_words(mapped), FlowKey::addr_words(v4));
+    }
 }

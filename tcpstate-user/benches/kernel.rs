@@ -131,13 +131,11 @@ const CLIENT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 const SERVER6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 fn words4(a: [u8; 4]) -> [u32; 4] {
-    FlowKey::v4_mapped(u32::from_ne_bytes(a))
+    FlowKey::addr_words(a.into())
 }
 
 fn words6(a: [u8; 16]) -> [u32; 4] {
-    std::array::from_fn(|i| {
-        u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
-    })
+    FlowKey::addr_words(a.into())
 }
 
 /// The record of an established connection, built by the real state machine from a handshake

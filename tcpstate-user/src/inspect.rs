@@ -8,12 +8,7 @@ use tcpstate_common::{
     maps, FlowKey, FlowRecord, TcpState,
 };
 
-use crate::{
-    cli::FlowsArgs,
-    seed::{addr_words, words_addr},
-    sweeper::monotonic_ns,
-    tables,
-};
+use crate::{cli::FlowsArgs, sweeper::monotonic_ns, tables};
 
 /// One tracked flow, decoded for people and scripts.
 struct FlowView {
@@ -23,7 +18,7 @@ struct FlowView {
 
 impl FlowView {
     fn endpoint(&self, side: Side) -> String {
-        let ip = words_addr(self.key.addr[side.index()]);
+        let ip = FlowKey::words_addr(self.key.addr[side.index()]);
         match ip {
             std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", self.key.port[side.index()]),
             v4 => format!("{v4}:{}", self.key.port[side.index()]),
@@ -86,7 +81,7 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
                 && args.port.is_none_or(|p| v.key.port.contains(&p))
                 && args
                     .address
-                    .is_none_or(|a| v.key.addr.contains(&addr_words(a)))
+                    .is_none_or(|a| v.key.addr.contains(&FlowKey::addr_words(a)))
                 && args.older_than.is_none_or(|d| {
                     [Side::A, Side::B]
                         .iter()

@@ -8,13 +8,12 @@ use std::{
 use serde_json::json;
 use tcpstate_common::{
     flow::{flowflags, Side},
-    TcpState,
+    FlowKey, TcpState,
 };
 
 use crate::{
     cli::LeaksArgs,
     owners::{owners, Owner},
-    seed::{addr_words, words_addr},
     sockdiag::{self, KernelState},
     sweeper::monotonic_ns,
     tables,
@@ -56,9 +55,9 @@ pub fn run(args: &LeaksArgs) -> anyhow::Result<bool> {
         .map(|s| {
             (
                 (
-                    addr_words(s.local.0),
+                    FlowKey::addr_words(s.local.0),
                     s.local.1,
-                    addr_words(s.remote.0),
+                    FlowKey::addr_words(s.remote.0),
                     s.remote.1,
                 ),
                 s.inode,
@@ -82,7 +81,7 @@ pub fn run(args: &LeaksArgs) -> anyhow::Result<bool> {
                 .copied();
             found.push((
                 key.port[l],
-                words_addr(key.addr[r]),
+                FlowKey::words_addr(key.addr[r]),
                 age_s,
                 w.has(flowflags::SEEDED),
                 inode,
