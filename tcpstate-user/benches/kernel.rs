@@ -233,6 +233,29 @@ impl Bench {
     }
 }
 
+impl Figure {
+    fn ns(name: &str, baseline: f64, value: f64, target: Option<f64>) -> Figure {
+        Figure {
+            name: name.into(),
+            unit: "ns/packet",
+            baseline,
+            value,
+            target,
+        }
+    }
+}
+
+/// A segment the client sends on the established IPv4 connection (XDP ingress on the server).
+fn client4(flags: u8, payload: usize) -> Vec<u8> {
+    ipv4(
+        CLIENT4,
+        SERVER4,
+        6,
+        5,
+        &tcp(40000, 80, flags, CLIENT_ISN + 1, SERVER_ISN + 1, payload),
+    )
+}
+
 fn main() {
     let mut figures = Vec::new();
     let mut b = Bench::load(BIG_TABLE + 100_000);
@@ -241,20 +264,7 @@ fn main() {
     b.flows().insert(k4, r4, 0).unwrap();
     b.flows().insert(k6, r6, 0).unwrap();
 
-    let ack4 = ipv4(
-        CLIENT4,
-        SERVER4,
-        6,
-        5,
-        &tcp(40000, 80, ACK, CLIENT_ISN + 1, SERVER_ISN + 1, 0),
-    );
-    let data4 = ipv4(
-        CLIENT4,
-        SERVER4,
-        6,
-        5,
-        &tcp(40000, 80, ACK | PSH, CLIENT_ISN + 1, SERVER_ISN + 1, 100),
-    );
+    let ack4 = client4(ACK, 0);
     let ack6 = ipv6(
         CLIENT6,
         SERVER6,
@@ -275,43 +285,36 @@ fn main() {
 
     let xdp_base = repeated(b.xdp("tcpstate_xdp_pass"), &ack4);
     let tc_base = repeated(b.tc("tcpstate_tc_pass"), &ack4);
-    let mut fig = |name: &str, baseline: f64, value: f64, target: Option<f64>| {
-        figures.push(Figure {
-            name: name.into(),
-            unit: "ns/packet",
-            baseline,
-            value,
-            target,
-        });
-    };
     let host = |b: &Bench, frame: &[u8]| repeated(b.xdp("tcpstate_xdp_host"), frame);
-    fig("xdp non-tcp (udp)", xdp_base, host(&b, &udp), Some(5.0));
-    fig("xdp non-ip (arp)", xdp_base, host(&b, &arp), Some(5.0));
-    fig(
-        "xdp established ack, 1 flow, ipv4",
-        xdp_base,
-        host(&b, &ack4),
-        Some(30.0),
-    );
-    fig(
-        "xdp established data, 1 flow, ipv4",
-        xdp_base,
-        host(&b, &data4),
-        Some(30.0),
-    );
-    fig(
-        "xdp established ack, 1 flow, ipv6",
-        xdp_base,
-        host(&b, &ack6),
-        Some(30.0),
-    );
-    fig("xdp malformed (ihl 4)", xdp_base, host(&b, &bad_ihl), None);
-    fig(
-        "tc established ack, 1 flow, ipv4",
-        tc_base,
-        repeated(b.tc("tcpstate_tc_egress"), &tc_ack4),
-        Some(30.0),
-    );
+    figures.extend([
+        Figure::ns("xdp non-tcp (udp)", xdp_base, host(&b, &udp), Some(5.0)),
+        Figure::ns("xdp non-ip (arp)", xdp_base, host(&b, &arp), Some(5.0)),
+        Figure::ns(
+            "xdp established ack, 1 flow, ipv4",
+            xdp_base,
+            host(&b, &ack4),
+            Some(30.0),
+        ),
+        Figure::ns(
+            "xdp established data, 1 flow, ipv4",
+            xdp_base,
+            host(&b, &client4(ACK | PSH, 100)),
+            Some(30.0),
+        ),
+        Figure::ns(
+            "xdp established ack, 1 flow, ipv6",
+            xdp_base,
+            host(&b, &ack6),
+            Some(30.0),
+        ),
+        Figure::ns("xdp malformed (ihl 4)", xdp_base, host(&b, &bad_ihl), None),
+        Figure::ns(
+            "tc established ack, 1 flow, ipv4",
+            tc_base,
+            repeated(b.tc("tcpstate_tc_egress"), &tc_ack4),
+            Some(30.0),
+        ),
+    ]);
 
     // Runs that must start from a reset record, as single runs against single-run baselines.
     let single_base = b.single(|b| b.xdp("tcpstate_xdp_pass"), &ack4, |_| {});
@@ -330,104 +333,62 @@ fn main() {
             let _ = b.flows().remove(&syn_key);
         },
     );
-    let fin = ipv4(
-        CLIENT4,
-        SERVER4,
-        6,
-        5,
-        &tcp(40000, 80, FIN | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, 0),
-    );
-    let fin_cost = b.single(
-        |b| b.xdp("tcpstate_xdp_host"),
-        &fin,
-        |b| b.flows().insert(k4, r4, 0).unwrap(),
-    );
-    let rst = ipv4(
-        CLIENT4,
-        SERVER4,
-        6,
-        5,
-        &tcp(40000, 80, RST | ACK, CLIENT_ISN + 1, SERVER_ISN + 1, 0),
-    );
-    let rst_cost = b.single(
-        |b| b.xdp("tcpstate_xdp_host"),
-        &rst,
-        |b| b.flows().insert(k4, r4, 0).unwrap(),
-    );
-    let mut fig = |name: &str, baseline: f64, value: f64, target: Option<f64>| {
-        figures.push(Figure {
-            name: name.into(),
-            unit: "ns/packet",
-            baseline,
-            value,
-            target,
-        });
-    };
-    fig(
+    figures.push(Figure::ns(
         "xdp syn creating a flow (single runs)",
         single_base,
         created,
         None,
-    );
-    fig(
-        "xdp fin on an established flow (single runs)",
-        single_base,
-        fin_cost,
-        Some(150.0),
-    );
-    fig(
-        "xdp rst on an established flow (single runs)",
-        single_base,
-        rst_cost,
-        Some(150.0),
-    );
+    ));
+    for (name, flags) in [("fin", FIN | ACK), ("rst", RST | ACK)] {
+        let cost = b.single(
+            |b| b.xdp("tcpstate_xdp_host"),
+            &client4(flags, 0),
+            |b| b.flows().insert(k4, r4, 0).unwrap(),
+        );
+        figures.push(Figure::ns(
+            &format!("xdp {name} on an established flow (single runs)"),
+            single_base,
+            cost,
+            Some(150.0),
+        ));
+    }
 
     // SYN with the table full: the daemon's books say so (no need to fill it).
     b.set_user(&UserCounters {
         inserted: u64::from(BIG_TABLE) + 100_000,
         ..Default::default()
     });
-    let syn_full = repeated(b.xdp("tcpstate_xdp_host"), &syn);
+    figures.push(Figure::ns(
+        "xdp syn, table full",
+        xdp_base,
+        host(&b, &syn),
+        Some(60.0),
+    ));
     b.set_user(&UserCounters::default());
-    figures.push(Figure {
-        name: "xdp syn, table full".into(),
-        unit: "ns/packet",
-        baseline: xdp_base,
-        value: syn_full,
-        target: Some(60.0),
-    });
 
     // 1M flows, random working set.
-    let mut keys = Vec::with_capacity(BIG_TABLE as usize);
+    let mut clients = Vec::with_capacity(BIG_TABLE as usize);
     for i in 0..BIG_TABLE {
-        let client = [
+        let addr = [
             198,
             18 + (i >> 24) as u8 % 2,
             (i >> 16) as u8,
-            (i >> 8) as u8,
+            (i >> 8) as u8 ^ i as u8,
         ];
         let port = 10_000 + (i % 50_000) as u16;
-        let (k, r) = established(
-            words4([client[0], client[1], client[2], client[3] ^ (i as u8)]),
-            port,
-            words4(SERVER4),
-        );
+        let (k, r) = established(words4(addr), port, words4(SERVER4));
         if b.flows().insert(k, r, 0).is_ok() {
-            keys.push((
-                k,
-                [client[0], client[1], client[2], client[3] ^ (i as u8)],
-                port,
-            ));
+            clients.push((addr, port));
         }
     }
     let memlock = map_memlock(&b);
     let mut rng = 0x2545_f491_4f6c_dd1du64;
-    let mut sample = Vec::new();
+    let mut sample = Vec::with_capacity(SINGLE_RUNS);
     for _ in 0..SINGLE_RUNS {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let (_, addr, port) = keys[(rng % keys.len() as u64) as usize];
+        let (addr, port) = clients[(rng % clients.len() as u64) as usize];
         sample.push(ipv4(
             addr,
             SERVER4,
@@ -436,35 +397,26 @@ fn main() {
             &tcp(port, 80, ACK, CLIENT_ISN + 1, SERVER_ISN + 1, 0),
         ));
     }
-    let big = median(
-        sample
-            .iter()
-            .map(|f| test_run(b.xdp("tcpstate_xdp_host"), f, 1).as_nanos() as f64)
-            .collect(),
+    let singles = |name: &str| {
+        median(
+            sample
+                .iter()
+                .map(|f| test_run(b.xdp(name), f, 1).as_nanos() as f64)
+                .collect(),
+        )
+    };
+    let (big, big_base) = (singles("tcpstate_xdp_host"), singles("tcpstate_xdp_pass"));
+    let name = format!(
+        "xdp established ack, {} flows, random (single runs)",
+        clients.len()
     );
-    let big_base = median(
-        sample
-            .iter()
-            .map(|f| test_run(b.xdp("tcpstate_xdp_pass"), f, 1).as_nanos() as f64)
-            .collect(),
-    );
-    figures.push(Figure {
-        name: format!(
-            "xdp established ack, {} flows, random (single runs)",
-            keys.len()
-        ),
-        unit: "ns/packet",
-        baseline: big_base,
-        value: big,
-        target: Some(120.0),
-    });
+    figures.push(Figure::ns(&name, big_base, big, Some(120.0)));
     if let Some(bytes) = memlock {
-        let per_flow = bytes as f64 / (keys.len() + 2) as f64;
         figures.push(Figure {
             name: "kernel memory per tracked flow (map memlock / flows)".into(),
             unit: "bytes",
             baseline: 0.0,
-            value: per_flow,
+            value: bytes as f64 / (clients.len() + 2) as f64,
             target: Some(128.0),
         });
     }

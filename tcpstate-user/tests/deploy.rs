@@ -4,11 +4,15 @@
 //! really exports, the dashboard is well-formed, and the systemd unit and the DaemonSet grant the
 //! capabilities deploy/README.md documents.
 
+mod support;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::{Command, Output},
 };
+
+use support::ALERTS;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstate");
 
@@ -25,19 +29,6 @@ const ENUM_LABELS: &[&str] = &[
     "result",
     "reason",
     "how",
-];
-
-/// The alerts deploy/prometheus/tcpstate-rules.yml must define.
-const ALERTS: &[&str] = &[
-    "TcpstateCloseWaitLeak",
-    "TcpstateCloseWaitLeakGrowing",
-    "TcpstateHalfOpenBudgetSaturated",
-    "TcpstateHalfOpenSynsUntracked",
-    "TcpstateResetSpike",
-    "TcpstateFlowTableNearFull",
-    "TcpstateFlowsUntracked",
-    "TcpstateDown",
-    "TcpstateAbsent",
 ];
 
 fn deploy(rel: &str) -> PathBuf {

@@ -18,6 +18,17 @@ fn syn_flood(ns: &Netns, count: usize, first_host: usize) {
     scapy(ns, &script);
 }
 
+/// Sends the server's answers to the forged sources back through the client namespace.
+fn route_forged_sources(p: &Pair) {
+    p.srv.ip(&[
+        "route",
+        "add",
+        &format!("{FORGED_NET}.0/24"),
+        "via",
+        CLIENT_V4,
+    ]);
+}
+
 fn ss_count(ns: &Netns, state: &str) -> i64 {
     ns.ss_states_on(Some(&[ip(SERVER_V4)]))
         .get(state)
@@ -28,13 +39,7 @@ fn ss_count(ns: &Netns, state: &str) -> i64 {
 #[test]
 fn syn_flood_fills_only_the_half_open_budget() {
     let p = Pair::new();
-    p.srv.ip(&[
-        "route",
-        "add",
-        &format!("{FORGED_NET}.0/24"),
-        "via",
-        CLIENT_V4,
-    ]);
+    route_forged_sources(&p);
     let d = Daemon::host(
         &p,
         &["--sweep-interval", "100ms", "--half-open-budget", "40"],
@@ -107,13 +112,7 @@ fn syn_flood_fills_only_the_half_open_budget() {
 #[test]
 fn unanswered_handshakes_time_out_and_give_back_the_budget() {
     let p = Pair::new();
-    p.srv.ip(&[
-        "route",
-        "add",
-        &format!("{FORGED_NET}.0/24"),
-        "via",
-        CLIENT_V4,
-    ]);
+    route_forged_sources(&p);
     let d = Daemon::host(
         &p,
         &[

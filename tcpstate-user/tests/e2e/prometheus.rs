@@ -264,20 +264,10 @@ fn prometheus_scrapes_the_leak_and_evaluates_the_rules_and_dashboard() {
         .iter()
         .map(|r| r["name"].as_str().unwrap().to_string())
         .collect();
-    let want: BTreeSet<String> = [
-        "TcpstateCloseWaitLeak",
-        "TcpstateCloseWaitLeakGrowing",
-        "TcpstateHalfOpenBudgetSaturated",
-        "TcpstateHalfOpenSynsUntracked",
-        "TcpstateResetSpike",
-        "TcpstateFlowTableNearFull",
-        "TcpstateFlowsUntracked",
-        "TcpstateDown",
-        "TcpstateAbsent",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
+    let want: BTreeSet<String> = crate::support::ALERTS
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     assert_eq!(names, want);
     prom.wait_until("every tcpstate rule evaluated with health ok", |pr| {
         tcpstate_group(pr)["rules"]

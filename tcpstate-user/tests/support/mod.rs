@@ -1,4 +1,6 @@
-//! Helpers shared by the test targets of this package (`cli` and `e2e`).
+//! Helpers shared by the test targets of this package (`cli`, `deploy` and `e2e`).
+// Each target uses a different part of this module.
+#![allow(dead_code)]
 
 use std::{
     io::Write,
@@ -41,3 +43,21 @@ pub fn is_root() -> bool {
         .and_then(|v| v.split_whitespace().nth(1))
         == Some("0")
 }
+
+/// The alerts deploy/prometheus/tcpstate-rules.yml must define (checked by promtool in `deploy`,
+/// loaded into a real Prometheus in the e2e suite).
+#[allow(
+    dead_code,
+    reason = "each test target uses a different part of this module"
+)]
+pub const ALERTS: &[&str] = &[
+    "TcpstateCloseWaitLeak",
+    "TcpstateCloseWaitLeakGrowing",
+    "TcpstateHalfOpenBudgetSaturated",
+    "TcpstateHalfOpenSynsUntracked",
+    "TcpstateResetSpike",
+    "TcpstateFlowTableNearFull",
+    "TcpstateFlowsUntracked",
+    "TcpstateDown",
+    "TcpstateAbsent",
+];
