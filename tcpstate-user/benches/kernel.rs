@@ -76,53 +76,31 @@ where
     )
 }
 
-// ---- frames ----
+/// The frames the end-to-end tests inject, shared rather than written again.
+#[path = "../tests/support/frames.rs"]
+#[allow(dead_code)]
+mod frames;
 
-fn ether(ethertype: u16) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f
-}
+use frames::{ethernet, Tcp, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6};
 
+/// IPv4 in Ethernet, DF set as Linux sends TCP.
 fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, ihl: u8, l4: &[u8]) -> Vec<u8> {
-    let mut f = ether(0x0800);
-    let mut h = [0u8; 20];
-    h[0] = 0x40 | ihl;
-    h[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-    h[6] = 0x40;
-    h[8] = 64;
-    h[9] = proto;
-    h[12..16].copy_from_slice(&src);
-    h[16..20].copy_from_slice(&dst);
-    f.extend_from_slice(&h);
-    f.extend_from_slice(l4);
-    f
+    ethernet(
+        &[],
+        ETH_P_IP,
+        &frames::ipv4(src, dst, proto, ihl, 0x4000, l4),
+    )
 }
 
 fn ipv6(src: [u8; 16], dst: [u8; 16], l4: &[u8]) -> Vec<u8> {
-    let mut f = ether(0x86dd);
-    let mut h = [0u8; 40];
-    h[0] = 0x60;
-    h[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
-    h[6] = 6;
-    h[7] = 64;
-    h[8..24].copy_from_slice(&src);
-    h[24..40].copy_from_slice(&dst);
-    f.extend_from_slice(&h);
-    f.extend_from_slice(l4);
-    f
+    ethernet(&[], ETH_P_IPV6, &frames::ipv6(src, dst, l4))
 }
 
 fn tcp(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, payload: usize) -> Vec<u8> {
-    let mut t = vec![0u8; 20 + payload];
-    t[0..2].copy_from_slice(&sport.to_be_bytes());
-    t[2..4].copy_from_slice(&dport.to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[8..12].copy_from_slice(&ack.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = flags;
-    t[14..16].copy_from_slice(&1000u16.to_be_bytes());
-    t
+    Tcp::new(sport, dport, flags)
+        .seq_ack(seq, ack)
+        .payload(payload)
+        .bytes()
 }
 
 const CLIENT4: [u8; 4] = [192, 0, 2, 2];
@@ -271,8 +249,7 @@ fn main() {
         &tcp(40000, 80, ACK, CLIENT_ISN + 1, SERVER_ISN + 1, 0),
     );
     let udp = ipv4(CLIENT4, SERVER4, 17, 5, &[0u8; 8]);
-    let mut arp = ether(0x0806);
-    arp.extend_from_slice(&[0u8; 28]);
+    let arp = ethernet(&[], ETH_P_ARP, &[0u8; 28]);
     let bad_ihl = ipv4(CLIENT4, SERVER4, 6, 4, &tcp(40000, 80, ACK, 1, 1, 0));
     // The server's side of the connection, as TC egress sees it.
     let tc_ack4 = ipv4(

@@ -4,56 +4,25 @@
 
 use std::{os::fd::AsRawFd, time::Duration};
 
-use crate::harness::*;
+use crate::{
+    harness::*,
+    support::frames::{ethernet, ipv4, Tcp, ETH_P_IP},
+};
 
-const ETH_P_IP: u16 = 0x0800;
 const SYN: u8 = 0x02;
 const FIN: u8 = 0x01;
 
-/// Ethernet (broadcast destination: XDP sees the frame whatever the address) with optional tags.
-fn ethernet(tags: &[u16], ethertype: u16) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
-    for (i, vid) in tags.iter().enumerate() {
-        // Outer tag of a QinQ pair is 802.1ad, the inner (or only) one 802.1Q.
-        let tpid: u16 = if i + 1 < tags.len() { 0x88a8 } else { 0x8100 };
-        f.extend_from_slice(&tpid.to_be_bytes());
-        f.extend_from_slice(&vid.to_be_bytes());
-    }
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f
+/// An Ethernet frame (tagged with `tags`) carrying IPv4 from the client to the server.
+fn v4(tags: &[u16], ihl: u8, proto: u8, frag: u16, l4: &[u8]) -> Vec<u8> {
+    ethernet(
+        tags,
+        ETH_P_IP,
+        &ipv4([192, 0, 2, 2], [192, 0, 2, 1], proto, ihl, frag, l4),
+    )
 }
 
-/// IPv4 header: 192.0.2.2 -> 192.0.2.1, `ihl` in words, `frag` the flags+offset field.
-fn ipv4(ihl: u8, proto: u8, payload_len: usize, frag: u16) -> Vec<u8> {
-    let hl = (ihl.max(5) as usize) * 4;
-    let mut h = vec![0u8; hl];
-    h[0] = 0x40 | ihl;
-    h[2..4].copy_from_slice(&((hl + payload_len) as u16).to_be_bytes());
-    h[6..8].copy_from_slice(&frag.to_be_bytes());
-    h[8] = 64;
-    h[9] = proto;
-    h[12..16].copy_from_slice(&[192, 0, 2, 2]);
-    h[16..20].copy_from_slice(&[192, 0, 2, 1]);
-    h
-}
-
-fn tcp(sport: u16, dport: u16, flags: u8, doff_words: u8) -> Vec<u8> {
-    let mut t = vec![0u8; 20];
-    t[0..2].copy_from_slice(&sport.to_be_bytes());
-    t[2..4].copy_from_slice(&dport.to_be_bytes());
-    t[4..8].copy_from_slice(&1000u32.to_be_bytes());
-    t[12] = doff_words << 4;
-    t[13] = flags;
-    t[14..16].copy_from_slice(&65535u16.to_be_bytes());
-    t
-}
-
-fn frame(tags: &[u16], ip: Vec<u8>, l4: Vec<u8>) -> Vec<u8> {
-    let mut f = ethernet(tags, ETH_P_IP);
-    f.extend(ip);
-    f.extend(l4);
-    f
+fn syn(sport: u16) -> Vec<u8> {
+    Tcp::new(sport, 80, SYN).bytes()
 }
 
 /// Sends raw frames out of `dev` in `ns`.
@@ -110,16 +79,18 @@ fn tagged_and_malformed_frames_are_counted_and_pass() {
     let p = Pair::new();
     let d = Daemon::host(&p, &["--sweep-interval", "100ms"]);
     let before = d.metrics();
-    let tcp_syn = |sport| tcp(sport, 80, SYN, 5);
+    // Cut 8 bytes into the TCP header: shorter than its IP length says.
+    let mut cut = v4(&[], 5, 6, 0, &syn(5007));
+    cut.truncate(cut.len() - 8);
     let frames = vec![
-        frame(&[10], ipv4(5, 6, 20, 0), tcp_syn(5001)), // 802.1Q-tagged SYN
-        frame(&[100, 10], ipv4(5, 6, 20, 0), tcp_syn(5002)), // QinQ-tagged SYN
-        frame(&[], ipv4(4, 6, 20, 0), tcp_syn(5003)),   // IHL 4
-        frame(&[], ipv4(5, 6, 20, 0x2000), tcp_syn(5004)), // more-fragments set
-        frame(&[], ipv4(5, 6, 20, 0), tcp(5005, 80, SYN, 3)), // data offset 3
-        frame(&[], ipv4(5, 6, 20, 0), tcp(5006, 80, SYN | FIN, 5)), // SYN+FIN
-        frame(&[], ipv4(5, 6, 20, 0), tcp_syn(5007)[..12].to_vec()), // cut inside TCP
-        frame(&[], ipv4(5, 17, 8, 0), vec![0u8; 8]),    // UDP: not ours
+        v4(&[10], 5, 6, 0, &syn(5001)),      // 802.1Q-tagged SYN
+        v4(&[100, 10], 5, 6, 0, &syn(5002)), // QinQ-tagged SYN
+        v4(&[], 4, 6, 0, &syn(5003)),        // IHL 4
+        v4(&[], 5, 6, 0x2000, &syn(5004)),   // more-fragments set
+        v4(&[], 5, 6, 0, &Tcp::new(5005, 80, SYN).doff(3).bytes()), // data offset 3
+        v4(&[], 5, 6, 0, &Tcp::new(5006, 80, SYN | FIN).bytes()), // SYN+FIN
+        cut,                                 // cut inside TCP
+        v4(&[], 5, 17, 0, &[0u8; 8]),        // UDP: not ours
     ];
     let dev = client_veth(&p);
     inject(&p.cli, &dev, frames);
@@ -185,7 +156,7 @@ fn kernel_log_reports_invalid_segments_when_asked() {
     inject(
         &p.cli,
         &dev,
-        vec![frame(&[], ipv4(5, 6, 20, 0), tcp(5006, 80, SYN | FIN, 5))],
+        vec![v4(&[], 5, 6, 0, &Tcp::new(5006, 80, SYN | FIN).bytes())],
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let want = "invalid segment 5006->80: syn_fin";

@@ -2,6 +2,8 @@
 // Each target uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod frames;
+
 use std::{
     io::Write,
     process::{Command, Stdio},
