@@ -37,15 +37,12 @@ pub struct Scope {
 }
 
 impl Scope {
+    /// Whether a socket's local address is watched. Dual-stack sockets report IPv4 peers as
+    /// `::ffff:a.b.c.d`; the canonical form is the IPv4 address the wire (and the key) carries.
     pub fn counts(&self, ip: IpAddr) -> bool {
-        self.host.contains(&ip)
-            || (self.loopback && ip.is_loopback())
-            || (self.loopback && is_mapped_loopback(ip))
+        let ip = ip.to_canonical();
+        self.host.contains(&ip) || (self.loopback && ip.is_loopback())
     }
-}
-
-fn is_mapped_loopback(ip: IpAddr) -> bool {
-    matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()))
 }
 
 /// Builds one record per connection from the dump. `now_ns` is CLOCK_MONOTONIC, the kernel
@@ -215,6 +212,42 @@ mod tests {
                 assert_eq!(w.role(local), tcpstate_common::Role::Client);
             }
         }
+    }
+
+    #[test]
+    fn dual_stack_sockets_count_by_their_ipv4_address() {
+        // An AF_INET6 listener on [::] reports IPv4 peers as ::ffff:a.b.c.d.
+        let socks = vec![
+            sock(
+                KernelState::Conn(TcpState::CloseWait),
+                ("::ffff:192.0.2.1", 80),
+                ("::ffff:192.0.2.2", 40000),
+            ),
+            sock(
+                KernelState::Conn(TcpState::Established),
+                ("::ffff:127.0.0.1", 80),
+                ("::ffff:127.0.0.1", 41000),
+            ),
+        ];
+        let host = Scope {
+            host: ["192.0.2.1".parse().unwrap()].into(),
+            loopback: false,
+        };
+        let recs = records(&socks, &host, 1);
+        assert_eq!(
+            recs.len(),
+            1,
+            "the host address, however the socket spells it"
+        );
+        let loopback = Scope {
+            host: HashSet::new(),
+            loopback: true,
+        };
+        assert_eq!(
+            records(&socks, &loopback, 1).len(),
+            1,
+            "mapped loopback is loopback"
+        );
     }
 
     #[test]
