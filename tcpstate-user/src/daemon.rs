@@ -211,10 +211,12 @@ fn spawn_sweeper(
                         }
                     }
                 }
-                // Sleep in short steps so shutdown is prompt.
+                // Sleep in short steps so shutdown is prompt. A walk that took long (a huge table)
+                // stretches the pause, so sweeping never takes more than a tenth of one CPU.
+                let pause = sweeper::pause_after(interval, report.duration);
                 let mut slept = Duration::ZERO;
-                while slept < interval && !stop.load(Ordering::Relaxed) {
-                    let step = Duration::from_millis(100).min(interval - slept);
+                while slept < pause && !stop.load(Ordering::Relaxed) {
+                    let step = Duration::from_millis(100).min(pause - slept);
                     std::thread::sleep(step);
                     slept += step;
                 }

@@ -70,11 +70,10 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let mut views: Vec<FlowView> = flows
-        .0
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(key, rec)| FlowView { key, rec })
+    let mut all = Vec::new();
+    flows.for_each(|key, rec| all.push(FlowView { key, rec }))?;
+    let mut views: Vec<FlowView> = all
+        .into_iter()
         .filter(|v| {
             let w = v.rec.word();
             state_filter.is_none_or(|s| w.state(Side::A) == s || w.state(Side::B) == s)

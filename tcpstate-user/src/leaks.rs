@@ -65,7 +65,7 @@ pub fn run(args: &LeaksArgs) -> anyhow::Result<bool> {
         })
         .collect();
     let mut found = Vec::new();
-    for (key, rec) in flows.0.iter().filter_map(Result::ok) {
+    flows.for_each(|key, rec| {
         let w = rec.word();
         for side in [Side::A, Side::B] {
             if !w.is_counted(side) || w.state(side) != TcpState::CloseWait {
@@ -87,7 +87,7 @@ pub fn run(args: &LeaksArgs) -> anyhow::Result<bool> {
                 inode,
             ));
         }
-    }
+    })?;
     let inodes: HashSet<u32> = found.iter().filter_map(|f| f.4).collect();
     let owners = owners(&inodes);
     let leaks: Vec<Leak> = found

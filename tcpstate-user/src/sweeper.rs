@@ -46,6 +46,16 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Most of one CPU the sweeper may use: after a walk that took `d`, it waits at least
+/// `d * (1 / SWEEP_DUTY - 1)`.
+pub const SWEEP_DUTY: f64 = 0.1;
+
+/// The pause before the next walk: the configured interval, or longer when the last walk was slow
+/// enough that the interval would let sweeping exceed [`SWEEP_DUTY`].
+pub fn pause_after(interval: Duration, last_walk: Duration) -> Duration {
+    interval.max(last_walk.mul_f64(1.0 / SWEEP_DUTY - 1.0))
+}
+
 /// One walk. Deletions are booked in `user`; returns how many flows were removed.
 pub fn sweep(
     flows: &mut Flows,
@@ -59,14 +69,18 @@ pub fn sweep(
     let mut expired: Vec<(FlowKey, FlowRecord, Expired)> = Vec::new();
     let mut seen: Vec<PortEndpoint> = Vec::new();
     let mut visited = 0u64;
-    for item in flows.0.iter() {
-        let Ok((key, rec)) = item else { continue };
+    let walked = flows.for_each(|key, rec| {
         visited += 1;
         // A flow this walk expires is not in the figures it serves.
         match expiry::decide(&rec, now, t) {
             Some(why) => expired.push((key, rec, why)),
             None => seen.extend(ports::endpoints(&key, &rec, now)),
         }
+    });
+    if let Err(e) = walked {
+        // A partial walk would serve partial figures: keep the last complete report instead.
+        warn!(error = %e, "the sweep could not read the flow table");
+        return 0;
     }
     let candidates: BTreeSet<u16> = leaks
         .listeners
@@ -99,4 +113,21 @@ pub fn sweep(
     report.visited = visited;
     report.sweeps += 1;
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_walks_stretch_the_pause_to_bound_the_duty_cycle() {
+        let s = Duration::from_secs;
+        // Quick walks: the configured cadence.
+        assert_eq!(pause_after(s(1), Duration::from_millis(20)), s(1));
+        // A 500 ms walk: 4.5 s of rest, so walking is 10% of the time.
+        let pause = pause_after(s(1), Duration::from_millis(500));
+        assert_eq!(pause, Duration::from_millis(4500));
+        let duty = 0.5 / (0.5 + pause.as_secs_f64());
+        assert!((duty - SWEEP_DUTY).abs() < 1e-9, "{duty}");
+    }
 }
