@@ -14,16 +14,22 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Hook {
+    /// XDP on ingress (`--ingress-hook xdp`).
     Xdp = 0,
-    Tc = 1,
+    /// TC (TCX) on egress: host mode's segments sent by local endpoints.
+    TcEgress = 1,
+    /// TC (TCX) on ingress, the default ingress hook.
+    TcIngress = 2,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 2] = [Hook::Xdp, Hook::Tc];
+    pub const COUNT: usize = 3;
+    pub const ALL: [Hook; Self::COUNT] = [Hook::Xdp, Hook::TcEgress, Hook::TcIngress];
     pub const fn name(self) -> &'static str {
         match self {
             Hook::Xdp => "xdp",
-            Hook::Tc => "tc",
+            Hook::TcEgress => "tc_egress",
+            Hook::TcIngress => "tc_ingress",
         }
     }
 }
@@ -84,7 +90,7 @@ pub mod idx {
     /// `[hook]`: TCP segments examined.
     pub const SEGMENTS: u32 = CONN + 2 * STATES;
     /// `[direction][state]`: accepted RSTs by the counted endpoint's state before it.
-    pub const RESETS: u32 = SEGMENTS + 2;
+    pub const RESETS: u32 = SEGMENTS + Hook::COUNT as u32;
     /// `[InvalidReason]`.
     pub const INVALID: u32 = RESETS + 2 * STATES;
     /// `[SkipReason]`: frames the parser could not take as a TCP segment.

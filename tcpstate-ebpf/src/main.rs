@@ -66,18 +66,36 @@ pub fn tcpstate_xdp_tap(ctx: XdpContext) -> u32 {
 /// Host mode, egress: segments local endpoints send.
 #[classifier]
 pub fn tcpstate_tc_egress(ctx: TcContext) -> i32 {
+    tc_track(&ctx, Hook::TcEgress, View::HostEgress)
+}
+
+/// Host mode, ingress (the default ingress hook): segments arriving for local endpoints.
+#[classifier]
+pub fn tcpstate_tc_ingress(ctx: TcContext) -> i32 {
+    tc_track(&ctx, Hook::TcIngress, View::HostIngress)
+}
+
+/// Tap mode on TC ingress: a port that sees both directions.
+#[classifier]
+pub fn tcpstate_tc_tap(ctx: TcContext) -> i32 {
+    tc_track(&ctx, Hook::TcIngress, View::Tap)
+}
+
+/// The TC programs' body: parse (pulling headers into the linear area if needed), track, log.
+#[inline(always)]
+fn tc_track(ctx: &TcContext, hook: Hook, view: View) -> i32 {
     // Not pulled: a frame whose EtherType is outside the linear area reads as "could be" and goes
     // through the full path below.
-    if !could_be_tcp(&Frame::tc(&ctx)) {
+    if !could_be_tcp(&Frame::tc(ctx)) {
         return TCX_NEXT;
     }
     let Some(scratch) = Scratch::get() else {
         return TCX_NEXT;
     };
-    let frame = Frame::tc(&ctx);
+    let frame = Frame::tc(ctx);
     let mut status = parse_frame(&frame, &mut scratch.pkt);
-    // Headers outside the linear area (possible for locally built skbs): pull them in and parse
-    // again. Only the parse repeats.
+    // Headers outside the linear area (possible for locally built skbs, and for GRO aggregates
+    // on ingress): pull them in and parse again. Only the parse repeats.
     if status == ParseStatus::Skip(SkipReason::Truncated) && frame.total_len() > frame.readable() {
         let want = if ctx.len() < TC_PULL {
             ctx.len()
@@ -85,12 +103,12 @@ pub fn tcpstate_tc_egress(ctx: TcContext) -> i32 {
             TC_PULL
         };
         if ctx.pull_data(want).is_ok() {
-            status = parse_frame(&Frame::tc(&ctx), &mut scratch.pkt);
+            status = parse_frame(&Frame::tc(ctx), &mut scratch.pkt);
         }
     }
-    track(status, scratch, Hook::Tc, View::HostEgress);
+    track(status, scratch, hook, view);
     if logging() {
-        log_event(&ctx, scratch);
+        log_event(ctx, scratch);
     }
     TCX_NEXT
 }

@@ -15,10 +15,12 @@ use aya::{
 };
 use tcpstate_common::{
     maps::{self, Config, UserCounters, CAPACITY_SLACK},
-    state::{open, step},
-    tcp::{flags::*, Segment, WSCALE_NONE},
+    tcp::flags::*,
     FlowKey, FlowRecord,
 };
+
+mod benchkit;
+use benchkit::{median, monotonic_ns, report, Figure, Goal, CLIENT_ISN, SERVER_ISN};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate"));
 
@@ -26,32 +28,6 @@ const REPEAT: u32 = 1_000_000;
 const RUNS: usize = 5;
 const SINGLE_RUNS: usize = 4_000;
 const BIG_TABLE: u32 = 1_000_000;
-const CLIENT_ISN: u32 = 1_000;
-const SERVER_ISN: u32 = 9_000_000;
-
-/// One line of the report.
-struct Figure {
-    name: String,
-    unit: &'static str,
-    baseline: f64,
-    value: f64,
-    target: Option<f64>,
-}
-
-impl Figure {
-    fn delta(&self) -> f64 {
-        self.value - self.baseline
-    }
-    fn pass(&self) -> Option<bool> {
-        self.target.map(|t| self.delta() <= t)
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn test_run<P>(prog: &P, frame: &[u8], repeat: u32) -> Duration
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
@@ -116,23 +92,9 @@ fn words6(a: [u8; 16]) -> [u32; 4] {
     FlowKey::addr_words(a.into())
 }
 
-/// The record of an established connection, built by the real state machine from a handshake
-/// seen by host-mode XDP on the server (the server is the counted side).
+/// An established connection's record, stamped now.
 fn established(client: [u32; 4], cport: u16, server: [u32; 4]) -> (FlowKey, FlowRecord) {
-    let (key, c) = FlowKey::canonical(client, cport, server, 80);
-    let s = c.other();
-    let seg = |flags, seq, ack| Segment {
-        seq,
-        ack,
-        len: 0,
-        win: 65_000,
-        flags,
-        wscale: WSCALE_NONE,
-    };
-    let (_, st) = open(c, &seg(SYN, CLIENT_ISN, 0), s.bit(), 1, key.port).expect("a SYN opens");
-    let st = step(&st.rec, s, &seg(SYN | ACK, SERVER_ISN, CLIENT_ISN + 1), 2);
-    let st = step(&st.rec, c, &seg(ACK, CLIENT_ISN + 1, SERVER_ISN + 1), 3);
-    (key, st.rec)
+    benchkit::established(client, cport, server, 80, monotonic_ns())
 }
 
 struct Bench {
@@ -208,18 +170,6 @@ impl Bench {
             v.push(test_run(prog(self), frame, 1).as_nanos() as f64);
         }
         median(v)
-    }
-}
-
-impl Figure {
-    fn ns(name: &str, baseline: f64, value: f64, target: Option<f64>) -> Figure {
-        Figure {
-            name: name.into(),
-            unit: "ns/packet",
-            baseline,
-            value,
-            target,
-        }
     }
 }
 
@@ -394,10 +344,11 @@ fn main() {
             unit: "bytes",
             baseline: 0.0,
             value: bytes as f64 / (clients.len() + 2) as f64,
+            goal: Goal::ValueAtMost,
             target: Some(128.0),
         });
     }
-    report(&figures);
+    report("kernel", &figures);
 }
 
 /// The flow map's `memlock` from /proc/self/fdinfo (the kernel's own accounting of its memory).
@@ -412,51 +363,4 @@ fn map_memlock(b: &Bench) -> Option<u64> {
     info.lines()
         .find_map(|l| l.strip_prefix("memlock:"))
         .and_then(|v| v.trim().parse().ok())
-}
-
-fn report(figures: &[Figure]) {
-    println!(
-        "{:<58} {:>10} {:>10} {:>9} {:>8}  result",
-        "figure", "baseline", "value", "delta", "target"
-    );
-    for f in figures {
-        let target = f.target.map_or("-".to_string(), |t| format!("+{t}"));
-        let result = match f.pass() {
-            Some(true) => "pass",
-            Some(false) => "FAIL",
-            None => "(no target)",
-        };
-        println!(
-            "{:<58} {:>10.1} {:>10.1} {:>+9.1} {:>8}  {result} ({})",
-            f.name,
-            f.baseline,
-            f.value,
-            f.delta(),
-            target,
-            f.unit
-        );
-    }
-    let json: Vec<String> = figures
-        .iter()
-        .map(|f| {
-            format!(
-                "  {{\"name\": {:?}, \"unit\": {:?}, \"baseline\": {:.1}, \"value\": {:.1}, \"delta\": {:.1}, \"target\": {}, \"pass\": {}}}",
-                f.name,
-                f.unit,
-                f.baseline,
-                f.value,
-                f.delta(),
-                f.target.map_or("null".into(), |t| format!("{t}")),
-                f.pass().map_or("null".into(), |p| p.to_string())
-            )
-        })
-        .collect();
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench"));
-    fs::create_dir_all(&dir).unwrap();
-    fs::write(
-        dir.join("report.json"),
-        format!("[\n{}\n]\n", json.join(",\n")),
-    )
-    .unwrap();
-    println!("wrote {}", dir.join("report.json").display());
 }

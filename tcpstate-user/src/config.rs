@@ -3,7 +3,7 @@
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time};
 
 use crate::{
-    cli::{Mode, RunArgs, XdpModeArg},
+    cli::{IngressHook, Mode, RunArgs, XdpModeArg},
     error::Preflight,
     netif,
 };
@@ -68,6 +68,7 @@ pub struct Attachment {
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub attachments: Vec<Attachment>,
+    pub ingress_hook: IngressHook,
     pub xdp_mode: XdpModeArg,
     pub listen: SocketAddr,
     pub capacity: u32,
@@ -134,6 +135,7 @@ impl RunConfig {
         };
         Ok(RunConfig {
             attachments,
+            ingress_hook: a.ingress_hook,
             xdp_mode: a.xdp_mode,
             listen: a.listen,
             capacity: a.max_flows,

@@ -37,6 +37,8 @@ pub enum Preflight {
     IncompatiblePins { dir: PathBuf, what: String },
     #[error("interface {iface:?} already has an XDP program attached (another tool, or a tcpstate still running): detach it with `ip link set {iface} xdp off`, or stop the other tcpstate")]
     XdpBusy { iface: String },
+    #[error("interface {iface:?} is already watched by another tcpstate (its TC programs are attached): stop that daemon first, or watch another interface")]
+    AlreadyWatched { iface: String },
     #[error("cannot listen on {addr}: {source}; pick another address with --listen")]
     Listen {
         addr: std::net::SocketAddr,

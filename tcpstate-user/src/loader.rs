@@ -1,6 +1,6 @@
 //! Loading the kernel programs, pinning their maps and attaching them to interfaces.
 //!
-//! Programs are attached through bpf_link (XDP) and TCX (TC egress, Linux 6.6+), both owned by
+//! Programs are attached through TCX (TC ingress and egress, Linux 6.6+) or bpf_link (XDP), owned by
 //! file descriptors of this process: when the daemon exits, however it exits, the kernel detaches
 //! them. The maps are pinned so that the flows (and their ages) outlive a restart.
 
@@ -12,14 +12,14 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tcpstate_common::{
-    counters::idx,
+    counters::{idx, Hook},
     flow::{FlowKey, FlowRecord},
     maps::{self, Config, CAPACITY_SLACK},
 };
 use tracing::info;
 
 use crate::{
-    cli::{Mode, XdpModeArg},
+    cli::{IngressHook, Mode, XdpModeArg},
     config::RunConfig,
     error::Preflight,
     netif,
@@ -63,6 +63,11 @@ pub fn preflight(cfg: &RunConfig) -> Result<(), Preflight> {
         }
         if !netif::is_up(&a.iface) {
             return Err(Preflight::InterfaceDown(a.iface.clone()));
+        }
+        if watched_by_tcpstate(&a.iface) {
+            return Err(Preflight::AlreadyWatched {
+                iface: a.iface.clone(),
+            });
         }
     }
     Ok(())
@@ -196,41 +201,90 @@ pub fn load(cfg: &RunConfig) -> anyhow::Result<Ebpf> {
     Ok(ebpf)
 }
 
-/// Attaches the programs each interface's mode needs.
+/// Whether a tcpstate's TC programs sit on the interface already. TCX stacks programs, so a second
+/// daemon would attach without complaint and both would count every segment.
+fn watched_by_tcpstate(iface: &str) -> bool {
+    [TcAttachType::Ingress, TcAttachType::Egress]
+        .into_iter()
+        .filter_map(|at| SchedClassifier::query_tcx(iface, at).ok())
+        .flat_map(|(_, progs)| progs)
+        // Kernel program names are cut at 15 bytes: "tcpstate_tc_ing".
+        .any(|p| {
+            p.name_as_str()
+                .is_some_and(|n| n.starts_with("tcpstate_tc") && n != "tcpstate_tc_pas")
+        })
+}
+
+/// Attaches the programs each interface's mode needs: the ingress hook chosen (TC by default,
+/// or XDP), and in host mode TC egress.
 pub fn attach(ebpf: &mut Ebpf, cfg: &RunConfig) -> anyhow::Result<Vec<Attached>> {
     let mut done = Vec::new();
     for a in &cfg.attachments {
-        let prog = match a.mode {
-            Mode::Host => "tcpstate_xdp_host",
-            Mode::Tap => "tcpstate_xdp_tap",
-        };
-        let mode = attach_xdp(ebpf, prog, &a.iface, cfg.xdp_mode)?;
-        log_verifier_cost(ebpf, prog);
-        info!(iface = %a.iface, mode, program = prog, "attached XDP");
-        done.push(Attached {
-            iface: a.iface.clone(),
-            hook: "xdp",
-            mode,
-        });
-        if a.mode == Mode::Host {
-            let tc: &mut SchedClassifier = ebpf
-                .program_mut("tcpstate_tc_egress")
-                .expect("object has tc program")
-                .try_into()?;
-            if tc.fd().is_err() {
-                tc.load()?;
+        let attached = match (cfg.ingress_hook, a.mode) {
+            (IngressHook::Xdp, mode) => {
+                let prog = match mode {
+                    Mode::Host => "tcpstate_xdp_host",
+                    Mode::Tap => "tcpstate_xdp_tap",
+                };
+                let xdp_mode = attach_xdp(ebpf, prog, &a.iface, cfg.xdp_mode)?;
+                log_verifier_cost(ebpf, prog);
+                info!(iface = %a.iface, mode = xdp_mode, program = prog, "attached XDP");
+                Attached {
+                    iface: a.iface.clone(),
+                    hook: Hook::Xdp.name(),
+                    mode: xdp_mode,
+                }
             }
-            tc.attach(&a.iface, TcAttachType::Egress)?;
-            log_verifier_cost(ebpf, "tcpstate_tc_egress");
-            info!(iface = %a.iface, "attached TC egress (tcx)");
-            done.push(Attached {
-                iface: a.iface.clone(),
-                hook: "tc",
-                mode: "tcx",
-            });
+            (IngressHook::Tc, mode) => {
+                let prog = match mode {
+                    Mode::Host => "tcpstate_tc_ingress",
+                    Mode::Tap => "tcpstate_tc_tap",
+                };
+                attach_tc(ebpf, prog, &a.iface, TcAttachType::Ingress, Hook::TcIngress)?
+            }
+        };
+        done.push(attached);
+        if a.mode == Mode::Host {
+            done.push(attach_tc(
+                ebpf,
+                "tcpstate_tc_egress",
+                &a.iface,
+                TcAttachType::Egress,
+                Hook::TcEgress,
+            )?);
         }
     }
     Ok(done)
+}
+
+/// TCX (Linux 6.6+): programs stack on the hook, so nothing another tool attached is displaced.
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    iface: &str,
+    at: TcAttachType,
+    hook: Hook,
+) -> anyhow::Result<Attached> {
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(prog)
+        .expect("object has the tc program")
+        .try_into()?;
+    if tc.fd().is_err() {
+        tc.load()?;
+    }
+    tc.attach(iface, at)?;
+    log_verifier_cost(ebpf, prog);
+    info!(
+        iface,
+        hook = hook.name(),
+        program = prog,
+        "attached TC (tcx)"
+    );
+    Ok(Attached {
+        iface: iface.to_string(),
+        hook: hook.name(),
+        mode: "tcx",
+    })
 }
 
 fn attach_xdp(

@@ -381,8 +381,8 @@ pub fn describe() -> prometheus::Result<Vec<u8>> {
         .insert(crate::ports::OTHER.to_string(), Default::default());
     let attached = [Attached {
         iface: "eth0".into(),
-        hook: "xdp",
-        mode: "native",
+        hook: "tc_ingress",
+        mode: "tcx",
     }];
     render(&Scrape {
         totals: &totals,

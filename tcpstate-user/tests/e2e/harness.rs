@@ -197,6 +197,19 @@ impl Pair {
         }
     }
 
+    /// Names of the programs on the server interface's TCX hooks (ingress, then egress).
+    pub fn tcx_programs(&self) -> Vec<String> {
+        let iface = self.srv_if.clone();
+        self.srv.enter(move || {
+            use aya::programs::{tc::TcAttachType, SchedClassifier};
+            [TcAttachType::Ingress, TcAttachType::Egress]
+                .into_iter()
+                .flat_map(|at| SchedClassifier::query_tcx(&iface, at).expect("query tcx").1)
+                .map(|info| info.name_as_str().unwrap_or("?").to_string())
+                .collect()
+        })
+    }
+
     pub fn listen(&self, ip: &str, port: u16) -> TcpListener {
         let addr = SocketAddr::new(ip.parse().unwrap(), port);
         self.srv
@@ -353,6 +366,12 @@ impl Daemon {
         );
     }
 
+    /// The daemon's process id (nsenter execs it, so this is tcpstate itself).
+    #[allow(dead_code, reason = "the system benchmark reads the daemon's CPU and memory")]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -420,7 +439,17 @@ impl Daemon {
 
     /// Waits until `pred` holds for the metrics, or panics with `what` and the last metrics.
     pub fn wait_for(&self, what: &str, pred: impl Fn(&Metrics) -> bool) -> Metrics {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_for_within(what, Duration::from_secs(10), pred)
+    }
+
+    /// As `wait_for`, with the deadline given.
+    pub fn wait_for_within(
+        &self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&Metrics) -> bool,
+    ) -> Metrics {
+        let deadline = Instant::now() + within;
         loop {
             let m = self.metrics();
             if pred(&m) {

@@ -129,7 +129,10 @@ fn tagged_and_malformed_frames_are_counted_and_pass() {
     );
     // Tagged SYN, QinQ SYN, fragment... only well-formed TCP headers count as segments: the two
     // SYNs and the SYN+FIN.
-    assert_eq!(delta("tcpstate_segments_total", &[("hook", "xdp")]), 3.0);
+    assert_eq!(
+        delta("tcpstate_segments_total", &[("hook", "tc_ingress")]),
+        3.0
+    );
     // Remote SYNs with no answer: the local endpoint is not in any state, so no gauge moved.
     assert_eq!(m.states(), Default::default());
 

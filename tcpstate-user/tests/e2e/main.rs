@@ -33,8 +33,18 @@ fn host_daemon(p: &Pair, extra: &[&str]) -> Daemon {
 
 #[test]
 fn client_closes_first() {
+    client_closes_first_with(&[]);
+}
+
+/// The same lifecycle seen by XDP instead of TC on ingress.
+#[test]
+fn client_closes_first_with_xdp_ingress() {
+    client_closes_first_with(&["--ingress-hook", "xdp"]);
+}
+
+fn client_closes_first_with(hook: &[&str]) {
     let p = Pair::new();
-    let d = host_daemon(&p, FAST);
+    let d = host_daemon(&p, &[FAST, hook].concat());
     let l = p.listen(SERVER_V4, 8080);
     let mut c = p.connect(SERVER_V4, 8080);
     let (mut s, _) = l.accept().unwrap();
@@ -81,6 +91,13 @@ fn client_closes_first() {
         p.cli.ss_states().get("time_wait") == Some(&1),
         "the client holds TIME_WAIT"
     );
+    let m = d.metrics();
+    let ingress = if hook.is_empty() { "tc_ingress" } else { "xdp" };
+    for h in ["xdp", "tc_ingress", "tc_egress"] {
+        let seen = m.get("tcpstate_segments_total", &[("hook", h)]);
+        let expected = h == ingress || h == "tc_egress";
+        assert_eq!(seen > 0.0, expected, "segments on hook {h}: {seen}");
+    }
     promtool_check(&d.raw_metrics());
 }
 
@@ -412,10 +429,11 @@ fn tap_mode_on_loopback_counts_both_ends() {
     assert_eq!(d.metrics().connections("client", "time_wait"), 1.0);
     let m = d.metrics();
     assert_eq!(
-        m.get("tcpstate_segments_total", &[("hook", "tc")]),
+        m.get("tcpstate_segments_total", &[("hook", "tc_egress")]),
         0.0,
-        "tap mode attaches no TC program"
+        "tap mode attaches no egress program"
     );
+    assert!(m.get("tcpstate_segments_total", &[("hook", "tc_ingress")]) > 0.0);
     promtool_check(&m.text);
 }
 
@@ -470,23 +488,17 @@ fn sigterm_detaches_every_program() {
         .collect();
     assert!(
         ours.len() >= 2,
-        "the daemon loaded its XDP and TC programs: {ours:?}"
+        "the daemon loaded its TC ingress and egress programs: {ours:?}"
     );
-    assert!(
-        p.srv
-            .ip(&["link", "show", "dev", &p.srv_if])
-            .contains("xdp"),
-        "XDP attached while running"
+    assert_eq!(
+        p.tcx_programs(),
+        ["tcpstate_tc_ing", "tcpstate_tc_egr"],
+        "TC ingress and egress attached while running"
     );
     let pins = d.pin_dir.clone();
     let status = d.stop_keep_pins();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
-    assert!(
-        !p.srv
-            .ip(&["link", "show", "dev", &p.srv_if])
-            .contains("xdp"),
-        "XDP detached after SIGTERM"
-    );
+    assert!(p.tcx_programs().is_empty(), "TCX detached after SIGTERM");
     let left: Vec<u32> = tcpstate_program_ids()
         .into_iter()
         .filter(|id| ours.contains(id))

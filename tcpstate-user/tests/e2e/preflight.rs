@@ -26,8 +26,16 @@ fn check_attaches_and_detaches_or_names_what_is_missing() {
     let (code, out, err) = check(&p.srv, &["--iface", &p.srv_if]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
+        out.contains(&format!("{} tc_ingress (tcx)", p.srv_if))
+            && out.contains(&format!("{} tc_egress (tcx)", p.srv_if)),
+        "{out}"
+    );
+    assert!(p.tcx_programs().is_empty(), "detached again");
+    let (code, out, err) = check(&p.srv, &["--iface", &p.srv_if, "--ingress-hook", "xdp"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
         out.contains(&format!("{} xdp (native)", p.srv_if))
-            && out.contains(&format!("{} tc (tcx)", p.srv_if)),
+            && out.contains(&format!("{} tc_egress (tcx)", p.srv_if)),
         "{out}"
     );
     assert!(
@@ -63,16 +71,23 @@ fn check_attaches_and_detaches_or_names_what_is_missing() {
     );
     p.srv.ip(&["link", "set", &p.srv_if, "up"]);
 
-    // A daemon already attached: the check says so instead of fighting over the hook.
+    // A daemon already attached: the check says so instead of stacking a second tracker on TCX
+    // (which would double-count) or fighting over the XDP hook.
     let d = Daemon::host(&p, &[]);
     let (code, _, err) = check(&p.srv, &["--iface", &p.srv_if]);
     assert_eq!((code, err.lines().count()), (2, 1), "{err}");
-    assert!(err.contains("already has an XDP program attached"), "{err}");
+    assert!(err.contains("already watched by another tcpstate"), "{err}");
     assert_eq!(
         d.metrics().get("tcpstate_flow_table_capacity", &[]),
         131072.0,
         "the running daemon is untouched"
     );
+    drop(d);
+    let d = Daemon::host(&p, &["--ingress-hook", "xdp"]);
+    let (code, _, err) = check(&p.srv, &["--iface", &p.srv_if, "--ingress-hook", "xdp"]);
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+    assert!(err.contains("already"), "{err}");
+    drop(d);
 }
 
 #[test]

@@ -1,0 +1,804 @@
+//! The tracker as a system: real TCP over veth between namespaces with the daemon attached versus
+//! not (alternating runs), /metrics latency and the daemon's own cost against table size, and
+//! tcpstate beside node_exporter's tcpstat collector on the same sockets. Needs root. Run by
+//! `cargo xtask bench`, which prints the report; this writes `target/bench/system.json`.
+//!
+//! Every figure is a ratio against a baseline measured in the same run: no tracker, the smallest
+//! table, or node_exporter.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap, Map, MapData};
+use tcpstate_common::{maps, FlowKey, FlowRecord};
+
+mod benchkit;
+#[path = "../tests/e2e/harness.rs"]
+#[allow(
+    dead_code,
+    unused_imports,
+    reason = "the benchmark uses part of the e2e harness"
+)]
+mod harness;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use benchkit::{median, monotonic_ns, quantile, report, Figure, Goal};
+use harness::{Daemon, Netns, Opts, Pair, SERVER_V4};
+
+/// Alternating runs per mode (without, with) for the veth figures; each figure is their median.
+const ROUNDS: usize = 5;
+const RUN: Duration = Duration::from_secs(3);
+/// Table sizes for the scrape figures.
+const SIZES: [u32; 3] = [10_000, 100_000, 1_000_000];
+const SCRAPES: usize = 300;
+/// Window over which the daemon's CPU time is read at each table size.
+const CPU_WINDOW: Duration = Duration::from_secs(30);
+/// Real sockets for the node_exporter comparison (each connection is two sockets on loopback).
+const CONNECTIONS: [usize; 2] = [10_000, 50_000];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(HOLD) {
+        return hold(&args[1..]);
+    }
+    raise_fd_limit();
+    // TCPSTATE_BENCH_ONLY=veth|scrape|node_exporter runs one part (while working on it).
+    let only = std::env::var("TCPSTATE_BENCH_ONLY").ok();
+    let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    let mut figures = Vec::new();
+    if wanted("veth") {
+        veth(&mut figures);
+    }
+    if wanted("scrape") {
+        scrape_against_table_size(&mut figures);
+    }
+    if wanted("node_exporter") {
+        beside_node_exporter(&mut figures);
+    }
+    report("system", &figures);
+}
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate"));
+
+/// The pass-only programs attached where the daemon attaches its own: what a hook costs with no
+/// tracking at all. Detached on drop.
+struct PassOnly(#[allow(dead_code, reason = "owns the links")] aya::Ebpf);
+
+impl PassOnly {
+    fn attach(p: &Pair, ingress: Ingress) -> PassOnly {
+        use aya::programs::{tc::TcAttachType, SchedClassifier, Xdp, XdpMode};
+        let iface = p.srv_if.clone();
+        PassOnly(p.srv.enter(move || {
+            let mut ebpf = aya::EbpfLoader::new()
+                .override_global(aya_log::LEVEL, &0u8, true)
+                .load(OBJECT)
+                .expect("load the object");
+            let tc: &mut SchedClassifier = ebpf
+                .program_mut("tcpstate_tc_pass")
+                .unwrap()
+                .try_into()
+                .unwrap();
+            tc.load().unwrap();
+            tc.attach(&iface, TcAttachType::Egress).expect("tcx egress");
+            match ingress {
+                Ingress::Tc => {
+                    tc.attach(&iface, TcAttachType::Ingress)
+                        .expect("tcx ingress");
+                }
+                Ingress::Xdp => {
+                    let x: &mut Xdp = ebpf
+                        .program_mut("tcpstate_xdp_pass")
+                        .unwrap()
+                        .try_into()
+                        .unwrap();
+                    x.load().unwrap();
+                    x.attach(&iface, XdpMode::Driver)
+                        .expect("native XDP on veth");
+                }
+            }
+            ebpf
+        }))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ingress {
+    Tc,
+    Xdp,
+}
+
+/// What is attached to the server's veth during a run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attach {
+    Nothing,
+    PassOnly(Ingress),
+    Tracker(Ingress),
+}
+
+impl Attach {
+    const ALL: [Attach; 5] = [
+        Attach::Nothing,
+        Attach::PassOnly(Ingress::Tc),
+        Attach::PassOnly(Ingress::Xdp),
+        Attach::Tracker(Ingress::Tc),
+        Attach::Tracker(Ingress::Xdp),
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Attach::Nothing => "none",
+            Attach::PassOnly(Ingress::Tc) => "pass-only tc hooks",
+            Attach::PassOnly(Ingress::Xdp) => "pass-only xdp + tc hooks",
+            Attach::Tracker(Ingress::Tc) => "tracker (tc ingress, the default)",
+            Attach::Tracker(Ingress::Xdp) => "tracker (--ingress-hook xdp)",
+        }
+    }
+}
+
+/// Keeps whatever a run attached alive for the run.
+enum Attached {
+    Nothing,
+    Pass(#[allow(dead_code, reason = "detaches on drop")] PassOnly),
+    Daemon(Daemon),
+}
+
+impl Attached {
+    fn new(p: &Pair, a: Attach) -> Attached {
+        match a {
+            Attach::Nothing => Attached::Nothing,
+            Attach::PassOnly(i) => Attached::Pass(PassOnly::attach(p, i)),
+            Attach::Tracker(i) => {
+                let hook = if i == Ingress::Xdp { "xdp" } else { "tc" };
+                Attached::Daemon(Daemon::host(
+                    p,
+                    &["--max-flows", "1000000", "--ingress-hook", hook],
+                ))
+            }
+        }
+    }
+}
+
+/// Bulk throughput and short-connection rate over veth with nothing attached, with pass-only
+/// programs on the hooks, and with the daemon, in alternating runs so drift hits all alike.
+fn veth(figures: &mut Vec<Figure>) {
+    let p = Pair::new();
+    let mut bulk: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut conns: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut port = 5000;
+    for _ in 0..ROUNDS {
+        for (i, a) in Attach::ALL.into_iter().enumerate() {
+            let attached = Attached::new(&p, a);
+            port += 2;
+            bulk.entry(i).or_default().push(bulk_gbps(&p, port));
+            // Connection rate: with nothing and with the tracker (the hooks alone cost nothing
+            // per connection that bulk does not show).
+            if !matches!(a, Attach::PassOnly(_)) {
+                conns
+                    .entry(i)
+                    .or_default()
+                    .push(connections_per_s(&p, port + 1));
+            }
+            if let Attached::Daemon(d) = &attached {
+                // The tracker must have seen the traffic it is said to have carried.
+                let m = d.metrics();
+                let hook = if a == Attach::Tracker(Ingress::Xdp) {
+                    "xdp"
+                } else {
+                    "tc_ingress"
+                };
+                let segments = m.get("tcpstate_segments_total", &[("hook", hook)]);
+                assert!(
+                    segments > 1000.0,
+                    "the tracker saw {segments} segments on {hook}"
+                );
+            }
+        }
+    }
+    let bulk: BTreeMap<usize, f64> = bulk.into_iter().map(|(i, v)| (i, median(v))).collect();
+    let conns: BTreeMap<usize, f64> = conns.into_iter().map(|(i, v)| (i, median(v))).collect();
+    for (i, a) in Attach::ALL.into_iter().enumerate().skip(1) {
+        let default = a == Attach::Tracker(Ingress::Tc);
+        figures.push(Figure {
+            name: format!("veth bulk tcp throughput, {} / none", a.name()),
+            unit: "Gbit/s",
+            baseline: bulk[&0],
+            value: bulk[&i],
+            goal: Goal::RatioAtLeast,
+            target: default.then_some(0.95),
+        });
+        if let Some(c) = conns.get(&i) {
+            figures.push(Figure {
+                name: format!("veth short connections, {} / none", a.name()),
+                unit: "connections/s",
+                baseline: conns[&0],
+                value: *c,
+                goal: Goal::RatioAtLeast,
+                target: default.then_some(0.90),
+            });
+        }
+    }
+}
+
+/// One client streams 256 KiB writes to the server for `RUN`; Gbit/s as the server received it.
+fn bulk_gbps(p: &Pair, port: u16) -> f64 {
+    let listener = p.listen(SERVER_V4, port);
+    let reader = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            match s.read(&mut buf).unwrap() {
+                0 => return total,
+                n => total += n as u64,
+            }
+        }
+    });
+    let mut c = p.connect(SERVER_V4, port);
+    let chunk = vec![0x5au8; 256 << 10];
+    let start = Instant::now();
+    while start.elapsed() < RUN {
+        c.write_all(&chunk).unwrap();
+    }
+    c.shutdown(Shutdown::Write).unwrap();
+    let bytes = reader.join().unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    bytes as f64 * 8.0 / secs / 1e9
+}
+
+/// One client opens, waits for the server's close, and closes connections back to back for
+/// `RUN` (a full handshake and teardown each, TIME_WAIT on the server as with HTTP/1.0).
+fn connections_per_s(p: &Pair, port: u16) -> f64 {
+    let listener = p.listen(SERVER_V4, port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_server = stop.clone();
+    listener.set_nonblocking(true).unwrap();
+    let server = thread::spawn(move || {
+        while !stop_server.load(Ordering::Relaxed) {
+            match listener.accept() {
+                // Closing at once sends the FIN first.
+                Ok((s, _)) => drop(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_micros(20))
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    });
+    let addr = SocketAddr::new(SERVER_V4.parse().unwrap(), port);
+    let done = p.cli.enter(move || {
+        let start = Instant::now();
+        let mut n = 0u64;
+        let mut byte = [0u8; 1];
+        while start.elapsed() < RUN {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            assert_eq!(s.read(&mut byte).unwrap(), 0, "the server closes");
+            n += 1;
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    });
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    done
+}
+
+/// /metrics latency, RSS and CPU with 10k, 100k and 1M flows in the table. The flows are
+/// established records built by the state machine and written into the running daemon's pinned
+/// table (a million real connections is not something one machine can hold open).
+fn scrape_against_table_size(figures: &mut Vec<Figure>) {
+    let ns = Netns::new("scrape");
+    let d = Daemon::start(
+        &ns,
+        &["--iface", "lo", "--max-flows", "1100000"],
+        Opts {
+            listen: "127.0.0.1:9477",
+            scrape_from: None,
+            scope: None,
+        },
+    );
+    let mut table: HashMap<MapData, FlowKey, FlowRecord> = HashMap::try_from(Map::HashMap(
+        MapData::from_pin(d.pin_dir.join(maps::FLOWS)).expect("the daemon's pinned flow table"),
+    ))
+    .unwrap();
+    let mut filled = 0u32;
+    let mut rows = Vec::new();
+    for size in SIZES {
+        let now = monotonic_ns();
+        while filled < size {
+            let (k, r) = synthetic_flow(filled, now);
+            table.insert(k, r, 0).expect("insert a flow");
+            filled += 1;
+        }
+        // Figures from a sweep that saw the whole table.
+        let m = d.wait_for_within(
+            "a sweep over the filled table",
+            Duration::from_secs(120),
+            |m| {
+                m.try_get("tcpstate_sweep_flows_visited", &[])
+                    .is_some_and(|v| v >= f64::from(size))
+            },
+        );
+        let sweep_s = m.get("tcpstate_sweep_duration_seconds", &[]);
+        let times = scrape_times(&ns, "127.0.0.1:9477", SCRAPES);
+        let cpu = cpu_seconds_per_minute(d.pid(), CPU_WINDOW);
+        let rss = (rss_mib(d.pid(), "VmRSS:"), rss_mib(d.pid(), "VmHWM:"));
+        rows.push((size, times, cpu, rss, sweep_s));
+    }
+    let (p50_0, p99_0) = (
+        quantile(rows[0].1.clone(), 0.5),
+        quantile(rows[0].1.clone(), 0.99),
+    );
+    let (cpu_0, rss_0, sweep_0) = (rows[0].2, rows[0].3, rows[0].4);
+    for (size, times, cpu, rss, sweep_s) in &rows {
+        let n = human(*size);
+        let (p50, p99) = (quantile(times.clone(), 0.5), quantile(times.clone(), 0.99));
+        figures.push(Figure {
+            name: format!("/metrics p50, {n} flows (baseline: 10k)"),
+            unit: "ms",
+            baseline: p50_0,
+            value: p50,
+            goal: Goal::RatioAtMost,
+            target: None,
+        });
+        figures.push(Figure {
+            name: format!("/metrics p99, {n} flows (baseline: 10k)"),
+            unit: "ms",
+            baseline: p99_0,
+            value: p99,
+            goal: Goal::ValueAtMost,
+            target: Some(5.0),
+        });
+        figures.push(Figure {
+            name: format!("daemon cpu, {n} flows (baseline: 10k)"),
+            unit: "cpu s/min",
+            baseline: cpu_0,
+            value: *cpu,
+            goal: Goal::RatioAtMost,
+            target: None,
+        });
+        figures.push(Figure {
+            name: format!("daemon rss, {n} flows (baseline: 10k)"),
+            unit: "MiB",
+            baseline: rss_0.0,
+            value: rss.0,
+            goal: Goal::RatioAtMost,
+            target: None,
+        });
+        figures.push(Figure {
+            name: format!("daemon peak rss, {n} flows (baseline: 10k)"),
+            unit: "MiB",
+            baseline: rss_0.1,
+            value: rss.1,
+            goal: Goal::RatioAtMost,
+            target: None,
+        });
+        figures.push(Figure {
+            name: format!("background sweep, {n} flows (baseline: 10k)"),
+            unit: "s",
+            baseline: sweep_0,
+            value: *sweep_s,
+            goal: Goal::RatioAtMost,
+            target: None,
+        });
+    }
+    let last = rows.last().unwrap();
+    figures.push(Figure {
+        name: "/metrics p99 flat: 1M flows / 10k flows".into(),
+        unit: "ms",
+        baseline: p99_0,
+        value: quantile(last.1.clone(), 0.99),
+        goal: Goal::RatioAtMost,
+        target: Some(1.5),
+    });
+}
+
+/// The `i`th synthetic flow: clients from 198.18.0.0/15 (the benchmarking range) to 64 server
+/// ports, one in twenty in CLOSE_WAIT so the per-port leak figures have work to do.
+fn synthetic_flow(i: u32, now_ns: u64) -> (FlowKey, FlowRecord) {
+    let client = [
+        198,
+        18 + (i >> 24) as u8 % 2,
+        (i >> 16) as u8,
+        (i >> 8) as u8,
+    ];
+    let cport = 1024 + (i & 0xff) as u16 * 200 + (i >> 8) as u16 % 200;
+    let server = [198, 19, 255, 1];
+    let sport = 8000 + (i % 64) as u16;
+    let words = |a: [u8; 4]| FlowKey::addr_words(a.into());
+    if i % 20 == 0 {
+        benchkit::close_wait(words(client), cport, words(server), sport, now_ns)
+    } else {
+        benchkit::established(words(client), cport, words(server), sport, now_ns)
+    }
+}
+
+fn human(n: u32) -> String {
+    match n {
+        n if n >= 1_000_000 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+/// Wall-clock milliseconds of `n` sequential GET /metrics from inside `ns`, each on a new
+/// connection as Prometheus makes when keep-alive is off, the body read to the end.
+fn scrape_times(ns: &Netns, addr: &str, n: usize) -> Vec<f64> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    ns.enter(move || {
+        (0..n)
+            .map(|_| {
+                let start = Instant::now();
+                let body = http_get(addr, "/metrics");
+                let ms = start.elapsed().as_secs_f64() * 1e3;
+                assert!(body.len() > 100, "an exposition came back");
+                ms
+            })
+            .collect()
+    })
+}
+
+/// GET `path` over HTTP/1.1 with `Connection: close`; the body of a 200 response.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let resp = String::from_utf8_lossy(&resp);
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    // node_exporter answers with chunked encoding; the sizes in between do not matter here.
+    body.to_string()
+}
+
+/// User plus system CPU seconds `pid` used per minute, over `window`.
+fn cpu_seconds_per_minute(pid: u32, window: Duration) -> f64 {
+    let ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("daemon alive");
+        // Fields after the command (which may hold spaces) start after the last ')'.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the state field.
+        f[11] + f[12]
+    };
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (t0, start) = (ticks(), Instant::now());
+    thread::sleep(window);
+    let used = (ticks() - t0) as f64 / hz;
+    used * 60.0 / start.elapsed().as_secs_f64()
+}
+
+/// Resident memory (`VmRSS`) or its high-water mark (`VmHWM`) of `pid`, in MiB.
+fn rss_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon alive");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    kib / 1024.0
+}
+
+/// node_exporter (Debian's prometheus-node-exporter, only its tcpstat collector), killed on drop.
+struct NodeExporter(Child);
+
+impl NodeExporter {
+    const BIN: &'static str = "prometheus-node-exporter";
+    const ADDR: &'static str = "127.0.0.1:9100";
+
+    fn start(ns: &Netns) -> NodeExporter {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, Self::BIN])
+            .args([
+                "--collector.disable-defaults",
+                "--collector.tcpstat",
+                &format!("--web.listen-address={}", Self::ADDR),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (Debian package prometheus-node-exporter: run `cargo xtask setup`)",
+                    Self::BIN
+                )
+            });
+        let ne = NodeExporter(child);
+        let addr: SocketAddr = Self::ADDR.parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ns.enter(move || TcpStream::connect(addr).is_ok()) {
+            assert!(
+                Instant::now() < deadline,
+                "node_exporter did not listen on {addr}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        ne
+    }
+
+    /// `node_tcp_connection_states` per state, as compared with tcpstate's: see [`compared`].
+    fn states(ns: &Netns) -> BTreeMap<String, i64> {
+        let addr: SocketAddr = Self::ADDR.parse().unwrap();
+        let body = ns.enter(move || http_get(addr, "/metrics"));
+        let mut m = BTreeMap::new();
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix("node_tcp_connection_states{state=\"") else {
+                continue;
+            };
+            let (state, value) = rest.split_once("\"} ").expect("a sample");
+            let v: f64 = value.trim().parse().expect("a number");
+            if v != 0.0 {
+                m.insert(state.to_string(), v as i64);
+            }
+        }
+        compared(m)
+    }
+}
+
+/// The states both exporters are compared on. Left out: `listen` (tcpstate tracks connections,
+/// not listeners), node_exporter's queue byte counts (same metric family, not states), and
+/// `time_wait`: the workload makes none, so it holds only the scrapes' own closed connections,
+/// and each exporter's scrape adds one the other's did not see yet.
+fn compared(mut states: BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+    states.retain(|s, _| {
+        !matches!(
+            s.as_str(),
+            "listen" | "time_wait" | "rx_queued_bytes" | "tx_queued_bytes"
+        )
+    });
+    states
+}
+
+impl Drop for NodeExporter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Both exporters in one namespace over the same real sockets on loopback (tcpstate in tap mode
+/// on lo): do the state counts agree, and what does a scrape cost each.
+fn beside_node_exporter(figures: &mut Vec<Figure>) {
+    for n in CONNECTIONS {
+        let ns = Netns::new("nodex");
+        harness::sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_local_port_range=10000 65000",
+        ]);
+        let d = Daemon::start(
+            &ns,
+            &["--iface", "lo", "--max-flows", "262144"],
+            Opts {
+                listen: "127.0.0.1:9477",
+                scrape_from: None,
+                scope: None,
+            },
+        );
+        let ne = NodeExporter::start(&ns);
+        let sockets = Holders::open(&ns, n);
+        // Agreement, once both settle (handshakes done, FINs acknowledged).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (ours, theirs) = loop {
+            let (ours, theirs) = (compared(d.metrics().states()), NodeExporter::states(&ns));
+            if ours == theirs || Instant::now() > deadline {
+                break (ours, theirs);
+            }
+            thread::sleep(Duration::from_millis(500));
+        };
+        let differing: i64 = ours
+            .keys()
+            .chain(theirs.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|s| (ours.get(s).unwrap_or(&0) - theirs.get(s).unwrap_or(&0)).abs())
+            .sum();
+        if differing != 0 {
+            eprintln!("{n} connections: tcpstate {ours:?} vs node_exporter {theirs:?}");
+        }
+        let total: i64 = theirs.values().sum();
+        figures.push(Figure {
+            name: format!(
+                "state counts differing from node_exporter, {} sockets",
+                human(total as u32)
+            ),
+            unit: "sockets",
+            baseline: total as f64,
+            value: differing as f64,
+            goal: Goal::ValueAtMost,
+            target: Some(0.0),
+        });
+        let (tcpstate_ms, node_ms) = alternate_scrapes(&ns, 100);
+        figures.push(Figure {
+            name: format!(
+                "/metrics p50, tcpstate / node_exporter tcpstat, {} sockets",
+                human(total as u32)
+            ),
+            unit: "ms",
+            baseline: node_ms,
+            value: tcpstate_ms,
+            goal: Goal::RatioAtMost,
+            target: Some(1.0),
+        });
+        drop(ne);
+        drop(d);
+        // Sockets close before their namespace goes.
+        drop(sockets);
+    }
+}
+
+/// Median scrape times of tcpstate and node_exporter, taken in alternation.
+fn alternate_scrapes(ns: &Netns, n: usize) -> (f64, f64) {
+    let ours: SocketAddr = "127.0.0.1:9477".parse().unwrap();
+    let theirs: SocketAddr = NodeExporter::ADDR.parse().unwrap();
+    let (a, b) = ns.enter(move || {
+        let time = |addr| {
+            let start = Instant::now();
+            http_get(addr, "/metrics");
+            start.elapsed().as_secs_f64() * 1e3
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            a.push(time(ours));
+            b.push(time(theirs));
+        }
+        (a, b)
+    });
+    (median(a), median(b))
+}
+
+/// Processes holding loopback connections in a namespace (a process may hold only as many sockets
+/// as its descriptor limit allows, and raising it needs CAP_SYS_RESOURCE). Killed on drop.
+struct Holders(Vec<Child>);
+
+/// Argument that turns this benchmark binary into one holder: `--hold NS FIRST_PORT COUNT`.
+const HOLD: &str = "--hold";
+
+impl Holders {
+    /// `n` connections in `ns`, in as many processes as the descriptor limit requires.
+    fn open(ns: &Netns, n: usize) -> Holders {
+        let per = (fd_limit() as usize).saturating_sub(200) / 2;
+        assert!(per >= 1000, "descriptor limit {} is too low", fd_limit());
+        let mut children = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let count = left.min(per);
+            let first_port = 7000 + 4 * children.len() as u16;
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args([HOLD, &ns.name, &first_port.to_string(), &count.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn a connection holder");
+            let mut ready = [0u8; 6];
+            child
+                .stdout
+                .as_mut()
+                .unwrap()
+                .read_exact(&mut ready)
+                .expect("holder reports ready");
+            assert_eq!(&ready, b"ready\n");
+            children.push(child);
+            left -= count;
+        }
+        Holders(children)
+    }
+}
+
+impl Drop for Holders {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Holder process: enters the namespace, opens the connections, says "ready", and keeps them
+/// until its stdin closes.
+fn hold(args: &[String]) {
+    let [ns, first_port, count] = args else {
+        panic!("usage: {HOLD} NS FIRST_PORT COUNT");
+    };
+    let path = format!("/run/netns/{ns}");
+    let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: setns on this thread with a valid descriptor; threads spawned later inherit it.
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}");
+    raise_fd_limit();
+    let sockets = open_connections(first_port.parse().unwrap(), count.parse().unwrap());
+    print!("ready\n");
+    std::io::stdout().flush().unwrap();
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    drop(sockets);
+}
+
+/// `n` loopback connections, spread over four listening ports from `first_port`; one in ten then
+/// closed by the client (the server end sits in CLOSE_WAIT, the client's in FIN_WAIT_2). Returns
+/// every socket.
+fn open_connections(first_port: u16, n: usize) -> Vec<TcpStream> {
+    const PORTS: u16 = 4;
+    let listeners: Vec<TcpListener> = (0..PORTS)
+        .map(|i| {
+            TcpListener::bind(("127.0.0.1", first_port + i)).expect("bind a loopback listener")
+        })
+        .collect();
+    let acceptors: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let share = n / PORTS as usize + usize::from(i < n % PORTS as usize);
+            thread::spawn(move || {
+                (0..share)
+                    .map(|_| l.accept().expect("accept").0)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let clients: Vec<TcpStream> = (0..n)
+        .map(|i| {
+            TcpStream::connect(("127.0.0.1", first_port + (i % PORTS as usize) as u16))
+                .expect("connect")
+        })
+        .collect();
+    let mut servers: Vec<TcpStream> = acceptors
+        .into_iter()
+        .flat_map(|a| a.join().unwrap())
+        .collect();
+    let mut all = Vec::with_capacity(2 * n);
+    for (i, c) in clients.into_iter().enumerate() {
+        if i % 10 == 0 {
+            c.shutdown(Shutdown::Write).unwrap();
+        }
+        all.push(c);
+    }
+    all.append(&mut servers);
+    all
+}
+
+fn fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    lim.rlim_max
+}
+
+/// Lifts the soft descriptor limit to the hard one.
+fn raise_fd_limit() {
+    let hard = fd_limit();
+    let lim = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
+    // SAFETY: valid rlimit struct.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+}
