@@ -47,7 +47,7 @@ pub unsafe fn commit(dst: *mut FlowRecord, expected_word: u64, st: &Step) -> boo
             (*dst).syn_ns = st.rec.syn_ns;
         }
         if w & write::LAST_SEEN != 0 {
-            (*dst).last_seen_s = st.rec.last_seen_s;
+            (*dst).last_seen = st.rec.last_seen;
         }
     }
     true

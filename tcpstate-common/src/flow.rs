@@ -273,13 +273,30 @@ pub struct FlowRecord {
     pub since_ns: [u64; 2],
     /// CLOCK_MONOTONIC nanoseconds of the SYN that opened the current connection, 0 if none seen.
     pub syn_ns: u64,
-    /// CLOCK_MONOTONIC whole seconds of the last segment seen, refreshed at most once a second.
-    pub last_seen_s: u32,
+    /// CLOCK_MONOTONIC time of the last segment seen, in ticks of 2^30 ns ([`FlowRecord::seen_tick`]),
+    /// refreshed at most once a tick.
+    pub last_seen: u32,
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowRecord>() == 72);
 
+/// `last_seen` counts ticks of 2^30 ns (1.07 s): the hot path compares the current tick with the
+/// stored one on every segment, and a shift is one instruction where dividing by 1e9 is a real
+/// `div` (BPF has no multiply-high, so the compiler cannot turn it into a multiplication).
+pub const SEEN_TICK_SHIFT: u32 = 30;
+
 impl FlowRecord {
+    /// The `last_seen` tick of a CLOCK_MONOTONIC time.
+    #[inline(always)]
+    pub const fn seen_tick(now_ns: u64) -> u32 {
+        (now_ns >> SEEN_TICK_SHIFT) as u32
+    }
+
+    /// When the last segment was seen, CLOCK_MONOTONIC nanoseconds (rounded down to its tick).
+    pub const fn last_seen_ns(&self) -> u64 {
+        (self.last_seen as u64) << SEEN_TICK_SHIFT
+    }
+
     #[inline(always)]
     pub fn word(&self) -> FlowWord {
         FlowWord::from_bits(self.word)

@@ -101,14 +101,26 @@ macro_rules! get {
     };
 }
 
+/// Big-endian fields of a header read whole (one bounds check for the header, not one per field).
 #[inline(always)]
-fn be16<P: Packet>(p: &P, off: usize) -> Option<u16> {
-    p.read::<u16>(off).map(u16::from_be)
+fn hdr16<const N: usize>(h: &[u8; N], off: usize) -> u16 {
+    u16::from_be_bytes([h[off], h[off + 1]])
 }
 
 #[inline(always)]
-fn be32<P: Packet>(p: &P, off: usize) -> Option<u32> {
-    p.read::<u32>(off).map(u32::from_be)
+fn hdr32<const N: usize>(h: &[u8; N], off: usize) -> u32 {
+    u32::from_be_bytes([h[off], h[off + 1], h[off + 2], h[off + 3]])
+}
+
+/// An address word as it sits in the packet (network byte order in memory).
+#[inline(always)]
+fn hdr_word<const N: usize>(h: &[u8; N], off: usize) -> u32 {
+    u32::from_ne_bytes([h[off], h[off + 1], h[off + 2], h[off + 3]])
+}
+
+#[inline(always)]
+fn be16<P: Packet>(p: &P, off: usize) -> Option<u16> {
+    p.read::<u16>(off).map(u16::from_be)
 }
 
 /// The cheapest test that a frame may carry TCP: two loads for IPv4, one for anything else. Frames
@@ -164,13 +176,14 @@ fn parse_ipv4<P: Packet>(p: &P, l3: usize) -> Parsed {
     if ihl < 20 {
         return Parsed::Skip(SkipReason::BadIhl);
     }
-    let tot_len = get!(be16(p, l3 + 2)) as usize;
+    // The fixed header in one read: one bounds check instead of one per field.
+    let h = get!(p.read::<[u8; 20]>(l3));
+    let tot_len = hdr16(&h, 2) as usize;
     // MF set or a non-zero offset: a fragment (RFC 791); the reserved bit and DF are ignored.
-    if get!(be16(p, l3 + 6)) & 0x3fff != 0 {
+    if hdr16(&h, 6) & 0x3fff != 0 {
         return Parsed::Skip(SkipReason::Fragment);
     }
-    let src = get!(p.read::<u32>(l3 + 12));
-    let dst = get!(p.read::<u32>(l3 + 16));
+    let (src, dst) = (hdr_word(&h, 12), hdr_word(&h, 16));
     let l4 = l3 + ihl;
     // tot_len 0 is what BIG TCP (Linux 6.3+) writes for IPv4 GSO packets over 64 KiB: then only the
     // skb length tells the payload.
@@ -200,10 +213,12 @@ fn parse_ipv6<P: Packet>(p: &P, l3: usize) -> Parsed {
     if vtc >> 4 != 6 {
         return Parsed::Skip(SkipReason::BadIpVersion);
     }
-    let payload_len = get!(be16(p, l3 + 4)) as usize;
-    let mut next = get!(p.read::<u8>(l3 + 6));
-    let src = get!(p.read::<[u32; 4]>(l3 + 8));
-    let dst = get!(p.read::<[u32; 4]>(l3 + 24));
+    // The fixed header in one read (one bounds check).
+    let h = get!(p.read::<[u8; 40]>(l3));
+    let payload_len = hdr16(&h, 4) as usize;
+    let mut next = h[6];
+    let src = [8, 12, 16, 20].map(|o| hdr_word(&h, o));
+    let dst = [24, 28, 32, 36].map(|o| hdr_word(&h, o));
     let first = l3 + 40;
     let mut off = first;
     let mut i = 0;
@@ -263,16 +278,16 @@ fn parse_tcp<P: Packet>(
     src: [u32; 4],
     dst: [u32; 4],
 ) -> Parsed {
-    let sport = get!(be16(p, l4));
-    let dport = get!(be16(p, l4 + 2));
-    let seq = get!(be32(p, l4 + 4));
-    let ack = get!(be32(p, l4 + 8));
-    let doff = ((get!(p.read::<u8>(l4 + 12)) >> 4) as usize) * 4;
-    let flags = get!(p.read::<u8>(l4 + 13));
-    let win = get!(be16(p, l4 + 14));
-    // The whole 20-byte fixed header must be in the frame, not only the fields read above: a frame
-    // cut inside the checksum or urgent pointer is truncated, not a segment. (Was accepted.)
-    get!(p.read::<u16>(l4 + 18));
+    // The whole 20-byte fixed header, in one read: a frame cut anywhere inside it (even in the
+    // checksum or urgent pointer, which are not used) is truncated, not a segment.
+    let h = get!(p.read::<[u8; TCP_HLEN]>(l4));
+    let sport = hdr16(&h, 0);
+    let dport = hdr16(&h, 2);
+    let seq = hdr32(&h, 4);
+    let ack = hdr32(&h, 8);
+    let doff = ((h[12] >> 4) as usize) * 4;
+    let flags = h[13];
+    let win = hdr16(&h, 14);
     // RFC 9293 section 3.1: data offset is at least 5 words, and the header must fit the payload.
     if doff < TCP_HLEN || doff > ip_payload {
         return Parsed::Skip(SkipReason::BadDataOffset);

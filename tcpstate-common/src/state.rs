@@ -222,7 +222,7 @@ pub struct Step {
     pub rec: FlowRecord,
     /// [`write`] bits.
     pub write: u8,
-    /// Set when the segment was rejected; the record is then unchanged but for `last_seen_s`.
+    /// Set when the segment was rejected; the record is then unchanged but for `last_seen`.
     pub invalid: Option<InvalidReason>,
     /// An RST was accepted (both endpoints are now closed).
     pub rst: bool,
@@ -231,7 +231,6 @@ pub struct Step {
     pub half_open_released: bool,
 }
 
-const NS_PER_S: u64 = 1_000_000_000;
 /// Largest window an observer assumes when it cannot know one (midstream pickup): 1 GiB, the RFC 7323
 /// maximum (65535 << 14).
 const WIN_UNKNOWN: u32 = 1 << 30;
@@ -249,7 +248,7 @@ impl Step {
             }; 2],
             since_ns: [0; 2],
             syn_ns: 0,
-            last_seen_s: 0,
+            last_seen: 0,
             _pad: 0,
         },
         write: 0,
@@ -269,9 +268,9 @@ impl Step {
         self.rst = false;
         self.handshake = Handshake::None;
         self.half_open_released = false;
-        let now_s = (now_ns / NS_PER_S) as u32;
-        if now_s != rec.last_seen_s {
-            self.rec.last_seen_s = now_s;
+        let tick = FlowRecord::seen_tick(now_ns);
+        if tick != rec.last_seen {
+            self.rec.last_seen = tick;
             self.write |= write::LAST_SEEN;
         }
     }
@@ -354,7 +353,7 @@ pub fn quiet(rec: &FlowRecord, s: Side, seg: &Segment, now_ns: u64) -> bool {
         && seg.flags & (SYN | RST | FIN) == 0
         && w.state(s) == TcpState::Established
         && w.state(s.other()) == TcpState::Established
-        && (now_ns / NS_PER_S) as u32 == rec.last_seen_s
+        && FlowRecord::seen_tick(now_ns) == rec.last_seen
         && receive_hint_stale(&w, s, &rec.seq[s.index()], seg).is_none()
 }
 

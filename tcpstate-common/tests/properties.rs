@@ -219,7 +219,7 @@ fn check_gauges(counters: &BTreeMap<u32, u64>, w: FlowWord) {
 }
 
 fn except_last_seen(mut r: FlowRecord) -> FlowRecord {
-    r.last_seen_s = 0;
+    r.last_seen = 0;
     r
 }
 
@@ -380,17 +380,17 @@ fn check_step(old: &FlowRecord, st: &Step, s: Side, seg: &Segment, now: u64) {
     }
     let r = s.other();
     let (ow, nw) = (old.word(), st.rec.word());
-    assert_eq!(st.rec.last_seen_s, (now / NS) as u32);
+    assert_eq!(st.rec.last_seen, FlowRecord::seen_tick(now));
     assert_eq!(
         st.write & write::LAST_SEEN != 0,
-        old.last_seen_s != st.rec.last_seen_s
+        old.last_seen != st.rec.last_seen
     );
     assert_eq!(nw.counted, ow.counted, "counted sides never change");
     if check_flags(seg.flags).is_err() {
         assert!(st.invalid.is_some(), "impossible flags accepted");
     }
     if let Some(why) = st.invalid {
-        // A rejected segment never changes the record beyond last_seen_s.
+        // A rejected segment never changes the record beyond last_seen.
         assert_eq!(except_last_seen(st.rec), except_last_seen(*old), "{why:?}");
         assert_eq!(st.write & !write::LAST_SEEN, 0);
         assert!(!st.rst && !st.half_open_released);

@@ -8,7 +8,7 @@
 //! Every segment a test sends also goes through the checks in [`Conn::send`], which hold for any
 //! segment in any state: the step is written back with `commit::commit` and must reproduce the
 //! step's record exactly (so `write` names every change), a rejected segment changes nothing but
-//! `last_seen_s`, `since_ns` is stamped for every side whose state changed, and the connection
+//! `last_seen`, `since_ns` is stamped for every side whose state changed, and the connection
 //! gauges summed from every delta equal the counted endpoints' actual states.
 
 use std::collections::BTreeMap;
@@ -75,7 +75,7 @@ fn deltas(old: FlowWord, st: &Step, sender: Side) -> Vec<(u32, i64)> {
 }
 
 fn except_last_seen(mut r: FlowRecord) -> FlowRecord {
-    r.last_seen_s = 0;
+    r.last_seen = 0;
     r
 }
 
@@ -568,7 +568,7 @@ mod syn_sent {
         let st = c.c2s(SYN, CISN, 0, 0);
         assert_eq!(st.invalid, None);
         assert_eq!(st.write, write::LAST_SEEN);
-        assert_eq!(c.rec.last_seen_s, (c.now / NS) as u32);
+        assert_eq!(c.rec.last_seen, FlowRecord::seen_tick(c.now));
         assert_eq!(except_last_seen(c.rec), except_last_seen(before));
     }
 
@@ -912,7 +912,7 @@ mod established {
         c.next_second();
         let st = c.c2s(ACK | PSH, CISN + 1, SISN + 1, 100);
         assert_eq!(st.write, write::LAST_SEEN);
-        assert_eq!(c.rec.last_seen_s, (c.now / NS) as u32);
+        assert_eq!(c.rec.last_seen, FlowRecord::seen_tick(c.now));
     }
 
     #[test]

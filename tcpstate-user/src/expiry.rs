@@ -16,10 +16,8 @@ pub enum Expired {
     Other,
 }
 
-const NS: u64 = 1_000_000_000;
-
 /// `Some` when every endpoint of `rec` is done by its state's rule. State ages count from when the
-/// endpoint entered the state (`since_ns`), idle times from the last segment (`last_seen_s`).
+/// endpoint entered the state (`since_ns`), idle times from the last segment (`last_seen`).
 /// CLOSE_WAIT never expires: a socket stuck there is exactly what users need to see.
 pub fn decide(rec: &FlowRecord, now_ns: u64, t: &Timeouts) -> Option<Expired> {
     let w = rec.word();
@@ -37,7 +35,7 @@ pub fn decide(rec: &FlowRecord, now_ns: u64, t: &Timeouts) -> Option<Expired> {
             return Some(Expired::Handshake);
         }
     }
-    let idle = now_ns.saturating_sub(rec.last_seen_s as u64 * NS);
+    let idle = now_ns.saturating_sub(rec.last_seen_ns());
     let mut why = Expired::Other;
     for side in [Side::A, Side::B] {
         let age = now_ns.saturating_sub(rec.since_ns[side.index()]);
@@ -70,6 +68,7 @@ pub fn decide(rec: &FlowRecord, now_ns: u64, t: &Timeouts) -> Option<Expired> {
 
 #[cfg(test)]
 mod tests {
+    const NS: u64 = 1_000_000_000;
     use std::time::Duration;
 
     use tcpstate_common::FlowWord;
@@ -89,13 +88,13 @@ mod tests {
         }
     }
 
-    fn rec(a: TcpState, b: TcpState, since_s: u64, last_seen_s: u32) -> FlowRecord {
+    fn rec(a: TcpState, b: TcpState, since_s: u64, last_seen_s: u64) -> FlowRecord {
         let mut w = FlowWord::default();
         w.set_state(Side::A, a);
         w.set_state(Side::B, b);
         let mut r = FlowRecord {
             since_ns: [since_s * NS; 2],
-            last_seen_s,
+            last_seen: FlowRecord::seen_tick(last_seen_s * NS),
             ..Default::default()
         };
         r.set_word(w);

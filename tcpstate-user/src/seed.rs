@@ -96,7 +96,7 @@ pub fn records(sockets: &[Socket], scope: &Scope, now_ns: u64) -> Vec<(FlowKey, 
             }
             let mut rec = FlowRecord {
                 since_ns: [now_ns; 2],
-                last_seen_s: (now_ns / 1_000_000_000) as u32,
+                last_seen: FlowRecord::seen_tick(now_ns),
                 ..FlowRecord::default()
             };
             rec.set_word(w);
