@@ -15,6 +15,7 @@ mod restart;
 mod spoof;
 #[path = "../support/mod.rs"]
 mod support;
+mod walk;
 
 use std::{
     io::{Read, Write},
