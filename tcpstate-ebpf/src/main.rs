@@ -120,6 +120,22 @@ pub fn tcpstate_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Parses and looks the flow up, and does nothing else: the floor under the tracker's per-packet
+/// cost (the hash lookup of a 36-byte key), which `cargo xtask bench` reports beside it. Never
+/// attached by the daemon.
+#[xdp]
+pub fn tcpstate_xdp_lookup_floor(ctx: XdpContext) -> u32 {
+    if !could_be_tcp(&Frame::xdp(&ctx)) {
+        return xdp_action::XDP_PASS;
+    }
+    if let Some(scratch) = Scratch::get() {
+        if parse_frame(&Frame::xdp(&ctx), &mut scratch.pkt) == ParseStatus::Tcp {
+            track::lookup_only(scratch);
+        }
+    }
+    xdp_action::XDP_PASS
+}
+
 /// The TC twin of `tcpstate_xdp_pass`, the baseline for the TC program.
 #[classifier]
 pub fn tcpstate_tc_pass(_ctx: TcContext) -> i32 {

@@ -197,6 +197,24 @@ fn update(scratch: &mut Scratch, now: u64) -> Found {
     Found::Done
 }
 
+/// The lookup `update` starts with, alone (for `tcpstate_xdp_lookup_floor`). Writes whether the
+/// flow was found into the scratch slot so the lookup cannot be optimized away.
+#[inline(never)]
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by reference: no copy of the key on the stack"
+)]
+pub fn lookup_only(scratch: &mut Scratch) {
+    let tcp = &scratch.pkt;
+    let (key, _) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);
+    let found = FLOWS.get_ptr_mut(&key).is_some();
+    scratch.event = if found {
+        Event::None
+    } else {
+        Event::Untracked(UntrackedReason::InsertFailed)
+    };
+}
+
 /// Transitions stamp state-entry times with the precise clock (handshake durations need
 /// microseconds); only they pay for it.
 #[inline(always)]

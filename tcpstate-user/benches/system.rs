@@ -415,7 +415,7 @@ fn synthetic_flow(i: u32, now_ns: u64) -> (FlowKey, FlowRecord) {
     let server = [198, 19, 255, 1];
     let sport = 8000 + (i % 64) as u16;
     let words = |a: [u8; 4]| FlowKey::addr_words(a.into());
-    if i % 20 == 0 {
+    if i.is_multiple_of(20) {
         benchkit::close_wait(words(client), cport, words(server), sport, now_ns)
     } else {
         benchkit::established(words(client), cport, words(server), sport, now_ns)
@@ -731,7 +731,7 @@ fn hold(args: &[String]) {
     assert_eq!(rc, 0, "setns {path}");
     raise_fd_limit();
     let sockets = open_connections(first_port.parse().unwrap(), count.parse().unwrap());
-    print!("ready\n");
+    println!("ready");
     std::io::stdout().flush().unwrap();
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);

@@ -42,8 +42,13 @@ enum Cmd {
     /// rustfmt and clippy (-D warnings) on the host crates, and clippy on the eBPF crate with nightly.
     Lint,
     /// Benchmarks (not tests, as root): per-packet cost by BPF_PROG_TEST_RUN against pass-only
-    /// programs from the same object, and kernel memory per flow; writes target/bench/report.json.
-    Bench,
+    /// programs from the same object and kernel memory per flow (`kernel`); veth throughput and
+    /// connection rate with and without the tracker, scrape latency and the daemon's cost against
+    /// table size, and node_exporter side by side (`system`). Writes target/bench/report.json.
+    Bench {
+        /// Run one part only: kernel or system.
+        part: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,11 +76,51 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Test { host_only, filter } => test(host_only, filter),
         Cmd::Lint => lint(),
-        Cmd::Bench => {
-            require_root("the benchmarks (they load the kernel programs)")?;
-            cargo(&["bench", "-p", "tcpstate-user", "--bench", "kernel"])
+        Cmd::Bench { part } => bench(part.as_deref()),
+    }
+}
+
+const BENCH_PARTS: [&str; 2] = ["kernel", "system"];
+
+/// Runs the benchmark parts, then joins their figures into target/bench/report.json.
+fn bench(only: Option<&str>) -> Result<()> {
+    require_root("the benchmarks (they load the kernel programs and make network namespaces)")?;
+    if let Some(p) = only {
+        anyhow::ensure!(
+            BENCH_PARTS.contains(&p),
+            "unknown benchmark part {p:?}: use one of {BENCH_PARTS:?}"
+        );
+    }
+    let dir = root().join("target/bench");
+    let mut figures = Vec::new();
+    for part in BENCH_PARTS {
+        let file = dir.join(format!("{part}.json"));
+        if only.is_none_or(|p| p == part) {
+            let _ = std::fs::remove_file(&file);
+            cargo(&["bench", "-p", "tcpstate-user", "--bench", part])?;
+        }
+        // Each part writes a JSON array, one object per line; a part not run this time keeps
+        // its last figures.
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            figures.extend(
+                text.lines()
+                    .filter(|l| l.trim_start().starts_with('{'))
+                    .map(|l| l.trim_end_matches(',').to_string()),
+            );
         }
     }
+    let report = dir.join("report.json");
+    std::fs::write(&report, format!("[\n{}\n]\n", figures.join(",\n")))?;
+    let failed = figures
+        .iter()
+        .filter(|f| f.contains("\"pass\": false"))
+        .count();
+    println!(
+        "{} figures, {failed} missing their target: {}",
+        figures.len(),
+        report.display()
+    );
+    Ok(())
 }
 
 fn test(host_only: bool, filter: Option<String>) -> Result<()> {

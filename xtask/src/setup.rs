@@ -10,7 +10,8 @@ use crate::status;
 
 /// Debian packages: LLVM 22 to build bpf-linker against (it must match rustc's LLVM), and the
 /// tools the tests drive: promtool (prometheus), nft (nftables), hping3, scapy, ss/ip (iproute2),
-/// curl for the README's check, util-linux for nsenter.
+/// curl for the README's check, util-linux for nsenter; and for `cargo xtask bench`, node_exporter
+/// (compared side by side) and procps (sysctl in the benchmark's namespaces).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -21,6 +22,8 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "curl",
     "util-linux",
+    "prometheus-node-exporter",
+    "procps",
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

@@ -104,11 +104,12 @@ impl Figure {
             _ => format!("\"ratio\": {}", num(self.ratio())),
         };
         format!(
-            "  {{\"name\": {:?}, \"unit\": {:?}, \"baseline\": {}, \"value\": {}, {compared}, \"target\": {:?}, \"pass\": {}}}",
+            "  {{\"name\": {:?}, \"unit\": {:?}, \"baseline\": {}, \"value\": {}, {compared}, \"target\": {}, \"goal\": {:?}, \"pass\": {}}}",
             self.name,
             self.unit,
             num(self.baseline),
             num(self.value),
+            self.target.map_or("null".into(), num),
             self.target_text(),
             self.pass().map_or("null".into(), |p| p.to_string())
         )

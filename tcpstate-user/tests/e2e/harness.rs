@@ -367,7 +367,10 @@ impl Daemon {
     }
 
     /// The daemon's process id (nsenter execs it, so this is tcpstate itself).
-    #[allow(dead_code, reason = "the system benchmark reads the daemon's CPU and memory")]
+    #[allow(
+        dead_code,
+        reason = "the system benchmark reads the daemon's CPU and memory"
+    )]
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
