@@ -26,6 +26,34 @@ pub struct Config {
     pub log_events: u64,
 }
 
+impl Config {
+    /// Whether a segment with these TCP `flags` is turned away before the table is searched: a
+    /// bare SYN (no ACK, RST or FIN) while the table is full or the half-open budget is spent.
+    /// Such a SYN could only start a flow, and it may not; answering without the lookup keeps a
+    /// SYN flood against a full table at the cost of a parse (the lookup alone costs more than
+    /// the target for this case). The price: under that overload, a SYN reusing the key of a
+    /// flow still in TIME-WAIT is not tracked either (the old record expires on its own).
+    #[inline(always)]
+    pub fn turn_away_syn(
+        &self,
+        flags: u8,
+        fill: u64,
+        half_open: u64,
+    ) -> Option<crate::counters::UntrackedReason> {
+        use crate::{counters::UntrackedReason, tcp::flags::*};
+        if flags & (SYN | ACK | RST | FIN) != SYN {
+            return None;
+        }
+        if fill >= self.capacity {
+            Some(UntrackedReason::TableFull)
+        } else if half_open >= self.half_open_budget {
+            Some(UntrackedReason::HalfOpenBudget)
+        } else {
+            None
+        }
+    }
+}
+
 /// Kernel-owned fill counters (one array slot, updated with atomic adds; inserts are rare).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
@@ -109,4 +137,38 @@ mod pod {
     unsafe impl aya::Pod for super::TableCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::UserCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{counters::UntrackedReason, tcp::flags::*};
+
+    #[test]
+    fn only_bare_syns_are_turned_away_and_only_under_overload() {
+        let cfg = Config {
+            capacity: 100,
+            half_open_budget: 25,
+            log_events: 0,
+        };
+        // Room in the table and in the budget: searched as usual.
+        assert_eq!(cfg.turn_away_syn(SYN, 99, 24), None);
+        // Full table, spent budget; the table's limit is named first.
+        assert_eq!(
+            cfg.turn_away_syn(SYN, 100, 0),
+            Some(UntrackedReason::TableFull)
+        );
+        assert_eq!(
+            cfg.turn_away_syn(SYN, 100, 25),
+            Some(UntrackedReason::TableFull)
+        );
+        assert_eq!(
+            cfg.turn_away_syn(SYN, 10, 25),
+            Some(UntrackedReason::HalfOpenBudget)
+        );
+        // Anything else may belong to a tracked flow: it is always looked up.
+        for flags in [SYN | ACK, SYN | RST, SYN | FIN, ACK, FIN | ACK, RST, 0] {
+            assert_eq!(cfg.turn_away_syn(flags, 1_000, 1_000), None, "{flags:#x}");
+        }
+    }
 }

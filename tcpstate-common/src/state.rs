@@ -236,6 +236,19 @@ pub struct Step {
 const WIN_UNKNOWN: u32 = 1 << 30;
 
 impl Step {
+    /// Whether the stamps this step writes need the precise clock: the SYN's, and a side's that
+    /// leaves the handshake (a handshake duration is the difference of the two, in microseconds).
+    /// Every other stamp feeds ages and timeouts counted in seconds, for which the coarse clock
+    /// the step already stamped with (jiffy resolution) is enough, and cheaper.
+    #[inline(always)]
+    pub fn needs_precise_clock(&self, old: crate::flow::FlowWord) -> bool {
+        use crate::flow::Side;
+        // Both sides spelled out: constant indexes for the verifier (see for_each_delta).
+        self.write & write::SYN_NS != 0
+            || (self.write & write::since(Side::A) != 0 && old.state(Side::A).is_handshake())
+            || (self.write & write::since(Side::B) != 0 && old.state(Side::B).is_handshake())
+    }
+
     /// A step that has changed nothing yet.
     pub const EMPTY: Step = Step {
         rec: FlowRecord {

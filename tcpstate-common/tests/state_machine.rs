@@ -1934,3 +1934,48 @@ mod counters {
         assert_eq!(c.counter(idx::HANDSHAKES), 1);
     }
 }
+
+/// Which stamps the kernel redoes with its precise (and costlier) clock.
+mod clocks {
+    use super::*;
+
+    #[test]
+    fn only_handshake_stamps_need_the_precise_clock() {
+        let (c, s) = (Side::A, Side::B);
+        let (_, syn) = open(c, &seg(SYN, CISN, 0, 0), BOTH, T0, [CPORT, SPORT]).expect("opens");
+        assert!(
+            syn.needs_precise_clock(FlowWord::default()),
+            "the SYN's time"
+        );
+        let old = syn.rec.word();
+        let synack = step(&syn.rec, s, &seg(SYN | ACK, SISN, CISN + 1, 0), T0 + MS);
+        assert!(
+            synack.needs_precise_clock(old),
+            "the client leaves SYN_SENT"
+        );
+        let old = synack.rec.word();
+        let ack = step(
+            &synack.rec,
+            c,
+            &seg(ACK, CISN + 1, SISN + 1, 0),
+            T0 + 2 * MS,
+        );
+        assert!(ack.needs_precise_clock(old), "the server leaves SYN_RECV");
+        let old = ack.rec.word();
+        let fin = step(
+            &ack.rec,
+            c,
+            &seg(FIN | ACK, CISN + 1, SISN + 1, 0),
+            T0 + 3 * MS,
+        );
+        assert_ne!(fin.write & write::since(c), 0, "the FIN moved the client");
+        assert!(
+            !fin.needs_precise_clock(old),
+            "closing ages are counted in seconds"
+        );
+        let old = fin.rec.word();
+        let rst = step(&fin.rec, s, &seg(RST, SISN + 1, 0, 0), T0 + 4 * MS);
+        assert!(rst.rst, "an exact RST is accepted");
+        assert!(!rst.needs_precise_clock(old));
+    }
+}

@@ -128,6 +128,11 @@ pub fn track(status: ParseStatus, scratch: &mut Scratch, hook: Hook, view: View)
         ParseStatus::Tcp => {}
     }
     bump(idx::SEGMENTS + hook as u32, 1);
+    if let Some(why) = turned_away(&scratch.pkt) {
+        bump(idx::UNTRACKED + why as u32, 1);
+        scratch.event = Event::Untracked(why);
+        return;
+    }
     // SAFETY: helper without arguments. The coarse clock (jiffies resolution) is enough for
     // last-seen stamps; transitions re-stamp with the precise clock (`precise_stamps`).
     let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -145,6 +150,17 @@ pub fn track(status: ParseStatus, scratch: &mut Scratch, hook: Hook, view: View)
             }
         }
     }
+}
+
+/// [`Config::turn_away_syn`] against the current books: a bare SYN meeting a full table or a spent
+/// half-open budget is answered before the lookup.
+#[inline(always)]
+fn turned_away(pkt: &TcpPacket) -> Option<UntrackedReason> {
+    let (table, user) = (TABLE.get(0)?, USER.get(0)?);
+    let (fill, half_open) = table.fill(user);
+    TCPSTATE_CONFIG
+        .load()
+        .turn_away_syn(pkt.seg.flags, fill, half_open)
 }
 
 /// What [`update`] found.
@@ -183,7 +199,7 @@ fn update(scratch: &mut Scratch, now: u64) -> Found {
     if st.write == 0 && st.invalid.is_none() {
         return Found::Done;
     }
-    precise_stamps(st);
+    precise_stamps(st, FlowWord::from_bits(word));
     // SAFETY: as above; map values are 8-byte aligned.
     if !unsafe { commit(ptr, word, st) } {
         return Found::Raced;
@@ -215,11 +231,11 @@ pub fn lookup_only(scratch: &mut Scratch) {
     };
 }
 
-/// Transitions stamp state-entry times with the precise clock (handshake durations need
-/// microseconds); only they pay for it.
+/// Stamps that measure handshakes are redone with the precise clock (see
+/// [`Step::needs_precise_clock`]); only they pay for it.
 #[inline(always)]
-fn precise_stamps(st: &mut Step) {
-    if st.write & (write::SINCE_A | write::SINCE_B | write::SYN_NS) == 0 {
+fn precise_stamps(st: &mut Step, old: FlowWord) {
+    if !st.needs_precise_clock(old) {
         return;
     }
     // SAFETY: helper without arguments.
