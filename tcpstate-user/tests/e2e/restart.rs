@@ -12,17 +12,29 @@ fn close_wait_age(d: &Daemon) -> f64 {
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let f = &v.as_array().unwrap()[0];
+    // The leak: the flow whose *local* endpoint is in CLOSE_WAIT. (`--state` also lists a flow
+    // whose remote end is in it: the connection closed while no daemon ran, re-seeded with the
+    // server in FIN_WAIT_2; the two sort by the client's ephemeral port, in either order.)
+    let local = |f: &serde_json::Value| {
+        if f["a"]["local"] == true {
+            f["a"].clone()
+        } else {
+            f["b"].clone()
+        }
+    };
+    let leaks: Vec<&serde_json::Value> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| local(f)["state"] == "close_wait")
+        .collect();
+    assert_eq!(leaks.len(), 1, "one local CLOSE_WAIT: {v}");
+    let f = leaks[0];
     assert_eq!(
         f["seeded"], false,
         "kept from before the restart, not re-seeded: {f}"
     );
-    let local = if f["a"]["local"] == true {
-        &f["a"]
-    } else {
-        &f["b"]
-    };
-    local["age_seconds"].as_f64().unwrap()
+    local(f)["age_seconds"].as_f64().unwrap()
 }
 
 #[test]
