@@ -1,5 +1,11 @@
 //! Map names, the load-time configuration and the table-fill counters both sides use.
 
+use crate::{
+    counters::UntrackedReason,
+    state::{classify_opening, Opening},
+    tcp::Segment,
+};
+
 /// Map names as they appear in the object file and under the pin directory.
 pub const FLOWS: &str = "TCPSTATE_FLOWS";
 pub const COUNTERS: &str = "TCPSTATE_COUNTERS";
@@ -27,30 +33,42 @@ pub struct Config {
 }
 
 impl Config {
-    /// Whether a segment with these TCP `flags` is turned away before the table is searched: a
-    /// bare SYN (no ACK, RST or FIN) while the table is full or the half-open budget is spent.
-    /// Such a SYN could only start a flow, and it may not; answering without the lookup keeps a
-    /// SYN flood against a full table at the cost of a parse (the lookup alone costs more than
-    /// the target for this case). The price: under that overload, a SYN reusing the key of a
-    /// flow still in TIME-WAIT is not tracked either (the old record expires on its own).
+    /// The admission rule: whether a flow opening this way may enter the table. It needs room in
+    /// the table, and an opening in the handshake (SYN, SYN-ACK) also room in the half-open
+    /// budget, so a SYN flood cannot crowd out established flows.
     #[inline(always)]
-    pub fn turn_away_syn(
+    pub fn admit(
         &self,
-        flags: u8,
+        opening: Opening,
         fill: u64,
         half_open: u64,
-    ) -> Option<crate::counters::UntrackedReason> {
-        use crate::{counters::UntrackedReason, tcp::flags::*};
-        if flags & (SYN | ACK | RST | FIN) != SYN {
+    ) -> Result<(), UntrackedReason> {
+        if fill >= self.capacity {
+            Err(UntrackedReason::TableFull)
+        } else if opening != Opening::Midstream && half_open >= self.half_open_budget {
+            Err(UntrackedReason::HalfOpenBudget)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Why a segment is turned away before the table is even searched, if it is: a bare SYN the
+    /// admission rule refuses. Such a SYN could only start a flow, and it may not; answering it
+    /// without the lookup keeps a SYN flood against a full table at the cost of a parse (the
+    /// lookup alone costs more than that). The price: under that overload, a SYN reusing the key
+    /// of a flow still in TIME-WAIT is not tracked either (the old record expires on its own).
+    /// `books` (fill, half-open) is read only for a bare SYN, so other segments pay nothing.
+    #[inline(always)]
+    pub fn turn_away_before_lookup(
+        &self,
+        seg: &Segment,
+        books: impl FnOnce() -> Option<(u64, u64)>,
+    ) -> Option<UntrackedReason> {
+        if classify_opening(seg) != Ok(Opening::Syn) {
             return None;
         }
-        if fill >= self.capacity {
-            Some(UntrackedReason::TableFull)
-        } else if half_open >= self.half_open_budget {
-            Some(UntrackedReason::HalfOpenBudget)
-        } else {
-            None
-        }
+        let (fill, half_open) = books()?;
+        self.admit(Opening::Syn, fill, half_open).err()
     }
 }
 
@@ -142,33 +160,67 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{counters::UntrackedReason, tcp::flags::*};
+    use crate::tcp::{flags::*, WSCALE_NONE};
+
+    const CFG: Config = Config {
+        capacity: 100,
+        half_open_budget: 25,
+        log_events: 0,
+    };
+
+    fn seg(flags: u8) -> Segment {
+        Segment {
+            seq: 1,
+            ack: 0,
+            len: 0,
+            win: 1000,
+            flags,
+            wscale: WSCALE_NONE,
+        }
+    }
 
     #[test]
-    fn only_bare_syns_are_turned_away_and_only_under_overload() {
-        let cfg = Config {
-            capacity: 100,
-            half_open_budget: 25,
-            log_events: 0,
-        };
-        // Room in the table and in the budget: searched as usual.
-        assert_eq!(cfg.turn_away_syn(SYN, 99, 24), None);
-        // Full table, spent budget; the table's limit is named first.
+    fn admission_needs_room_and_handshakes_need_budget() {
+        use UntrackedReason::*;
+        for o in [Opening::Syn, Opening::SynAck, Opening::Midstream] {
+            assert_eq!(CFG.admit(o, 99, 24), Ok(()), "{o:?}");
+            // A full table is named first.
+            assert_eq!(CFG.admit(o, 100, 25), Err(TableFull), "{o:?}");
+        }
+        assert_eq!(CFG.admit(Opening::Syn, 10, 25), Err(HalfOpenBudget));
+        assert_eq!(CFG.admit(Opening::SynAck, 10, 25), Err(HalfOpenBudget));
+        // Picked up midstream: established, not half-open.
+        assert_eq!(CFG.admit(Opening::Midstream, 10, 25), Ok(()));
+    }
+
+    #[test]
+    fn only_refused_bare_syns_are_turned_away_before_the_lookup() {
+        use UntrackedReason::*;
+        let books = |fill, half_open| move || Some((fill, half_open));
+        assert_eq!(CFG.turn_away_before_lookup(&seg(SYN), books(99, 24)), None);
         assert_eq!(
-            cfg.turn_away_syn(SYN, 100, 0),
-            Some(UntrackedReason::TableFull)
+            CFG.turn_away_before_lookup(&seg(SYN), books(100, 0)),
+            Some(TableFull)
         );
         assert_eq!(
-            cfg.turn_away_syn(SYN, 100, 25),
-            Some(UntrackedReason::TableFull)
+            CFG.turn_away_before_lookup(&seg(SYN), books(10, 25)),
+            Some(HalfOpenBudget)
         );
-        assert_eq!(
-            cfg.turn_away_syn(SYN, 10, 25),
-            Some(UntrackedReason::HalfOpenBudget)
-        );
-        // Anything else may belong to a tracked flow: it is always looked up.
-        for flags in [SYN | ACK, SYN | RST, SYN | FIN, ACK, FIN | ACK, RST, 0] {
-            assert_eq!(cfg.turn_away_syn(flags, 1_000, 1_000), None, "{flags:#x}");
+        // No books: searched as usual.
+        assert_eq!(CFG.turn_away_before_lookup(&seg(SYN), || None), None);
+        // Anything else may belong to a tracked flow: looked up, and the books are not read.
+        for flags in [
+            SYN | ACK,
+            SYN | RST,
+            SYN | FIN,
+            ACK,
+            ACK | PSH,
+            FIN | ACK,
+            RST,
+            0,
+        ] {
+            let unread = || -> Option<(u64, u64)> { panic!("books read for {flags:#x}") };
+            assert_eq!(CFG.turn_away_before_lookup(&seg(flags), unread), None);
         }
     }
 }

@@ -31,36 +31,40 @@ const TCX_NEXT: i32 = -1;
 /// tags, IPv6 with a few extension headers and a TCP header with options.
 const TC_PULL: u32 = 256;
 
-/// Host mode, ingress: segments arriving for local endpoints.
+/// Host mode, ingress (with `--ingress-hook xdp`): segments arriving for local endpoints.
 #[xdp]
 pub fn tcpstate_xdp_host(ctx: XdpContext) -> u32 {
-    if !could_be_tcp(&Frame::xdp(&ctx)) {
-        return xdp_action::XDP_PASS;
-    }
-    if let Some(scratch) = Scratch::get() {
-        let status = parse_frame(&Frame::xdp(&ctx), &mut scratch.pkt);
-        track(status, scratch, Hook::Xdp, View::HostIngress);
+    xdp_track(&ctx, View::HostIngress)
+}
+
+/// Tap mode (with `--ingress-hook xdp`): a port that sees both directions (mirror port, `lo`).
+#[xdp]
+pub fn tcpstate_xdp_tap(ctx: XdpContext) -> u32 {
+    xdp_track(&ctx, View::Tap)
+}
+
+/// The XDP programs' body: parse, track, log.
+#[inline(always)]
+fn xdp_track(ctx: &XdpContext, view: View) -> u32 {
+    if let Some((scratch, status)) = xdp_parse(ctx) {
+        track(status, scratch, Hook::Xdp, view);
         if logging() {
-            log_event(&ctx, scratch);
+            log_event(ctx, scratch);
         }
     }
     xdp_action::XDP_PASS
 }
 
-/// Tap mode: a port that sees both directions (mirror port, `lo`).
-#[xdp]
-pub fn tcpstate_xdp_tap(ctx: XdpContext) -> u32 {
-    if !could_be_tcp(&Frame::xdp(&ctx)) {
-        return xdp_action::XDP_PASS;
+/// The prefilter, then the parse into this CPU's scratch slot; `None` for frames that cannot be
+/// TCP (they leave at once, uncounted).
+#[inline(always)]
+fn xdp_parse(ctx: &XdpContext) -> Option<(&'static mut Scratch, ParseStatus)> {
+    if !could_be_tcp(&Frame::xdp(ctx)) {
+        return None;
     }
-    if let Some(scratch) = Scratch::get() {
-        let status = parse_frame(&Frame::xdp(&ctx), &mut scratch.pkt);
-        track(status, scratch, Hook::Xdp, View::Tap);
-        if logging() {
-            log_event(&ctx, scratch);
-        }
-    }
-    xdp_action::XDP_PASS
+    let scratch = Scratch::get()?;
+    let status = parse_frame(&Frame::xdp(ctx), &mut scratch.pkt);
+    Some((scratch, status))
 }
 
 /// Host mode, egress: segments local endpoints send.
@@ -125,13 +129,8 @@ pub fn tcpstate_xdp_pass(_ctx: XdpContext) -> u32 {
 /// attached by the daemon.
 #[xdp]
 pub fn tcpstate_xdp_lookup_floor(ctx: XdpContext) -> u32 {
-    if !could_be_tcp(&Frame::xdp(&ctx)) {
-        return xdp_action::XDP_PASS;
-    }
-    if let Some(scratch) = Scratch::get() {
-        if parse_frame(&Frame::xdp(&ctx), &mut scratch.pkt) == ParseStatus::Tcp {
-            track::lookup_only(scratch);
-        }
+    if let Some((scratch, ParseStatus::Tcp)) = xdp_parse(&ctx) {
+        track::lookup_only(scratch);
     }
     xdp_action::XDP_PASS
 }

@@ -15,7 +15,7 @@ use tcpstate_common::{
     flow::{flowflags, FlowKey, FlowRecord, FlowWord, Side},
     maps::{Config, TableCounters, UserCounters, CAPACITY_SLACK},
     packet::TcpPacket,
-    state::{classify_opening, open_into, quiet, step_into, write, InvalidReason, Opening, Step},
+    state::{classify_opening, open_into, quiet, step_into, write, InvalidReason, Step},
 };
 
 /// Default capacity compiled into the object; the daemon sets the real one at load time.
@@ -152,15 +152,19 @@ pub fn track(status: ParseStatus, scratch: &mut Scratch, hook: Hook, view: View)
     }
 }
 
-/// [`Config::turn_away_syn`] against the current books: a bare SYN meeting a full table or a spent
-/// half-open budget is answered before the lookup.
+/// [`Config::turn_away_before_lookup`]: a bare SYN meeting a full table or a spent half-open
+/// budget is answered before the lookup; other segments do not read the books.
 #[inline(always)]
 fn turned_away(pkt: &TcpPacket) -> Option<UntrackedReason> {
-    let (table, user) = (TABLE.get(0)?, USER.get(0)?);
-    let (fill, half_open) = table.fill(user);
     TCPSTATE_CONFIG
         .load()
-        .turn_away_syn(pkt.seg.flags, fill, half_open)
+        .turn_away_before_lookup(&pkt.seg, books)
+}
+
+/// Table fill and half-open flows from the kernel's and the daemon's books.
+#[inline(always)]
+fn books() -> Option<(u64, u64)> {
+    Some(TABLE.get(0)?.fill(USER.get(0)?))
 }
 
 /// What [`update`] found.
@@ -284,19 +288,12 @@ fn insert_new(scratch: &mut Scratch, view: View, now: u64) -> bool {
             return true;
         }
     };
-    let cfg = TCPSTATE_CONFIG.load();
-    let (Some(table), Some(user)) = (TABLE.get(0), USER.get(0)) else {
+    let Some((fill, half_open)) = books() else {
         return true;
     };
-    let (fill, half_open) = table.fill(user);
-    if fill >= cfg.capacity {
-        bump(idx::UNTRACKED + UntrackedReason::TableFull as u32, 1);
-        scratch.event = Event::Untracked(UntrackedReason::TableFull);
-        return true;
-    }
-    if opening != Opening::Midstream && half_open >= cfg.half_open_budget {
-        bump(idx::UNTRACKED + UntrackedReason::HalfOpenBudget as u32, 1);
-        scratch.event = Event::Untracked(UntrackedReason::HalfOpenBudget);
+    if let Err(why) = TCPSTATE_CONFIG.load().admit(opening, fill, half_open) {
+        bump(idx::UNTRACKED + why as u32, 1);
+        scratch.event = Event::Untracked(why);
         return true;
     }
     let st = &mut scratch.step;
