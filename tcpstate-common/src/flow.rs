@@ -307,6 +307,20 @@ impl FlowRecord {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds, read from userspace: the clock of bpf_ktime_get_ns and
+/// bpf_ktime_get_coarse_ns, so the daemon, the inspection commands and the tests compute ages from
+/// the record's stamps against the same clock the kernel stamped them with.
+#[cfg(feature = "user")]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), integers and integer arrays only, sizes asserted above with no implicit

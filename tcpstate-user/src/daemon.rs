@@ -9,6 +9,7 @@ use std::{
     },
     time::Duration,
 };
+use tcpstate_common::flow::monotonic_ns;
 
 use aya::maps::MapError;
 use tcpstate_common::maps::UserCounters;
@@ -22,7 +23,7 @@ use crate::{
     inspect, kernellog, loader,
     metrics::{self, Scrape},
     netif, ports, seed, sockdiag,
-    sweeper::{self, monotonic_ns, SweepReport},
+    sweeper::{self, SweepReport},
     tables::{self, Books, Flows},
 };
 

@@ -1,6 +1,7 @@
 //! `tcpstate flows` and `tcpstate cleanup`: reading (or removing) a daemon's pinned maps.
 
 use std::{fs, path::Path};
+use tcpstate_common::flow::monotonic_ns;
 
 use serde_json::json;
 use tcpstate_common::{
@@ -8,7 +9,7 @@ use tcpstate_common::{
     maps, FlowKey, FlowRecord, TcpState,
 };
 
-use crate::{cli::FlowsArgs, sweeper::monotonic_ns, tables};
+use crate::{cli::FlowsArgs, tables};
 
 /// One tracked flow, decoded for people and scripts.
 struct FlowView {

@@ -4,6 +4,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
 };
+use tcpstate_common::flow::monotonic_ns;
 
 use serde_json::json;
 use tcpstate_common::{
@@ -15,7 +16,6 @@ use crate::{
     cli::LeaksArgs,
     owners::{owners, Owner},
     sockdiag::{self, KernelState},
-    sweeper::monotonic_ns,
     tables,
 };
 

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcpstate_common::{maps::UserCounters, FlowKey, FlowRecord};
+use tcpstate_common::{flow::monotonic_ns, maps::UserCounters, FlowKey, FlowRecord};
 use tracing::warn;
 
 use crate::{
@@ -33,17 +33,6 @@ pub struct Leaks {
     /// Ports labelled by the previous walk: they keep their label, so a leak that goes away (the
     /// process closed its sockets, or exited and stopped listening) reads 0 rather than vanishing.
     pub labelled: BTreeSet<u16>,
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns and bpf_ktime_get_coarse_ns.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Most of one CPU the sweeper may use: after a walk that took `d`, it waits at least

@@ -223,13 +223,4 @@ pub fn close_wait(
     (key, step(&rec, c, &fin, now_ns).rec)
 }
 
-/// CLOCK_MONOTONIC nanoseconds, the kernel programs' clock.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use tcpstate_common::flow::monotonic_ns;

@@ -5,22 +5,12 @@ use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use aya::maps::{HashMap, Map, MapData};
 use tcpstate_common::{
-    flow::{FlowKey, FlowRecord, FlowWord, Side},
+    flow::{monotonic_ns, FlowKey, FlowRecord, FlowWord, Side},
     maps,
     state::TcpState,
 };
 
 use crate::harness::*;
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 #[test]
 fn a_table_of_several_batches_is_read_whole_and_once() {
