@@ -440,6 +440,25 @@ impl Daemon {
         }
     }
 
+    /// `tcpstate flows --json` on this daemon's pinned maps, with `filters`: one object per flow.
+    pub fn flows(&self, filters: &[&str]) -> Vec<serde_json::Value> {
+        let out = Command::new(BIN)
+            .args(["flows", "--json", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .args(filters)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tcpstate flows {filters:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        match serde_json::from_slice(&out.stdout) {
+            Ok(serde_json::Value::Array(flows)) => flows,
+            other => panic!("tcpstate flows --json gave no array: {other:?}"),
+        }
+    }
+
     /// Waits until `pred` holds for the metrics, or panics with `what` and the last metrics.
     pub fn wait_for(&self, what: &str, pred: impl Fn(&Metrics) -> bool) -> Metrics {
         self.wait_for_within(what, Duration::from_secs(10), pred)
@@ -572,6 +591,22 @@ fn series(name: &str, labels: &[(&str, &str)]) -> String {
     }
     let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     format!("{name}{{{}}}", l.join(","))
+}
+
+/// A flow's endpoint from `tcpstate flows --json`: the local one (`local`) or the remote one.
+pub fn endpoint(flow: &serde_json::Value, local: bool) -> &serde_json::Value {
+    if flow["a"]["local"] == local {
+        &flow["a"]
+    } else {
+        &flow["b"]
+    }
+}
+
+/// The port of an endpoint from `tcpstate flows --json` (`"addr:port"` or `"[v6]:port"`).
+pub fn endpoint_port(endpoint: &serde_json::Value) -> u16 {
+    let text = endpoint["endpoint"].as_str().expect("an endpoint string");
+    let (_, port) = text.rsplit_once(':').expect("addr:port");
+    port.parse().expect("a port number")
 }
 
 pub fn ip(s: &str) -> IpAddr {

@@ -186,24 +186,7 @@ fn leaking_port_and_process_are_named_and_cleared() {
     );
 
     // `tcpstate flows` filters agree: three CLOSE_WAIT flows on 8080, none on 9090.
-    let flows = |extra: &[&str]| -> Vec<serde_json::Value> {
-        let out = Command::new(BIN)
-            .args(["flows", "--json", "--pin-dir"])
-            .arg(&d.pin_dir)
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
-    };
+    let flows = |filters: &[&str]| d.flows(filters);
     let stuck = flows(&[
         "--state",
         "close_wait",
@@ -214,11 +197,7 @@ fn leaking_port_and_process_are_named_and_cleared() {
     ]);
     assert_eq!(stuck.len(), 3);
     for f in &stuck {
-        let local = if f["a"]["local"] == true {
-            &f["a"]
-        } else {
-            &f["b"]
-        };
+        let local = endpoint(f, true);
         assert_eq!(
             (local["state"].as_str(), local["role"].as_str()),
             (Some("close_wait"), Some("server")),

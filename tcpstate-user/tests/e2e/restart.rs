@@ -1,40 +1,26 @@
 //! Restarts lose nothing: a new daemon reopens the pinned maps, keeps every flow and its age, and
 //! drops or corrects what changed while no daemon was watching.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use crate::harness::*;
 
 fn close_wait_age(d: &Daemon) -> f64 {
-    let out = Command::new(BIN)
-        .args(["flows", "--json", "--state", "close_wait", "--pin-dir"])
-        .arg(&d.pin_dir)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // The leak: the flow whose *local* endpoint is in CLOSE_WAIT. (`--state` also lists a flow
     // whose remote end is in it: the connection closed while no daemon ran, re-seeded with the
     // server in FIN_WAIT_2; the two sort by the client's ephemeral port, in either order.)
-    let local = |f: &serde_json::Value| {
-        if f["a"]["local"] == true {
-            f["a"].clone()
-        } else {
-            f["b"].clone()
-        }
-    };
-    let leaks: Vec<&serde_json::Value> = v
-        .as_array()
-        .unwrap()
+    let all = d.flows(&["--state", "close_wait"]);
+    let leaks: Vec<&serde_json::Value> = all
         .iter()
-        .filter(|f| local(f)["state"] == "close_wait")
+        .filter(|f| endpoint(f, true)["state"] == "close_wait")
         .collect();
-    assert_eq!(leaks.len(), 1, "one local CLOSE_WAIT: {v}");
+    assert_eq!(leaks.len(), 1, "one local CLOSE_WAIT: {all:?}");
     let f = leaks[0];
     assert_eq!(
         f["seeded"], false,
         "kept from before the restart, not re-seeded: {f}"
     );
-    local(f)["age_seconds"].as_f64().unwrap()
+    endpoint(f, true)["age_seconds"].as_f64().unwrap()
 }
 
 #[test]

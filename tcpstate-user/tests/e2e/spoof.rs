@@ -2,8 +2,6 @@
 //! and are counted; an RST with the exact sequence number closes the connection (as the kernel
 //! does).
 
-use std::process::Command;
-
 use crate::harness::*;
 
 /// Sends TCP segments with scapy from `ns`: (src port, dst port, flags, seq).
@@ -29,18 +27,9 @@ fn blind_rsts_change_nothing_and_the_exact_one_closes() {
     let (_s, _) = l.accept().unwrap();
     let cport = c.local_addr().unwrap().port();
     d.assert_matches_kernel(&p.srv, "established");
-    let out = Command::new(BIN)
-        .args(["flows", "--json", "--port", "8080", "--pin-dir"])
-        .arg(&d.pin_dir)
-        .output()
-        .unwrap();
-    let flows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let f = &flows[0];
-    let client = if f["a"]["local"] == false {
-        &f["a"]
-    } else {
-        &f["b"]
-    };
+    let flows = d.flows(&["--port", "8080"]);
+    assert_eq!(flows.len(), 1, "the one connection: {flows:?}");
+    let client = endpoint(&flows[0], false);
     let isn = client["seq"]["isn"]
         .as_u64()
         .expect("the client's ISN is known from its SYN") as u32;

@@ -1,7 +1,7 @@
 //! The table is read in batches (BPF_MAP_LOOKUP_BATCH, 4096 flows a call): a table of several
 //! batches is read whole, each flow once, by the sweep and by `tcpstate flows`.
 
-use std::{collections::BTreeSet, process::Command, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
 use aya::maps::{HashMap, Map, MapData};
 use tcpstate_common::{
@@ -22,22 +22,26 @@ fn a_table_of_several_batches_is_read_whole_and_once() {
     ))
     .unwrap();
     let now = monotonic_ns();
-    let mut w = FlowWord::default();
-    w.set_state(Side::A, TcpState::Established);
-    w.set_state(Side::B, TcpState::Established);
-    let mut rec = FlowRecord {
-        since_ns: [now; 2],
-        last_seen: FlowRecord::seen_tick(now),
-        ..FlowRecord::default()
-    };
-    rec.set_word(w);
     let mut ports = BTreeSet::new();
     for i in 0..FLOWS {
         // Distinct remote addresses (198.18.0.0/15, never routed here) and ports.
         let remote = FlowKey::addr_words([198, 18, (i >> 8) as u8, i as u8].into());
         let local = FlowKey::addr_words(ip(SERVER_V4));
         let port = 10_000 + i as u16;
-        let (key, _) = FlowKey::canonical(remote, port, local, 80);
+        let (key, remote_side) = FlowKey::canonical(remote, port, local, 80);
+        // Established both ways, the local endpoint counted (as host mode would have it).
+        let mut w = FlowWord {
+            counted: remote_side.other().bit(),
+            ..FlowWord::default()
+        };
+        w.set_state(Side::A, TcpState::Established);
+        w.set_state(Side::B, TcpState::Established);
+        let mut rec = FlowRecord {
+            since_ns: [now; 2],
+            last_seen: FlowRecord::seen_tick(now),
+            ..FlowRecord::default()
+        };
+        rec.set_word(w);
         table.insert(key, rec, 0).expect("insert");
         ports.insert(port);
     }
@@ -45,29 +49,10 @@ fn a_table_of_several_batches_is_read_whole_and_once() {
     d.wait_for_within("a sweep over every flow", Duration::from_secs(10), |m| {
         m.get("tcpstate_sweep_flows_visited", &[]) == f64::from(FLOWS)
     });
-    let out = Command::new(BIN)
-        .args(["flows", "--json", "--pin-dir"])
-        .arg(&d.pin_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let listed: Vec<u16> = v
-        .as_array()
-        .unwrap()
+    let listed: Vec<u16> = d
+        .flows(&[])
         .iter()
-        .map(|f| {
-            let port = |side: &str| -> u16 {
-                let ep = f[side]["endpoint"].as_str().expect("endpoint");
-                ep.rsplit_once(':').unwrap().1.parse().unwrap()
-            };
-            // The remote end's port (the local one is 80).
-            port("a").max(port("b"))
-        })
+        .map(|f| endpoint_port(endpoint(f, false)))
         .collect();
     assert_eq!(listed.len(), FLOWS as usize, "every flow listed once");
     assert_eq!(listed.into_iter().collect::<BTreeSet<_>>(), ports);
