@@ -166,6 +166,18 @@ pub fn report(part: &str, figures: &[Figure]) {
 pub const CLIENT_ISN: u32 = 1_000;
 pub const SERVER_ISN: u32 = 9_000_000;
 
+/// A segment without payload or options, as the fixtures' endpoints send them.
+fn seg(flags: u8, seq: u32, ack: u32) -> Segment {
+    Segment {
+        seq,
+        ack,
+        len: 0,
+        win: 65_000,
+        flags,
+        wscale: WSCALE_NONE,
+    }
+}
+
 /// The record of an established connection, built by the real state machine from a handshake
 /// seen by host-mode XDP on the server (the server is the counted side) at `now_ns`.
 pub fn established(
@@ -177,14 +189,6 @@ pub fn established(
 ) -> (FlowKey, FlowRecord) {
     let (key, c) = FlowKey::canonical(client, cport, server, sport);
     let s = c.other();
-    let seg = |flags, seq, ack| Segment {
-        seq,
-        ack,
-        len: 0,
-        win: 65_000,
-        flags,
-        wscale: WSCALE_NONE,
-    };
     let (_, st) =
         open(c, &seg(SYN, CLIENT_ISN, 0), s.bit(), now_ns, key.port).expect("a SYN opens");
     let st = step(
@@ -212,14 +216,7 @@ pub fn close_wait(
 ) -> (FlowKey, FlowRecord) {
     let (key, rec) = established(client, cport, server, sport, now_ns);
     let c = FlowKey::canonical(client, cport, server, sport).1;
-    let fin = Segment {
-        seq: CLIENT_ISN + 1,
-        ack: SERVER_ISN + 1,
-        len: 0,
-        win: 65_000,
-        flags: FIN | ACK,
-        wscale: WSCALE_NONE,
-    };
+    let fin = seg(FIN | ACK, CLIENT_ISN + 1, SERVER_ISN + 1);
     (key, step(&rec, c, &fin, now_ns).rec)
 }
 
