@@ -5,7 +5,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time};
 use crate::{
     cli::{IngressHook, Mode, RunArgs, XdpModeArg},
     error::Preflight,
-    netif,
+    kernel::netif,
 };
 
 /// A duration written like `500ms`, `3s`, `90s`, `2m`, `1h`, `5d`.

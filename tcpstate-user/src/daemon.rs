@@ -16,15 +16,23 @@ use tcpstate_common::maps::UserCounters;
 use tracing::{info, warn};
 
 use crate::{
+    background::{
+        ports, seed,
+        sweeper::{self, SweepReport},
+    },
     cli::{KernelLog, Mode},
     config::RunConfig,
     error::Preflight,
-    http::{self, Reply},
-    inspect, kernellog, loader,
-    metrics::{self, Scrape},
-    netif, ports, seed, sockdiag,
-    sweeper::{self, SweepReport},
-    tables::{self, Books, Flows},
+    exporter::{
+        http::{self, Reply},
+        metrics::{self, Scrape},
+    },
+    inspect,
+    kernel::{
+        kernellog, loader, netif,
+        tables::{self, Books, Flows},
+    },
+    sockets::sockdiag,
 };
 
 /// `bpf(2)` update flag: insert only if the key is absent (include/uapi/linux/bpf.h).
@@ -53,7 +61,7 @@ pub fn check(mut cfg: RunConfig) -> anyhow::Result<String> {
     };
     let result = attempt();
     if cfg.pin_dir.exists() {
-        inspect::remove_pins(&cfg.pin_dir)?;
+        inspect::flows::remove_pins(&cfg.pin_dir)?;
     }
     let attached: Vec<String> = result?
         .iter()

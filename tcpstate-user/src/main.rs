@@ -1,24 +1,15 @@
 //! `tcpstate`: the daemon (`run`) and the inspection commands.
 
+mod background;
 mod cli;
 mod config;
 mod configfile;
 mod daemon;
 mod error;
-mod expiry;
-mod http;
+mod exporter;
 mod inspect;
-mod kernellog;
-mod leaks;
-mod loader;
-mod metrics;
-mod netif;
-mod owners;
-mod ports;
-mod seed;
-mod sockdiag;
-mod sweeper;
-mod tables;
+mod kernel;
+mod sockets;
 
 use std::process::ExitCode;
 
@@ -52,7 +43,7 @@ fn main() -> ExitCode {
         .init();
     if let Command::Leaks(args) = &cli.command {
         // 0: no leak, 1: leaks, 2: could not tell.
-        return match leaks::run(args) {
+        return match inspect::leaks::run(args) {
             Ok(false) => ExitCode::SUCCESS,
             Ok(true) => ExitCode::from(1),
             Err(e) => {
@@ -81,10 +72,10 @@ fn main() -> ExitCode {
         Command::Run(args) => RunConfig::from_args(args)
             .map_err(anyhow::Error::from)
             .and_then(daemon::run),
-        Command::Flows(args) => inspect::flows(args),
-        Command::Cleanup(args) => inspect::cleanup(&args.pin_dir),
+        Command::Flows(args) => inspect::flows::flows(args),
+        Command::Cleanup(args) => inspect::flows::cleanup(&args.pin_dir),
         Command::Leaks(_) => unreachable!("handled above"),
-        Command::DescribeMetrics => metrics::describe()
+        Command::DescribeMetrics => exporter::metrics::describe()
             .map_err(anyhow::Error::from)
             .and_then(|b| Ok(std::io::Write::write_all(&mut std::io::stdout(), &b)?)),
     };

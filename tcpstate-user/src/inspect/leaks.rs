@@ -14,9 +14,11 @@ use tcpstate_common::{
 
 use crate::{
     cli::LeaksArgs,
-    owners::{owners, Owner},
-    sockdiag::{self, KernelState},
-    tables,
+    kernel::tables,
+    sockets::{
+        owners::{owners, Owner},
+        sockdiag::{self, KernelState},
+    },
 };
 
 /// What CLOSE_WAIT piling up almost always means, in one line.

@@ -22,7 +22,7 @@ use crate::{
     cli::{IngressHook, Mode, XdpModeArg},
     config::RunConfig,
     error::Preflight,
-    netif,
+    kernel::netif,
 };
 
 /// The object tcpstate-user's build.rs built with aya-build.

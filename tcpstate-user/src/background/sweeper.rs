@@ -10,10 +10,12 @@ use tcpstate_common::{flow::monotonic_ns, maps::UserCounters, FlowKey, FlowRecor
 use tracing::warn;
 
 use crate::{
+    background::{
+        expiry::{self, Expired},
+        ports::{self, AcceptQueue, PortEndpoint, Survey},
+    },
     config::Timeouts,
-    expiry::{self, Expired},
-    ports::{self, AcceptQueue, PortEndpoint, Survey},
-    tables::Flows,
+    kernel::tables::Flows,
 };
 
 #[derive(Clone, Debug, Default)]

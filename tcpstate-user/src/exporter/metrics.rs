@@ -12,7 +12,10 @@ use tcpstate_common::{
     Role, TcpState,
 };
 
-use crate::{loader::Attached, sweeper::SweepReport, tables::Totals};
+use crate::{
+    background::sweeper::SweepReport,
+    kernel::{loader::Attached, tables::Totals},
+};
 
 /// Everything one scrape renders.
 pub struct Scrape<'a> {
@@ -370,15 +373,15 @@ pub fn describe() -> prometheus::Result<Vec<u8>> {
     };
     // One listening port, shown as port="0", so the per-port families appear with their labels.
     let mut sweep = SweepReport::default();
-    let listening = crate::ports::PortFigures {
+    let listening = crate::background::ports::PortFigures {
         accept: Some(Default::default()),
         ..Default::default()
     };
     sweep.ports.ports.insert("0".to_string(), listening);
-    sweep
-        .ports
-        .ports
-        .insert(crate::ports::OTHER.to_string(), Default::default());
+    sweep.ports.ports.insert(
+        crate::background::ports::OTHER.to_string(),
+        Default::default(),
+    );
     let attached = [Attached {
         iface: "eth0".into(),
         hook: "tc_ingress",

@@ -12,7 +12,7 @@ use tcpstate_common::{
     TcpState,
 };
 
-use crate::sockdiag::{KernelState, Socket};
+use crate::sockets::sockdiag::{KernelState, Socket};
 
 /// The state a peer must be in, given one endpoint's kernel state (the peer's socket is on another
 /// host, or in another namespace, so the dump does not show it).

@@ -1,0 +1,4 @@
+//! The inspection commands (`flows`, `leaks`, `cleanup`), which read a running daemon's pins.
+
+pub mod flows;
+pub mod leaks;
