@@ -11,7 +11,8 @@ use crate::status;
 /// Debian packages: LLVM 22 to build bpf-linker against (it must match rustc's LLVM), and the
 /// tools the tests drive: promtool (prometheus), nft (nftables), hping3, scapy, ss/ip (iproute2),
 /// curl for the README's check, util-linux for nsenter; and for `cargo xtask bench`, node_exporter
-/// (compared side by side) and procps (sysctl in the benchmark's namespaces).
+/// (compared side by side) and procps (sysctl in the benchmark's namespaces); podman and runc for
+/// the container tests (crun refuses this machine kind's hybrid cgroups, so runc is named).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -24,6 +25,8 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "prometheus-node-exporter",
     "procps",
+    "podman",
+    "runc",
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
