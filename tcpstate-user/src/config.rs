@@ -3,9 +3,9 @@
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time};
 
 use crate::{
+    bpf::netif,
     cli::{IngressHook, Mode, RunArgs, XdpModeArg},
     error::Preflight,
-    kernel::netif,
 };
 
 /// A duration written like `500ms`, `3s`, `90s`, `2m`, `1h`, `5d`.

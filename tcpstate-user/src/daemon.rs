@@ -20,6 +20,10 @@ use crate::{
         ports, seed,
         sweeper::{self, SweepReport},
     },
+    bpf::{
+        kernellog, loader, netif,
+        tables::{self, Books, Flows},
+    },
     cli::{KernelLog, Mode},
     config::RunConfig,
     error::Preflight,
@@ -28,10 +32,6 @@ use crate::{
         metrics::{self, Scrape},
     },
     inspect,
-    kernel::{
-        kernellog, loader, netif,
-        tables::{self, Books, Flows},
-    },
     sockets::sockdiag,
 };
 

@@ -1,6 +1,7 @@
 //! `tcpstate`: the daemon (`run`) and the inspection commands.
 
 mod background;
+mod bpf;
 mod cli;
 mod config;
 mod configfile;
@@ -8,7 +9,6 @@ mod daemon;
 mod error;
 mod exporter;
 mod inspect;
-mod kernel;
 mod sockets;
 
 use std::process::ExitCode;

@@ -14,8 +14,8 @@ use crate::{
         expiry::{self, Expired},
         ports::{self, AcceptQueue, PortEndpoint, Survey},
     },
+    bpf::tables::Flows,
     config::Timeouts,
-    kernel::tables::Flows,
 };
 
 #[derive(Clone, Debug, Default)]

@@ -14,7 +14,7 @@ use tcpstate_common::{
 
 use crate::{
     background::sweeper::SweepReport,
-    kernel::{loader::Attached, tables::Totals},
+    bpf::{loader::Attached, tables::Totals},
 };
 
 /// Everything one scrape renders.

@@ -9,7 +9,7 @@ use tcpstate_common::{
     maps, FlowKey, FlowRecord, TcpState,
 };
 
-use crate::{cli::FlowsArgs, kernel::tables};
+use crate::{bpf::tables, cli::FlowsArgs};
 
 /// One tracked flow, decoded for people and scripts.
 struct FlowView {

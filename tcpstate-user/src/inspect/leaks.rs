@@ -13,8 +13,8 @@ use tcpstate_common::{
 };
 
 use crate::{
+    bpf::tables,
     cli::LeaksArgs,
-    kernel::tables,
     sockets::{
         owners::{owners, Owner},
         sockdiag::{self, KernelState},

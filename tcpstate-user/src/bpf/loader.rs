@@ -19,10 +19,10 @@ use tcpstate_common::{
 use tracing::info;
 
 use crate::{
+    bpf::netif,
     cli::{IngressHook, Mode, XdpModeArg},
     config::RunConfig,
     error::Preflight,
-    kernel::netif,
 };
 
 /// The object tcpstate-user's build.rs built with aya-build.
