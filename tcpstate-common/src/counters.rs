@@ -63,20 +63,25 @@ pub enum UntrackedReason {
     HalfOpenBudget = 1,
     /// The map refused the insert for another reason (kernel memory).
     InsertFailed = 2,
+    /// A segment on a container interface the daemon has not given a scope (yet, or any more):
+    /// the moment between attaching and the scope map entry, or a veth being torn down.
+    NoScope = 3,
 }
 
 impl UntrackedReason {
-    pub const COUNT: usize = 3;
+    pub const COUNT: usize = 4;
     pub const ALL: [UntrackedReason; Self::COUNT] = [
         UntrackedReason::TableFull,
         UntrackedReason::HalfOpenBudget,
         UntrackedReason::InsertFailed,
+        UntrackedReason::NoScope,
     ];
     pub const fn name(self) -> &'static str {
         match self {
             UntrackedReason::TableFull => "table_full",
             UntrackedReason::HalfOpenBudget => "half_open_budget",
             UntrackedReason::InsertFailed => "insert_failed",
+            UntrackedReason::NoScope => "no_scope",
         }
     }
 }
@@ -108,6 +113,28 @@ pub mod idx {
     /// `[role]`: sum of handshake durations, nanoseconds.
     pub const HANDSHAKE_SUM_NS: u32 = HANDSHAKE_BUCKETS + 2 * HANDSHAKE_BUCKETS_PER_ROLE;
     pub const COUNT: u32 = HANDSHAKE_SUM_NS + 2;
+
+    /// Whether a slot belongs to a scope's own set (per-endpoint figures: connection gauges,
+    /// RSTs, handshakes and their durations) or to the one global set that lives in the host
+    /// scope's slots (segments, invalid, skipped, untracked, opened: figures of the tracker, not
+    /// of an endpoint, which a recycled scope must never take back).
+    #[inline(always)]
+    pub const fn per_scope(slot: u32) -> bool {
+        slot < SEGMENTS
+            || (slot >= RESETS && slot < INVALID)
+            || (slot >= HANDSHAKES && slot < OPENED)
+            || slot >= HANDSHAKE_BUCKETS
+    }
+
+    /// The array index of `slot` for a segment whose scope's first slot is `base`.
+    #[inline(always)]
+    pub const fn in_scope(base: u32, slot: u32) -> u32 {
+        if per_scope(slot) {
+            base + slot
+        } else {
+            slot
+        }
+    }
 
     #[inline(always)]
     pub const fn conn(role: Role, state: TcpState) -> u32 {
@@ -169,6 +196,11 @@ pub fn for_each_delta(old: FlowWord, st: &Step, sender: Side, mut bump: impl FnM
         bump(idx::INVALID + why as u32, 1);
         return;
     }
+    // A flow no endpoint of which is counted (traffic the host only forwards to a container) moves
+    // no gauge, RST or handshake figure: nothing of it happens on this host.
+    if st.rec.word().counted == 0 {
+        return;
+    }
     // The two sides spelled out rather than looped over: with a constant side every index into
     // the words' arrays is constant. (A loop let LLVM address the stack copy as `fp | side`, a
     // pointer OR the verifier rejects.)
@@ -225,6 +257,34 @@ fn side_deltas(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_endpoint_slots_are_scoped_and_tracker_slots_are_global() {
+        use crate::{flow::Role, state::TcpState};
+        let base = 7 * idx::COUNT;
+        for slot in [
+            idx::conn(Role::Server, TcpState::CloseWait),
+            idx::resets(RstDirection::Sent, TcpState::Established),
+            idx::HANDSHAKES,
+            idx::HANDSHAKE_BUCKETS,
+            idx::HANDSHAKE_SUM_NS + 1,
+        ] {
+            assert_eq!(idx::in_scope(base, slot), base + slot, "slot {slot}");
+        }
+        for slot in [
+            idx::SEGMENTS,
+            idx::INVALID,
+            idx::SKIPPED,
+            idx::UNTRACKED,
+            idx::opened(Opening::Midstream),
+        ] {
+            assert_eq!(idx::in_scope(base, slot), slot, "slot {slot}");
+        }
+        // The host's scope is the plain layout.
+        for slot in 0..idx::COUNT {
+            assert_eq!(idx::in_scope(0, slot), slot);
+        }
+    }
 
     #[test]
     fn durations_fall_in_the_first_bucket_whose_bound_is_not_below_them() {

@@ -42,8 +42,13 @@ impl Side {
 pub struct FlowKey {
     pub addr: [[u32; 4]; 2],
     pub port: [u16; 2],
+    /// The network namespace the counted endpoints live in ([`crate::scope`]): 0 for the host,
+    /// one per watched container namespace. Two containers may use the same addresses and ports
+    /// (each has its own 10.88.0.x or its own loopback), and a connection between two containers
+    /// on one host is two endpoints in two namespaces: the scope keeps such flows apart.
+    pub scope: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 36);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
 impl FlowKey {
     /// Builds the canonical key for a segment from `src` to `dst`, and says which side sent it.
@@ -58,6 +63,7 @@ impl FlowKey {
                 FlowKey {
                     addr: [src, dst],
                     port: [sport, dport],
+                    scope: crate::scope::HOST,
                 },
                 Side::A,
             )
@@ -66,10 +72,18 @@ impl FlowKey {
                 FlowKey {
                     addr: [dst, src],
                     port: [dport, sport],
+                    scope: crate::scope::HOST,
                 },
                 Side::B,
             )
         }
+    }
+
+    /// The same key in another namespace's scope.
+    #[inline(always)]
+    pub const fn in_scope(mut self, scope: u32) -> FlowKey {
+        self.scope = scope;
+        self
     }
 
     /// Address words for an IPv4 address given in network byte order as it sits in the packet.
@@ -157,6 +171,10 @@ pub mod flowflags {
     pub const CLIENT_B: u8 = 0x10;
     /// Roles guessed from port numbers (no SYN seen).
     pub const ROLE_GUESSED: u8 = 0x20;
+    /// Crossed a host-mode interface without a local socket at either end: traffic the host
+    /// forwards or NATs towards a container (container mode's transit check). Tracked, so its
+    /// segments stay on the quiet path, and counted in no gauge (`counted` is 0).
+    pub const TRANSIT: u8 = 0x40;
 }
 
 /// The part of a record that changes on state transitions. Exactly eight bytes, so the kernel can
@@ -324,7 +342,7 @@ pub fn monotonic_ns() -> u64 {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), integers and integer arrays only, sizes asserted above with no implicit
-    // padding (FlowKey 32+4, FlowRecord 8+32+16+8+4+4), so every byte pattern is valid.
+    // padding (FlowKey 32+4+4, FlowRecord 8+32+16+8+4+4), so every byte pattern is valid.
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowRecord {}

@@ -30,6 +30,14 @@ pub struct Config {
     /// Non-zero when the entry points hand rare events to aya-log (`--kernel-log`). A read-only
     /// constant: at 0 the verifier removes the event bookkeeping from every path.
     pub log_events: u64,
+    /// Scopes the counter array has room for ([`crate::scope`]): 1 (the host) unless container
+    /// mode watches namespaces. A scope at or past it is never counted.
+    pub scopes: u64,
+    /// Non-zero in container mode: a flow first seen on a host-mode interface is counted as a
+    /// host endpoint only if a local socket owns it, since the host also forwards and NATs its
+    /// containers' traffic through those interfaces. A read-only constant: off, the verifier
+    /// removes the socket lookup.
+    pub transit_check: u64,
 }
 
 impl Config {
@@ -121,21 +129,34 @@ impl TableCounters {
 impl UserCounters {
     /// Books a flow the daemon inserted: its counted endpoints enter the connection gauges.
     pub fn record_insert(&mut self, w: crate::flow::FlowWord) {
-        self.inserted = self.inserted.wrapping_add(1);
+        self.book_insert();
         self.shift_gauges(w, 1);
     }
 
     /// Books a flow the daemon deleted: its counted endpoints leave the connection gauges, and a
     /// half-open flow gives back its budget slot.
     pub fn record_delete(&mut self, w: crate::flow::FlowWord) {
-        self.deleted = self.deleted.wrapping_add(1);
+        self.book_delete(w);
         self.shift_gauges(w, 1u64.wrapping_neg());
+    }
+
+    /// The table-fill half of [`UserCounters::record_insert`]: kept in the host scope's slot,
+    /// the one the kernel reads, whatever scope the flow is in.
+    pub fn book_insert(&mut self) {
+        self.inserted = self.inserted.wrapping_add(1);
+    }
+
+    /// The table-fill half of [`UserCounters::record_delete`].
+    pub fn book_delete(&mut self, w: crate::flow::FlowWord) {
+        self.deleted = self.deleted.wrapping_add(1);
         if w.has(crate::flow::flowflags::HALF_OPEN) {
             self.half_open_released = self.half_open_released.wrapping_add(1);
         }
     }
 
-    fn shift_gauges(&mut self, w: crate::flow::FlowWord, delta: u64) {
+    /// Moves the connection gauges of `w`'s counted endpoints by `delta` (1 or -1 as wrapping):
+    /// the gauge half, kept in the slot of the flow's own scope.
+    pub fn shift_gauges(&mut self, w: crate::flow::FlowWord, delta: u64) {
         use crate::{counters::idx, flow::Side, state::TcpState};
         for side in [Side::A, Side::B] {
             let state = w.state(side);
@@ -166,6 +187,8 @@ mod tests {
         capacity: 100,
         half_open_budget: 25,
         log_events: 0,
+        scopes: 1,
+        transit_check: 0,
     };
 
     fn seg(flags: u8) -> Segment {

@@ -275,6 +275,7 @@ mod ipv4 {
         let key = FlowKey {
             addr: [pkt.src, pkt.dst],
             port: [pkt.sport, pkt.dport],
+            scope: 0,
         };
         assert!(key.is_v4());
         assert_eq!(pkt.src[3].to_ne_bytes(), SRC4);

@@ -9,20 +9,26 @@ mod packet;
 mod track;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{
+        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, xdp_action, BPF_F_CURRENT_NETNS,
+    },
+    helpers::{bpf_sk_release, bpf_skc_lookup_tcp},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
 use aya_log_ebpf::{debug, info, warn};
 use tcpstate_common::{
-    counters::Hook,
-    packet::{could_be_tcp, Packet, SkipReason},
+    counters::{idx, Hook, UntrackedReason},
+    flow::FlowKey,
+    packet::{could_be_tcp, Packet, SkipReason, TcpPacket},
+    scope,
 };
 
 use crate::{
     packet::{parse_frame, Frame, ParseStatus},
-    track::{logging, track, Event, Scratch, View},
+    track::{count, logging, scope_of, track, Event, Scratch, View},
 };
 
 /// TCX "next": let the rest of the chain (or the stack) have the packet, as a monitor must.
@@ -47,7 +53,9 @@ pub fn tcpstate_xdp_tap(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn xdp_track(ctx: &XdpContext, view: View) -> u32 {
     if let Some((scratch, status)) = xdp_parse(ctx) {
-        track(status, scratch, Hook::Xdp, view);
+        track(status, scratch, Hook::Xdp, view, |pkt, view| {
+            local_socket(ctx, pkt, view)
+        });
         if logging() {
             log_event(ctx, scratch);
         }
@@ -63,6 +71,8 @@ fn xdp_parse(ctx: &XdpContext) -> Option<(&'static mut Scratch, ParseStatus)> {
         return None;
     }
     let scratch = Scratch::get()?;
+    // XDP runs on host- and tap-mode interfaces only: the host's scope.
+    scratch.set_scope(scope::HOST);
     let status = parse_frame(&Frame::xdp(ctx), &mut scratch.pkt);
     Some((scratch, status))
 }
@@ -70,24 +80,39 @@ fn xdp_parse(ctx: &XdpContext) -> Option<(&'static mut Scratch, ParseStatus)> {
 /// Host mode, egress: segments local endpoints send.
 #[classifier]
 pub fn tcpstate_tc_egress(ctx: TcContext) -> i32 {
-    tc_track(&ctx, Hook::TcEgress, View::HostEgress)
+    tc_track(&ctx, Hook::TcEgress, View::HostEgress, false)
 }
 
 /// Host mode, ingress (the default ingress hook): segments arriving for local endpoints.
 #[classifier]
 pub fn tcpstate_tc_ingress(ctx: TcContext) -> i32 {
-    tc_track(&ctx, Hook::TcIngress, View::HostIngress)
+    tc_track(&ctx, Hook::TcIngress, View::HostIngress, false)
 }
 
 /// Tap mode on TC ingress: a port that sees both directions.
 #[classifier]
 pub fn tcpstate_tc_tap(ctx: TcContext) -> i32 {
-    tc_track(&ctx, Hook::TcIngress, View::Tap)
+    tc_track(&ctx, Hook::TcIngress, View::Tap, false)
+}
+
+/// Container mode, ingress of the host-side end of a container's veth: what the container sends
+/// (the hooks are swapped: the host's ingress is the container's egress), so the sender is the
+/// local endpoint, counted in the container's scope.
+#[classifier]
+pub fn tcpstate_tc_ctr_ingress(ctx: TcContext) -> i32 {
+    tc_track(&ctx, Hook::TcIngress, View::HostEgress, true)
+}
+
+/// Container mode, egress of the host-side end of a container's veth: what the container receives.
+#[classifier]
+pub fn tcpstate_tc_ctr_egress(ctx: TcContext) -> i32 {
+    tc_track(&ctx, Hook::TcEgress, View::HostIngress, true)
 }
 
 /// The TC programs' body: parse (pulling headers into the linear area if needed), track, log.
+/// `scoped`: a container interface, whose scope the daemon put in the scope map.
 #[inline(always)]
-fn tc_track(ctx: &TcContext, hook: Hook, view: View) -> i32 {
+fn tc_track(ctx: &TcContext, hook: Hook, view: View, scoped: bool) -> i32 {
     // Not pulled: a frame whose EtherType is outside the linear area reads as "could be" and goes
     // through the full path below.
     if !could_be_tcp(&Frame::tc(ctx)) {
@@ -96,6 +121,21 @@ fn tc_track(ctx: &TcContext, hook: Hook, view: View) -> i32 {
     let Some(scratch) = Scratch::get() else {
         return TCX_NEXT;
     };
+    if scoped {
+        // SAFETY: the context's __sk_buff, valid for the program run.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        match scope_of(ifindex) {
+            Some(s) => scratch.set_scope(s),
+            None => {
+                // Attached before its scope was written, or being detached: counted in the host's
+                // slots, never tracked under a wrong scope.
+                count(idx::UNTRACKED + UntrackedReason::NoScope as u32);
+                return TCX_NEXT;
+            }
+        }
+    } else {
+        scratch.set_scope(scope::HOST);
+    }
     let frame = Frame::tc(ctx);
     let mut status = parse_frame(&frame, &mut scratch.pkt);
     // Headers outside the linear area (possible for locally built skbs, and for GRO aggregates
@@ -110,11 +150,72 @@ fn tc_track(ctx: &TcContext, hook: Hook, view: View) -> i32 {
             status = parse_frame(&Frame::tc(ctx), &mut scratch.pkt);
         }
     }
-    track(status, scratch, hook, view);
+    track(status, scratch, hook, view, |pkt, view| {
+        local_socket(ctx, pkt, view)
+    });
     if logging() {
         log_event(ctx, scratch);
     }
     TCX_NEXT
+}
+
+/// Whether a socket of this host owns the local end of `pkt`'s flow (the receiver on ingress, the
+/// sender on egress): container mode's transit check, asked only when a flow is about to be
+/// created on a host-mode interface. bpf_skc_lookup_tcp searches the established, TIME-WAIT,
+/// request and listening sockets of the interface's namespace (Linux 5.2, commit edbf8c01de5a
+/// "bpf: add skc_lookup_tcp helper"); traffic the host forwards or NATs to a container has none.
+#[inline(always)]
+fn local_socket<C: EbpfContext>(ctx: &C, pkt: &TcpPacket, view: View) -> bool {
+    // The helper takes the tuple as an arriving segment carries it: source = the remote end.
+    let (remote, rport, local, lport) = match view {
+        View::HostEgress => (pkt.dst, pkt.dport, pkt.src, pkt.sport),
+        _ => (pkt.src, pkt.sport, pkt.dst, pkt.dport),
+    };
+    // SAFETY: an all-zero tuple is a valid value of this plain-integer union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // Writing a whole union arm is safe; the helper reads `size` bytes of it.
+    let size = if is_v4(&remote) {
+        tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+            saddr: remote[3],
+            daddr: local[3],
+            sport: rport.to_be(),
+            dport: lport.to_be(),
+        };
+        12
+    } else {
+        tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+            saddr: remote,
+            daddr: local,
+            sport: rport.to_be(),
+            dport: lport.to_be(),
+        };
+        36
+    };
+    // SAFETY: a valid context pointer and an initialized tuple on the stack of the given size; a
+    // returned socket is released before the function returns, as the verifier demands.
+    unsafe {
+        let sk = bpf_skc_lookup_tcp(
+            ctx.as_ptr(),
+            &mut tuple,
+            size,
+            BPF_F_CURRENT_NETNS as i64 as u64,
+            0,
+        );
+        if sk.is_null() {
+            return false;
+        }
+        bpf_sk_release(sk.cast());
+    }
+    true
+}
+
+#[inline(always)]
+fn is_v4(words: &[u32; 4]) -> bool {
+    FlowKey {
+        addr: [*words, [0; 4]],
+        ..FlowKey::default()
+    }
+    .is_v4()
 }
 
 /// Does nothing but pass: the baseline `cargo xtask bench` measures every program against, loaded

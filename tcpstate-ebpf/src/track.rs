@@ -15,11 +15,14 @@ use tcpstate_common::{
     flow::{flowflags, FlowKey, FlowRecord, FlowWord, Side},
     maps::{Config, TableCounters, UserCounters, CAPACITY_SLACK},
     packet::TcpPacket,
+    scope::{self, ScopeInfo},
     state::{classify_opening, open_into, quiet, step_into, write, InvalidReason, Step},
 };
 
 /// Default capacity compiled into the object; the daemon sets the real one at load time.
 const DEFAULT_CAPACITY: u32 = 131_072;
+/// Container interfaces the scope map holds by default; the daemon sets the real size at load time.
+const DEFAULT_SCOPE_IFACES: u32 = 1024;
 
 // No preallocation: elements are allocated on insert and freed after an RCU grace period, so a
 // record the daemon deletes can never be reused under a program still holding its pointer. LRU is
@@ -28,8 +31,19 @@ const DEFAULT_CAPACITY: u32 = 131_072;
 static FLOWS: HashMap<FlowKey, FlowRecord> =
     HashMap::pinned(DEFAULT_CAPACITY + CAPACITY_SLACK, BPF_F_NO_PREALLOC);
 
+/// `idx::COUNT` slots per scope (the daemon sizes it for its scopes at load time).
 #[map(name = "TCPSTATE_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(idx::COUNT, 0);
+
+/// ifindex -> scope, for the host-side ends of container veths. Filled by the daemon before it
+/// attaches the container programs to an interface, emptied after it detaches them.
+#[map(name = "TCPSTATE_SCOPES")]
+static SCOPES: HashMap<u32, u32> = HashMap::pinned(DEFAULT_SCOPE_IFACES, 0);
+
+/// What each scope is, written and read by the daemon and the inspection commands only; declared
+/// here so it is created and pinned with the maps it describes.
+#[map(name = "TCPSTATE_SCOPE_INFO")]
+static SCOPE_INFO: Array<ScopeInfo> = Array::pinned(1, 0);
 
 #[map(name = "TCPSTATE_TABLE")]
 static TABLE: Array<TableCounters> = Array::pinned(1, 0);
@@ -44,6 +58,9 @@ pub struct Scratch {
     pub step: Step,
     /// The rare event this segment caused, for the entry point to log ([`Event`]).
     pub event: Event,
+    /// The segment's scope ([`scope`]) and the first counter slot of that scope.
+    pub scope: u32,
+    pub base: u32,
 }
 
 /// A rare event worth a kernel log line (aya-log, when `--kernel-log` enables it).
@@ -80,7 +97,33 @@ static TCPSTATE_CONFIG: Global<Config> = Global::new(Config {
     log_events: 0,
     capacity: DEFAULT_CAPACITY as u64,
     half_open_budget: DEFAULT_CAPACITY as u64 / 4,
+    scopes: 1,
+    transit_check: 0,
 });
+
+/// Whether container mode's transit check runs (a load-time constant, see [`Config`]).
+#[inline(always)]
+pub fn transit_check() -> bool {
+    TCPSTATE_CONFIG.load().transit_check != 0
+}
+
+/// The scope of a container interface, `None` when the daemon has not (or no longer) given it one,
+/// or gave one the counter array has no room for.
+#[inline(always)]
+pub fn scope_of(ifindex: u32) -> Option<u32> {
+    // SAFETY: a hash map value pointer, valid for this program run; a plain u32.
+    let scope = unsafe { *SCOPES.get_ptr(ifindex)? };
+    ((scope as u64) < TCPSTATE_CONFIG.load().scopes).then_some(scope)
+}
+
+impl Scratch {
+    /// Points the segment at its scope's counters and flows.
+    #[inline(always)]
+    pub fn set_scope(&mut self, scope: u32) {
+        self.scope = scope;
+        self.base = scope.wrapping_mul(idx::COUNT);
+    }
+}
 
 /// Where the program sits, which decides who is local.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -119,9 +162,18 @@ fn table_add(field: fn(*mut TableCounters) -> *mut u64) {
     }
 }
 
-/// Tracks one parsed frame. Never fails the packet: every outcome is a counter.
+/// Tracks one parsed frame. Never fails the packet: every outcome is a counter. `local_socket`
+/// answers, for a flow about to be created on a host-mode interface with the transit check on,
+/// whether a socket of this host owns the local end (see [`Config::transit_check`]); it is not
+/// called otherwise.
 #[inline(always)]
-pub fn track(status: ParseStatus, scratch: &mut Scratch, hook: Hook, view: View) {
+pub fn track(
+    status: ParseStatus,
+    scratch: &mut Scratch,
+    hook: Hook,
+    view: View,
+    local_socket: impl FnOnce(&TcpPacket, View) -> bool,
+) {
     match status {
         ParseStatus::NotTcp => return,
         ParseStatus::Skip(why) => return count(idx::SKIPPED + why as u32),
@@ -133,6 +185,9 @@ pub fn track(status: ParseStatus, scratch: &mut Scratch, hook: Hook, view: View)
         scratch.event = Event::Untracked(why);
         return;
     }
+    // Asked at most once, and only when a flow would be created: the lookup is a hash probe of
+    // the kernel's socket tables, too dear for every segment.
+    let mut local_socket = Some(local_socket);
     // SAFETY: helper without arguments. The coarse clock (jiffies resolution) is enough for
     // last-seen stamps; transitions re-stamp with the precise clock (`precise_stamps`).
     let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -143,7 +198,13 @@ pub fn track(status: ParseStatus, scratch: &mut Scratch, hook: Hook, view: View)
             Found::Done => return,
             Found::Raced => continue,
             Found::Missing => {
-                if insert_new(scratch, view, now) {
+                // Only host-mode interfaces carry traffic the host forwards: a container's veth
+                // carries that container's own endpoints.
+                let transit = view != View::Tap
+                    && scratch.scope == scope::HOST
+                    && transit_check()
+                    && !local_socket.take().is_some_and(|f| f(&scratch.pkt, view));
+                if insert_new(scratch, view, now, transit) {
                     return;
                 }
                 // Another CPU inserted the key first: update theirs.
@@ -186,6 +247,7 @@ enum Found {
 fn update(scratch: &mut Scratch, now: u64) -> Found {
     let tcp = &scratch.pkt;
     let (key, sender) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);
+    let key = key.in_scope(scratch.scope);
     let Some(ptr) = FLOWS.get_ptr_mut(&key) else {
         return Found::Missing;
     };
@@ -213,7 +275,7 @@ fn update(scratch: &mut Scratch, now: u64) -> Found {
         (None, true) => Event::ResetAccepted,
         _ => Event::None,
     };
-    account(FlowWord::from_bits(word), st, sender);
+    account(FlowWord::from_bits(word), st, sender, scratch.base);
     Found::Done
 }
 
@@ -227,6 +289,7 @@ fn update(scratch: &mut Scratch, now: u64) -> Found {
 pub fn lookup_only(scratch: &mut Scratch) {
     let tcp = &scratch.pkt;
     let (key, _) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);
+    let key = key.in_scope(scratch.scope);
     let found = FLOWS.get_ptr_mut(&key).is_some();
     scratch.event = if found {
         Event::None
@@ -255,8 +318,10 @@ fn precise_stamps(st: &mut Step, old: FlowWord) {
 }
 
 #[inline(always)]
-fn account(old: FlowWord, st: &Step, sender: Side) {
-    for_each_delta(old, st, sender, bump);
+fn account(old: FlowWord, st: &Step, sender: Side, base: u32) {
+    for_each_delta(old, st, sender, |slot, d| {
+        bump(idx::in_scope(base, slot), d)
+    });
     if st.half_open_released {
         table_add(|t| unsafe { core::ptr::addr_of_mut!((*t).half_open_released) });
     }
@@ -270,10 +335,14 @@ fn account(old: FlowWord, st: &Step, sender: Side) {
     clippy::needless_borrows_for_generic_args,
     reason = "by reference: no copies of the key or record on the 512-byte stack"
 )]
-fn insert_new(scratch: &mut Scratch, view: View, now: u64) -> bool {
+fn insert_new(scratch: &mut Scratch, view: View, now: u64, transit: bool) -> bool {
     let tcp = &scratch.pkt;
+    let base = scratch.base;
     let (key, sender) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);
+    let key = key.in_scope(scratch.scope);
     let counted = match view {
+        // Forwarded or NATed on its way to a container: no endpoint here to count.
+        _ if transit => 0,
         View::HostIngress => sender.other().bit(),
         View::HostEgress => sender.bit(),
         View::Tap => Side::A.bit() | Side::B.bit(),
@@ -307,6 +376,11 @@ fn insert_new(scratch: &mut Scratch, view: View, now: u64) -> bool {
         scratch.event = Event::Invalid(why);
         return true;
     }
+    if transit {
+        let mut w = st.rec.word();
+        w.flags |= flowflags::TRANSIT;
+        st.rec.set_word(w);
+    }
     // SAFETY: helper without arguments.
     let precise = unsafe { bpf_ktime_get_ns() };
     st.rec.since_ns = [precise, precise];
@@ -332,6 +406,8 @@ fn insert_new(scratch: &mut Scratch, view: View, now: u64) -> bool {
         counted,
         ..FlowWord::default()
     };
-    for_each_delta(before, st, sender, bump);
+    for_each_delta(before, st, sender, |slot, d| {
+        bump(idx::in_scope(base, slot), d)
+    });
     true
 }

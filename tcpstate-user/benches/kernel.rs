@@ -117,6 +117,8 @@ impl Bench {
             capacity: capacity as u64,
             half_open_budget: capacity as u64 / 4,
             log_events: 0,
+            scopes: 1,
+            transit_check: 0,
         };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)

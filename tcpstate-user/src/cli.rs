@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load and attach the kernel programs and serve /metrics until SIGINT or SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the tracked flows of a running daemon, with both endpoints' states and ages.
     Flows(FlowsArgs),
     /// CLOSE_WAIT endpoints stuck past a threshold, by port and owning process. Exit code 1 when
@@ -150,6 +150,38 @@ pub struct RunArgs {
     /// Do not seed the table from the kernel's socket table at start-up.
     #[arg(long, env = "TCPSTATE_NO_SEED")]
     pub no_seed: bool,
+    /// Container mode: besides the interfaces above, watch every container network namespace on
+    /// the host (Docker, podman, Kubernetes pods) through the host-side end of its veths, and label
+    /// per-endpoint series with namespace, pod and container.
+    #[arg(long, env = "TCPSTATE_CONTAINERS")]
+    pub containers: bool,
+    /// Container namespaces watched at most (container mode); more are refused and counted in
+    /// tcpstate_containers_refused_total.
+    #[arg(long, env = "TCPSTATE_MAX_CONTAINERS", default_value_t = 256)]
+    pub max_containers: u32,
+    /// TOML file of labels that win over the runtime's names (container mode):
+    /// `[[container]]` entries with `match` (container id prefix, netns mount name or
+    /// netns-INODE) and `namespace`/`pod`/`container`.
+    #[arg(long, env = "TCPSTATE_CONTAINER_NAMES")]
+    pub container_names: Option<PathBuf>,
+    /// How much of a container's naming the series keep: full (namespace, pod, container) or
+    /// namespace (pods folded into their Kubernetes namespace).
+    #[arg(
+        long,
+        env = "TCPSTATE_CONTAINER_LABELS",
+        value_enum,
+        default_value = "full"
+    )]
+    pub container_labels: crate::containers::naming::LabelLevel,
+    /// How often container mode rereads the host's interfaces and namespaces, besides following
+    /// link events (a backstop for missed events, and names for namespaces that had no process yet).
+    #[arg(long, env = "TCPSTATE_CONTAINER_RESYNC", default_value = "10s")]
+    pub container_resync: Duration,
+    /// Where the host's filesystem is, for container runtimes' state (/run/containerd,
+    /// /var/lib/docker, /var/lib/containers, /run/containers): `/` on the host, the mount point of
+    /// the host's root when tcpstate itself runs in a container.
+    #[arg(long, env = "TCPSTATE_HOST_ROOT", default_value = "/")]
+    pub host_root: PathBuf,
     /// Preflight: load, attach, verify and detach, then exit 0; or print one line naming what is
     /// missing and exit 2. Serves nothing and pins nothing.
     #[arg(long)]
@@ -180,7 +212,20 @@ pub struct FlowsArgs {
     #[arg(long)]
     pub older_than: Option<Duration>,
     #[command(flatten)]
+    pub containers: ContainerFilter,
+    #[command(flatten)]
     pub pins: PinArgs,
+}
+
+/// Filters by container or pod (container mode).
+#[derive(Debug, Args)]
+pub struct ContainerFilter {
+    /// Only endpoints in this container (its name, or 12+ hex digits of its id).
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Only endpoints in this Kubernetes pod (`NAME` or `NAMESPACE/NAME`).
+    #[arg(long)]
+    pub pod: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +236,8 @@ pub struct LeaksArgs {
     /// CLOSE_WAIT age past which an endpoint counts as leaked.
     #[arg(long, default_value = "60s")]
     pub older_than: Duration,
+    #[command(flatten)]
+    pub containers: ContainerFilter,
     #[command(flatten)]
     pub pins: PinArgs,
 }

@@ -80,7 +80,29 @@ pub struct RunConfig {
     pub seed: bool,
     pub kernel_log: crate::cli::KernelLog,
     pub pin_dir: PathBuf,
+    /// Container mode, when on.
+    pub containers: Option<Containers>,
 }
+
+/// Container mode's settings.
+#[derive(Clone, Debug)]
+pub struct Containers {
+    pub max: u32,
+    pub names: Option<PathBuf>,
+    pub level: crate::containers::naming::LabelLevel,
+    pub resync: time::Duration,
+    pub host_root: PathBuf,
+}
+
+impl RunConfig {
+    /// Scopes the counters have room for: the host's, and one per watched container namespace.
+    pub fn scopes(&self) -> u32 {
+        1 + self.containers.as_ref().map_or(0, |c| c.max)
+    }
+}
+
+/// Most container namespaces one daemon watches (each costs a counter slot set per CPU).
+const MAX_CONTAINERS: u32 = 4096;
 
 /// Largest table the daemon will ask for (the map's max_entries is a u32, and past this the
 /// kernel memory, ~160 bytes a flow, stops being a reasonable default mistake).
@@ -165,6 +187,26 @@ impl RunConfig {
             seed: !a.no_seed,
             kernel_log: a.kernel_log,
             pin_dir: a.pins.pin_dir.clone(),
+            containers: if a.containers {
+                if a.max_containers == 0 || a.max_containers > MAX_CONTAINERS {
+                    return Err(ConfigError::Invalid(format!(
+                        "--max-containers must be between 1 and {MAX_CONTAINERS}, not {}",
+                        a.max_containers
+                    )));
+                }
+                if let Some(f) = &a.container_names {
+                    crate::containers::naming::Overrides::load(f).map_err(ConfigError::Invalid)?;
+                }
+                Some(Containers {
+                    max: a.max_containers,
+                    names: a.container_names.clone(),
+                    level: a.container_labels,
+                    resync: positive("--container-resync", a.container_resync)?,
+                    host_root: a.host_root.clone(),
+                })
+            } else {
+                None
+            },
         })
     }
 }

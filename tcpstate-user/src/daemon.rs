@@ -1,5 +1,6 @@
 //! `tcpstate run`: preflight, load, attach, seed, then serve /metrics while the sweeper walks the
-//! table, until SIGINT or SIGTERM.
+//! table (and, in container mode, the watcher follows container namespaces), until SIGINT or
+//! SIGTERM.
 
 use std::{
     collections::HashSet,
@@ -9,23 +10,28 @@ use std::{
     },
     time::Duration,
 };
-use tcpstate_common::flow::monotonic_ns;
 
-use aya::maps::MapError;
-use tcpstate_common::maps::UserCounters;
+use tcpstate_common::{flow::monotonic_ns, scope};
 use tracing::{info, warn};
 
 use crate::{
     background::{
+        books::{DaemonCounters, Shared},
+        expiry::Expired,
         ports, seed,
         sweeper::{self, SweepReport},
     },
     bpf::{
         kernellog, loader, netif,
-        tables::{self, Books, Flows},
+        tables::{self, Flows},
     },
     cli::{KernelLog, Mode},
     config::RunConfig,
+    containers::{
+        naming::{Overrides, Runtimes},
+        watcher::{Maps, Settings, Watcher},
+        ScopeView,
+    },
     error::Preflight,
     exporter::{
         http::{self, Reply},
@@ -34,16 +40,6 @@ use crate::{
     inspect,
     sockets::sockdiag,
 };
-
-/// `bpf(2)` update flag: insert only if the key is absent (include/uapi/linux/bpf.h).
-const BPF_NOEXIST: u64 = 1;
-
-/// What the scrape and the sweeper share. Scrapes hold the lock for one read of the counters.
-struct State {
-    books: Books,
-    user: UserCounters,
-    report: SweepReport,
-}
 
 /// `tcpstate run --check`: everything `run` does up to serving, then undone. Uses a private pin
 /// directory so a running daemon's maps are never touched.
@@ -55,7 +51,7 @@ pub fn check(mut cfg: RunConfig) -> anyhow::Result<String> {
     let attempt = || -> anyhow::Result<Vec<loader::Attached>> {
         let mut ebpf = loader::load(&cfg)?;
         let attached = loader::attach(&mut ebpf, &cfg)?;
-        let (_, books) = tables::from_ebpf(&mut ebpf)?;
+        let (_, books, _) = tables::from_ebpf(&mut ebpf)?;
         books.totals()?;
         Ok(attached)
     };
@@ -81,26 +77,65 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
         source,
     })?;
     listener.set_nonblocking(true)?;
+    let overrides = match &cfg.containers {
+        Some(c) => match &c.names {
+            Some(f) => Overrides::load(f).map_err(crate::config::ConfigError::Invalid)?,
+            None => Overrides::default(),
+        },
+        None => Overrides::default(),
+    };
     let mut ebpf = loader::load(&cfg)?;
     let attached = loader::attach(&mut ebpf, &cfg)?;
     let kernel_log = match cfg.kernel_log {
         KernelLog::Off => None,
         _ => Some(kernellog::take(&mut ebpf)?),
     };
-    let (mut flows, mut books) = tables::from_ebpf(&mut ebpf)?;
+    let (mut flows, books, scope_maps) = tables::from_ebpf(&mut ebpf)?;
     // The daemon's side of the books survives restarts in its pinned map.
-    let mut user = books.user()?;
+    let mut counters = DaemonCounters::new(books.users()?);
     if cfg.seed {
-        sync_with_kernel(&cfg, &mut flows, &mut user);
-        books.set_user(&user)?;
+        sync_host(&cfg, &mut flows, &mut counters);
     }
-    let state = Arc::new(Mutex::new(State {
+    let shared = Arc::new(Mutex::new(Shared {
         books,
-        user,
+        counters,
         report: SweepReport::default(),
+        scopes: ScopeView {
+            enabled: cfg.containers.is_some(),
+            level: cfg.containers.as_ref().map(|c| c.level),
+            ..ScopeView::default()
+        },
     }));
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .book(|_| {});
     let stop = Arc::new(AtomicBool::new(false));
-    let sweeper = spawn_sweeper(flows, state.clone(), stop.clone(), &cfg);
+    let ebpf = Arc::new(Mutex::new(ebpf));
+    let watcher = match &cfg.containers {
+        Some(c) => {
+            let maps = Maps {
+                ifaces: scope_maps.ifaces,
+                info: scope_maps.info,
+                flows: tables::flows_from_pin(&cfg.pin_dir)?,
+            };
+            let settings = Settings {
+                exclude: cfg.attachments.iter().map(|a| a.iface.clone()).collect(),
+                resync: c.resync,
+                seed: cfg.seed,
+                level: c.level,
+                runtimes: Runtimes {
+                    root: c.host_root.clone(),
+                },
+                overrides,
+            };
+            let w = Watcher::new(ebpf.clone(), maps, shared.clone(), settings)?;
+            info!(max = c.max, "container mode: watching container namespaces");
+            Some(w.spawn(stop.clone()))
+        }
+        None => None,
+    };
+    let sweeper = spawn_sweeper(flows, shared.clone(), stop.clone(), &cfg);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -109,10 +144,13 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
         if let Some(logger) = kernel_log {
             tokio::spawn(kernellog::forward(logger));
         }
-        serve(listener, state, attached, &cfg).await
+        serve(listener, shared, attached, &cfg).await
     });
     stop.store(true, Ordering::Relaxed);
     let _ = sweeper.join();
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
     // Dropping the object closes the link and program descriptors: the kernel detaches them.
     drop(ebpf);
     info!(
@@ -122,11 +160,8 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
     result
 }
 
-/// Brings the table in line with the kernel's socket table: drops records a reused (pinned) table
-/// kept for connections that changed or ended while no daemon ran, then seeds every socket the
-/// table lacks. Runs after attaching, so nothing that happens meanwhile is missed; records the
-/// programs create first win (BPF_NOEXIST).
-fn sync_with_kernel(cfg: &RunConfig, flows: &mut Flows, user: &mut UserCounters) {
+/// Brings the host scope's records in line with the host's socket table (see [`seed::sync`]).
+fn sync_host(cfg: &RunConfig, flows: &mut Flows, counters: &mut DaemonCounters) {
     let sockets = match sockdiag::dump_tcp() {
         Ok(s) => s,
         Err(e) => {
@@ -134,7 +169,7 @@ fn sync_with_kernel(cfg: &RunConfig, flows: &mut Flows, user: &mut UserCounters)
             return;
         }
     };
-    let scope = seed::Scope {
+    let rule = seed::Scope {
         host: cfg
             .attachments
             .iter()
@@ -142,36 +177,34 @@ fn sync_with_kernel(cfg: &RunConfig, flows: &mut Flows, user: &mut UserCounters)
             .flat_map(|a| netif::addresses(&a.iface))
             .collect::<HashSet<_>>(),
         loopback: cfg.attachments.iter().any(|a| a.iface == "lo"),
+        all_but_loopback: false,
     };
-    let kernel = seed::kernel_states(&sockets, &scope);
-    let stale: Vec<_> = flows
-        .0
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(key, rec)| seed::is_stale(key, rec, &kernel, &scope))
-        .collect();
-    let mut kept = flows.0.keys().count();
-    for (key, rec) in &stale {
-        if flows.0.remove(key).is_ok() {
-            user.record_delete(rec.word());
-            kept -= 1;
+    let mut existing = Vec::new();
+    if let Err(e) = flows.for_each(|k, r| {
+        if k.scope == scope::HOST {
+            existing.push((k, r))
         }
+    }) {
+        warn!(error = %e, "cannot read the flow table");
     }
-    let mut seeded = 0;
-    for (key, rec) in seed::records(&sockets, &scope, monotonic_ns()) {
-        match flows.0.insert(key, rec, BPF_NOEXIST) {
-            Ok(()) => {
-                user.record_insert(rec.word());
-                seeded += 1;
-            }
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => warn!(error = %e, "could not seed a flow"),
-        }
+    let synced = seed::sync(
+        flows,
+        scope::HOST,
+        &sockets,
+        &rule,
+        &existing,
+        monotonic_ns(),
+    );
+    for w in &synced.deleted {
+        counters.record_delete(scope::HOST, *w);
+    }
+    for w in &synced.inserted {
+        counters.record_insert(scope::HOST, *w);
     }
     info!(
-        kept,
-        dropped_stale = stale.len(),
-        seeded,
+        kept = synced.kept,
+        dropped_stale = synced.deleted.len(),
+        seeded = synced.inserted.len(),
         sockets = sockets.len(),
         "flow table in line with the kernel's socket table"
     );
@@ -179,7 +212,7 @@ fn sync_with_kernel(cfg: &RunConfig, flows: &mut Flows, user: &mut UserCounters)
 
 fn spawn_sweeper(
     mut flows: Flows,
-    state: Arc<Mutex<State>>,
+    shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
     cfg: &RunConfig,
 ) -> std::thread::JoinHandle<()> {
@@ -196,28 +229,46 @@ fn spawn_sweeper(
         .spawn(move || {
             let mut report = SweepReport::default();
             while !stop.load(Ordering::Relaxed) {
-                if host_mode {
-                    // Port labels go to listening ports; the kernel knows which they are.
-                    if let Ok(l) = sockdiag::dump_listening() {
-                        leaks.listeners = listeners(&l);
-                    }
-                }
-                let mut user = state
+                // Port labels go to listening ports; each namespace's kernel knows which they are.
+                let view = shared
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .user;
-                let removed =
-                    sweeper::sweep(&mut flows, &mut user, &timeouts, &mut leaks, &mut report);
+                    .scopes
+                    .clone();
+                let mut listening = std::collections::BTreeMap::new();
+                let host = if host_mode {
+                    sockdiag::dump_listening()
+                        .map(|l| listeners(&l))
+                        .unwrap_or_default()
+                } else {
+                    Default::default()
+                };
+                listening.insert(scope::HOST, host);
+                for s in &view.scopes {
+                    let l = s
+                        .diag
+                        .as_ref()
+                        .and_then(|d| d.dump_listening().ok())
+                        .map(|l| listeners(&l))
+                        .unwrap_or_default();
+                    listening.insert(s.scope, l);
+                }
+                leaks.listeners = listening;
+                let removed = sweeper::sweep(&mut flows, &timeouts, &mut leaks, &mut report);
                 {
-                    let mut s = state
+                    let mut s = shared
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     s.report = report.clone();
-                    if removed > 0 {
-                        s.user = user;
-                        if let Err(e) = s.books.set_user(&user) {
-                            warn!(error = %e, "could not store the daemon's counters");
-                        }
+                    if !removed.is_empty() {
+                        s.book(|c| {
+                            for (key, rec, why) in &removed {
+                                c.record_delete(key.scope, rec.word());
+                                if *why == Expired::Handshake {
+                                    c.handshake_timeout(key.scope);
+                                }
+                            }
+                        });
                     }
                 }
                 // Sleep in short steps so shutdown is prompt. A walk that took long (a huge table)
@@ -236,7 +287,7 @@ fn spawn_sweeper(
 
 async fn serve(
     listener: std::net::TcpListener,
-    state: Arc<Mutex<State>>,
+    state: Arc<Mutex<Shared>>,
     attached: Vec<loader::Attached>,
     cfg: &RunConfig,
 ) -> anyhow::Result<()> {
@@ -255,13 +306,14 @@ async fn serve(
                     return Reply::Failed(format!("cannot read the kernel counters: {e}"));
                 }
             };
-            totals.user = s.user;
+            totals.user = s.counters.all().to_vec();
             let scrape = Scrape {
                 totals: &totals,
                 capacity,
                 half_open_budget,
                 sweep: &s.report,
                 attached: &attached,
+                scopes: &s.scopes,
             };
             match metrics::render(&scrape) {
                 Ok(body) => Reply::Ok {

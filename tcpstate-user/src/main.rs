@@ -5,6 +5,7 @@ mod bpf;
 mod cli;
 mod config;
 mod configfile;
+mod containers;
 mod daemon;
 mod error;
 mod exporter;

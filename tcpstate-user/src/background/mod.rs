@@ -1,6 +1,7 @@
 //! What runs behind the scrape: the sweeper's walk (timeouts, ages, per-port figures) and seeding
 //! the flow table from the kernel's socket table.
 
+pub mod books;
 pub mod expiry;
 pub mod ports;
 pub mod seed;

@@ -14,6 +14,8 @@ use tcpstate_common::{flow::Side, FlowKey, FlowRecord, Role, TcpState};
 /// One counted endpoint in a state the per-port figures follow (CLOSE_WAIT or SYN_RECV).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PortEndpoint {
+    /// The scope (namespace) the endpoint lives in.
+    pub scope: u32,
     pub local_port: u16,
     pub role: Role,
     pub state: TcpState,
@@ -35,6 +37,7 @@ pub fn endpoints(
             w.is_counted(side) && matches!(w.state(side), TcpState::CloseWait | TcpState::SynRecv)
         })
         .map(move |side| PortEndpoint {
+            scope: key.scope,
             local_port: key.port[side.index()],
             role: w.role(side),
             state: w.state(side),
@@ -138,6 +141,7 @@ mod tests {
 
     fn cw(port: u16, role: Role, age_s: f64) -> PortEndpoint {
         PortEndpoint {
+            scope: 0,
             local_port: port,
             role,
             state: TcpState::CloseWait,
@@ -147,6 +151,7 @@ mod tests {
 
     fn half_open(port: u16) -> PortEndpoint {
         PortEndpoint {
+            scope: 0,
             local_port: port,
             role: Role::Server,
             state: TcpState::SynRecv,

@@ -29,20 +29,79 @@ pub fn peer_state(local: TcpState) -> TcpState {
 }
 
 /// Which local addresses count: sockets on them are seeded, and their endpoints counted.
+#[derive(Debug, Default)]
 pub struct Scope {
     /// Addresses of host-mode interfaces.
     pub host: HashSet<IpAddr>,
     /// Whether `lo` is watched (tap mode): loopback connections are seeded with both ends counted.
     pub loopback: bool,
+    /// A container's namespace: every socket not on loopback crosses its veth, which is watched.
+    pub all_but_loopback: bool,
 }
 
 impl Scope {
+    /// The sockets of a container namespace whose veth is watched.
+    pub fn container() -> Scope {
+        Scope {
+            all_but_loopback: true,
+            ..Scope::default()
+        }
+    }
+
     /// Whether a socket's local address is watched. Dual-stack sockets report IPv4 peers as
     /// `::ffff:a.b.c.d`; the canonical form is the IPv4 address the wire (and the key) carries.
     pub fn counts(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.host.contains(&ip) || (self.loopback && ip.is_loopback())
+        self.host.contains(&ip)
+            || (self.loopback && ip.is_loopback())
+            || (self.all_but_loopback && !ip.is_loopback() && !ip.is_unspecified())
     }
+}
+
+/// What [`sync`] changed, for the daemon's books (each in the synced scope).
+#[derive(Debug, Default)]
+pub struct Synced {
+    pub inserted: Vec<tcpstate_common::FlowWord>,
+    pub deleted: Vec<tcpstate_common::FlowWord>,
+    pub kept: usize,
+}
+
+/// Brings one scope's records in line with its namespace's socket table: drops records a reused
+/// (pinned) table kept for connections that changed or ended while no daemon watched, then seeds
+/// every socket the table lacks. Runs after attaching, so nothing that happens meanwhile is
+/// missed; records the programs create first win (BPF_NOEXIST). `existing` are the scope's
+/// records as a walk of the table found them.
+pub fn sync(
+    flows: &mut crate::bpf::tables::Flows,
+    scope_id: u32,
+    sockets: &[Socket],
+    rule: &Scope,
+    existing: &[(FlowKey, FlowRecord)],
+    now_ns: u64,
+) -> Synced {
+    /// `bpf(2)` update flag: insert only if the key is absent (include/uapi/linux/bpf.h).
+    const BPF_NOEXIST: u64 = 1;
+    let kernel = kernel_states(sockets, rule);
+    let mut out = Synced::default();
+    for (key, rec) in existing {
+        let unscoped = key.in_scope(tcpstate_common::scope::HOST);
+        if key.scope == scope_id && is_stale(&unscoped, rec, &kernel, rule) {
+            if flows.0.remove(key).is_ok() {
+                out.deleted.push(rec.word());
+            }
+        } else if key.scope == scope_id {
+            out.kept += 1;
+        }
+    }
+    for (key, rec) in records(sockets, rule, now_ns) {
+        match flows.0.insert(key.in_scope(scope_id), rec, BPF_NOEXIST) {
+            Ok(()) => out.inserted.push(rec.word()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => tracing::warn!(error = %e, scope = scope_id, "could not seed a flow"),
+        }
+    }
+    out
 }
 
 /// Builds one record per connection from the dump. `now_ns` is CLOCK_MONOTONIC, the kernel
@@ -189,7 +248,7 @@ mod tests {
         ];
         let scope = Scope {
             host: ["192.0.2.1".parse().unwrap()].into(),
-            loopback: false,
+            ..Scope::default()
         };
         let recs = records(&socks, &scope, 5_000_000_000);
         assert_eq!(recs.len(), 2);
@@ -231,7 +290,7 @@ mod tests {
         ];
         let host = Scope {
             host: ["192.0.2.1".parse().unwrap()].into(),
-            loopback: false,
+            ..Scope::default()
         };
         let recs = records(&socks, &host, 1);
         assert_eq!(
@@ -240,8 +299,8 @@ mod tests {
             "the host address, however the socket spells it"
         );
         let loopback = Scope {
-            host: HashSet::new(),
             loopback: true,
+            ..Scope::default()
         };
         assert_eq!(
             records(&socks, &loopback, 1).len(),
@@ -265,8 +324,8 @@ mod tests {
             ),
         ];
         let scope = Scope {
-            host: HashSet::new(),
             loopback: true,
+            ..Scope::default()
         };
         let recs = records(&socks, &scope, 1);
         assert_eq!(recs.len(), 1);
@@ -281,7 +340,7 @@ mod tests {
     fn records_that_disagree_with_the_kernel_are_stale() {
         let scope = Scope {
             host: ["192.0.2.1".parse().unwrap()].into(),
-            loopback: false,
+            ..Scope::default()
         };
         let live = sock(
             KernelState::Conn(TcpState::CloseWait),

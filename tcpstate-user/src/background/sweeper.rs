@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcpstate_common::{flow::monotonic_ns, maps::UserCounters, FlowKey, FlowRecord};
+use tcpstate_common::{flow::monotonic_ns, FlowKey, FlowRecord};
 use tracing::warn;
 
 use crate::{
@@ -23,18 +23,23 @@ pub struct SweepReport {
     pub duration: Duration,
     pub visited: u64,
     pub sweeps: u64,
-    pub ports: Survey,
+    /// Per-port figures of each scope (the host's is scope 0).
+    pub ports: BTreeMap<u32, Survey>,
 }
 
 /// What the walk needs besides the timeouts.
 pub struct Leaks {
     pub leak_after_s: f64,
+    /// Port labels per scope at most.
     pub port_labels: usize,
-    /// Listening ports and their accept queues (host mode: from sock_diag), refreshed by the caller.
-    pub listeners: BTreeMap<u16, AcceptQueue>,
-    /// Ports labelled by the previous walk: they keep their label, so a leak that goes away (the
-    /// process closed its sockets, or exited and stopped listening) reads 0 rather than vanishing.
-    pub labelled: BTreeSet<u16>,
+    /// Listening ports and their accept queues, per scope (from each namespace's sock_diag),
+    /// refreshed by the caller. A scope absent here is not watched: its flows are left out of the
+    /// figures (a namespace being retired).
+    pub listeners: BTreeMap<u32, BTreeMap<u16, AcceptQueue>>,
+    /// Ports labelled by the previous walk, per scope: they keep their label, so a leak that goes
+    /// away (the process closed its sockets, or exited and stopped listening) reads 0 rather than
+    /// vanishing.
+    pub labelled: BTreeMap<u32, BTreeSet<u16>>,
 }
 
 /// Most of one CPU the sweeper may use: after a walk that took `d`, it waits at least
@@ -47,14 +52,13 @@ pub fn pause_after(interval: Duration, last_walk: Duration) -> Duration {
     interval.max(last_walk.mul_f64(1.0 / SWEEP_DUTY - 1.0))
 }
 
-/// One walk. Deletions are booked in `user`; returns how many flows were removed.
+/// One walk. Returns the flows it removed, for the caller to book in their scopes.
 pub fn sweep(
     flows: &mut Flows,
-    user: &mut UserCounters,
     t: &Timeouts,
     leaks: &mut Leaks,
     report: &mut SweepReport,
-) -> usize {
+) -> Vec<(FlowKey, FlowRecord, Expired)> {
     let start = Instant::now();
     let now = monotonic_ns();
     let mut expired: Vec<(FlowKey, FlowRecord, Expired)> = Vec::new();
@@ -71,18 +75,31 @@ pub fn sweep(
     if let Err(e) = walked {
         // A partial walk would serve partial figures: keep the last complete report instead.
         warn!(error = %e, "the sweep could not read the flow table");
-        return 0;
+        return Vec::new();
     }
-    let candidates: BTreeSet<u16> = leaks
-        .listeners
-        .keys()
-        .chain(&leaks.labelled)
-        .copied()
-        .collect();
-    let labels = ports::choose_labels(&candidates, &seen, leaks.port_labels);
-    report.ports = ports::survey(&seen, &labels, leaks.leak_after_s, &leaks.listeners);
-    leaks.labelled = labels;
-    let mut removed = 0;
+    let mut by_scope: BTreeMap<u32, Vec<PortEndpoint>> = BTreeMap::new();
+    for e in seen {
+        by_scope.entry(e.scope).or_default().push(e);
+    }
+    let mut surveys = BTreeMap::new();
+    let mut labelled = BTreeMap::new();
+    for (&scope, listeners) in &leaks.listeners {
+        let seen = by_scope.remove(&scope).unwrap_or_default();
+        let candidates: BTreeSet<u16> = listeners
+            .keys()
+            .chain(leaks.labelled.get(&scope).into_iter().flatten())
+            .copied()
+            .collect();
+        let labels = ports::choose_labels(&candidates, &seen, leaks.port_labels);
+        surveys.insert(
+            scope,
+            ports::survey(&seen, &labels, leaks.leak_after_s, listeners),
+        );
+        labelled.insert(scope, labels);
+    }
+    report.ports = surveys;
+    leaks.labelled = labelled;
+    let mut removed = Vec::new();
     for (key, rec, why) in expired {
         // A segment may have moved the flow since the walk read it: re-read, and leave it for the
         // next walk if its state word changed.
@@ -94,11 +111,7 @@ pub fn sweep(
             warn!(error = %e, "could not delete an expired flow");
             continue;
         }
-        user.record_delete(rec.word());
-        if why == Expired::Handshake {
-            user.handshake_timeouts += 1;
-        }
-        removed += 1;
+        removed.push((key, rec, why));
     }
     report.duration = start.elapsed();
     report.visited = visited;

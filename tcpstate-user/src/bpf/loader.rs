@@ -15,6 +15,7 @@ use tcpstate_common::{
     counters::{idx, Hook},
     flow::{FlowKey, FlowRecord},
     maps::{self, Config, CAPACITY_SLACK},
+    scope,
 };
 use tracing::info;
 
@@ -171,11 +172,11 @@ fn check_pins(cfg: &RunConfig) -> Result<(), Preflight> {
     }
     let counters = cfg.pin_dir.join(maps::COUNTERS);
     if let Ok(info) = MapInfo::from_pin(&counters) {
-        if info.max_entries() != idx::COUNT {
+        let want = idx::COUNT * cfg.scopes();
+        if info.max_entries() != want {
             return Err(incompatible(format!(
-                "{} counter slots where this build has {}",
+                "{} counter slots where this build and --containers/--max-containers need {want}",
                 info.max_entries(),
-                idx::COUNT
             )));
         }
     }
@@ -186,14 +187,22 @@ fn check_pins(cfg: &RunConfig) -> Result<(), Preflight> {
 pub fn load(cfg: &RunConfig) -> anyhow::Result<Ebpf> {
     ensure_bpffs(&cfg.pin_dir)?;
     check_pins(cfg)?;
+    let scopes = cfg.scopes();
     let config = Config {
         capacity: cfg.capacity as u64,
         half_open_budget: cfg.half_open_budget as u64,
         log_events: u64::from(cfg.kernel_log != crate::cli::KernelLog::Off),
+        scopes: scopes as u64,
+        transit_check: u64::from(cfg.containers.is_some()),
     };
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(&cfg.pin_dir)
         .map_max_entries(maps::FLOWS, cfg.capacity + CAPACITY_SLACK)
+        // Counters and the daemon's books per scope; a container may have several veths.
+        .map_max_entries(maps::COUNTERS, idx::COUNT * scopes)
+        .map_max_entries(maps::USER, scopes)
+        .map_max_entries(scope::SCOPE_INFO, scopes)
+        .map_max_entries(scope::SCOPES, (4 * scopes).max(64))
         .override_global(maps::CONFIG, &config, true)
         // aya-log's gate in every kernel log site; 0 (off) lets the verifier drop them all.
         .override_global(aya_log::LEVEL, &(cfg.kernel_log as u8), true)

@@ -29,11 +29,15 @@ pub fn default_route_interface() -> Option<String> {
 // namespace: /sys/class/net shows the namespace that mounted sysfs, which `nsenter --net` keeps.
 
 pub fn exists(iface: &str) -> bool {
-    let Ok(name) = std::ffi::CString::new(iface) else {
-        return false;
-    };
+    index(iface).is_some()
+}
+
+/// The interface's index in the caller's namespace.
+pub fn index(iface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(iface).ok()?;
     // SAFETY: valid NUL-terminated string.
-    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (i != 0).then_some(i)
 }
 
 /// IFF_UP, from SIOCGIFFLAGS.

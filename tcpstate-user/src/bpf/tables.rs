@@ -2,11 +2,12 @@
 
 use std::path::Path;
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray};
 use tcpstate_common::{
     counters::idx,
     flow::{FlowKey, FlowRecord},
     maps::{self, TableCounters, UserCounters},
+    scope::{self, ScopeInfo},
 };
 
 use crate::error::Preflight;
@@ -40,73 +41,86 @@ impl Flows {
     /// bpf(2) call on the map's descriptor). Like any walk of a live hash map, a flow inserted or
     /// deleted meanwhile may be seen or missed; every flow present throughout is seen once.
     pub fn for_each(&self, mut f: impl FnMut(FlowKey, FlowRecord)) -> std::io::Result<u64> {
-        use aya::maps::IterableMap;
         use std::os::fd::{AsFd, AsRawFd};
-        const KEY: usize = size_of::<FlowKey>();
-        const VALUE: usize = size_of::<FlowRecord>();
         let fd = self.0.map().fd().as_fd().as_raw_fd();
-        let mut keys = vec![0u8; BATCH * KEY];
-        let mut values = vec![0u8; BATCH * VALUE];
-        // Opaque resume tokens (a bucket index for hash maps); 8 bytes covers every map type.
-        let (mut token_in, mut token_out) = (0u64, 0u64);
-        let mut first = true;
-        let mut seen = 0u64;
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first { 0 } else { &raw const token_in as u64 },
-                out_batch: &raw mut token_out as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: BATCH as u32,
-                map_fd: fd as u32,
-                ..BatchAttr::default()
-            };
-            // SAFETY: `attr` points at buffers sized for `count` keys and values and at two
-            // 8-byte tokens, all alive across the call; the kernel writes only within them.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    &raw mut attr,
-                    size_of::<BatchAttr>() as libc::c_uint,
+        lookup_batch(fd, size_of::<FlowKey>(), size_of::<FlowRecord>(), |k, v| {
+            // SAFETY: the kernel filled packed keys and values of exactly these sizes; both types
+            // are plain integers, valid for every bit pattern.
+            let (k, v) = unsafe {
+                (
+                    std::ptr::read_unaligned(k.as_ptr().cast::<FlowKey>()),
+                    std::ptr::read_unaligned(v.as_ptr().cast::<FlowRecord>()),
                 )
             };
-            let err = (rc < 0).then(std::io::Error::last_os_error);
-            // ENOENT: the walk reached the end; the entries of this last call are still valid.
-            let done = match &err {
-                None => false,
-                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-                Some(e) => {
-                    return Err(std::io::Error::new(
-                        e.kind(),
-                        format!("BPF_MAP_LOOKUP_BATCH on the flow table: {e}"),
-                    ))
-                }
-            };
-            for i in 0..attr.count as usize {
-                // SAFETY: the kernel filled `count` packed keys and values of these exact sizes;
-                // both types are plain integers, valid for every bit pattern.
-                let (k, v) = unsafe {
-                    (
-                        std::ptr::read_unaligned(keys.as_ptr().add(i * KEY).cast::<FlowKey>()),
-                        std::ptr::read_unaligned(
-                            values.as_ptr().add(i * VALUE).cast::<FlowRecord>(),
-                        ),
-                    )
-                };
-                f(k, v);
-            }
-            seen += u64::from(attr.count);
-            if done {
-                return Ok(seen);
-            }
-            token_in = token_out;
-            first = false;
-        }
+            f(k, v)
+        })
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("BPF_MAP_LOOKUP_BATCH on the flow table: {e}"),
+            )
+        })
     }
 }
 
-/// Everything the scrape reads: counters and fill.
+/// Reads a whole map with BPF_MAP_LOOKUP_BATCH, [`BATCH`] entries a call, handing each key and
+/// value (as the kernel lays them out) to `f`. For per-CPU maps a value is every possible CPU's
+/// copy, each rounded up to 8 bytes.
+pub fn lookup_batch(
+    fd: std::os::fd::RawFd,
+    key_size: usize,
+    value_size: usize,
+    mut f: impl FnMut(&[u8], &[u8]),
+) -> std::io::Result<u64> {
+    let mut keys = vec![0u8; BATCH * key_size];
+    let mut values = vec![0u8; BATCH * value_size];
+    // Opaque resume tokens (a bucket index for hash maps, a key for arrays); 8 bytes covers both.
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let mut first = true;
+    let mut seen = 0u64;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &raw const token_in as u64 },
+            out_batch: &raw mut token_out as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` points at buffers sized for `count` keys and values and at two 8-byte
+        // tokens, all alive across the call; the kernel writes only within them.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                size_of::<BatchAttr>() as libc::c_uint,
+            )
+        };
+        let err = (rc < 0).then(std::io::Error::last_os_error);
+        // ENOENT: the walk reached the end; the entries of this last call are still valid.
+        let done = match err {
+            None => false,
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Some(e) => return Err(e),
+        };
+        for i in 0..attr.count as usize {
+            f(
+                &keys[i * key_size..(i + 1) * key_size],
+                &values[i * value_size..(i + 1) * value_size],
+            );
+        }
+        seen += u64::from(attr.count);
+        if done {
+            return Ok(seen);
+        }
+        token_in = token_out;
+        first = false;
+    }
+}
+
+/// Everything the scrape reads: counters and fill, for every scope.
 pub struct Books {
     counters: PerCpuArray<MapData, u64>,
     table: Array<MapData, TableCounters>,
@@ -116,15 +130,34 @@ pub struct Books {
 /// Counter totals at one instant.
 #[derive(Clone, Debug, Default)]
 pub struct Totals {
-    /// Per-CPU slots summed (wrapping: connection slots are deltas).
+    /// Per-CPU slots summed (wrapping: connection slots are deltas), `idx::COUNT` per scope; the
+    /// global figures are in the host scope's slots ([`idx::per_scope`]).
     pub slots: Vec<u64>,
     pub table: TableCounters,
-    pub user: UserCounters,
+    /// The daemon's counters, one per scope; the host scope's also holds the table's books.
+    pub user: Vec<UserCounters>,
 }
 
 impl Totals {
+    /// A global figure, or the host scope's own.
     pub fn slot(&self, i: u32) -> u64 {
-        self.slots.get(i as usize).copied().unwrap_or(0)
+        self.scoped(scope::HOST, i)
+    }
+
+    /// A scope's per-endpoint figure (a global figure for any scope reads the global value).
+    pub fn scoped(&self, scope: u32, i: u32) -> u64 {
+        let at = idx::in_scope(scope.wrapping_mul(idx::COUNT), i) as usize;
+        self.slots.get(at).copied().unwrap_or(0)
+    }
+
+    /// The daemon's counters of a scope (zero for one never written).
+    pub fn user(&self, scope: u32) -> UserCounters {
+        self.user.get(scope as usize).copied().unwrap_or_default()
+    }
+
+    /// The table's books: the host scope's daemon counters hold them.
+    pub fn books(&self) -> UserCounters {
+        self.user(scope::HOST)
     }
 }
 
@@ -133,18 +166,41 @@ fn take(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<Map> {
         .ok_or_else(|| anyhow::anyhow!("object has no map {name}"))
 }
 
-pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> anyhow::Result<(Flows, Books)> {
+/// The scope maps (container mode), see [`tcpstate_common::scope`].
+pub struct Scopes {
+    pub ifaces: HashMap<MapData, u32, u32>,
+    pub info: Array<MapData, ScopeInfo>,
+}
+
+pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> anyhow::Result<(Flows, Books, Scopes)> {
     let flows = Flows(HashMap::try_from(take(ebpf, maps::FLOWS)?)?);
     let books = Books {
         counters: PerCpuArray::try_from(take(ebpf, maps::COUNTERS)?)?,
         table: Array::try_from(take(ebpf, maps::TABLE)?)?,
         user: Array::try_from(take(ebpf, maps::USER)?)?,
     };
-    Ok((flows, books))
+    let scopes = Scopes {
+        ifaces: HashMap::try_from(take(ebpf, scope::SCOPES)?)?,
+        info: Array::try_from(take(ebpf, scope::SCOPE_INFO)?)?,
+    };
+    Ok((flows, books, scopes))
+}
+
+/// A second handle on the pinned flow table (a thread of the daemon's own, such as the container
+/// watcher, that seeds and purges while the sweeper walks).
+pub fn flows_from_pin(dir: &Path) -> anyhow::Result<Flows> {
+    let data = MapData::from_pin(dir.join(maps::FLOWS))?;
+    Ok(Flows(HashMap::try_from(Map::HashMap(data))?))
+}
+
+/// A running daemon's pinned maps, for the inspection commands.
+pub struct Pinned {
+    pub flows: Flows,
+    pub info: Array<MapData, ScopeInfo>,
 }
 
 /// Opens a running daemon's pinned maps (for the inspection commands).
-pub fn from_pins(dir: &Path) -> anyhow::Result<(Flows, Books)> {
+pub fn from_pins(dir: &Path) -> anyhow::Result<Pinned> {
     let open = |name: &str| -> anyhow::Result<MapData> {
         let p = dir.join(name);
         if !p.exists() {
@@ -155,35 +211,63 @@ pub fn from_pins(dir: &Path) -> anyhow::Result<(Flows, Books)> {
         }
         Ok(MapData::from_pin(&p)?)
     };
-    let flows = Flows(HashMap::try_from(Map::HashMap(open(maps::FLOWS)?))?);
-    let books = Books {
-        counters: PerCpuArray::try_from(Map::PerCpuArray(open(maps::COUNTERS)?))?,
-        table: Array::try_from(Map::Array(open(maps::TABLE)?))?,
-        user: Array::try_from(Map::Array(open(maps::USER)?))?,
-    };
-    Ok((flows, books))
+    Ok(Pinned {
+        flows: Flows(HashMap::try_from(Map::HashMap(open(maps::FLOWS)?))?),
+        info: Array::try_from(Map::Array(open(scope::SCOPE_INFO)?))?,
+    })
 }
 
 impl Books {
-    /// One syscall per map: O(CPUs), independent of the number of flows.
+    /// Two batched reads and one lookup: O(scopes x CPUs), independent of the number of flows.
     pub fn totals(&self) -> anyhow::Result<Totals> {
-        let mut slots = vec![0u64; idx::COUNT as usize];
-        for (i, slot) in slots.iter_mut().enumerate() {
-            let per_cpu = self.counters.get(&(i as u32), 0)?;
-            *slot = per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v));
-        }
+        use std::os::fd::{AsFd, AsRawFd};
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let n = self.counters.len() as usize;
+        let mut slots = vec![0u64; n];
+        let fd = self.counters.map().fd().as_fd().as_raw_fd();
+        lookup_batch(fd, 4, 8 * cpus, |k, v| {
+            let i = u32::from_ne_bytes(k.try_into().expect("4-byte key")) as usize;
+            if let Some(slot) = slots.get_mut(i) {
+                *slot = v.chunks_exact(8).fold(0u64, |a, c| {
+                    a.wrapping_add(u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+                });
+            }
+        })?;
         Ok(Totals {
             slots,
             table: self.table.get(&0, 0)?,
-            user: self.user.get(&0, 0)?,
+            user: self.users()?,
         })
     }
 
-    pub fn user(&self) -> anyhow::Result<UserCounters> {
-        Ok(self.user.get(&0, 0)?)
+    /// The daemon's counters of every scope.
+    pub fn users(&self) -> anyhow::Result<Vec<UserCounters>> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let mut out = vec![UserCounters::default(); self.user.len() as usize];
+        let fd = self.user.map().fd().as_fd().as_raw_fd();
+        lookup_batch(fd, 4, size_of::<UserCounters>(), |k, v| {
+            let i = u32::from_ne_bytes(k.try_into().expect("4-byte key")) as usize;
+            if let Some(u) = out.get_mut(i) {
+                // SAFETY: the kernel wrote one UserCounters (plain u64s) at this place.
+                *u = unsafe { std::ptr::read_unaligned(v.as_ptr().cast::<UserCounters>()) };
+            }
+        })?;
+        Ok(out)
     }
 
-    pub fn set_user(&mut self, u: &UserCounters) -> anyhow::Result<()> {
-        Ok(self.user.set(0, u, 0)?)
+    pub fn set_user(&mut self, scope: u32, u: &UserCounters) -> anyhow::Result<()> {
+        Ok(self.user.set(scope, u, 0)?)
+    }
+
+    /// Zeroes a scope's own counter slots, every CPU's copy, before the scope is given to a new
+    /// namespace. Only for a scope no interface maps to any more (no program writes its slots).
+    pub fn zero_scope(&mut self, scope: u32) -> anyhow::Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let base = scope * idx::COUNT;
+        for slot in (0..idx::COUNT).filter(|&s| idx::per_scope(s)) {
+            let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?;
+            self.counters.set(base + slot, zeros, 0)?;
+        }
+        self.set_user(scope, &UserCounters::default())
     }
 }

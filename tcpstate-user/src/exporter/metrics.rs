@@ -13,8 +13,12 @@ use tcpstate_common::{
 };
 
 use crate::{
-    background::sweeper::SweepReport,
+    background::{
+        ports::{PortFigures, Survey},
+        sweeper::SweepReport,
+    },
     bpf::{loader::Attached, tables::Totals},
+    containers::ScopeView,
 };
 
 /// Everything one scrape renders.
@@ -24,6 +28,87 @@ pub struct Scrape<'a> {
     pub half_open_budget: u32,
     pub sweep: &'a SweepReport,
     pub attached: &'a [Attached],
+    /// The watched container namespaces; in container mode every per-endpoint family carries
+    /// `namespace`, `pod` and `container` (empty for the host).
+    pub scopes: &'a ScopeView,
+}
+
+/// The scopes whose figures one series sums: one per scope, or (with `--container-labels
+/// namespace`) every pod of a Kubernetes namespace together.
+struct Group {
+    /// `namespace`, `pod`, `container` values; `None` outside container mode (no such labels).
+    labels: Option<[String; 3]>,
+    scopes: Vec<u32>,
+}
+
+impl Group {
+    /// `base` plus this group's scope labels.
+    fn with<'a>(&'a self, base: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut v = base.to_vec();
+        if let Some([ns, pod, ctr]) = &self.labels {
+            v.extend([
+                ("namespace", ns.as_str()),
+                ("pod", pod.as_str()),
+                ("container", ctr.as_str()),
+            ]);
+        }
+        v
+    }
+
+    /// Sum of a per-scope value over the group.
+    fn sum(&self, f: impl Fn(u32) -> u64) -> u64 {
+        self.scopes.iter().fold(0u64, |a, &s| a.wrapping_add(f(s)))
+    }
+}
+
+/// The host's group first, then the watched namespaces' in label order.
+fn groups(view: &ScopeView) -> Vec<Group> {
+    let host = tcpstate_common::scope::HOST;
+    if !view.enabled {
+        return vec![Group {
+            labels: None,
+            scopes: vec![host],
+        }];
+    }
+    let mut by_labels: std::collections::BTreeMap<[String; 3], Vec<u32>> = Default::default();
+    by_labels.insert(Default::default(), vec![host]);
+    for w in &view.scopes {
+        if let Some((ns, pod, ctr)) = view.labels(w.scope) {
+            by_labels.entry([ns, pod, ctr]).or_default().push(w.scope);
+        }
+    }
+    by_labels
+        .into_iter()
+        .map(|(labels, scopes)| Group {
+            labels: Some(labels),
+            scopes,
+        })
+        .collect()
+}
+
+/// The per-port figures of a group: its scopes' surveys merged by port label (leaks, backlogs and
+/// queues add up; the oldest age is the oldest of any).
+fn merged_ports(sweep: &SweepReport, g: &Group) -> Survey {
+    let mut out = Survey::default();
+    for scope in &g.scopes {
+        let Some(survey) = sweep.ports.get(scope) else {
+            continue;
+        };
+        for (port, fig) in &survey.ports {
+            let m: &mut PortFigures = out.ports.entry(port.clone()).or_default();
+            m.leaked += fig.leaked;
+            m.oldest_s = m.oldest_s.max(fig.oldest_s);
+            m.syn_backlog += fig.syn_backlog;
+            m.accept = match (m.accept, fig.accept) {
+                (Some(a), Some(b)) => Some(crate::background::ports::AcceptQueue {
+                    length: a.length + b.length,
+                    max_length: a.max_length + b.max_length,
+                }),
+                (a, b) => a.or(b),
+            };
+        }
+    }
+    out
 }
 
 struct Family(MetricFamily);
@@ -100,28 +185,32 @@ fn counter(name: &str, help: &str) -> Family {
     Family::new(name, help, MetricType::COUNTER)
 }
 
-/// Connection gauge for one (role, state): the kernel's deltas plus the daemon's (seeding,
-/// expiry), read as signed.
-pub fn connections(t: &Totals, role: Role, state: TcpState) -> i64 {
+/// Connection gauge for one (role, state) of a scope: the kernel's deltas plus the daemon's
+/// (seeding, expiry), read as signed.
+pub fn connections(t: &Totals, scope: u32, role: Role, state: TcpState) -> i64 {
     let slot = idx::conn(role, state);
-    let user = t.user.conn[(slot - idx::CONN) as usize];
-    t.slot(slot).wrapping_add(user) as i64
+    let user = t.user(scope).conn[(slot - idx::CONN) as usize];
+    t.scoped(scope, slot).wrapping_add(user) as i64
 }
 
 pub fn families(s: &Scrape) -> Vec<MetricFamily> {
     let t = s.totals;
+    let groups = groups(s.scopes);
     let mut out: Vec<Family> = Vec::new();
 
     let mut f = gauge(
         "tcpstate_connections",
         "TCP endpoints in each state: local endpoints on host-mode interfaces (comparable to ss -tan), both ends on tap-mode interfaces.",
     );
-    for role in Role::ALL {
-        for state in TcpState::OPEN {
-            f.sample(
-                &[("role", role.name()), ("state", state.name())],
-                connections(t, role, state) as f64,
-            );
+    for g in &groups {
+        for role in Role::ALL {
+            for state in TcpState::OPEN {
+                let v = g.sum(|sc| connections(t, sc, role, state) as u64) as i64;
+                f.sample(
+                    &g.with(&[("role", role.name()), ("state", state.name())]),
+                    v as f64,
+                );
+            }
         }
     }
     out.push(f);
@@ -142,12 +231,14 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
         "tcpstate_resets_total",
         "RST segments accepted, by direction relative to the counted endpoint and that endpoint's state before the RST.",
     );
-    for dir in RstDirection::ALL {
-        for state in std::iter::once(TcpState::Closed).chain(TcpState::OPEN) {
-            f.sample(
-                &[("direction", dir.name()), ("state", state.name())],
-                t.slot(idx::resets(dir, state)) as f64,
-            );
+    for g in &groups {
+        for dir in RstDirection::ALL {
+            for state in std::iter::once(TcpState::Closed).chain(TcpState::OPEN) {
+                f.sample(
+                    &g.with(&[("direction", dir.name()), ("state", state.name())]),
+                    g.sum(|sc| t.scoped(sc, idx::resets(dir, state))) as f64,
+                );
+            }
         }
     }
     out.push(f);
@@ -199,27 +290,32 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
     ] {
         f.sample(&[("how", how)], t.slot(idx::opened(o)) as f64);
     }
-    f.sample(&[("how", "seeded")], t.user.inserted as f64);
+    f.sample(&[("how", "seeded")], t.books().inserted as f64);
     out.push(f);
 
     let mut f = counter(
         "tcpstate_flows_expired_total",
         "Flows the sweeper removed after their state's timeout.",
     );
-    f.sample(&[], t.user.deleted as f64);
+    f.sample(&[], t.books().deleted as f64);
     out.push(f);
 
     let mut f = counter(
         "tcpstate_handshakes_total",
         "Outcome of each opening handshake.",
     );
-    for (i, result) in ["established", "refused", "reset"].iter().enumerate() {
+    for g in &groups {
+        for (i, result) in ["established", "refused", "reset"].iter().enumerate() {
+            f.sample(
+                &g.with(&[("result", result)]),
+                g.sum(|sc| t.scoped(sc, idx::HANDSHAKES + i as u32)) as f64,
+            );
+        }
         f.sample(
-            &[("result", result)],
-            t.slot(idx::HANDSHAKES + i as u32) as f64,
+            &g.with(&[("result", "timeout")]),
+            g.sum(|sc| t.user(sc).handshake_timeouts) as f64,
         );
     }
-    f.sample(&[("result", "timeout")], t.user.handshake_timeouts as f64);
     out.push(f);
 
     let mut f = Family::new(
@@ -231,17 +327,19 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
         .iter()
         .map(|&ns| ns as f64 / 1e9)
         .collect();
-    for role in Role::ALL {
-        let first = idx::HANDSHAKE_BUCKETS + role as u32 * idx::HANDSHAKE_BUCKETS_PER_ROLE;
-        let counts: Vec<u64> = (first..first + idx::HANDSHAKE_BUCKETS_PER_ROLE)
-            .map(|i| t.slot(i))
-            .collect();
-        let sum = t.slot(idx::HANDSHAKE_SUM_NS + role as u32) as f64 / 1e9;
-        f.histogram(&[("role", role.name())], &bounds, &counts, sum);
+    for g in &groups {
+        for role in Role::ALL {
+            let first = idx::HANDSHAKE_BUCKETS + role as u32 * idx::HANDSHAKE_BUCKETS_PER_ROLE;
+            let counts: Vec<u64> = (first..first + idx::HANDSHAKE_BUCKETS_PER_ROLE)
+                .map(|i| g.sum(|sc| t.scoped(sc, i)))
+                .collect();
+            let sum = g.sum(|sc| t.scoped(sc, idx::HANDSHAKE_SUM_NS + role as u32)) as f64 / 1e9;
+            f.histogram(&g.with(&[("role", role.name())]), &bounds, &counts, sum);
+        }
     }
     out.push(f);
 
-    let (fill, half_open) = t.table.fill(&t.user);
+    let (fill, half_open) = t.table.fill(&t.books());
     let mut f = gauge(
         "tcpstate_flow_table_entries",
         "Flows in the kernel flow table.",
@@ -267,47 +365,82 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
     f.sample(&[], s.half_open_budget as f64);
     out.push(f);
 
-    let mut f = gauge(
+    let surveys: Vec<(&Group, Survey)> = groups
+        .iter()
+        .map(|g| (g, merged_ports(s.sweep, g)))
+        .collect();
+    let mut leaked = gauge(
         "tcpstate_close_wait_leaked",
         "Counted endpoints in CLOSE_WAIT for longer than --close-wait-leak-after, by local port (listening ports; the rest as other).",
     );
-    for (port, fig) in &s.sweep.ports.ports {
-        f.sample(&[("port", port)], fig.leaked as f64);
-    }
-    out.push(f);
-    let mut f = gauge(
+    let mut oldest = gauge(
         "tcpstate_close_wait_oldest_seconds",
         "Age of the oldest counted CLOSE_WAIT endpoint, by local port; 0 when none.",
     );
-    for (port, fig) in &s.sweep.ports.ports {
-        f.sample(&[("port", port)], fig.oldest_s);
-    }
-    out.push(f);
-
-    let mut f = gauge(
+    let mut backlog = gauge(
         "tcpstate_syn_backlog",
         "Local server endpoints in SYN_RECV (half-open: SYN-ACK sent, final ACK not yet seen), by local port.",
     );
-    for (port, fig) in &s.sweep.ports.ports {
-        f.sample(&[("port", port)], fig.syn_backlog as f64);
-    }
-    out.push(f);
-    let mut f = gauge(
+    let mut queue = gauge(
         "tcpstate_accept_queue_length",
         "Connections completed and waiting for accept() on a listening port (the kernel's accept queue).",
     );
-    let mut g = gauge(
+    let mut queue_max = gauge(
         "tcpstate_accept_queue_max_length",
         "Limit of a listening port's accept queue (listen() backlog capped by net.core.somaxconn).",
     );
-    for (port, fig) in &s.sweep.ports.ports {
-        if let Some(q) = fig.accept {
-            f.sample(&[("port", port)], q.length as f64);
-            g.sample(&[("port", port)], q.max_length as f64);
+    for (g, survey) in &surveys {
+        for (port, fig) in &survey.ports {
+            let labels = g.with(&[("port", port)]);
+            leaked.sample(&labels, fig.leaked as f64);
+            oldest.sample(&labels, fig.oldest_s);
+            backlog.sample(&labels, fig.syn_backlog as f64);
+            if let Some(q) = fig.accept {
+                queue.sample(&labels, q.length as f64);
+                queue_max.sample(&labels, q.max_length as f64);
+            }
         }
     }
-    out.push(f);
-    out.push(g);
+    out.extend([leaked, oldest, backlog, queue, queue_max]);
+
+    if s.scopes.enabled {
+        let mut f = gauge(
+            "tcpstate_container_info",
+            "Container namespaces watched, by their labels and container id (value 1).",
+        );
+        for w in &s.scopes.scopes {
+            if let Some((ns, pod, ctr)) = s.scopes.labels(w.scope) {
+                f.sample(
+                    &[
+                        ("namespace", ns.as_str()),
+                        ("pod", pod.as_str()),
+                        ("container", ctr.as_str()),
+                        ("container_id", w.labels.container_id.as_str()),
+                    ],
+                    1.0,
+                );
+            }
+        }
+        out.push(f);
+        let mut f = gauge(
+            "tcpstate_containers_watched",
+            "Container network namespaces watched (container mode).",
+        );
+        f.sample(&[], s.scopes.scopes.len() as f64);
+        out.push(f);
+        let mut f = gauge(
+            "tcpstate_container_interfaces",
+            "Host-side ends of container veths with the container programs attached.",
+        );
+        f.sample(&[], s.scopes.interfaces as f64);
+        out.push(f);
+        let mut f = counter(
+            "tcpstate_containers_refused_total",
+            "Container namespaces not watched because --max-containers were watched already.",
+        );
+        f.sample(&[], s.scopes.refused_total as f64);
+        out.push(f);
+    }
 
     let mut f = gauge(
         "tcpstate_sweep_duration_seconds",
@@ -367,8 +500,15 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// `tcpstate describe-metrics`, and for checking dashboards and alert rules against what is
 /// really exported.
 pub fn describe() -> prometheus::Result<Vec<u8>> {
+    describe_with(false)
+}
+
+/// As [`describe`], in container mode (`--containers`) when `containers`: the per-endpoint
+/// families carry `namespace`, `pod` and `container`, and one watched container is shown.
+pub fn describe_with(containers: bool) -> prometheus::Result<Vec<u8>> {
+    let scopes: u32 = if containers { 2 } else { 1 };
     let totals = Totals {
-        slots: vec![0; tcpstate_common::counters::idx::COUNT as usize],
+        slots: vec![0; (tcpstate_common::counters::idx::COUNT * scopes) as usize],
         ..Totals::default()
     };
     // One listening port, shown as port="0", so the per-port families appear with their labels.
@@ -377,21 +517,44 @@ pub fn describe() -> prometheus::Result<Vec<u8>> {
         accept: Some(Default::default()),
         ..Default::default()
     };
-    sweep.ports.ports.insert("0".to_string(), listening);
-    sweep.ports.ports.insert(
-        crate::background::ports::OTHER.to_string(),
-        Default::default(),
-    );
+    for scope in 0..scopes {
+        let survey = sweep.ports.entry(scope).or_default();
+        survey.ports.insert("0".to_string(), listening);
+        survey.ports.insert(
+            crate::background::ports::OTHER.to_string(),
+            Default::default(),
+        );
+    }
     let attached = [Attached {
         iface: "eth0".into(),
         hook: "tc_ingress",
         mode: "tcx",
     }];
+    let view = if containers {
+        ScopeView {
+            enabled: true,
+            level: Some(crate::containers::naming::LabelLevel::Full),
+            scopes: vec![crate::containers::WatchedScope {
+                scope: 1,
+                labels: crate::containers::naming::Labels {
+                    container: "web".into(),
+                    container_id: "0".repeat(64),
+                    ..Default::default()
+                },
+                diag: None,
+            }],
+            refused_total: 0,
+            interfaces: 1,
+        }
+    } else {
+        ScopeView::default()
+    };
     render(&Scrape {
         totals: &totals,
         capacity: 0,
         half_open_budget: 0,
         sweep: &sweep,
         attached: &attached,
+        scopes: &view,
     })
 }

@@ -9,12 +9,18 @@ use tcpstate_common::{
     maps, FlowKey, FlowRecord, TcpState,
 };
 
-use crate::{bpf::tables, cli::FlowsArgs};
+use crate::{
+    bpf::tables,
+    cli::FlowsArgs,
+    inspect::scopes::{self, ScopeName},
+};
 
 /// One tracked flow, decoded for people and scripts.
 struct FlowView {
     key: FlowKey,
     rec: FlowRecord,
+    /// The namespace its counted endpoints live in (empty names for the host).
+    scope: ScopeName,
 }
 
 impl FlowView {
@@ -55,12 +61,19 @@ impl FlowView {
             "seeded": w.has(flowflags::SEEDED),
             "age_is_lower_bound": w.has(flowflags::SEEDED),
             "reset": w.has(flowflags::RESET),
+            "transit": w.has(flowflags::TRANSIT),
+            "namespace": self.scope.namespace,
+            "pod": self.scope.pod,
+            "container": self.scope.container,
+            "container_id": self.scope.container_id,
         })
     }
 }
 
 pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
-    let (flows, _) = tables::from_pins(&args.pins.pin_dir)?;
+    let pinned = tables::from_pins(&args.pins.pin_dir)?;
+    let names = scopes::names(&pinned.info);
+    let flows = pinned.flows;
     let now = monotonic_ns();
     let state_filter = match &args.state {
         Some(s) => Some(
@@ -72,7 +85,20 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut all = Vec::new();
-    flows.for_each(|key, rec| all.push(FlowView { key, rec }))?;
+    flows.for_each(|key, rec| {
+        // A scope the daemon has retired: its flows are being removed.
+        if let Some(scope) = names.get(&key.scope) {
+            all.push(FlowView {
+                key,
+                rec,
+                scope: scope.clone(),
+            })
+        }
+    })?;
+    let (container, pod) = (
+        args.containers.container.as_deref(),
+        args.containers.pod.as_deref(),
+    );
     let mut views: Vec<FlowView> = all
         .into_iter()
         .filter(|v| {
@@ -82,6 +108,7 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
                 && args
                     .address
                     .is_none_or(|a| v.key.addr.contains(&FlowKey::addr_words(a)))
+                && v.scope.matches(container, pod)
                 && args.older_than.is_none_or(|d| {
                     [Side::A, Side::B]
                         .iter()
@@ -89,11 +116,16 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
                 })
         })
         .collect();
-    views.sort_by_key(|v| (v.key.port, v.key.addr));
+    views.sort_by_key(|v| (v.key.scope, v.key.port, v.key.addr));
     if args.json {
         let all: Vec<_> = views.iter().map(|v| v.json(now)).collect();
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
+    }
+    // The container column only when some flow lives in one.
+    let in_containers = views.iter().any(|v| v.key.scope != 0);
+    if in_containers {
+        print!("{:<24} ", "CONTAINER/POD");
     }
     println!(
         "{:<46} {:<12} {:>9}   {:<46} {:<12} {:>9}  FLAGS",
@@ -107,10 +139,15 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
             (flowflags::MIDSTREAM, "midstream"),
             (flowflags::SEEDED, "seeded"),
             (flowflags::RESET, "reset"),
+            (flowflags::TRANSIT, "transit"),
         ] {
             if w.has(bit) {
                 flags.push(name);
             }
+        }
+        if in_containers {
+            let name = v.scope.short();
+            print!("{:<24} ", if name.is_empty() { "(host)" } else { &name });
         }
         println!(
             "{:<46} {:<12} {:>8.1}s   {:<46} {:<12} {:>8.1}s  {}",
@@ -142,7 +179,14 @@ pub fn cleanup(dir: &Path) -> anyhow::Result<()> {
 
 /// Removes tcpstate's pinned maps and their directory (only ours: a stranger's file stops it).
 pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
-    for name in [maps::FLOWS, maps::COUNTERS, maps::TABLE, maps::USER] {
+    for name in [
+        maps::FLOWS,
+        maps::COUNTERS,
+        maps::TABLE,
+        maps::USER,
+        tcpstate_common::scope::SCOPES,
+        tcpstate_common::scope::SCOPE_INFO,
+    ] {
         let p = dir.join(name);
         if p.exists() {
             fs::remove_file(&p)

@@ -15,9 +15,10 @@ use tcpstate_common::{
 use crate::{
     bpf::tables,
     cli::LeaksArgs,
+    inspect::scopes::{self, ScopeName},
     sockets::{
         owners::{owners, Owner},
-        sockdiag::{self, KernelState},
+        sockdiag::KernelState,
     },
 };
 
@@ -26,6 +27,8 @@ pub const HINT: &str = "the peer closed and this process never called close() on
 
 /// A leaked endpoint, joined with its socket and owner when the kernel still has them.
 struct Leak {
+    /// The scope (namespace) of the leaking endpoint.
+    scope: u32,
     port: u16,
     remote: IpAddr,
     age_s: f64,
@@ -33,8 +36,12 @@ struct Leak {
     owner: Option<Owner>,
 }
 
-/// The leaks of one (port, process) group.
+/// A socket by scope, local address and port, remote address and port (key words).
+type SocketTuple = (u32, [u32; 4], u16, [u32; 4], u16);
+
+/// The leaks of one (scope, port, process) group.
 struct Group {
+    scope: u32,
     port: u16,
     owner: Option<Owner>,
     count: usize,
@@ -46,17 +53,45 @@ struct Group {
 
 /// Prints the report; returns whether any leak was found (exit code 1 for scripts and cron).
 pub fn run(args: &LeaksArgs) -> anyhow::Result<bool> {
-    let (flows, _) = tables::from_pins(&args.pins.pin_dir)?;
+    let pinned = tables::from_pins(&args.pins.pin_dir)?;
+    let names = scopes::names(&pinned.info);
     let now = monotonic_ns();
     let threshold = args.older_than.0.as_secs_f64();
-    // The kernel's sockets in this network namespace, keyed like the flow table.
-    let sockets = sockdiag::dump_tcp().unwrap_or_default();
-    let by_tuple: HashMap<([u32; 4], u16, [u32; 4], u16), u32> = sockets
+    let (container, pod) = (
+        args.containers.container.as_deref(),
+        args.containers.pod.as_deref(),
+    );
+    let mut found = Vec::new();
+    pinned.flows.for_each(|key, rec| {
+        let w = rec.word();
+        if !names
+            .get(&key.scope)
+            .is_some_and(|n| n.matches(container, pod))
+        {
+            return;
+        }
+        for side in [Side::A, Side::B] {
+            if !w.is_counted(side) || w.state(side) != TcpState::CloseWait {
+                continue;
+            }
+            let age_s = now.saturating_sub(rec.since_ns[side.index()]) as f64 / 1e9;
+            if age_s <= threshold {
+                continue;
+            }
+            found.push((key, side, age_s, w.has(flowflags::SEEDED)));
+        }
+    })?;
+    // The kernel's sockets of each namespace with a leak (socket inodes are global, so the owner
+    // scan of /proc below finds a container's processes from the host).
+    let sockets = scopes::sockets(&names, found.iter().map(|f| f.0.scope));
+    let by_tuple: HashMap<SocketTuple, u32> = sockets
         .iter()
-        .filter(|s| s.state == KernelState::Conn(TcpState::CloseWait))
-        .map(|s| {
+        .flat_map(|(&scope, socks)| socks.iter().map(move |s| (scope, s)))
+        .filter(|(_, s)| s.state == KernelState::Conn(TcpState::CloseWait))
+        .map(|(scope, s)| {
             (
                 (
+                    scope,
                     FlowKey::addr_words(s.local.0),
                     s.local.1,
                     FlowKey::addr_words(s.remote.0),
@@ -66,35 +101,35 @@ pub fn run(args: &LeaksArgs) -> anyhow::Result<bool> {
             )
         })
         .collect();
-    let mut found = Vec::new();
-    flows.for_each(|key, rec| {
-        let w = rec.word();
-        for side in [Side::A, Side::B] {
-            if !w.is_counted(side) || w.state(side) != TcpState::CloseWait {
-                continue;
-            }
-            let age_s = now.saturating_sub(rec.since_ns[side.index()]) as f64 / 1e9;
-            if age_s <= threshold {
-                continue;
-            }
+    let found: Vec<_> = found
+        .into_iter()
+        .map(|(key, side, age_s, seeded)| {
             let (l, r) = (side.index(), side.other().index());
             let inode = by_tuple
-                .get(&(key.addr[l], key.port[l], key.addr[r], key.port[r]))
+                .get(&(
+                    key.scope,
+                    key.addr[l],
+                    key.port[l],
+                    key.addr[r],
+                    key.port[r],
+                ))
                 .copied();
-            found.push((
+            (
+                key.scope,
                 key.port[l],
                 FlowKey::words_addr(key.addr[r]),
                 age_s,
-                w.has(flowflags::SEEDED),
+                seeded,
                 inode,
-            ));
-        }
-    })?;
-    let inodes: HashSet<u32> = found.iter().filter_map(|f| f.4).collect();
+            )
+        })
+        .collect();
+    let inodes: HashSet<u32> = found.iter().filter_map(|f| f.5).collect();
     let owners = owners(&inodes);
     let leaks: Vec<Leak> = found
         .into_iter()
-        .map(|(port, remote, age_s, lower_bound, inode)| Leak {
+        .map(|(scope, port, remote, age_s, lower_bound, inode)| Leak {
+            scope,
             port,
             remote,
             age_s,
@@ -108,20 +143,22 @@ pub fn run(args: &LeaksArgs) -> anyhow::Result<bool> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&to_json(&groups, threshold))?
+            serde_json::to_string_pretty(&to_json(&groups, threshold, &names))?
         );
     } else {
-        print_table(&groups, threshold);
+        print_table(&groups, threshold, &names);
     }
     Ok(!groups.is_empty())
 }
 
 fn group(leaks: Vec<Leak>) -> Vec<Group> {
-    let mut groups: BTreeMap<(u16, Option<u32>), Group> = BTreeMap::new();
-    let mut peers: HashMap<(u16, Option<u32>), HashMap<IpAddr, usize>> = HashMap::new();
+    type Key = (u32, u16, Option<u32>);
+    let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
+    let mut peers: HashMap<Key, HashMap<IpAddr, usize>> = HashMap::new();
     for l in leaks {
-        let k = (l.port, l.owner.as_ref().map(|o| o.pid));
+        let k = (l.scope, l.port, l.owner.as_ref().map(|o| o.pid));
         let g = groups.entry(k).or_insert_with(|| Group {
+            scope: l.scope,
             port: l.port,
             owner: l.owner.clone(),
             count: 0,
@@ -151,10 +188,21 @@ fn group(leaks: Vec<Leak>) -> Vec<Group> {
     out
 }
 
-fn to_json(groups: &[Group], threshold: f64) -> serde_json::Value {
+fn to_json(
+    groups: &[Group],
+    threshold: f64,
+    names: &BTreeMap<u32, ScopeName>,
+) -> serde_json::Value {
+    let none = ScopeName::default();
     json!({
         "threshold_seconds": threshold,
-        "leaks": groups.iter().map(|g| json!({
+        "leaks": groups.iter().map(|g| {
+            let n = names.get(&g.scope).unwrap_or(&none);
+            json!({
+            "namespace": n.namespace,
+            "pod": n.pod,
+            "container": n.container,
+            "container_id": n.container_id,
             "port": g.port,
             "pid": g.owner.as_ref().map(|o| o.pid),
             "command": g.owner.as_ref().map(|o| o.command.clone()),
@@ -167,7 +215,7 @@ fn to_json(groups: &[Group], threshold: f64) -> serde_json::Value {
             "age_is_lower_bound": g.lower_bound,
             "top_peers": g.peers.iter().map(|(a, n)| json!({"address": a.to_string(), "count": n})).collect::<Vec<_>>(),
             "hint": HINT,
-        })).collect::<Vec<_>>(),
+        })}).collect::<Vec<_>>(),
     })
 }
 
@@ -181,10 +229,15 @@ pub fn human_age(s: f64) -> String {
     }
 }
 
-fn print_table(groups: &[Group], threshold: f64) {
+fn print_table(groups: &[Group], threshold: f64, names: &BTreeMap<u32, ScopeName>) {
     if groups.is_empty() {
         println!("no CLOSE_WAIT endpoint older than {}", human_age(threshold));
         return;
+    }
+    // The container column only when a leak is in one: host-only output is as it always was.
+    let in_containers = groups.iter().any(|g| g.scope != 0);
+    if in_containers {
+        print!("{:<24} ", "CONTAINER/POD");
     }
     println!(
         "{:<6} {:>8} {:<10} {:<16} {:>6} {:>9} {:>9}  TOP PEERS",
@@ -197,6 +250,10 @@ fn print_table(groups: &[Group], threshold: f64) {
         };
         let mark = if g.lower_bound { ">" } else { "" };
         let peers: Vec<String> = g.peers.iter().map(|(a, n)| format!("{a} ({n})")).collect();
+        if in_containers {
+            let name = names.get(&g.scope).map(|n| n.short()).unwrap_or_default();
+            print!("{:<24} ", if name.is_empty() { "(host)" } else { &name });
+        }
         println!(
             "{:<6} {:>8} {:<10} {:<16} {:>6} {:>9} {:>9}  {}",
             g.port,
@@ -244,6 +301,7 @@ mod tests {
             })
         };
         let l = |port, remote: &str, age_s, pid| Leak {
+            scope: 0,
             port,
             remote: remote.parse().unwrap(),
             age_s,

@@ -2,3 +2,4 @@
 
 pub mod flows;
 pub mod leaks;
+pub mod scopes;

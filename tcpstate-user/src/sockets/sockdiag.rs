@@ -59,35 +59,60 @@ const INET_DIAG_MSG_LEN: usize = 72;
 
 /// Every TCP socket of this network namespace, IPv4 and IPv6, in every state.
 pub fn dump_tcp() -> io::Result<Vec<Socket>> {
-    dump(u32::MAX)
+    Diag::open()?.dump_tcp()
 }
 
 /// Listening sockets only (the kernel filters: cheap even on a busy host).
 pub fn dump_listening() -> io::Result<Vec<Socket>> {
-    dump(1 << 10)
+    Diag::open()?.dump_listening()
 }
 
-/// Sockets whose state bit (1 << TCP_*) is in `states`.
-fn dump(states: u32) -> io::Result<Vec<Socket>> {
-    // SAFETY: plain socket(2) call.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+/// A sock_diag socket. It answers for the network namespace it was opened in, wherever the
+/// thread that later uses it is: container mode opens one inside each watched namespace (on a
+/// thread that entered it) and keeps it, so the background walk reads every container's listeners
+/// without entering a namespace again.
+#[derive(Debug)]
+pub struct Diag(std::os::fd::OwnedFd);
+
+impl Diag {
+    /// Opens a socket in the calling thread's namespace.
+    pub fn open() -> io::Result<Diag> {
+        // SAFETY: plain socket(2) call.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                NETLINK_SOCK_DIAG,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a freshly opened descriptor nothing else owns.
+        Ok(Diag(unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        }))
     }
-    // SAFETY: fd is a freshly opened descriptor nothing else owns.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut out = Vec::new();
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        request(&fd, family, states)?;
-        read_all(&fd, &mut out)?;
+
+    /// Every TCP socket of the socket's namespace.
+    pub fn dump_tcp(&self) -> io::Result<Vec<Socket>> {
+        self.dump(u32::MAX)
     }
-    Ok(out)
+
+    /// Listening sockets of the socket's namespace.
+    pub fn dump_listening(&self) -> io::Result<Vec<Socket>> {
+        self.dump(1 << 10)
+    }
+
+    /// Sockets whose state bit (1 << TCP_*) is in `states`.
+    fn dump(&self, states: u32) -> io::Result<Vec<Socket>> {
+        let mut out = Vec::new();
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            request(&self.0, family, states)?;
+            read_all(&self.0, &mut out)?;
+        }
+        Ok(out)
+    }
 }
 
 fn request(fd: &std::os::fd::OwnedFd, family: u8, states: u32) -> io::Result<()> {

@@ -1,0 +1,206 @@
+//! Network interfaces through rtnetlink (netlink-packet-route): the list of links, and the link
+//! events (RTM_NEWLINK / RTM_DELLINK) that tell the daemon a container's veth came or went.
+
+use std::{io, os::fd::AsRawFd, time::Duration};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_route::{
+    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    RouteNetlinkMessage,
+};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+/// An interface, as far as container mode cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub ifindex: u32,
+    pub name: String,
+    /// `veth`, `netkit`, ... (IFLA_INFO_KIND), empty when the kernel gave none.
+    pub kind: String,
+    /// The namespace the peer end lives in, by the id this namespace gives it
+    /// (IFLA_LINK_NETNSID); `None` when the peer is here too, or the link has no peer.
+    pub peer_netnsid: Option<i32>,
+    pub up: bool,
+}
+
+impl Link {
+    /// The host-side end of a container's veth: a veth whose peer is in another namespace.
+    pub fn is_container_veth(&self) -> bool {
+        self.kind == "veth" && self.peer_netnsid.is_some()
+    }
+
+    fn from_message(m: &LinkMessage) -> Link {
+        let mut link = Link {
+            ifindex: m.header.index,
+            name: String::new(),
+            kind: String::new(),
+            peer_netnsid: None,
+            up: m.header.flags.contains(LinkFlags::Up),
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::LinkNetNsId(id) if *id >= 0 => link.peer_netnsid = Some(*id),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            link.kind = match k {
+                                InfoKind::Veth => "veth".to_string(),
+                                InfoKind::Netkit => "netkit".to_string(),
+                                other => other.to_string(),
+                            };
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+/// Sends one request on a fresh rtnetlink socket of this thread's namespace and collects the
+/// replies (every part of a dump, up to NLMSG_DONE).
+pub fn request(
+    req: &NetlinkMessage<RouteNetlinkMessage>,
+) -> io::Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut buf = vec![0u8; req.buffer_len()];
+    req.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let dump = req.header.flags & NLM_F_DUMP == NLM_F_DUMP;
+    let mut out = Vec::new();
+    loop {
+        let (data, _) = socket.recv_from_full()?;
+        let mut offset = 0;
+        while offset < data.len() {
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let len = m.header.length as usize;
+            match &m.payload {
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(io::Error::from_raw_os_error(e.code.map_or(0, |c| -c.get())))
+                }
+                _ => {}
+            }
+            out.push(m);
+            if !dump {
+                return Ok(out);
+            }
+            if len == 0 {
+                break;
+            }
+            offset += len;
+        }
+    }
+}
+
+/// Every interface of this thread's namespace.
+pub fn list() -> io::Result<Vec<Link>> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut req = NetlinkMessage::new(
+        header,
+        NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())),
+    );
+    req.finalize();
+    Ok(request(&req)?
+        .iter()
+        .filter_map(|m| match &m.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                Some(Link::from_message(l))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// What a link event says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A link appeared or changed (RTM_NEWLINK).
+    Changed(Link),
+    /// A link was deleted (RTM_DELLINK).
+    Removed(Link),
+    /// The kernel dropped events (ENOBUFS): only a full resync is exact now.
+    Overrun,
+}
+
+/// A subscription to this namespace's link events (the RTNLGRP_LINK multicast group).
+pub struct Events {
+    socket: Socket,
+}
+
+const RTMGRP_LINK: u32 = 1;
+
+impl Events {
+    /// Subscribes; `wait` bounds each [`Events::next`], so the caller can also resync on a timer.
+    pub fn subscribe(wait: Duration) -> io::Result<Events> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+        let tv = libc::timeval {
+            tv_sec: wait.as_secs() as libc::time_t,
+            tv_usec: wait.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: a valid socket and a timeval of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Events { socket })
+    }
+
+    /// The events that arrived within the wait given at subscription (none on a timeout).
+    pub fn next(&self) -> io::Result<Vec<Event>> {
+        let data = match self.socket.recv_from_full() {
+            Ok((d, _)) => d,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(Vec::new())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(vec![Event::Overrun]),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        let mut offset = 0;
+        while offset < data.len() {
+            let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..]) else {
+                // A message this crate cannot parse: resync rather than guess.
+                out.push(Event::Overrun);
+                break;
+            };
+            let len = m.header.length as usize;
+            match m.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                    out.push(Event::Changed(Link::from_message(&l)))
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
+                    out.push(Event::Removed(Link::from_message(&l)))
+                }
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            offset += len;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,655 @@
+//! The container watcher: a thread that follows link events (with a periodic resync as backstop),
+//! attaches the container programs to the host-side end of every container veth, gives each
+//! namespace behind them a scope, seeds it from its own socket table, and retires it (purging its
+//! flows) when its last veth goes.
+//!
+//! Order matters at both ends. Attaching: the scope map entry first, then the programs, so no
+//! segment runs with an unknown scope; then seeding, so a connection that changes meanwhile is
+//! the programs' (BPF_NOEXIST). Detaching: the programs first (dropping the links), then the map
+//! entry.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, MapData},
+    programs::{tc::SchedClassifierLink, SchedClassifier, TcAttachType},
+    Ebpf,
+};
+use tcpstate_common::{
+    flow::monotonic_ns,
+    scope::{self, ScopeInfo},
+    FlowKey, FlowRecord,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    links::{self, Event, Link},
+    naming::{LabelLevel, Labels, Overrides, Runtimes},
+    netns::{self, Candidate, Netns, NetnsId},
+    slots::{Full, Slots},
+    ScopeView, WatchedScope,
+};
+use crate::{
+    background::{books::Shared, seed},
+    bpf::tables::Flows,
+    sockets::sockdiag::{self, Diag},
+};
+
+/// The programs attached to a container's veth, and where (the host's ingress carries what the
+/// container sends).
+const PROGRAMS: [(&str, TcAttachType); 2] = [
+    ("tcpstate_tc_ctr_ingress", TcAttachType::Ingress),
+    ("tcpstate_tc_ctr_egress", TcAttachType::Egress),
+];
+
+/// How long one wait for link events lasts before the loop checks for shutdown and the resync.
+const EVENT_WAIT: Duration = Duration::from_millis(250);
+
+pub struct Settings {
+    /// Interfaces watched in host or tap mode (`--iface`): never taken for a container's veth,
+    /// even when their peer is in another namespace.
+    pub exclude: BTreeSet<String>,
+    pub resync: Duration,
+    pub seed: bool,
+    pub level: LabelLevel,
+    pub runtimes: Runtimes,
+    pub overrides: Overrides,
+}
+
+/// The maps the watcher writes.
+pub struct Maps {
+    /// ifindex -> scope, read by the container programs.
+    pub ifaces: BpfHashMap<MapData, u32, u32>,
+    /// What each scope is, for restarts and the inspection commands.
+    pub info: Array<MapData, ScopeInfo>,
+    /// Its own handle on the flow table (seeding, purging).
+    pub flows: Flows,
+}
+
+struct Watched {
+    netns: Netns,
+    labels: Labels,
+    mount_name: Option<String>,
+    /// Labelled from a process's cgroup (not only from the mount name or inode).
+    named: bool,
+    diag: Option<Arc<Diag>>,
+    ifaces: BTreeMap<u32, Iface>,
+}
+
+struct Iface {
+    name: String,
+    /// Dropping a link detaches its program.
+    _links: Vec<SchedClassifierLink>,
+}
+
+pub struct Watcher {
+    ebpf: Arc<Mutex<Ebpf>>,
+    maps: Maps,
+    shared: Arc<Mutex<Shared>>,
+    settings: Settings,
+    own: NetnsId,
+    slots: Slots,
+    watched: BTreeMap<u32, Watched>,
+    /// The id this namespace gives each other namespace (stable once assigned).
+    nsids: HashMap<NetnsId, i32>,
+    candidates: Vec<Candidate>,
+    /// Namespaces refused for want of a scope (counted once each) and nsids found behind no
+    /// namespace (warned once each).
+    refused: BTreeSet<NetnsId>,
+    refused_total: u64,
+    unresolved: BTreeSet<i32>,
+    /// Scopes restored from the pins that the first reconcile has not found again.
+    restored: BTreeSet<u32>,
+}
+
+impl Watcher {
+    /// A watcher over the pinned maps of this or an earlier run: the scopes a predecessor gave
+    /// keep their namespaces; stale interface entries are cleared (their links died with it).
+    pub fn new(
+        ebpf: Arc<Mutex<Ebpf>>,
+        mut maps: Maps,
+        shared: Arc<Mutex<Shared>>,
+        settings: Settings,
+    ) -> anyhow::Result<Watcher> {
+        let own = NetnsId::own()?;
+        // Verified now, not when the first container appears: loading takes the verifier a
+        // while, and a container's first connection must not wait for it.
+        {
+            let mut ebpf = ebpf.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, _) in PROGRAMS {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| anyhow::anyhow!("object has no program {name}"))?
+                    .try_into()?;
+                if prog.fd().is_err() {
+                    prog.load()?;
+                }
+            }
+        }
+        let infos: Vec<ScopeInfo> = (0..maps.info.len())
+            .map(|i| maps.info.get(&i, 0).unwrap_or_default())
+            .collect();
+        let slots = Slots::restore(&infos);
+        let restored = slots.active().map(|(s, _)| s).collect();
+        let stale: Vec<u32> = maps.ifaces.keys().filter_map(Result::ok).collect();
+        for ifindex in stale {
+            let _ = maps.ifaces.remove(&ifindex);
+        }
+        Ok(Watcher {
+            ebpf,
+            maps,
+            shared,
+            settings,
+            own,
+            slots,
+            watched: BTreeMap::new(),
+            nsids: HashMap::new(),
+            candidates: Vec::new(),
+            refused: BTreeSet::new(),
+            refused_total: 0,
+            unresolved: BTreeSet::new(),
+            restored,
+        })
+    }
+
+    /// Runs until `stop`: one reconcile at once, then one per batch of link events and one per
+    /// resync interval.
+    pub fn spawn(mut self, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("containers".into())
+            .spawn(move || {
+                let events = match links::Events::subscribe(EVENT_WAIT) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        warn!(error = %e, "no link events; containers are found by the periodic resync only");
+                        None
+                    }
+                };
+                self.reconcile(true);
+                let mut last = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let changed = match &events {
+                        Some(ev) => match ev.next() {
+                            Ok(evs) => evs.iter().any(|e| self.concerns(e)),
+                            Err(e) => {
+                                debug!(error = %e, "link events");
+                                std::thread::sleep(EVENT_WAIT);
+                                false
+                            }
+                        },
+                        None => {
+                            std::thread::sleep(EVENT_WAIT);
+                            false
+                        }
+                    };
+                    let resync = last.elapsed() >= self.settings.resync;
+                    if changed || resync {
+                        self.reconcile(resync);
+                        if resync {
+                            last = Instant::now();
+                        }
+                    }
+                }
+                // Detach everything before the maps are dropped with the daemon.
+                for scope in self.watched.keys().copied().collect::<Vec<_>>() {
+                    self.detach_all(scope);
+                }
+            })
+            .expect("spawn the container watcher thread")
+    }
+
+    /// Whether an event can change what is watched: a veth appearing, changing or going, or any
+    /// deletion (a veth's peer leaving this namespace shows as its deletion here).
+    fn concerns(&self, e: &Event) -> bool {
+        match e {
+            Event::Changed(l) => {
+                let container = l.is_container_veth() && !self.settings.exclude.contains(&l.name);
+                container != self.is_attached(l.ifindex)
+            }
+            Event::Removed(_) | Event::Overrun => true,
+        }
+    }
+
+    fn is_attached(&self, ifindex: u32) -> bool {
+        self.watched
+            .values()
+            .any(|w| w.ifaces.contains_key(&ifindex))
+    }
+
+    /// Brings the attachments in line with the links present. `full`: also rescan namespaces
+    /// (names for namespaces that had no process when first seen).
+    fn reconcile(&mut self, full: bool) {
+        let links = match links::list() {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot list interfaces");
+                return;
+            }
+        };
+        let wanted: BTreeMap<u32, &Link> = links
+            .iter()
+            .filter(|l| l.is_container_veth() && !self.settings.exclude.contains(&l.name))
+            .map(|l| (l.ifindex, l))
+            .collect();
+        // Interfaces gone (or renamed: attachments are by name).
+        let gone: Vec<(u32, u32)> = self
+            .watched
+            .iter()
+            .flat_map(|(&s, w)| w.ifaces.iter().map(move |(&i, f)| (s, i, &f.name)))
+            .filter(|(_, i, name)| wanted.get(i).is_none_or(|l| &l.name != *name))
+            .map(|(s, i, _)| (s, i))
+            .collect();
+        for (scope, ifindex) in gone {
+            self.detach(scope, ifindex);
+        }
+        let mut rescanned = false;
+        if full {
+            self.rescan();
+            rescanned = true;
+            // A namespace that no process and no bind mount holds any more is kept alive only by
+            // the watcher's own descriptors (and with it the veth): the runtime is done with it.
+            let live: BTreeSet<NetnsId> = self.candidates.iter().map(|c| c.id).collect();
+            let abandoned: Vec<u32> = self
+                .watched
+                .iter()
+                .filter(|(_, w)| !live.contains(&w.netns.id))
+                .map(|(&s, _)| s)
+                .collect();
+            for scope in abandoned {
+                self.retire(scope);
+            }
+        }
+        let mut fresh = Vec::new();
+        for link in wanted.values() {
+            if self.is_attached(link.ifindex) {
+                continue;
+            }
+            let Some(nsid) = link.peer_netnsid else {
+                continue;
+            };
+            let mut cand = self.candidate_for(nsid);
+            if cand.is_none() && !rescanned {
+                self.rescan();
+                rescanned = true;
+                cand = self.candidate_for(nsid);
+            }
+            let Some(cand) = cand else {
+                if self.unresolved.insert(nsid) {
+                    warn!(iface = %link.name, nsid, "the namespace behind this veth was not found (no bind mount and no process in it yet); retried at the next resync");
+                }
+                continue;
+            };
+            let scope = match self.slots.find(cand.id) {
+                Some(s) if self.watched.contains_key(&s) => s,
+                _ => match self.watch(&cand) {
+                    Some(s) => {
+                        fresh.push(s);
+                        s
+                    }
+                    None => continue,
+                },
+            };
+            self.attach(scope, link);
+        }
+        for scope in fresh {
+            self.seed_scope(scope);
+        }
+        if full {
+            self.rename_unnamed();
+        }
+        // Namespaces whose last veth went: their flows go with them.
+        let empty: Vec<u32> = self
+            .watched
+            .iter()
+            .filter(|(_, w)| w.ifaces.is_empty())
+            .map(|(&s, _)| s)
+            .collect();
+        for scope in empty {
+            self.retire(scope);
+        }
+        // Scopes an earlier run watched whose namespaces are gone.
+        for scope in std::mem::take(&mut self.restored) {
+            if !self.watched.contains_key(&scope) {
+                self.retire(scope);
+            }
+        }
+        self.publish();
+    }
+
+    /// Reads the host's namespaces again and learns the ids of those joined to this one.
+    fn rescan(&mut self) {
+        self.candidates = netns::candidates(self.own);
+        for c in &self.candidates {
+            if self.nsids.contains_key(&c.id) {
+                continue;
+            }
+            let Ok(f) = std::fs::File::open(&c.path) else {
+                continue;
+            };
+            if let Ok(Some(id)) = netns::nsid_of(&f) {
+                self.nsids.insert(c.id, id);
+            }
+        }
+        let live: BTreeSet<NetnsId> = self.candidates.iter().map(|c| c.id).collect();
+        self.nsids.retain(|id, _| live.contains(id));
+        self.unresolved.clear();
+    }
+
+    fn candidate_for(&self, nsid: i32) -> Option<Candidate> {
+        let id = self
+            .nsids
+            .iter()
+            .find(|(_, &n)| n == nsid)
+            .map(|(id, _)| *id)?;
+        self.candidates.iter().find(|c| c.id == id).cloned()
+    }
+
+    /// Gives a namespace a scope, opens it, names it and records it; `None` when it cannot be
+    /// watched (the limit, or it vanished).
+    fn watch(&mut self, cand: &Candidate) -> Option<u32> {
+        let netns = match Netns::open(&cand.path, cand.id) {
+            Ok(n) => n,
+            Err(e) => {
+                debug!(path = %cand.path.display(), error = %e, "namespace vanished before it could be watched");
+                return None;
+            }
+        };
+        let (scope, reused) = match self.slots.allocate(cand.id, monotonic_ns()) {
+            Ok(s) => s,
+            Err(Full) => {
+                if self.refused.insert(cand.id) {
+                    self.refused_total += 1;
+                    warn!(
+                        netns = cand.id.ino,
+                        limit = self.slots_capacity(),
+                        "a container namespace is not watched: --max-containers are watched already"
+                    );
+                }
+                return None;
+            }
+        };
+        if reused {
+            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = shared.books.zero_scope(scope) {
+                warn!(error = %e, scope, "could not zero a reused scope's counters");
+            }
+            shared.book(|c| c.reset_scope(scope));
+        }
+        let (labels, named) = self.label(cand);
+        let diag = match netns.run(Diag::open) {
+            Ok(Ok(d)) => Some(Arc::new(d)),
+            Ok(Err(e)) | Err(e) => {
+                warn!(error = %e, scope, "no sock_diag socket in the namespace: no listener figures for it");
+                None
+            }
+        };
+        self.write_info(scope, cand.id, scope::state::ACTIVE, &labels);
+        info!(
+            scope,
+            netns = cand.id.ino,
+            namespace = %labels.namespace,
+            pod = %labels.pod,
+            container = %labels.container,
+            "watching a container namespace"
+        );
+        self.watched.insert(
+            scope,
+            Watched {
+                netns,
+                labels,
+                mount_name: cand.mount_name.clone(),
+                named,
+                diag,
+                ifaces: BTreeMap::new(),
+            },
+        );
+        Some(scope)
+    }
+
+    fn slots_capacity(&self) -> u32 {
+        self.maps.info.len().saturating_sub(1)
+    }
+
+    fn label(&self, cand: &Candidate) -> (Labels, bool) {
+        let labels =
+            self.settings
+                .runtimes
+                .label(&cand.pids, cand.mount_name.as_deref(), cand.id.ino);
+        let named = !labels.container_id.is_empty();
+        let labels = self
+            .settings
+            .overrides
+            .apply(labels, cand.mount_name.as_deref(), cand.id.ino);
+        (labels, named)
+    }
+
+    /// Namespaces first seen before any process ran in them are labelled by their mount name;
+    /// once a process is there, the runtime's name replaces it.
+    fn rename_unnamed(&mut self) {
+        let unnamed: Vec<u32> = self
+            .watched
+            .iter()
+            .filter(|(_, w)| !w.named)
+            .map(|(&s, _)| s)
+            .collect();
+        for scope in unnamed {
+            let id = self.watched[&scope].netns.id;
+            let Some(cand) = self.candidates.iter().find(|c| c.id == id).cloned() else {
+                continue;
+            };
+            let (labels, named) = self.label(&cand);
+            if !named {
+                continue;
+            }
+            self.write_info(scope, id, scope::state::ACTIVE, &labels);
+            let w = self.watched.get_mut(&scope).expect("listed above");
+            info!(scope, container = %labels.container, pod = %labels.pod, "container namespace named");
+            w.labels = labels;
+            w.named = true;
+            w.mount_name = cand.mount_name.clone();
+        }
+    }
+
+    fn write_info(&mut self, scope: u32, id: NetnsId, state: u32, l: &Labels) {
+        let mut info = ScopeInfo {
+            netns_dev: id.dev,
+            netns_ino: id.ino,
+            state,
+            since_ns: monotonic_ns(),
+            ..ScopeInfo::default()
+        };
+        scope::put_str(&mut info.namespace, &l.namespace);
+        scope::put_str(&mut info.pod, &l.pod);
+        scope::put_str(&mut info.container, &l.container);
+        scope::put_str(&mut info.container_id, &l.container_id);
+        if let Err(e) = self.maps.info.set(scope, info, 0) {
+            warn!(error = %e, scope, "could not record a scope");
+        }
+    }
+
+    /// The scope map entry, then both programs. A veth deleted or renamed meanwhile leaves no
+    /// attachment and no entry behind; the next event or resync sees it gone.
+    fn attach(&mut self, scope: u32, link: &Link) {
+        if let Err(e) = self.maps.ifaces.insert(link.ifindex, scope, 0) {
+            warn!(error = %e, iface = %link.name, "cannot give the interface its scope (is the scope map full?)");
+            return;
+        }
+        let started = Instant::now();
+        let mut made = Vec::new();
+        let result = (|| -> anyhow::Result<()> {
+            let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, at) in PROGRAMS {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| anyhow::anyhow!("object has no program {name}"))?
+                    .try_into()?;
+                if prog.fd().is_err() {
+                    prog.load()?;
+                }
+                // By name: aya resolves it to an index; checked against the event's below.
+                let id = prog.attach(&link.name, at)?;
+                made.push(prog.take_link(id)?);
+            }
+            Ok(())
+        })();
+        let same = crate::bpf::netif::index(&link.name) == Some(link.ifindex);
+        match result {
+            Ok(()) if same => {
+                debug!(iface = %link.name, scope, took_us = started.elapsed().as_micros() as u64, "attached to a container veth");
+                if let Some(w) = self.watched.get_mut(&scope) {
+                    w.ifaces.insert(
+                        link.ifindex,
+                        Iface {
+                            name: link.name.clone(),
+                            _links: made,
+                        },
+                    );
+                }
+            }
+            outcome => {
+                drop(made);
+                let _ = self.maps.ifaces.remove(&link.ifindex);
+                if let Err(e) = outcome {
+                    debug!(iface = %link.name, error = %e, "a container veth went away while being attached");
+                }
+            }
+        }
+    }
+
+    fn detach(&mut self, scope: u32, ifindex: u32) {
+        if let Some(w) = self.watched.get_mut(&scope) {
+            if let Some(f) = w.ifaces.remove(&ifindex) {
+                debug!(iface = %f.name, scope, "detached from a container veth");
+            }
+        }
+        let _ = self.maps.ifaces.remove(&ifindex);
+    }
+
+    fn detach_all(&mut self, scope: u32) {
+        let ifaces: Vec<u32> = self
+            .watched
+            .get(&scope)
+            .map(|w| w.ifaces.keys().copied().collect())
+            .unwrap_or_default();
+        for i in ifaces {
+            self.detach(scope, i);
+        }
+    }
+
+    /// The namespace is gone: its interfaces are detached, its flows deleted (booked in its scope,
+    /// whose gauges return to zero), and its slot held before reuse.
+    fn retire(&mut self, scope: u32) {
+        self.detach_all(scope);
+        let labels = self
+            .watched
+            .remove(&scope)
+            .map(|w| w.labels)
+            .unwrap_or_default();
+        self.slots.retire(scope, monotonic_ns());
+        self.write_info(
+            scope,
+            NetnsId { dev: 0, ino: 0 },
+            scope::state::RETIRED,
+            &Labels::default(),
+        );
+        let records = self.records_of(scope);
+        let mut deleted = Vec::new();
+        for (key, rec) in &records {
+            if self.maps.flows.0.remove(key).is_ok() {
+                deleted.push(rec.word());
+            }
+        }
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.book(|c| {
+            for w in &deleted {
+                c.record_delete(scope, *w);
+            }
+        });
+        shared.scopes.scopes.retain(|s| s.scope != scope);
+        info!(scope, container = %labels.container, pod = %labels.pod, flows = deleted.len(), "container namespace gone");
+    }
+
+    fn records_of(&self, scope: u32) -> Vec<(FlowKey, FlowRecord)> {
+        let mut out = Vec::new();
+        if let Err(e) = self.maps.flows.for_each(|k, r| {
+            if k.scope == scope {
+                out.push((k, r))
+            }
+        }) {
+            warn!(error = %e, scope, "cannot read the flow table");
+        }
+        out
+    }
+
+    /// Seeds a newly watched namespace from its own socket table (and, for a scope an earlier run
+    /// watched, drops what changed while no daemon ran).
+    fn seed_scope(&mut self, scope: u32) {
+        if !self.settings.seed {
+            return;
+        }
+        let Some(w) = self.watched.get(&scope) else {
+            return;
+        };
+        let sockets = match w.netns.run(sockdiag::dump_tcp) {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) | Err(e) => {
+                warn!(error = %e, scope, "cannot read a container's socket table; its counts fill in as segments arrive");
+                return;
+            }
+        };
+        let existing = self.records_of(scope);
+        let synced = seed::sync(
+            &mut self.maps.flows,
+            scope,
+            &sockets,
+            &seed::Scope::container(),
+            &existing,
+            monotonic_ns(),
+        );
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.book(|c| {
+            for w in &synced.deleted {
+                c.record_delete(scope, *w);
+            }
+            for w in &synced.inserted {
+                c.record_insert(scope, *w);
+            }
+        });
+        info!(
+            scope,
+            kept = synced.kept,
+            dropped_stale = synced.deleted.len(),
+            seeded = synced.inserted.len(),
+            sockets = sockets.len(),
+            "container namespace in line with its socket table"
+        );
+    }
+
+    fn publish(&self) {
+        let scopes = self
+            .watched
+            .iter()
+            .map(|(&scope, w)| WatchedScope {
+                scope,
+                labels: w.labels.clone(),
+                diag: w.diag.clone(),
+            })
+            .collect();
+        let interfaces = self.watched.values().map(|w| w.ifaces.len() as u64).sum();
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.scopes = ScopeView {
+            enabled: true,
+            level: Some(self.settings.level),
+            scopes,
+            refused_total: self.refused_total,
+            interfaces,
+        };
+    }
+}
