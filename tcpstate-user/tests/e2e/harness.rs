@@ -117,40 +117,48 @@ impl Netns {
     /// As `ss_states`, counting only sockets whose local address is in `locals` (when given): the
     /// sockets whose segments cross the monitored interface.
     pub fn ss_states_on(&self, locals: Option<&[IpAddr]>) -> BTreeMap<String, i64> {
-        let out = sh(&["ip", "netns", "exec", &self.name, "ss", "-Htan"]);
-        let mut m = BTreeMap::new();
-        for line in out.lines() {
-            let mut cols = line.split_whitespace();
-            let Some(state) = cols.next() else { continue };
-            let local = cols
-                .nth(2)
-                .and_then(|l| l.rsplit_once(':'))
-                .map(|(a, _)| a.trim_matches(['[', ']']));
-            let local = local
-                .map(|a| a.strip_prefix("::ffff:").unwrap_or(a))
-                .and_then(|a| a.parse::<IpAddr>().ok());
-            if let Some(locals) = locals {
-                if !local.is_some_and(|a| locals.contains(&a)) {
-                    continue;
-                }
-            }
-            let ours = match state {
-                "LISTEN" => continue,
-                "SYN-SENT" => "syn_sent",
-                "SYN-RECV" => "syn_recv",
-                "ESTAB" => "established",
-                "FIN-WAIT-1" => "fin_wait1",
-                "FIN-WAIT-2" => "fin_wait2",
-                "CLOSE-WAIT" => "close_wait",
-                "CLOSING" => "closing",
-                "LAST-ACK" => "last_ack",
-                "TIME-WAIT" => "time_wait",
-                other => panic!("unexpected ss state {other:?} in {line:?}"),
-            };
-            *m.entry(ours.to_string()).or_insert(0) += 1;
-        }
-        m
+        ss_counts(
+            &sh(&["ip", "netns", "exec", &self.name, "ss", "-Htan"]),
+            locals,
+        )
     }
+}
+
+/// Non-LISTEN sockets per state in `ss -Htan` output, counting only those whose local address is
+/// in `locals` (when given).
+pub fn ss_counts(out: &str, locals: Option<&[IpAddr]>) -> BTreeMap<String, i64> {
+    let mut m = BTreeMap::new();
+    for line in out.lines() {
+        let mut cols = line.split_whitespace();
+        let Some(state) = cols.next() else { continue };
+        let local = cols
+            .nth(2)
+            .and_then(|l| l.rsplit_once(':'))
+            .map(|(a, _)| a.trim_matches(['[', ']']));
+        let local = local
+            .map(|a| a.strip_prefix("::ffff:").unwrap_or(a))
+            .and_then(|a| a.parse::<IpAddr>().ok());
+        if let Some(locals) = locals {
+            if !local.is_some_and(|a| locals.contains(&a)) {
+                continue;
+            }
+        }
+        let ours = match state {
+            "LISTEN" => continue,
+            "SYN-SENT" => "syn_sent",
+            "SYN-RECV" => "syn_recv",
+            "ESTAB" => "established",
+            "FIN-WAIT-1" => "fin_wait1",
+            "FIN-WAIT-2" => "fin_wait2",
+            "CLOSE-WAIT" => "close_wait",
+            "CLOSING" => "closing",
+            "LAST-ACK" => "last_ack",
+            "TIME-WAIT" => "time_wait",
+            other => panic!("unexpected ss state {other:?} in {line:?}"),
+        };
+        *m.entry(ours.to_string()).or_insert(0) += 1;
+    }
+    m
 }
 
 impl Drop for Netns {
@@ -260,7 +268,7 @@ pub fn abort(s: TcpStream) {
 /// The daemon, running in a namespace. Stopped (SIGTERM) and its pins removed on drop.
 pub struct Daemon {
     child: Option<Child>,
-    /// Namespace the scrapes come from, and the address they go to.
+    /// Namespace the scrapes come from (a path that opens it), and the address they go to.
     scrape_ns: String,
     listen: SocketAddr,
     /// Local addresses whose sockets the tracker sees (host mode on a veth); `None`: all (tap on lo).
@@ -312,21 +320,46 @@ impl Daemon {
     }
 
     pub fn start_pinned(ns: &Netns, args: &[&str], opts: Opts, pin_dir: PathBuf) -> Daemon {
+        let scrape = format!("/run/netns/{}", opts.scrape_from.unwrap_or(ns).name);
+        Self::start_at(
+            &format!("/run/netns/{}", ns.name),
+            &ns.name,
+            args,
+            (opts.listen, opts.scope, scrape),
+            pin_dir,
+        )
+    }
+
+    /// A daemon in the machine's own network namespace (container mode with real containers,
+    /// whose veths are there), scraped from it on `listen`.
+    pub fn start_root(tag: &str, args: &[&str], listen: &str) -> Daemon {
+        let name = format!("tse2e-{}-{tag}", std::process::id());
+        // The test process's own namespace (pid 1's may not be ours to open).
+        let own = format!("/proc/{}/ns/net", std::process::id());
+        Self::start_at(
+            &own,
+            &name,
+            args,
+            (listen, None, own.clone()),
+            PathBuf::from(format!("/sys/fs/bpf/{name}")),
+        )
+    }
+
+    fn start_at(
+        netns: &str,
+        tag: &str,
+        args: &[&str],
+        (listen, scope, scrape_ns): (&str, Option<Vec<IpAddr>>, String),
+        pin_dir: PathBuf,
+    ) -> Daemon {
         require_privileges();
-        let log = std::env::temp_dir().join(format!("{}.log", ns.name));
+        let log = std::env::temp_dir().join(format!("{tag}.log"));
         let log_file = File::create(&log).unwrap();
         // nsenter --net, not `ip netns exec`: the latter remounts /sys and hides bpffs.
         let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg(format!("--net={netns}"))
             .arg(BIN)
-            .args([
-                "--log",
-                "debug",
-                "run",
-                "--listen",
-                opts.listen,
-                "--pin-dir",
-            ])
+            .args(["--log", "debug", "run", "--listen", listen, "--pin-dir"])
             .arg(&pin_dir)
             .args(args)
             .stdout(Stdio::null())
@@ -335,9 +368,9 @@ impl Daemon {
             .expect("spawn tcpstate");
         let mut d = Daemon {
             child: Some(child),
-            scrape_ns: opts.scrape_from.unwrap_or(ns).name.clone(),
-            listen: opts.listen.parse().expect("listen address"),
-            scope: opts.scope,
+            scrape_ns,
+            listen: listen.parse().expect("listen address"),
+            scope,
             pin_dir,
             log,
             keep_pins: false,
@@ -381,7 +414,7 @@ impl Daemon {
 
     fn try_get(&self, path: &str) -> Option<String> {
         let path = path.to_string();
-        let ns = format!("/run/netns/{}", self.scrape_ns);
+        let ns = self.scrape_ns.clone();
         let listen = self.listen;
         std::thread::spawn(move || {
             let f = File::open(&ns).ok()?;

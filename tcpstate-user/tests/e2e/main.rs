@@ -10,6 +10,7 @@ mod flood;
 mod harness;
 mod inject;
 mod leaks;
+mod podman;
 mod preflight;
 mod prometheus;
 mod restart;
