@@ -448,3 +448,40 @@ fn forwarded_traffic_is_the_containers_not_the_hosts() {
         states_of(m, "").get("established") == Some(&1)
     });
 }
+
+/// A daemon killed and restarted on its pins gives each container namespace the scope it had:
+/// the container's flows, their ages and its counts carry over.
+#[test]
+fn a_restart_keeps_every_containers_flows_and_ages() {
+    let (h, uplink) = host();
+    bridge(&h, "tsbr1", Some("192.0.2.1/24"));
+    let c = container(&h, "keep", "tsvkeep", "tsbr1", "192.0.2.2/24");
+    let d = daemon(&h, &uplink, &[]);
+    wait_attached(&d, 1.0);
+    let l = listen_in(&c, "192.0.2.2:8080");
+    let connect = || {
+        h.enter(|| {
+            TcpStream::connect_timeout(&"192.0.2.2:8080".parse().unwrap(), Duration::from_secs(5))
+                .unwrap()
+        })
+    };
+    let (client_open, client_closed) = (connect(), connect());
+    let (_s1, _) = l.accept().unwrap();
+    let (_s2, _) = l.accept().unwrap();
+    drop(client_closed);
+    assert_container_matches(&d, &c, "before the restart");
+    std::thread::sleep(Duration::from_secs(2));
+    d.signal_keep_pins(libc::SIGKILL);
+
+    let d = daemon(&h, &uplink, &[]);
+    wait_attached(&d, 1.0);
+    assert_container_matches(&d, &c, "after the restart");
+    let flows = d.flows(&["--container", &c.name, "--state", "close_wait"]);
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    let age = crate::harness::endpoint(&flows[0], true)["age_seconds"]
+        .as_f64()
+        .unwrap();
+    assert!(age >= 2.0, "the CLOSE_WAIT's age carried over: {age}");
+    assert_eq!(flows[0]["seeded"], false, "the record itself, not a re-seed");
+    drop(client_open);
+}
