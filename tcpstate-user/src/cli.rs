@@ -32,7 +32,7 @@ pub enum Command {
     /// Remove the pinned maps a daemon left behind (programs detach when the daemon exits).
     Cleanup(PinArgs),
     /// Print every metric the daemon exports (an idle daemon's /metrics), without loading anything.
-    DescribeMetrics,
+    DescribeMetrics(DescribeArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,6 +74,14 @@ pub enum XdpModeArg {
     Auto,
     Native,
     Generic,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// As exported in container mode (`run --containers`): per-endpoint families carry
+    /// namespace, pod and container, and the container families appear.
+    #[arg(long)]
+    pub containers: bool,
 }
 
 #[derive(Debug, Args)]

@@ -76,7 +76,7 @@ fn main() -> ExitCode {
         Command::Flows(args) => inspect::flows::flows(args),
         Command::Cleanup(args) => inspect::flows::cleanup(&args.pin_dir),
         Command::Leaks(_) => unreachable!("handled above"),
-        Command::DescribeMetrics => exporter::metrics::describe()
+        Command::DescribeMetrics(args) => exporter::metrics::describe_with(args.containers)
             .map_err(anyhow::Error::from)
             .and_then(|b| Ok(std::io::Write::write_all(&mut std::io::stdout(), &b)?)),
     };

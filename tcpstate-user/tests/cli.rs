@@ -126,6 +126,44 @@ fn describe_metrics_lists_the_contract_and_passes_promtool() {
     promtool_check(&text);
 }
 
+#[test]
+fn describe_metrics_in_container_mode_labels_every_per_endpoint_family() {
+    let o = run(&["describe-metrics", "--containers"]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    for name in [
+        "tcpstate_connections",
+        "tcpstate_resets_total",
+        "tcpstate_handshakes_total",
+        "tcpstate_handshake_duration_seconds_bucket",
+        "tcpstate_close_wait_leaked",
+        "tcpstate_close_wait_oldest_seconds",
+        "tcpstate_syn_backlog",
+        "tcpstate_accept_queue_length",
+    ] {
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .collect();
+        assert!(!samples.is_empty(), "{name} missing from:\n{text}");
+        for s in samples {
+            assert!(
+                s.contains("namespace=\"") && s.contains("pod=\"") && s.contains("container=\""),
+                "{s} lacks the scope labels"
+            );
+        }
+        // The host's series (empty labels) and the container's.
+        assert!(text.contains(&format!("container=\"web\"")));
+    }
+    // Tracker-wide families carry no scope labels.
+    assert!(text
+        .lines()
+        .filter(|l| l.starts_with("tcpstate_segments_total{"))
+        .all(|l| !l.contains("container=")));
+    assert!(text.contains("# TYPE tcpstate_containers_refused_total counter"));
+    promtool_check(&text);
+}
+
 /// A config file in the temp directory, removed when dropped.
 struct ConfigFile(std::path::PathBuf);
 

@@ -369,6 +369,9 @@ fn dashboard_is_well_formed() {
 /// What the kernel needs for `tcpstate run` to load, attach, pin and serve, measured by running
 /// it as an unprivileged user with candidate sets (deploy/README.md).
 const KERNEL_CAPS: &[&str] = &["BPF", "NET_ADMIN", "PERFMON"];
+/// What container mode adds (measured with setpriv, deploy/README.md): entering pods' namespaces
+/// (setns), opening their processes' namespace files, and reading other users' fd links.
+const CONTAINER_CAPS: &[&str] = &["SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"];
 
 #[test]
 fn service_definitions_grant_the_documented_capabilities() {
@@ -402,7 +405,7 @@ fn service_definitions_grant_the_documented_capabilities() {
     );
 
     // The DaemonSet runs as uid 0 (Kubernetes grants no ambient capabilities to other users), so
-    // the preflight passes and the kernel's set is enough.
+    // the preflight passes; in container mode it needs the kernel's set and container mode's.
     let ds = read("kubernetes/daemonset.yaml");
     let list = |key: &str| -> BTreeSet<String> {
         let l = ds
@@ -418,13 +421,35 @@ fn service_definitions_grant_the_documented_capabilities() {
     };
     assert_eq!(
         list("add"),
-        KERNEL_CAPS.iter().map(|c| c.to_string()).collect()
+        KERNEL_CAPS
+            .iter()
+            .chain(CONTAINER_CAPS)
+            .map(|c| c.to_string())
+            .collect()
     );
+    assert!(
+        ds.contains(r#""--containers", "--host-root", "/host""#),
+        "the DaemonSet runs container mode with the runtimes' state under /host"
+    );
+    // Everything of the host it mounts besides bpffs is read-only.
+    let mounts: Vec<&str> = ds
+        .split("volumeMounts:")
+        .nth(1)
+        .and_then(|m| m.split("livenessProbe:").next())
+        .expect("volumeMounts")
+        .split("- name: ")
+        .skip(1)
+        .collect();
+    assert!(mounts.len() >= 6, "{mounts:?}");
+    for m in mounts.iter().filter(|m| !m.starts_with("bpffs")) {
+        assert!(m.contains("readOnly: true"), "mount not read-only: {m}");
+    }
     assert_eq!(list("drop"), BTreeSet::from(["ALL".to_string()]));
     for line in [
         "privileged: false",
         "allowPrivilegeEscalation: false",
         "hostNetwork: true",
+        "hostPID: true",
         "readOnlyRootFilesystem: true",
     ] {
         assert!(
@@ -433,7 +458,7 @@ fn service_definitions_grant_the_documented_capabilities() {
         );
     }
     let readme = read("README.md");
-    for c in KERNEL_CAPS.iter().chain(&["SYS_ADMIN"]) {
+    for c in KERNEL_CAPS.iter().chain(CONTAINER_CAPS).chain(&["SYS_ADMIN"]) {
         assert!(
             readme.contains(&format!("CAP_{c}")),
             "deploy/README.md does not explain CAP_{c}"
@@ -535,8 +560,9 @@ struct Family {
 }
 
 fn exported() -> BTreeMap<String, Family> {
+    // Container mode's exposition: every family and label either mode exports.
     let o = Command::new(BIN)
-        .arg("describe-metrics")
+        .args(["describe-metrics", "--containers"])
         .output()
         .expect("run tcpstate describe-metrics");
     assert!(o.status.success(), "describe-metrics: {}", text(&o));

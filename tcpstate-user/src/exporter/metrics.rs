@@ -496,15 +496,9 @@ pub fn render(s: &Scrape) -> prometheus::Result<Vec<u8>> {
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The exposition of a daemon that has seen nothing (but one listening port): every family, with
-/// its labels, at zero. For
-/// `tcpstate describe-metrics`, and for checking dashboards and alert rules against what is
-/// really exported.
-pub fn describe() -> prometheus::Result<Vec<u8>> {
-    describe_with(false)
-}
-
-/// As [`describe`], in container mode (`--containers`) when `containers`: the per-endpoint
-/// families carry `namespace`, `pod` and `container`, and one watched container is shown.
+/// its labels, at zero. For `tcpstate describe-metrics`, and for checking dashboards and alert
+/// rules against what is really exported. With `containers`, as in container mode: per-endpoint
+/// families carry `namespace`, `pod` and `container`, for the host and one watched container.
 pub fn describe_with(containers: bool) -> prometheus::Result<Vec<u8>> {
     let scopes: u32 = if containers { 2 } else { 1 };
     let totals = Totals {
