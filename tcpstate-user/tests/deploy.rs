@@ -458,7 +458,11 @@ fn service_definitions_grant_the_documented_capabilities() {
         );
     }
     let readme = read("README.md");
-    for c in KERNEL_CAPS.iter().chain(CONTAINER_CAPS).chain(&["SYS_ADMIN"]) {
+    for c in KERNEL_CAPS
+        .iter()
+        .chain(CONTAINER_CAPS)
+        .chain(&["SYS_ADMIN"])
+    {
         assert!(
             readme.contains(&format!("CAP_{c}")),
             "deploy/README.md does not explain CAP_{c}"

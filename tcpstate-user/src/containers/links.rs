@@ -204,3 +204,30 @@ impl Events {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(kind: &str, peer: Option<i32>) -> Link {
+        Link {
+            ifindex: 7,
+            name: "x".into(),
+            kind: kind.into(),
+            peer_netnsid: peer,
+            up: true,
+        }
+    }
+
+    #[test]
+    fn only_veths_with_a_peer_elsewhere_are_container_veths() {
+        assert!(link("veth", Some(0)).is_container_veth());
+        assert!(
+            !link("veth", None).is_container_veth(),
+            "both ends here: not a container's"
+        );
+        // Cilium's netkit pairs are not veths: documented as not watched.
+        assert!(!link("netkit", Some(3)).is_container_veth());
+        assert!(!link("bridge", None).is_container_veth());
+    }
+}

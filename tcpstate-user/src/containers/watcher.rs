@@ -107,6 +107,8 @@ pub struct Watcher {
     unresolved: BTreeSet<i32>,
     /// Scopes restored from the pins that the first reconcile has not found again.
     restored: BTreeSet<u32>,
+    /// Whether the netkit warning was given.
+    warned_netkit: bool,
 }
 
 impl Watcher {
@@ -156,6 +158,7 @@ impl Watcher {
             refused_total: 0,
             unresolved: BTreeSet::new(),
             restored,
+            warned_netkit: false,
         })
     }
 
@@ -233,6 +236,10 @@ impl Watcher {
                 return;
             }
         };
+        if !self.warned_netkit && links.iter().any(|l| l.kind == "netkit") {
+            self.warned_netkit = true;
+            warn!("netkit devices found: pods behind netkit (Cilium's datapath) are not veths and are not watched; their traffic is seen only where it crosses the host's own interfaces");
+        }
         let wanted: BTreeMap<u32, &Link> = links
             .iter()
             .filter(|l| l.is_container_veth() && !self.settings.exclude.contains(&l.name))

@@ -482,6 +482,9 @@ fn a_restart_keeps_every_containers_flows_and_ages() {
         .as_f64()
         .unwrap();
     assert!(age >= 2.0, "the CLOSE_WAIT's age carried over: {age}");
-    assert_eq!(flows[0]["seeded"], false, "the record itself, not a re-seed");
+    assert_eq!(
+        flows[0]["seeded"], false,
+        "the record itself, not a re-seed"
+    );
     drop(client_open);
 }
