@@ -14,7 +14,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tcpstate_common::{
+    counters::idx,
     maps::{self, Config, UserCounters, CAPACITY_SLACK},
+    scope,
     tcp::flags::*,
     FlowKey, FlowRecord,
 };
@@ -108,21 +110,35 @@ impl Drop for Bench {
     }
 }
 
+/// Scopes the bench object has: the host's and one container's, so the container programs can be
+/// timed (BPF_PROG_TEST_RUN gives TC programs an skb on `lo`, which the bench maps to scope 1).
+const BENCH_SCOPES: u32 = 2;
+const LO_IFINDEX: u32 = 1;
+
 impl Bench {
-    fn load(capacity: u32) -> Bench {
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/tcpstate-bench-{}", std::process::id()));
+    /// `transit`: container mode's transit check on (a socket lookup when a host-mode program
+    /// creates a flow).
+    fn load(capacity: u32, transit: bool) -> Bench {
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/tcpstate-bench-{}-{}",
+            std::process::id(),
+            u8::from(transit)
+        ));
         fs::create_dir_all(&pin_dir)
             .expect("bpffs mounted on /sys/fs/bpf (cargo xtask setup), and root");
         let config = Config {
             capacity: capacity as u64,
             half_open_budget: capacity as u64 / 4,
             log_events: 0,
-            scopes: 1,
-            transit_check: 0,
+            scopes: BENCH_SCOPES as u64,
+            transit_check: u64::from(transit),
         };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(maps::FLOWS, capacity + CAPACITY_SLACK)
+            .map_max_entries(maps::COUNTERS, idx::COUNT * BENCH_SCOPES)
+            .map_max_entries(maps::USER, BENCH_SCOPES)
+            .map_max_entries(scope::SCOPE_INFO, BENCH_SCOPES)
             .override_global(maps::CONFIG, &config, true)
             .override_global(aya_log::LEVEL, &0u8, true)
             .load(OBJECT)
@@ -138,11 +154,15 @@ impl Bench {
         for name in [
             "tcpstate_tc_egress",
             "tcpstate_tc_ingress",
+            "tcpstate_tc_ctr_ingress",
             "tcpstate_tc_pass",
         ] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().expect("verifier");
         }
+        let mut scopes: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(ebpf.map_mut(scope::SCOPES).unwrap()).unwrap();
+        scopes.insert(LO_IFINDEX, 1, 0).unwrap();
         Bench { ebpf, pin_dir }
     }
 
@@ -201,11 +221,13 @@ fn client4(flags: u8, payload: usize) -> Vec<u8> {
 
 fn main() {
     let mut figures = Vec::new();
-    let mut b = Bench::load(BIG_TABLE + 100_000);
+    let mut b = Bench::load(BIG_TABLE + 100_000, false);
     let (k4, r4) = established(words4(CLIENT4), 40000, words4(SERVER4));
     let (k6, r6) = established(words6(CLIENT6), 40000, words6(SERVER6));
     b.flows().insert(k4, r4, 0).unwrap();
     b.flows().insert(k6, r6, 0).unwrap();
+    // The same connection seen on a container's veth (scope 1).
+    b.flows().insert(k4.in_scope(1), r4, 0).unwrap();
 
     let ack4 = client4(ACK, 0);
     let ack6 = ipv6(
@@ -263,7 +285,13 @@ fn main() {
             Some(30.0),
         ),
         Figure::ns(
-            "reference: xdp parse + 36-byte key hash lookup, nothing else",
+            "tc container veth (scope lookup by ifindex) established ack, 1 flow, ipv4",
+            tc_base,
+            repeated(b.tc("tcpstate_tc_ctr_ingress"), &ack4),
+            Some(30.0),
+        ),
+        Figure::ns(
+            "reference: xdp parse + 40-byte key hash lookup, nothing else",
             xdp_base,
             repeated(b.xdp("tcpstate_xdp_lookup_floor"), &ack4),
             None,
@@ -320,6 +348,26 @@ fn main() {
         created,
         None,
     ));
+    // Container mode's transit check: the same SYN, on an object that asks the kernel's socket
+    // tables whether a local socket owns the flow before creating it (no socket here: transit).
+    {
+        let mut t = Bench::load(1024, true);
+        let created_transit = t.single(
+            |b| b.xdp("tcpstate_xdp_host"),
+            &syn,
+            &warm_syn,
+            |b| {
+                let _ = b.flows().remove(&syn_key);
+                let _ = b.flows().remove(&warm_key);
+            },
+        );
+        figures.push(Figure::ns(
+            "xdp syn creating a flow, container mode's transit check (single runs)",
+            single_base,
+            created_transit,
+            None,
+        ));
+    }
     for (name, flags) in [("fin", FIN | ACK), ("rst", RST | ACK)] {
         let cost = b.single(
             |b| b.xdp("tcpstate_xdp_host"),

@@ -46,6 +46,10 @@ const SCRAPES: usize = 300;
 const CPU_WINDOW: Duration = Duration::from_secs(30);
 /// Real sockets for the node_exporter comparison (each connection is two sockets on loopback).
 const CONNECTIONS: [usize; 2] = [10_000, 50_000];
+/// Container namespaces for the container-mode scrape figure, and new ones timed one at a time
+/// from veth creation to both programs attached.
+const CONTAINERS: usize = 500;
+const ATTACH_SAMPLES: usize = 20;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -65,6 +69,9 @@ fn main() {
     }
     if wanted("node_exporter") {
         beside_node_exporter(&mut figures);
+    }
+    if wanted("containers") {
+        containers(&mut figures);
     }
     report("system", &figures);
 }
@@ -801,4 +808,165 @@ fn raise_fd_limit() {
     // SAFETY: valid rlimit struct.
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Namespaces made in bulk (`ip -batch`), deleted together on drop.
+struct ManyNetns(Vec<String>);
+
+impl ManyNetns {
+    fn batch(lines: &[String]) {
+        let path = std::env::temp_dir().join(format!("tcpstate-bench-{}.ip", std::process::id()));
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        harness::sh(&["ip", "-batch", path.to_str().unwrap()]);
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+impl Drop for ManyNetns {
+    fn drop(&mut self) {
+        let lines: Vec<String> = self.0.iter().map(|n| format!("netns del {n}")).collect();
+        let path =
+            std::env::temp_dir().join(format!("tcpstate-bench-del-{}.ip", std::process::id()));
+        let _ = std::fs::write(&path, lines.join("\n") + "\n");
+        let _ = Command::new("ip")
+            .args(["-force", "-batch"])
+            .arg(&path)
+            .status();
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Whether both container programs sit on `iface` in `h`.
+fn container_programs_attached(h: &Netns, iface: &str) -> bool {
+    let iface = iface.to_string();
+    h.enter(move || {
+        use aya::programs::{tc::TcAttachType, SchedClassifier};
+        [TcAttachType::Ingress, TcAttachType::Egress]
+            .into_iter()
+            .flat_map(|at| {
+                SchedClassifier::query_tcx(&iface, at)
+                    .map(|(_, p)| p)
+                    .unwrap_or_default()
+            })
+            .filter(|p| {
+                p.name_as_str()
+                    .is_some_and(|n| n.starts_with("tcpstate_tc_ctr"))
+            })
+            .count()
+            == 2
+    })
+}
+
+/// Container mode: how soon a new container's veth carries the programs, and what watching
+/// hundreds of namespaces does to the scrape.
+fn containers(figures: &mut Vec<Figure>) {
+    let h = Netns::new("ctrhost");
+    h.ip(&[
+        "link", "add", "tsup0", "type", "veth", "peer", "name", "tsup1",
+    ]);
+    h.ip(&["link", "set", "tsup0", "up"]);
+    let d = Daemon::start(
+        &h,
+        &[
+            "--iface",
+            "tsup0",
+            "--containers",
+            "--max-containers",
+            "1024",
+        ],
+        Opts {
+            listen: "127.0.0.1:9477",
+            scrape_from: None,
+            scope: None,
+        },
+    );
+    let before = scrape_times(&h, "127.0.0.1:9477", SCRAPES);
+    let tag = std::process::id();
+    let mut made = ManyNetns(Vec::new());
+    // Attach latency, one new container at a time.
+    let mut latency = Vec::new();
+    for i in 0..ATTACH_SAMPLES {
+        let (ns, iface) = (format!("tsb{tag}a{i}"), format!("tsba{i}"));
+        ManyNetns::batch(&[format!("netns add {ns}")]);
+        made.0.push(ns.clone());
+        let start = Instant::now();
+        harness::sh(&[
+            "ip", "link", "add", &iface, "netns", &h.name, "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ]);
+        while !container_programs_attached(&h, &iface) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{iface} not attached after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        latency.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    figures.push(Figure {
+        name: "container veth created -> programs attached, median".into(),
+        unit: "ms",
+        baseline: 0.0,
+        value: median(latency.clone()),
+        goal: Goal::ValueAtMost,
+        target: Some(1000.0),
+    });
+    figures.push(Figure {
+        name: "container veth created -> programs attached, max".into(),
+        unit: "ms",
+        baseline: 0.0,
+        value: latency.iter().cloned().fold(0.0, f64::max),
+        goal: Goal::ValueAtMost,
+        target: Some(1000.0),
+    });
+    // Then many at once.
+    let mut lines = Vec::new();
+    for i in ATTACH_SAMPLES..CONTAINERS {
+        let ns = format!("tsb{tag}a{i}");
+        lines.push(format!("netns add {ns}"));
+        lines.push(format!(
+            "link add tsba{i} netns {} type veth peer name eth0 netns {ns}",
+            h.name
+        ));
+        made.0.push(ns);
+    }
+    let start = Instant::now();
+    ManyNetns::batch(&lines);
+    d.wait_for_within(
+        &format!("{CONTAINERS} container veths attached"),
+        Duration::from_secs(300),
+        |m| m.try_get("tcpstate_container_interfaces", &[]) == Some(CONTAINERS as f64),
+    );
+    let all = start.elapsed().as_secs_f64();
+    figures.push(Figure {
+        name: format!(
+            "{} container namespaces created at once -> all watched",
+            CONTAINERS - ATTACH_SAMPLES
+        ),
+        unit: "s",
+        baseline: 0.0,
+        value: all,
+        goal: Goal::ValueAtMost,
+        target: None,
+    });
+    let after = scrape_times(&h, "127.0.0.1:9477", SCRAPES);
+    let body = d.raw_metrics();
+    let p99 = |v: &[f64]| quantile(v.to_vec(), 0.99);
+    figures.push(Figure {
+        name: format!("/metrics body with {CONTAINERS} watched namespaces"),
+        unit: "KiB",
+        baseline: 0.0,
+        value: body.len() as f64 / 1024.0,
+        goal: Goal::ValueAtMost,
+        target: None,
+    });
+    figures.push(Figure {
+        name: format!("/metrics p99 with {CONTAINERS} watched namespaces"),
+        unit: "ms",
+        baseline: p99(&before),
+        value: p99(&after),
+        goal: Goal::ValueAtMost,
+        target: Some(5.0),
+    });
+    drop(d);
 }

@@ -78,12 +78,7 @@ pub fn preflight(cfg: &RunConfig) -> Result<(), Preflight> {
 /// programs, CAP_NET_ADMIN (12) to attach XDP and TC, CAP_PERFMON (38) for the verifier to allow
 /// packet-pointer arithmetic; CAP_SYS_ADMIN (21) only to mount bpffs when it is missing.
 fn has_bpf_capabilities(pin_dir: &Path) -> bool {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
+    let eff = effective_capabilities();
     let bpffs_mounted = is_bpffs(pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf")));
     let needed: &[u32] = if bpffs_mounted {
         &[39, 12, 38]
@@ -91,6 +86,32 @@ fn has_bpf_capabilities(pin_dir: &Path) -> bool {
         &[39, 12, 38, 21]
     };
     needed.iter().all(|bit| eff & (1 << bit) != 0)
+}
+
+/// The effective capability set (CapEff of /proc/self/status), one bit per CAP_* number.
+pub fn effective_capabilities() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// What container mode cannot do with the capabilities this process has, in one line each
+/// (measured: deploy/README.md). Container mode still counts and attaches without them.
+pub fn container_mode_limits() -> Vec<&'static str> {
+    const CAP_SYS_PTRACE: u32 = 19;
+    const CAP_SYS_ADMIN: u32 = 21;
+    let eff = effective_capabilities();
+    let mut out = Vec::new();
+    if eff & (1 << CAP_SYS_ADMIN) == 0 {
+        out.push("without CAP_SYS_ADMIN container namespaces cannot be entered (setns): they are not seeded at start-up and have no listener or accept-queue figures; grant it to fix");
+    }
+    if eff & (1 << CAP_SYS_PTRACE) == 0 {
+        out.push("without CAP_SYS_PTRACE other processes' /proc/PID/ns/net cannot be opened: containers are found only through namespace bind mounts and named by them, not by their runtime; grant it to fix");
+    }
+    out
 }
 
 /// Mounts bpffs on the pin directory's parent when nothing is mounted there yet (it is not by

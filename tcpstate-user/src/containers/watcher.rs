@@ -104,11 +104,16 @@ pub struct Watcher {
     /// namespace (warned once each).
     refused: BTreeSet<NetnsId>,
     refused_total: u64,
-    unresolved: BTreeSet<i32>,
+    /// Peer namespace ids no namespace was found for, and whether that was warned about. A veth
+    /// whose namespace vanished already (a container that died at once) is a debug line; one still
+    /// unresolved at a full resync is warned about once.
+    unresolved: BTreeMap<i32, bool>,
     /// Scopes restored from the pins that the first reconcile has not found again.
     restored: BTreeSet<u32>,
     /// Whether the netkit warning was given.
     warned_netkit: bool,
+    /// A missing capability was named at start: its per-namespace failures are not repeated.
+    degraded: bool,
 }
 
 impl Watcher {
@@ -156,9 +161,16 @@ impl Watcher {
             candidates: Vec::new(),
             refused: BTreeSet::new(),
             refused_total: 0,
-            unresolved: BTreeSet::new(),
+            unresolved: BTreeMap::new(),
             restored,
             warned_netkit: false,
+            degraded: {
+                let limits = crate::bpf::loader::container_mode_limits();
+                for l in &limits {
+                    warn!("container mode: {l}");
+                }
+                !limits.is_empty()
+            },
         })
     }
 
@@ -281,15 +293,14 @@ impl Watcher {
             let Some(nsid) = link.peer_netnsid else {
                 continue;
             };
-            let mut cand = self.candidate_for(nsid);
-            if cand.is_none() && !rescanned {
-                self.rescan();
-                rescanned = true;
-                cand = self.candidate_for(nsid);
-            }
-            let Some(cand) = cand else {
-                if self.unresolved.insert(nsid) {
-                    warn!(iface = %link.name, nsid, "the namespace behind this veth was not found (no bind mount and no process in it yet); retried at the next resync");
+            let Some(cand) = self.resolve(nsid, &mut rescanned) else {
+                let seen_before = self.unresolved.contains_key(&nsid);
+                let warned = self.unresolved.entry(nsid).or_insert(false);
+                if full && seen_before && !*warned {
+                    *warned = true;
+                    warn!(iface = %link.name, nsid, "the namespace behind this veth was not found (no bind mount and no process in it); retried at every resync");
+                } else {
+                    debug!(iface = %link.name, nsid, "the namespace behind this veth was not found yet");
                 }
                 continue;
             };
@@ -307,6 +318,10 @@ impl Watcher {
         }
         for scope in fresh {
             self.seed_scope(scope);
+        }
+        if full {
+            let live: BTreeSet<i32> = wanted.values().filter_map(|l| l.peer_netnsid).collect();
+            self.unresolved.retain(|nsid, _| live.contains(nsid));
         }
         if full {
             self.rename_unnamed();
@@ -346,7 +361,29 @@ impl Watcher {
         }
         let live: BTreeSet<NetnsId> = self.candidates.iter().map(|c| c.id).collect();
         self.nsids.retain(|id, _| live.contains(id));
-        self.unresolved.clear();
+    }
+
+    /// The namespace a veth's peer lives in, checked: namespace ids are reused once a namespace
+    /// is gone, so the cached id is confirmed against the namespace itself, and a miss rescans
+    /// the host's namespaces once per reconcile.
+    fn resolve(&mut self, nsid: i32, rescanned: &mut bool) -> Option<Candidate> {
+        loop {
+            if let Some(c) = self.candidate_for(nsid) {
+                let confirmed = std::fs::File::open(&c.path).ok().is_some_and(|f| {
+                    NetnsId::of(&c.path).ok() == Some(c.id)
+                        && netns::nsid_of(&f).ok().flatten() == Some(nsid)
+                });
+                if confirmed {
+                    return Some(c);
+                }
+                self.nsids.remove(&c.id);
+            }
+            if *rescanned {
+                return None;
+            }
+            self.rescan();
+            *rescanned = true;
+        }
     }
 
     fn candidate_for(&self, nsid: i32) -> Option<Candidate> {
@@ -393,7 +430,11 @@ impl Watcher {
         let diag = match netns.run(Diag::open) {
             Ok(Ok(d)) => Some(Arc::new(d)),
             Ok(Err(e)) | Err(e) => {
-                warn!(error = %e, scope, "no sock_diag socket in the namespace: no listener figures for it");
+                if self.degraded {
+                    debug!(error = %e, scope, "no sock_diag socket in the namespace");
+                } else {
+                    warn!(error = %e, scope, "no sock_diag socket in the namespace: no listener figures for it");
+                }
                 None
             }
         };
@@ -607,7 +648,11 @@ impl Watcher {
         let sockets = match w.netns.run(sockdiag::dump_tcp) {
             Ok(Ok(s)) => s,
             Ok(Err(e)) | Err(e) => {
-                warn!(error = %e, scope, "cannot read a container's socket table; its counts fill in as segments arrive");
+                if self.degraded {
+                    debug!(error = %e, scope, "cannot read a container's socket table");
+                } else {
+                    warn!(error = %e, scope, "cannot read a container's socket table; its counts fill in as segments arrive");
+                }
                 return;
             }
         };

@@ -488,3 +488,50 @@ fn a_restart_keeps_every_containers_flows_and_ages() {
     );
     drop(client_open);
 }
+
+/// Veths created and deleted as fast as `ip` can (containers crash-looping) leave no attachment,
+/// no scope map entry, no watched namespace and no stream of warnings behind.
+#[test]
+fn flapping_veths_leave_nothing_behind() {
+    let (h, uplink) = host();
+    let d = daemon(&h, &uplink, &[]);
+    for i in 0..30 {
+        let c = Netns::new("flap");
+        let iface = format!("tsvflap{i}");
+        sh(&[
+            "ip", "link", "add", &iface, "netns", &h.name, "type", "veth", "peer", "name", "eth0",
+            "netns", &c.name,
+        ]);
+        if i % 2 == 0 {
+            // Half of them go before the watcher could even see them.
+            h.ip(&["link", "del", &iface]);
+        }
+        drop(c);
+    }
+    let m = d.wait_for_within(
+        "every flapping container retired",
+        Duration::from_secs(20),
+        |m| {
+            m.try_get("tcpstate_container_interfaces", &[]) == Some(0.0)
+                && m.try_get("tcpstate_containers_watched", &[]) == Some(0.0)
+        },
+    );
+    assert!(
+        !m.text.contains("container=\"tse2e"),
+        "no flapping container's series left"
+    );
+    let scopes: aya::maps::HashMap<aya::maps::MapData, u32, u32> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
+            aya::maps::MapData::from_pin(d.pin_dir.join("TCPSTATE_SCOPES")).unwrap(),
+        ))
+        .unwrap();
+    assert_eq!(
+        scopes.keys().count(),
+        0,
+        "no ifindex -> scope entry outlives its veth"
+    );
+    // Every namespace seen is logged once when watched and once when gone, nothing repeats.
+    let log = d.log();
+    let warnings = log.lines().filter(|l| l.contains("WARN")).count();
+    assert!(warnings <= 2, "warnings piled up:\n{log}");
+}
