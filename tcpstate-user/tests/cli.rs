@@ -153,7 +153,7 @@ fn describe_metrics_in_container_mode_labels_every_per_endpoint_family() {
             );
         }
         // The host's series (empty labels) and the container's.
-        assert!(text.contains(&format!("container=\"web\"")));
+        assert!(text.contains("container=\"web\""));
     }
     // Tracker-wide families carry no scope labels.
     assert!(text
