@@ -165,44 +165,72 @@ impl Events {
 
     /// The events that arrived within the wait given at subscription (none on a timeout).
     pub fn next(&self) -> io::Result<Vec<Event>> {
-        let data = match self.socket.recv_from_full() {
-            Ok((d, _)) => d,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(Vec::new())
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(vec![Event::Overrun]),
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::new();
-        let mut offset = 0;
-        while offset < data.len() {
-            let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..]) else {
-                // A message this crate cannot parse: resync rather than guess.
-                out.push(Event::Overrun);
-                break;
-            };
-            let len = m.header.length as usize;
-            match m.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                    out.push(Event::Changed(Link::from_message(&l)))
-                }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
-                    out.push(Event::Removed(Link::from_message(&l)))
-                }
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            offset += len;
-        }
-        Ok(out)
+        self.receive(0)
     }
+
+    /// The events already queued, without waiting: a burst (a node starting many pods) is
+    /// handled as one batch.
+    pub fn drain(&self) -> io::Result<Vec<Event>> {
+        let mut all = Vec::new();
+        loop {
+            let batch = self.receive(libc::MSG_DONTWAIT)?;
+            if batch.is_empty() {
+                return Ok(all);
+            }
+            all.extend(batch);
+        }
+    }
+
+    fn receive(&self, flags: libc::c_int) -> io::Result<Vec<Event>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        // SAFETY: a valid socket and a buffer of the length given.
+        let n = unsafe {
+            libc::recv(
+                self.socket.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                flags,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                // The wait ran out (SO_RCVTIMEO), nothing queued, or a signal.
+                Some(libc::EAGAIN | libc::EINTR) => Ok(Vec::new()),
+                Some(libc::ENOBUFS) => Ok(vec![Event::Overrun]),
+                _ => Err(e),
+            };
+        }
+        Ok(parse_events(&buf[..n as usize]))
+    }
+}
+
+/// The link events in one datagram.
+fn parse_events(data: &[u8]) -> Vec<Event> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < data.len() {
+        let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..]) else {
+            // A message this crate cannot parse: resync rather than guess.
+            out.push(Event::Overrun);
+            break;
+        };
+        let len = m.header.length as usize;
+        match m.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                out.push(Event::Changed(Link::from_message(&l)))
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
+                out.push(Event::Removed(Link::from_message(&l)))
+            }
+            _ => {}
+        }
+        if len == 0 {
+            break;
+        }
+        offset += len;
+    }
+    out
 }
 
 #[cfg(test)]

@@ -51,6 +51,8 @@ const PROGRAMS: [(&str, TcAttachType); 2] = [
 
 /// How long one wait for link events lasts before the loop checks for shutdown and the resync.
 const EVENT_WAIT: Duration = Duration::from_millis(250);
+/// After a first event, how long the watcher lets more arrive before reconciling once for all.
+const BURST: Duration = Duration::from_millis(5);
 
 pub struct Settings {
     /// Interfaces watched in host or tap mode (`--iface`): never taken for a container's veth,
@@ -192,7 +194,13 @@ impl Watcher {
                 while !stop.load(Ordering::Relaxed) {
                     let changed = match &events {
                         Some(ev) => match ev.next() {
-                            Ok(evs) => evs.iter().any(|e| self.concerns(e)),
+                            Ok(mut evs) if !evs.is_empty() => {
+                                // Let a burst finish arriving, then take it as one batch.
+                                std::thread::sleep(BURST);
+                                evs.extend(ev.drain().unwrap_or_default());
+                                evs.iter().any(|e| self.concerns(e))
+                            }
+                            Ok(_) => false,
                             Err(e) => {
                                 debug!(error = %e, "link events");
                                 std::thread::sleep(EVENT_WAIT);
@@ -656,7 +664,13 @@ impl Watcher {
                 return;
             }
         };
-        let existing = self.records_of(scope);
+        // Only a scope an earlier run watched can have records already; a new one's walk of the
+        // whole table would find nothing.
+        let existing = if self.restored.contains(&scope) {
+            self.records_of(scope)
+        } else {
+            Vec::new()
+        };
         let synced = seed::sync(
             &mut self.maps.flows,
             scope,
