@@ -113,3 +113,144 @@ pub fn opened_deltas(opening: Opening, st: &Step, sender: Side, mut bump: impl F
     };
     for_each_delta(before, st, sender, bump);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        flow::Role,
+        state::TcpState,
+        tcp::{flags::*, WSCALE_NONE},
+    };
+    use std::vec::Vec;
+
+    const CFG: Config = Config {
+        capacity: 10,
+        half_open_budget: 2,
+        log_events: 0,
+    };
+
+    fn seg(flags: u8, seq: u32, ack: u32) -> Segment {
+        Segment {
+            seq,
+            ack,
+            len: 0,
+            win: 1000,
+            flags,
+            wscale: WSCALE_NONE,
+        }
+    }
+
+    fn deltas(opening: Opening, st: &Step, sender: Side) -> Vec<(u32, u64)> {
+        let mut v = Vec::new();
+        opened_deltas(opening, st, sender, |i, d| v.push((i, d)));
+        v
+    }
+
+    #[test]
+    fn each_view_counts_its_endpoints() {
+        assert_eq!(View::HostIngress.counted(Side::A), Side::B.bit());
+        assert_eq!(View::HostEgress.counted(Side::A), Side::A.bit());
+        assert_eq!(View::Tap.counted(Side::B), 0b11);
+    }
+
+    #[test]
+    fn a_syn_opens_a_flow_and_counts_the_client_in_syn_sent() {
+        let mut st = Step::EMPTY;
+        let syn = seg(SYN, 100, 0);
+        let o = open_new(
+            &mut st,
+            &CFG,
+            || Some((0, 0)),
+            View::Tap,
+            Side::A,
+            &syn,
+            5,
+            [1, 2],
+        );
+        assert_eq!(o, Ok(Opening::Syn));
+        assert_eq!(st.rec.word().state(Side::A), TcpState::SynSent);
+        assert_eq!(
+            deltas(Opening::Syn, &st, Side::A),
+            [
+                (idx::opened(Opening::Syn), 1),
+                (idx::conn(Role::Client, TcpState::SynSent), 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn openings_the_rules_refuse_name_their_counter() {
+        let mut st = Step::EMPTY;
+        let mut open = |s: Segment, books: (u64, u64)| {
+            open_new(
+                &mut st,
+                &CFG,
+                || Some(books),
+                View::Tap,
+                Side::A,
+                &s,
+                5,
+                [1, 2],
+            )
+        };
+        let fin = open(seg(FIN | ACK, 1, 1), (0, 0));
+        assert_eq!(fin, Err(NotOpened::Invalid(InvalidReason::NoFlow)));
+        assert_eq!(
+            fin.unwrap_err().slot(),
+            Some(idx::INVALID + InvalidReason::NoFlow as u32)
+        );
+        let full = open(seg(ACK, 1, 1), (10, 0));
+        assert_eq!(full, Err(NotOpened::Untracked(UntrackedReason::TableFull)));
+        let flood = open(seg(SYN, 1, 0), (3, 2));
+        assert_eq!(
+            flood.unwrap_err().slot(),
+            Some(idx::UNTRACKED + UntrackedReason::HalfOpenBudget as u32)
+        );
+        // Midstream pickup needs no half-open budget.
+        assert_eq!(open(seg(ACK, 1, 1), (3, 2)), Ok(Opening::Midstream));
+        let mut st = Step::EMPTY;
+        let none = open_new(
+            &mut st,
+            &CFG,
+            || None,
+            View::Tap,
+            Side::A,
+            &seg(SYN, 1, 0),
+            5,
+            [1, 2],
+        );
+        assert_eq!(none, Err(NotOpened::NoBooks));
+        assert_eq!(NotOpened::NoBooks.slot(), None);
+    }
+
+    #[test]
+    fn quiet_segments_need_no_write_and_transitions_do() {
+        let mut st = Step::EMPTY;
+        let ack = seg(ACK, 1, 1);
+        open_new(
+            &mut st,
+            &CFG,
+            || Some((0, 0)),
+            View::Tap,
+            Side::A,
+            &ack,
+            5,
+            [1, 2],
+        )
+        .unwrap();
+        let rec = st.rec;
+        let mut st = Step::EMPTY;
+        // The same data segment again within the coarse second: nothing to do.
+        assert!(!update_into(&mut st, &rec, Side::A, &ack, 6));
+        // A FIN moves both endpoints.
+        assert!(update_into(
+            &mut st,
+            &rec,
+            Side::A,
+            &seg(FIN | ACK, 1, 1),
+            6
+        ));
+        assert_eq!(st.rec.word().state(Side::A), TcpState::FinWait1);
+    }
+}

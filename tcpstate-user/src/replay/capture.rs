@@ -7,11 +7,14 @@ use pcap_parser::{create_reader, pcapng::Block, PcapBlockOwned, PcapError};
 
 use super::frame::Link;
 
-/// The reader's buffer; it grows only for a record larger than this, up to [`MAX_BUFFER`].
-const BUFFER: usize = 1 << 20;
+/// The reader's buffer, as large as most frames can be (IP's 64 KiB). It grows (fourfold) only when a
+/// record does not fit, up to [`MAX_BUFFER`].
+const BUFFER: usize = 1 << 16;
 /// Largest record accepted: far above any frame (tcpdump's largest snaplen is 256 KiB), so a
 /// length field beyond it means a corrupt file, not a frame.
 const MAX_BUFFER: usize = 16 << 20;
+/// Bytes read before the format is recognized: more than any file header.
+const HEAD: usize = 64 << 10;
 
 /// Why a capture cannot be replayed. One line each, naming the problem.
 #[derive(Debug, thiserror::Error)]
@@ -63,11 +66,28 @@ struct Interface {
 /// Returns the number of frames read.
 pub fn for_each_frame(
     what: &str,
-    input: impl Read + Send,
+    mut input: impl Read + Send,
     mut f: impl FnMut(Frame<'_>),
 ) -> Result<u64, CaptureError> {
+    // pcap-parser recognizes the format from its first read(): on a pipe that read may return
+    // only part of the file header, so the first bytes are gathered before it looks.
+    let mut head = Vec::with_capacity(HEAD);
+    (&mut input)
+        .take(HEAD as u64)
+        .read_to_end(&mut head)
+        .map_err(|source| CaptureError::Io {
+            what: what.to_string(),
+            source,
+        })?;
+    let head_len = head.len();
+    let input = std::io::Cursor::new(head).chain(input);
     let mut reader = create_reader(BUFFER, input).map_err(|e| match e {
         PcapError::Eof => CaptureError::Empty(what.to_string()),
+        // The whole file is shorter than a file header.
+        PcapError::Incomplete(_) if head_len < HEAD => CaptureError::Truncated {
+            what: what.to_string(),
+            offset: head_len as u64,
+        },
         PcapError::ReadError => CaptureError::Io {
             what: what.to_string(),
             source: std::io::Error::other("read failed"),
@@ -200,18 +220,9 @@ pub fn for_each_frame(
                 Some(len)
             }
             Err(PcapError::Eof) => return Ok(frames),
-            Err(PcapError::Incomplete(_)) => None,
-            Err(PcapError::BufferTooSmall) => {
-                if capacity >= MAX_BUFFER {
-                    return Err(corrupt(
-                        consumed,
-                        format!("a record longer than {} MiB", MAX_BUFFER >> 20),
-                    ));
-                }
-                capacity *= 4;
-                reader.grow(capacity);
-                None
-            }
+            // Needs more bytes: refill, and grow the buffer only if it is full (below), so a
+            // length field claiming gigabytes costs nothing until the bytes really arrive.
+            Err(PcapError::Incomplete(_) | PcapError::BufferTooSmall) => None,
             Err(PcapError::UnexpectedEof) => {
                 return Err(CaptureError::Truncated {
                     what: what.to_string(),

@@ -6,6 +6,8 @@
 pub mod capture;
 pub mod engine;
 pub mod frame;
+#[cfg(test)]
+mod fuzz;
 
 use std::{
     collections::BTreeMap,
