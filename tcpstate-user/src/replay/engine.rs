@@ -160,11 +160,16 @@ impl Table {
             self.now_ns = at;
             self.sweep(at);
             // A long silence in the capture: one sweep at its end does what the skipped ones would.
-            self.next_sweep_ns = if ts_ns - at > self.sweep_every_ns {
+            let next = if ts_ns - at > self.sweep_every_ns {
                 ts_ns
             } else {
-                at + self.sweep_every_ns
+                at.saturating_add(self.sweep_every_ns)
             };
+            self.next_sweep_ns = next;
+            if next <= at {
+                // The end of time (a corrupt timestamp): nothing is ever due again.
+                break;
+            }
         }
         self.now_ns = ts_ns;
     }

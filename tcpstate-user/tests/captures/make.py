@@ -222,6 +222,49 @@ def formats():
     wrpcap("fmt_qinq.pcap", qinq)
 
 
+def pcapng_by_hand():
+    """A pcapng scapy does not write: two interfaces of different link types (Ethernet, and raw
+    IP with nanosecond timestamps through if_tsresol), a simple packet block, a comment block
+    type the replay skips; and a big-endian pcap. Both hold the close_client_first connection."""
+    import struct
+    c = Conv().handshake().data("c").data("s")
+    c.seg("c", "FA"); c.seg("s", "A"); c.seg("s", "FA"); c.seg("c", "A")
+    pkts = c.pkts
+
+    def block(btype, body):
+        body += b"\0" * (-len(body) % 4)
+        n = 12 + len(body)
+        return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+
+    shb = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idb_eth = block(1, struct.pack("<HHI", 1, 0, 0))
+    # Option 9 (if_tsresol) = 9: nanoseconds; option 0 ends the list.
+    idb_raw = block(1, struct.pack("<HHI", 101, 0, 0) + struct.pack("<HHB3x", 9, 1, 9) + struct.pack("<HH", 0, 0))
+    out = [shb, idb_eth, idb_raw]
+    for i, p in enumerate(pkts):
+        if i % 2 == 0:
+            data = bytes(Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01") / p)
+            ts = int(round(float(p.time) * 1e6))
+            iface = 0
+        else:
+            data = bytes(p)
+            ts = int(round(float(p.time) * 1e9))
+            iface = 1
+        out.append(block(6, struct.pack("<IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, len(data), len(data)) + data))
+    # A name resolution block (type 4) with no records, between packets: skipped.
+    out.insert(5, block(4, struct.pack("<HH", 0, 0)))
+    open("corpus/two_interfaces.pcapng", "wb").write(b"".join(out))
+
+    # The same connection in a big-endian pcap (a capture written on a big-endian host).
+    recs = [struct.pack(">IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for p in pkts:
+        data = bytes(Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01") / p)
+        us = int(round(float(p.time) * 1e6))
+        recs.append(struct.pack(">IIII", us // 1000000, us % 1000000, len(data), len(data)) + data)
+    open("corpus/big_endian.pcap", "wb").write(b"".join(recs))
+
+
 if __name__ == "__main__":
     scenarios()
     formats()
+    pcapng_by_hand()
