@@ -11,6 +11,7 @@ mod inject;
 mod leaks;
 mod preflight;
 mod prometheus;
+mod replay;
 mod restart;
 mod spoof;
 #[path = "../support/mod.rs"]
