@@ -17,6 +17,7 @@ use crate::harness::*;
 struct Tcpdump {
     child: Child,
     pub file: PathBuf,
+    log: PathBuf,
 }
 
 impl Tcpdump {
@@ -24,9 +25,21 @@ impl Tcpdump {
         let file = std::env::temp_dir().join(format!("{}.pcap", ns.name));
         let err = std::env::temp_dir().join(format!("{}.tcpdump.log", ns.name));
         let child = Command::new("ip")
+            // Immediate mode: without it packets wait in the kernel's ring for a block to fill
+            // or time out, and a capture stopped meanwhile loses them.
             .args([
-                "netns", "exec", &ns.name, "tcpdump", "-i", iface, "-U", "-n", "-w",
+                "netns",
+                "exec",
+                &ns.name,
+                "tcpdump",
+                "--immediate-mode",
+                "-U",
+                "-n",
             ])
+            // Headers only (as users are told to capture): the replay must take payload lengths
+            // from the IP headers of GSO super-packets cut to 200 bytes. A 32 MiB ring: with the
+            // default 2 MiB and full-size frames, a burst of 64 KiB GSO packets overflows it.
+            .args(["-s", "200", "-B", "32768", "-i", iface, "-w"])
             .arg(&file)
             .arg("tcp")
             .stdout(Stdio::null())
@@ -46,7 +59,11 @@ impl Tcpdump {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Tcpdump { child, file }
+        Tcpdump {
+            child,
+            file,
+            log: err,
+        }
     }
 
     fn stop(mut self) -> PathBuf {
@@ -56,6 +73,12 @@ impl Tcpdump {
         assert!(
             status.success() || status.code().is_none(),
             "tcpdump: {status}"
+        );
+        // A capture that lost packets cannot be compared with the daemon, which saw them all.
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(
+            log.contains("\n0 packets dropped by kernel"),
+            "tcpdump dropped packets: {log}"
         );
         self.file.clone()
     }
@@ -102,9 +125,9 @@ fn replaying_a_capture_of_the_suite_ends_in_the_states_the_daemon_showed() {
     exchange(&mut c, &mut leak, b"bye?");
     drop(c);
     // Half-close: the server keeps sending from CLOSE_WAIT.
-    let mut c = p.connect(SERVER_V4, 8080);
+    let half_c = p.connect(SERVER_V4, 8080);
     let (mut half, _) = l.accept().unwrap();
-    c.shutdown(Shutdown::Write).unwrap();
+    half_c.shutdown(Shutdown::Write).unwrap();
     half.write_all(b"still talking").unwrap();
     // An established connection left open, over IPv6.
     let mut c6 = p.connect(SERVER_V6, 8086);
@@ -170,5 +193,5 @@ fn replaying_a_capture_of_the_suite_ends_in_the_states_the_daemon_showed() {
         .iter()
         .all(|f| f["a"]["local"] == true && f["b"]["local"] == true));
     let _ = std::fs::remove_file(&file);
-    drop((leak, half, c6, s6, d));
+    drop((leak, half, half_c, c6, s6, d));
 }
