@@ -16,6 +16,7 @@ use std::{
     time::Instant,
 };
 
+#[allow(unused_imports, reason = "the benchmark uses part of benchkit")]
 mod benchkit;
 
 use benchkit::{median, report, Figure, Goal};
@@ -128,13 +129,17 @@ struct Run {
 }
 
 /// Runs a command pinned to one CPU, its output discarded; wall time and peak RSS.
+#[allow(
+    clippy::zombie_processes,
+    reason = "reaped by wait4, which also gives the child's own peak RSS"
+)]
 fn run_pinned(cmd: &[&str]) -> Run {
     let start = Instant::now();
     let child = Command::new("taskset")
         .args(["-c", CPU])
         .args(cmd)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let pid = child.id() as libc::pid_t;
