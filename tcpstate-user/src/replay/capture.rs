@@ -131,7 +131,8 @@ pub fn for_each_frame(
                                 "a record before the file header".into(),
                             ));
                         };
-                        let link = Link::from_linktype(linktype).ok_or(unsupported(linktype))?;
+                        let link =
+                            Link::from_linktype(linktype).ok_or_else(|| unsupported(linktype))?;
                         let ts_ns = u64::from(b.ts_sec) * 1_000_000_000
                             + u64::from(b.ts_usec) * (1_000_000_000 / resolution);
                         let data = &b.data[..(b.caplen as usize).min(b.data.len())];
@@ -176,7 +177,7 @@ pub fn for_each_frame(
                             )
                         })?;
                         let link = Link::from_linktype(iface.linktype)
-                            .ok_or(unsupported(iface.linktype))?;
+                            .ok_or_else(|| unsupported(iface.linktype))?;
                         let units = (u128::from(epb.ts_high) << 32) | u128::from(epb.ts_low);
                         let ns = units * 1_000_000_000 / u128::from(iface.resolution);
                         let ts_ns = (ns as i128 + i128::from(iface.offset_s) * 1_000_000_000)
@@ -199,7 +200,7 @@ pub fn for_each_frame(
                             corrupt(consumed, "a simple packet before any interface".into())
                         })?;
                         let link = Link::from_linktype(iface.linktype)
-                            .ok_or(unsupported(iface.linktype))?;
+                            .ok_or_else(|| unsupported(iface.linktype))?;
                         let keep = if iface.snaplen == 0 {
                             spb.origlen as usize
                         } else {

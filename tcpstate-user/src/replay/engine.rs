@@ -95,6 +95,8 @@ pub struct Entry {
     pub last_ns: u64,
     /// Segments of this key the state machine saw.
     pub segments: u64,
+    /// [`expiry::not_before`] of `rec`: sweeps before it skip the flow.
+    due_ns: u64,
 }
 
 /// What the replay counts beyond the kernel's counters.
@@ -215,6 +217,7 @@ impl Table {
             // `Step::rec` equals the record wherever `write` has no bit: taking it whole is what
             // `commit` does field by field, with no other CPU to race here.
             e.rec = st.rec;
+            e.due_ns = expiry::not_before(&e.rec, &self.timeouts);
             let new = e.rec.word();
             if st.invalid.is_none()
                 && old.state(sender).is_finished()
@@ -275,6 +278,7 @@ impl Table {
                 first_ns: now,
                 last_ns: now,
                 segments: 1,
+                due_ns: expiry::not_before(&st.rec, &self.timeouts),
             },
         );
         self.table.inserted += 1;
@@ -290,6 +294,9 @@ impl Table {
     pub fn sweep(&mut self, now: u64) {
         let (t, user, extra) = (&self.timeouts, &mut self.user, &mut self.extra);
         self.flows.retain(|_, e| {
+            if now < e.due_ns {
+                return true;
+            }
             let Some(why) = expiry::decide(&e.rec, now, t) else {
                 return true;
             };
