@@ -149,6 +149,9 @@ fn rst_in_each_state_closes_both_and_names_the_handshake() {
         ("rst_fin_wait1.pcap", "established"),
         ("rst_close_wait.pcap", "established"),
         ("rst_last_ack.pcap", "established"),
+        ("rst_fin_wait2.pcap", "established"),
+        ("rst_closing.pcap", "established"),
+        ("rst_time_wait.pcap", "established"),
     ] {
         let f = check(name, "closed", "closed", handshake, 1);
         assert_eq!(f["reset"], true, "{name}");

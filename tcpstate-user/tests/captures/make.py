@@ -148,6 +148,24 @@ def scenarios():
     c.seg("c", "R", seq=c.nxt["c"])
     write("rst_last_ack.pcap", c.pkts)
 
+    c = Conv().handshake().data("c")
+    c.seg("c", "FA"); c.seg("s", "A")
+    c.seg("s", "RA")
+    write("rst_fin_wait2.pcap", c.pkts)  # the client in FIN_WAIT_2 receives it
+
+    c = Conv().handshake().data("c")
+    fin_c, fin_s = c.nxt["c"], c.nxt["s"]
+    c.seg("c", "FA", seq=fin_c, ack=fin_s)
+    c.seg("s", "FA", seq=fin_s, ack=fin_c)
+    c.nxt["c"] += 1; c.nxt["s"] += 1
+    c.seg("s", "R", seq=c.nxt["s"])
+    write("rst_closing.pcap", c.pkts)  # both in CLOSING
+
+    c = Conv().handshake().data("c")
+    c.seg("c", "FA"); c.seg("s", "A"); c.seg("s", "FA"); c.seg("c", "A")
+    c.seg("s", "R", seq=c.nxt["s"])
+    write("rst_time_wait.pcap", c.pkts)  # RFC 1337's TIME-WAIT assassination, as the mirror sees it
+
     # A blind RST far outside the receiver's window changes nothing.
     c = Conv().handshake().data("c")
     c.seg("s", "R", seq=c.nxt["s"] + 0x40000000)
