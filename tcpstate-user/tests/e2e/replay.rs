@@ -22,6 +22,14 @@ struct Tcpdump {
 
 impl Tcpdump {
     fn start(ns: &Netns, iface: &str) -> Tcpdump {
+        let found = std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .any(|d| std::path::Path::new(d).join("tcpdump").exists());
+        assert!(
+            found,
+            "tcpdump is missing: run `cargo xtask setup` (Debian package tcpdump)"
+        );
         let file = std::env::temp_dir().join(format!("{}.pcap", ns.name));
         let err = std::env::temp_dir().join(format!("{}.tcpdump.log", ns.name));
         let child = Command::new("ip")
@@ -45,7 +53,7 @@ impl Tcpdump {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
-            .expect("tcpdump (Debian package tcpdump) must be installed: run `cargo xtask setup`");
+            .expect("run tcpdump through ip netns exec");
         // Traffic before the capture is live would be missing from it.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !std::fs::read_to_string(&err)
