@@ -1,7 +1,7 @@
 //! Reading a capture file (pcap or pcapng) frame by frame, through pcap-parser's streaming reader:
 //! memory is one bounded buffer whatever the capture's size.
 
-use std::io::Read;
+use std::{io::Read, ops::ControlFlow};
 
 use pcap_parser::{create_reader, pcapng::Block, PcapBlockOwned, PcapError};
 
@@ -62,12 +62,12 @@ struct Interface {
     snaplen: u32,
 }
 
-/// Reads every frame of the capture in `input` (named `what` in errors) and hands it to `f`.
-/// Returns the number of frames read.
+/// Reads every frame of the capture in `input` (named `what` in errors) and hands it to `f`,
+/// until `f` breaks. Returns the number of frames handed over.
 pub fn for_each_frame(
     what: &str,
     mut input: impl Read + Send,
-    mut f: impl FnMut(Frame<'_>),
+    mut f: impl FnMut(Frame<'_>) -> ControlFlow<()>,
 ) -> Result<u64, CaptureError> {
     // pcap-parser recognizes the format from its first read(): on a pipe that read may return
     // only part of the file header, so the first bytes are gathered before it looks.
@@ -136,13 +136,16 @@ pub fn for_each_frame(
                         let ts_ns = u64::from(b.ts_sec) * 1_000_000_000
                             + u64::from(b.ts_usec) * (1_000_000_000 / resolution);
                         let data = &b.data[..(b.caplen as usize).min(b.data.len())];
-                        f(Frame {
+                        let flow = f(Frame {
                             ts_ns,
                             link,
                             data,
                             orig_len: b.origlen as usize,
                         });
                         frames += 1;
+                        if flow.is_break() {
+                            return Ok(frames);
+                        }
                     }
                     PcapBlockOwned::NG(Block::SectionHeader(_)) => {
                         // Interface ids are per section.
@@ -185,13 +188,16 @@ pub fn for_each_frame(
                             as u64;
                         // The block's data is padded to 32 bits; caplen says what is the frame.
                         let data = &epb.data[..(epb.caplen as usize).min(epb.data.len())];
-                        f(Frame {
+                        let flow = f(Frame {
                             ts_ns,
                             link,
                             data,
                             orig_len: epb.origlen as usize,
                         });
                         frames += 1;
+                        if flow.is_break() {
+                            return Ok(frames);
+                        }
                     }
                     PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
                         // No timestamp and always interface 0: it takes the previous frame's time
@@ -207,13 +213,16 @@ pub fn for_each_frame(
                             (spb.origlen as usize).min(iface.snaplen as usize)
                         };
                         let data = &spb.data[..keep.min(spb.data.len())];
-                        f(Frame {
+                        let flow = f(Frame {
                             ts_ns: 0,
                             link,
                             data,
                             orig_len: spb.origlen as usize,
                         });
                         frames += 1;
+                        if flow.is_break() {
+                            return Ok(frames);
+                        }
                     }
                     // Name resolution, statistics, comments, secrets: nothing for the state machine.
                     PcapBlockOwned::NG(_) => {}

@@ -13,6 +13,7 @@ use std::{
     collections::BTreeMap,
     fs::File,
     io::{BufWriter, Write},
+    ops::ControlFlow,
 };
 
 use serde_json::json;
@@ -122,18 +123,17 @@ impl Options {
     }
 }
 
-/// Replays a whole capture into `table`, up to `at` (Unix ns; `None`: every frame).
+/// Replays a capture into `table`: every frame, or those up to `stop_after` (Unix ns; the rest
+/// of the file is not read).
 pub fn replay(
     what: &str,
     input: impl std::io::Read + Send,
     table: &mut Table,
     stop_after: Option<u64>,
 ) -> Result<(), CaptureError> {
-    let mut stopped = false;
     for_each_frame(what, input, |f| {
-        if stopped || stop_after.is_some_and(|at| f.ts_ns > at) {
-            stopped = true;
-            return;
+        if stop_after.is_some_and(|at| f.ts_ns > at) {
+            return ControlFlow::Break(());
         }
         table.advance(f.ts_ns);
         let parsed = match CapturedFrame::new(f.link, f.data, f.orig_len) {
@@ -142,6 +142,7 @@ pub fn replay(
             None => Parsed::NotTcp,
         };
         table.frame(parsed);
+        ControlFlow::Continue(())
     })?;
     Ok(())
 }
