@@ -17,6 +17,7 @@ pub mod counters;
 pub mod flow;
 pub mod maps;
 pub mod packet;
+pub mod pipeline;
 pub mod scope;
 pub mod state;
 pub mod tcp;

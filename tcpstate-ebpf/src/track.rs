@@ -15,8 +15,9 @@ use tcpstate_common::{
     flow::{flowflags, FlowKey, FlowRecord, FlowWord, Side},
     maps::{Config, TableCounters, UserCounters, CAPACITY_SLACK},
     packet::TcpPacket,
+    pipeline::{open_new, opened_deltas, update_into, NotOpened},
     scope::{self, ScopeInfo},
-    state::{classify_opening, open_into, quiet, step_into, write, InvalidReason, Step},
+    state::{write, InvalidReason, Step},
 };
 
 /// Default capacity compiled into the object; the daemon sets the real one at load time.
@@ -125,16 +126,8 @@ impl Scratch {
     }
 }
 
-/// Where the program sits, which decides who is local.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum View {
-    /// Host mode, XDP: the receiver is the local endpoint.
-    HostIngress,
-    /// Host mode, TC egress: the sender is the local endpoint.
-    HostEgress,
-    /// Tap mode: both directions on one port; both endpoints counted.
-    Tap,
-}
+/// Where the program sits, which decides who is local (shared with the offline replay).
+pub use tcpstate_common::pipeline::View;
 
 /// Racing CPUs rarely collide more than once; after this many lost compare-and-swaps the segment is
 /// dropped from tracking rather than spinning (the verifier also wants a bound).
@@ -254,15 +247,11 @@ fn update(scratch: &mut Scratch, now: u64) -> Found {
     // SAFETY: a value pointer returned by lookup stays valid for this program run (RCU). The
     // record is read in place; the word it was computed from is re-checked by `commit`.
     let rec = unsafe { &*ptr };
-    // The hot path: established data and ACKs within a coarse second change nothing, which the
-    // map value itself tells; no copy of the record, no write.
-    if quiet(rec, sender, &tcp.seg, now) {
-        return Found::Done;
-    }
     let word = rec.word;
     let st = &mut scratch.step;
-    step_into(st, rec, sender, &scratch.pkt.seg, now);
-    if st.write == 0 && st.invalid.is_none() {
+    // The hot path: established data and ACKs within a coarse second change nothing, which the
+    // map value itself tells (`quiet`, inside): no copy of the record, no write.
+    if !update_into(st, rec, sender, &scratch.pkt.seg, now) {
         return Found::Done;
     }
     precise_stamps(st, FlowWord::from_bits(word));
@@ -340,44 +329,38 @@ fn insert_new(scratch: &mut Scratch, view: View, now: u64, transit: bool) -> boo
     let base = scratch.base;
     let (key, sender) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);
     let key = key.in_scope(scratch.scope);
-    let counted = match view {
-        // Forwarded or NATed on its way to a container: no endpoint here to count.
-        _ if transit => 0,
-        View::HostIngress => sender.other().bit(),
-        View::HostEgress => sender.bit(),
-        View::Tap => Side::A.bit() | Side::B.bit(),
-    };
-    // Decide from the flags alone, then check the fill and the half-open budget: a SYN against a
-    // full table or a spent budget is turned away before the state machine or the map are touched.
-    let opening = match classify_opening(&scratch.pkt.seg) {
+    let st = &mut scratch.step;
+    // From the flags alone, then the fill and the half-open budget (a SYN against a full table or
+    // a spent budget is turned away before the state machine or the map are touched), then the
+    // state machine: the same decisions the offline replay makes.
+    let cfg = TCPSTATE_CONFIG.load();
+    let opening = match open_new(
+        st,
+        &cfg,
+        books,
+        view,
+        sender,
+        &scratch.pkt.seg,
+        now,
+        key.port,
+    ) {
         Ok(o) => o,
         Err(why) => {
-            bump(idx::INVALID + why as u32, 1);
-            scratch.event = Event::Invalid(why);
+            if let Some(slot) = why.slot() {
+                bump(slot, 1);
+            }
+            scratch.event = match why {
+                NotOpened::Invalid(w) => Event::Invalid(w),
+                NotOpened::Untracked(w) => Event::Untracked(w),
+                NotOpened::NoBooks => Event::None,
+            };
             return true;
         }
     };
-    let Some((fill, half_open)) = books() else {
-        return true;
-    };
-    if let Err(why) = TCPSTATE_CONFIG.load().admit(opening, fill, half_open) {
-        bump(idx::UNTRACKED + why as u32, 1);
-        scratch.event = Event::Untracked(why);
-        return true;
-    }
-    let st = &mut scratch.step;
-    if let Err(why) = open_into(st, sender, &scratch.pkt.seg, counted, now, key.port) {
-        // Unreachable after classify_opening, but counted rather than assumed.
-        bump(idx::INVALID + why as u32, 1);
-        return true;
-    }
-    if let Some(why) = st.invalid {
-        bump(idx::INVALID + why as u32, 1);
-        scratch.event = Event::Invalid(why);
-        return true;
-    }
     if transit {
+        // Forwarded or NATed on its way to a container: no endpoint here to count.
         let mut w = st.rec.word();
+        w.counted = 0;
         w.flags |= flowflags::TRANSIT;
         st.rec.set_word(w);
     }
@@ -401,12 +384,7 @@ fn insert_new(scratch: &mut Scratch, view: View, now: u64, transit: bool) -> boo
     if st.rec.word().has(flowflags::HALF_OPEN) {
         table_add(|t| unsafe { core::ptr::addr_of_mut!((*t).half_open_inserted) });
     }
-    bump(idx::opened(opening), 1);
-    let before = FlowWord {
-        counted,
-        ..FlowWord::default()
-    };
-    for_each_delta(before, st, sender, |slot, d| {
+    opened_deltas(opening, st, sender, |slot, d| {
         bump(idx::in_scope(base, slot), d)
     });
     true

@@ -33,6 +33,9 @@ pub enum Command {
     Cleanup(PinArgs),
     /// Print every metric the daemon exports (an idle daemon's /metrics), without loading anything.
     DescribeMetrics(DescribeArgs),
+    /// Run the state machine over a capture file (pcap or pcapng) as tap mode would, offline and
+    /// without privileges: each flow's final states, handshake, resets and history.
+    Replay(ReplayArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -248,4 +251,118 @@ pub struct LeaksArgs {
     pub containers: ContainerFilter,
     #[command(flatten)]
     pub pins: PinArgs,
+}
+
+/// `tcpstate replay`: the flows filters, the output choice, and the daemon's table and timeout
+/// options (same names and defaults as `run`, applied in capture time).
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Capture file (pcap or pcapng, as written by tcpdump -w, dumpcap or tshark); `-` for stdin.
+    pub file: PathBuf,
+    /// Print the flows as JSON: the objects `tcpstate flows --json` prints, with the replay's
+    /// fields added (history, handshake, resets, connections, first_seen, last_seen, segments).
+    #[arg(long, conflicts_with = "metrics")]
+    pub json: bool,
+    /// Print the Prometheus exposition the daemon would have exported at the end of the capture.
+    #[arg(long)]
+    pub metrics: bool,
+    /// The instant the result describes: Unix seconds (1764655200.5), or +DURATION after the last
+    /// frame (+2m, to let timeouts run). Frames after it are not replayed. Default: the last frame.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Only flows with an endpoint in this state (e.g. close_wait, time_wait).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only flows with an endpoint on this port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Only flows with an endpoint at this address.
+    #[arg(long)]
+    pub address: Option<std::net::IpAddr>,
+    /// Only flows with an endpoint in its state for longer than this (e.g. 5m).
+    #[arg(long)]
+    pub older_than: Option<Duration>,
+    /// Flows the table holds at most (as `run --max-flows`).
+    #[arg(long, default_value_t = 131_072)]
+    pub max_flows: u32,
+    /// Half-open flows the table holds at most. Default: a quarter of --max-flows.
+    #[arg(long)]
+    pub half_open_budget: Option<u32>,
+    /// CLOSE_WAIT age past which an endpoint counts as leaked (in --metrics).
+    #[arg(long, default_value = "60s")]
+    pub close_wait_leak_after: Duration,
+    /// Most ports given their own `port` label (in --metrics).
+    #[arg(long, default_value_t = 32)]
+    pub port_labels: usize,
+    /// TIME_WAIT lifetime (as `run --time-wait`).
+    #[arg(long, default_value = "60s")]
+    pub time_wait: Duration,
+    /// SYN_SENT lifetime without an answer (as `run`).
+    #[arg(long, default_value = "130s")]
+    pub syn_sent_timeout: Duration,
+    /// SYN_RECV lifetime without the final ACK (as `run`).
+    #[arg(long, default_value = "65s")]
+    pub syn_recv_timeout: Duration,
+    /// FIN_WAIT_2 lifetime (as `run`).
+    #[arg(long, default_value = "60s")]
+    pub fin_wait2_timeout: Duration,
+    /// Idle time after which FIN_WAIT_1, CLOSING and LAST_ACK are given up (as `run`).
+    #[arg(long, default_value = "2m")]
+    pub closing_timeout: Duration,
+    /// Idle time after which an ESTABLISHED flow is dropped (as `run`).
+    #[arg(long, default_value = "5d")]
+    pub established_idle_timeout: Duration,
+    /// How long a flow closed on both sides is kept (as `run`).
+    #[arg(long, default_value = "10s")]
+    pub closed_linger: Duration,
+    /// Capture time between two expiry sweeps (the daemon's walk cadence).
+    #[arg(long, default_value = "1s")]
+    pub sweep_interval: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replay must expire flows as the daemon does: its timeout defaults are `run`'s.
+    #[test]
+    fn replay_timeout_defaults_are_the_daemons() {
+        let Command::Run(run) = Cli::try_parse_from(["tcpstate", "run"]).unwrap().command else {
+            panic!("not run")
+        };
+        let Command::Replay(rp) = Cli::try_parse_from(["tcpstate", "replay", "x.pcap"])
+            .unwrap()
+            .command
+        else {
+            panic!("not replay")
+        };
+        assert_eq!(
+            [
+                rp.time_wait,
+                rp.syn_sent_timeout,
+                rp.syn_recv_timeout,
+                rp.fin_wait2_timeout,
+                rp.closing_timeout,
+                rp.established_idle_timeout,
+                rp.closed_linger,
+                rp.sweep_interval,
+                rp.close_wait_leak_after,
+            ],
+            [
+                run.time_wait,
+                run.syn_sent_timeout,
+                run.syn_recv_timeout,
+                run.fin_wait2_timeout,
+                run.closing_timeout,
+                run.established_idle_timeout,
+                run.closed_linger,
+                run.sweep_interval,
+                run.close_wait_leak_after,
+            ]
+        );
+        assert_eq!(
+            (rp.max_flows, rp.port_labels),
+            (run.max_flows, run.port_labels)
+        );
+    }
 }

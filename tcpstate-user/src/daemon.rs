@@ -299,14 +299,28 @@ async fn serve(
             let s = state
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut totals = match s.books.totals() {
+            // Scopes past the highest one watched hold nothing to export.
+            let in_use = s
+                .scopes
+                .scopes
+                .iter()
+                .map(|w| w.scope + 1)
+                .max()
+                .unwrap_or(1);
+            let mut totals = match s.books.totals_of(in_use) {
                 Ok(t) => t,
                 Err(e) => {
                     warn!(error = %e, "cannot read counters");
                     return Reply::Failed(format!("cannot read the kernel counters: {e}"));
                 }
             };
-            totals.user = s.counters.all().to_vec();
+            totals.user = s
+                .counters
+                .all()
+                .iter()
+                .take(in_use as usize)
+                .copied()
+                .collect();
             let scrape = Scrape {
                 totals: &totals,
                 capacity,

@@ -10,6 +10,7 @@ mod daemon;
 mod error;
 mod exporter;
 mod inspect;
+mod replay;
 mod sockets;
 
 use std::process::ExitCode;
@@ -53,6 +54,18 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Replay(args) = &cli.command {
+        // A capture that cannot be read, or bad options: one line, exit 2.
+        return match replay::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tcpstate: {e:#}");
+                let usage = e.downcast_ref::<replay::ReplayError>().is_some()
+                    || e.downcast_ref::<replay::capture::CaptureError>().is_some();
+                ExitCode::from(if usage { 2 } else { 1 })
+            }
+        };
+    }
     let result = match &cli.command {
         Command::Run(args) if args.check => {
             // Preflight for deployment scripts: any failure is exit 2, one line.
@@ -75,7 +88,7 @@ fn main() -> ExitCode {
             .and_then(daemon::run),
         Command::Flows(args) => inspect::flows::flows(args),
         Command::Cleanup(args) => inspect::flows::cleanup(&args.pin_dir),
-        Command::Leaks(_) => unreachable!("handled above"),
+        Command::Leaks(_) | Command::Replay(_) => unreachable!("handled above"),
         Command::DescribeMetrics(args) => exporter::metrics::describe_with(args.containers)
             .map_err(anyhow::Error::from)
             .and_then(|b| Ok(std::io::Write::write_all(&mut std::io::stdout(), &b)?)),

@@ -44,9 +44,10 @@ enum Cmd {
     /// Benchmarks (not tests, as root): per-packet cost by BPF_PROG_TEST_RUN against pass-only
     /// programs from the same object and kernel memory per flow (`kernel`); veth throughput and
     /// connection rate with and without the tracker, scrape latency and the daemon's cost against
-    /// table size, and node_exporter side by side (`system`). Writes target/bench/report.json.
+    /// table size, and node_exporter side by side (`system`); `tcpstate replay`'s packets/s
+    /// beside tshark and its memory (`replay`). Writes target/bench/report.json.
     Bench {
-        /// Run one part only: kernel or system.
+        /// Run one part only: kernel, system or replay.
         part: Option<String>,
     },
 }
@@ -80,7 +81,7 @@ fn run(cmd: Cmd) -> Result<()> {
     }
 }
 
-const BENCH_PARTS: [&str; 2] = ["kernel", "system"];
+const BENCH_PARTS: [&str; 3] = ["kernel", "system", "replay"];
 
 /// Runs the benchmark parts, then joins their figures into target/bench/report.json.
 fn bench(only: Option<&str>) -> Result<()> {

@@ -12,7 +12,9 @@ use crate::status;
 /// tools the tests drive: promtool (prometheus), nft (nftables), hping3, scapy, ss/ip (iproute2),
 /// curl for the README's check, util-linux for nsenter; and for `cargo xtask bench`, node_exporter
 /// (compared side by side) and procps (sysctl in the benchmark's namespaces); podman and runc for
-/// the container tests (crun refuses this machine kind's hybrid cgroups, so runc is named).
+/// the container tests (crun refuses this machine kind's hybrid cgroups, so runc is named); tcpdump
+/// for the captures the e2e suite replays, and tshark, the peer `cargo xtask bench replay` is
+/// measured beside.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -27,6 +29,8 @@ const PACKAGES: &[&str] = &[
     "procps",
     "podman",
     "runc",
+    "tcpdump",
+    "tshark",
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

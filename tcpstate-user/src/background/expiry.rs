@@ -66,6 +66,37 @@ pub fn decide(rec: &FlowRecord, now_ns: u64, t: &Timeouts) -> Option<Expired> {
     Some(why)
 }
 
+/// The first instant at which [`decide`] drops `rec`, if nothing changes it meanwhile (`u64::MAX`:
+/// never, a CLOSE_WAIT). `decide` is monotone in time, so a walk in capture time (`tcpstate
+/// replay`) asks it only from then on: most flows of a busy capture are not due at a given sweep,
+/// and checking them is most of a sweep's cost. `decide` stays the one rule.
+pub fn not_before(rec: &FlowRecord, t: &Timeouts) -> u64 {
+    let w = rec.word();
+    let at = |base: u64, d: std::time::Duration| base.saturating_add(d.as_nanos() as u64);
+    let mut handshake = u64::MAX;
+    let mut all_done = 0u64;
+    for side in [Side::A, Side::B] {
+        let since = rec.since_ns[side.index()];
+        let done = match w.state(side) {
+            TcpState::Closed => at(since, t.closed_linger),
+            TcpState::TimeWait => at(since, t.time_wait),
+            TcpState::SynSent => at(since, t.syn_sent),
+            TcpState::SynRecv => at(since, t.syn_recv),
+            TcpState::FinWait2 => at(since, t.fin_wait2),
+            TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck => {
+                at(rec.last_seen_ns(), t.closing_idle)
+            }
+            TcpState::Established => at(rec.last_seen_ns(), t.established_idle),
+            TcpState::CloseWait => u64::MAX,
+        };
+        if w.state(side).is_handshake() {
+            handshake = handshake.min(done);
+        }
+        all_done = all_done.max(done);
+    }
+    handshake.min(all_done)
+}
+
 #[cfg(test)]
 mod tests {
     const NS: u64 = 1_000_000_000;
@@ -135,6 +166,22 @@ mod tests {
         let r = rec(TcpState::Established, TcpState::Established, 0, 5000);
         assert_eq!(decide(&r, 8000 * NS, &timeouts()), None);
         assert_eq!(decide(&r, 8600 * NS, &timeouts()), Some(Expired::Other));
+    }
+
+    proptest::proptest! {
+        /// `not_before` is exactly where `decide` starts dropping a flow.
+        #[test]
+        fn not_before_is_the_first_instant_decide_drops(
+            a in 0u8..10, b in 0u8..10,
+            since_a in 0u64..400, since_b in 0u64..400, seen in 0u64..400, now in 0u64..1000,
+        ) {
+            let mut r = rec(TcpState::from_u8_lossy(a), TcpState::from_u8_lossy(b), 0, seen);
+            r.since_ns = [since_a * NS, since_b * NS];
+            let t = timeouts();
+            let first = not_before(&r, &t);
+            let now = now * NS;
+            proptest::prop_assert_eq!(decide(&r, now, &t).is_some(), now >= first, "first {}", first);
+        }
     }
 
     #[test]

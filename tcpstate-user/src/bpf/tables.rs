@@ -43,17 +43,23 @@ impl Flows {
     pub fn for_each(&self, mut f: impl FnMut(FlowKey, FlowRecord)) -> std::io::Result<u64> {
         use std::os::fd::{AsFd, AsRawFd};
         let fd = self.0.map().fd().as_fd().as_raw_fd();
-        lookup_batch(fd, size_of::<FlowKey>(), size_of::<FlowRecord>(), |k, v| {
-            // SAFETY: the kernel filled packed keys and values of exactly these sizes; both types
-            // are plain integers, valid for every bit pattern.
-            let (k, v) = unsafe {
-                (
-                    std::ptr::read_unaligned(k.as_ptr().cast::<FlowKey>()),
-                    std::ptr::read_unaligned(v.as_ptr().cast::<FlowRecord>()),
-                )
-            };
-            f(k, v)
-        })
+        lookup_batch(
+            fd,
+            size_of::<FlowKey>(),
+            size_of::<FlowRecord>(),
+            u64::MAX,
+            |k, v| {
+                // SAFETY: the kernel filled packed keys and values of exactly these sizes; both types
+                // are plain integers, valid for every bit pattern.
+                let (k, v) = unsafe {
+                    (
+                        std::ptr::read_unaligned(k.as_ptr().cast::<FlowKey>()),
+                        std::ptr::read_unaligned(v.as_ptr().cast::<FlowRecord>()),
+                    )
+                };
+                f(k, v)
+            },
+        )
         .map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -63,13 +69,15 @@ impl Flows {
     }
 }
 
-/// Reads a whole map with BPF_MAP_LOOKUP_BATCH, [`BATCH`] entries a call, handing each key and
-/// value (as the kernel lays them out) to `f`. For per-CPU maps a value is every possible CPU's
-/// copy, each rounded up to 8 bytes.
+/// Reads a map with BPF_MAP_LOOKUP_BATCH, [`BATCH`] entries a call, handing each key and value
+/// (as the kernel lays them out) to `f`, until the end or once `limit` entries were read (arrays
+/// come in index order, so a limit reads a prefix). For per-CPU maps a value is every possible
+/// CPU's copy, each rounded up to 8 bytes.
 pub fn lookup_batch(
     fd: std::os::fd::RawFd,
     key_size: usize,
     value_size: usize,
+    limit: u64,
     mut f: impl FnMut(&[u8], &[u8]),
 ) -> std::io::Result<u64> {
     let mut keys = vec![0u8; BATCH * key_size];
@@ -112,7 +120,7 @@ pub fn lookup_batch(
             );
         }
         seen += u64::from(attr.count);
-        if done {
+        if done || seen >= limit {
             return Ok(seen);
         }
         token_in = token_out;
@@ -220,12 +228,18 @@ pub fn from_pins(dir: &Path) -> anyhow::Result<Pinned> {
 impl Books {
     /// Two batched reads and one lookup: O(scopes x CPUs), independent of the number of flows.
     pub fn totals(&self) -> anyhow::Result<Totals> {
+        self.totals_of(self.user.len())
+    }
+
+    /// As [`Books::totals`], reading only the first `scopes` scopes (the ones in use: the rest
+    /// of a large `--max-containers` array is never read by a scrape).
+    pub fn totals_of(&self, scopes: u32) -> anyhow::Result<Totals> {
         use std::os::fd::{AsFd, AsRawFd};
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let n = self.counters.len() as usize;
+        let n = (self.counters.len() as usize).min(scopes.max(1) as usize * idx::COUNT as usize);
         let mut slots = vec![0u64; n];
         let fd = self.counters.map().fd().as_fd().as_raw_fd();
-        lookup_batch(fd, 4, 8 * cpus, |k, v| {
+        lookup_batch(fd, 4, 8 * cpus, n as u64, |k, v| {
             let i = u32::from_ne_bytes(k.try_into().expect("4-byte key")) as usize;
             if let Some(slot) = slots.get_mut(i) {
                 *slot = v.chunks_exact(8).fold(0u64, |a, c| {
@@ -245,7 +259,7 @@ impl Books {
         use std::os::fd::{AsFd, AsRawFd};
         let mut out = vec![UserCounters::default(); self.user.len() as usize];
         let fd = self.user.map().fd().as_fd().as_raw_fd();
-        lookup_batch(fd, 4, size_of::<UserCounters>(), |k, v| {
+        lookup_batch(fd, 4, size_of::<UserCounters>(), u64::MAX, |k, v| {
             let i = u32::from_ne_bytes(k.try_into().expect("4-byte key")) as usize;
             if let Some(u) = out.get_mut(i) {
                 // SAFETY: the kernel wrote one UserCounters (plain u64s) at this place.

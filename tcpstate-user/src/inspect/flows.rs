@@ -16,15 +16,15 @@ use crate::{
 };
 
 /// One tracked flow, decoded for people and scripts.
-struct FlowView {
-    key: FlowKey,
-    rec: FlowRecord,
+pub(crate) struct FlowView {
+    pub key: FlowKey,
+    pub rec: FlowRecord,
     /// The namespace its counted endpoints live in (empty names for the host).
-    scope: ScopeName,
+    pub scope: ScopeName,
 }
 
 impl FlowView {
-    fn endpoint(&self, side: Side) -> String {
+    pub fn endpoint(&self, side: Side) -> String {
         let ip = FlowKey::words_addr(self.key.addr[side.index()]);
         match ip {
             std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", self.key.port[side.index()]),
@@ -32,11 +32,12 @@ impl FlowView {
         }
     }
 
-    fn age_s(&self, side: Side, now: u64) -> f64 {
+    pub fn age_s(&self, side: Side, now: u64) -> f64 {
         now.saturating_sub(self.rec.since_ns[side.index()]) as f64 / 1e9
     }
 
-    fn json(&self, now: u64) -> serde_json::Value {
+    /// The object `tcpstate flows --json` prints (`tcpstate replay --json` adds fields to it).
+    pub fn json(&self, now: u64) -> serde_json::Value {
         let w = self.rec.word();
         let side = |s: Side| {
             json!({
@@ -75,15 +76,12 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
     let names = scopes::names(&pinned.info);
     let flows = pinned.flows;
     let now = monotonic_ns();
-    let state_filter = match &args.state {
-        Some(s) => Some(
-            std::iter::once(TcpState::Closed)
-                .chain(TcpState::OPEN)
-                .find(|t| t.name() == s)
-                .ok_or_else(|| anyhow::anyhow!("unknown state {s:?}: use one of syn_sent, syn_recv, established, fin_wait1, fin_wait2, close_wait, closing, last_ack, time_wait, closed"))?,
-        ),
-        None => None,
-    };
+    let filter = Filter::new(
+        args.state.as_deref(),
+        args.port,
+        args.address,
+        args.older_than,
+    )?;
     let mut all = Vec::new();
     flows.for_each(|key, rec| {
         // A scope the daemon has retired: its flows are being removed.
@@ -101,20 +99,7 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
     );
     let mut views: Vec<FlowView> = all
         .into_iter()
-        .filter(|v| {
-            let w = v.rec.word();
-            state_filter.is_none_or(|s| w.state(Side::A) == s || w.state(Side::B) == s)
-                && args.port.is_none_or(|p| v.key.port.contains(&p))
-                && args
-                    .address
-                    .is_none_or(|a| v.key.addr.contains(&FlowKey::addr_words(a)))
-                && v.scope.matches(container, pod)
-                && args.older_than.is_none_or(|d| {
-                    [Side::A, Side::B]
-                        .iter()
-                        .any(|&s| v.age_s(s, now) > d.0.as_secs_f64())
-                })
-        })
+        .filter(|v| filter.keeps(v, now) && v.scope.matches(container, pod))
         .collect();
     views.sort_by_key(|v| (v.key.scope, v.key.port, v.key.addr));
     if args.json {
@@ -165,6 +150,51 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
         views.len()
     );
     Ok(())
+}
+
+/// The `--state/--port/--address/--older-than` filters of `tcpstate flows` (and `replay`).
+pub(crate) struct Filter {
+    state: Option<TcpState>,
+    port: Option<u16>,
+    address: Option<[u32; 4]>,
+    older_than_s: Option<f64>,
+}
+
+impl Filter {
+    pub fn new(
+        state: Option<&str>,
+        port: Option<u16>,
+        address: Option<std::net::IpAddr>,
+        older_than: Option<crate::config::Duration>,
+    ) -> anyhow::Result<Filter> {
+        let state = match state {
+            Some(s) => Some(
+                std::iter::once(TcpState::Closed)
+                    .chain(TcpState::OPEN)
+                    .find(|t| t.name() == s)
+                    .ok_or_else(|| anyhow::anyhow!("unknown state {s:?}: use one of syn_sent, syn_recv, established, fin_wait1, fin_wait2, close_wait, closing, last_ack, time_wait, closed"))?,
+            ),
+            None => None,
+        };
+        Ok(Filter {
+            state,
+            port,
+            address: address.map(FlowKey::addr_words),
+            older_than_s: older_than.map(|d| d.0.as_secs_f64()),
+        })
+    }
+
+    /// Whether a flow passes every filter given, its ages counted at `now`.
+    pub fn keeps(&self, v: &FlowView, now: u64) -> bool {
+        let w = v.rec.word();
+        self.state
+            .is_none_or(|s| w.state(Side::A) == s || w.state(Side::B) == s)
+            && self.port.is_none_or(|p| v.key.port.contains(&p))
+            && self.address.is_none_or(|a| v.key.addr.contains(&a))
+            && self
+                .older_than_s
+                .is_none_or(|d| [Side::A, Side::B].iter().any(|&s| v.age_s(s, now) > d))
+    }
 }
 
 pub fn cleanup(dir: &Path) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@ mod leaks;
 mod podman;
 mod preflight;
 mod prometheus;
+mod replay;
 mod restart;
 mod spoof;
 #[path = "../support/mod.rs"]

@@ -1,0 +1,373 @@
+//! `tcpstate replay FILE`: the kernel programs' parser and state machine over a capture file, as
+//! tap mode sees it, offline and without privileges. Capture time is the clock: it stamps the
+//! records, drives the sweeper's timeouts, and the ages reported are as of the last frame (or
+//! `--at`).
+
+pub mod capture;
+pub mod engine;
+pub mod frame;
+#[cfg(test)]
+mod fuzz;
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{BufWriter, Write},
+    ops::ControlFlow,
+};
+
+use serde_json::json;
+use tcpstate_common::{
+    counters::{idx, UntrackedReason},
+    flow::{flowflags, Side},
+    maps::Config,
+    packet::{parse, Parsed, SkipReason},
+    state::{Handshake, InvalidReason},
+    TcpState,
+};
+
+use crate::{
+    background::{ports, sweeper::SweepReport},
+    cli::ReplayArgs,
+    config::Timeouts,
+    exporter::metrics::{self, Scrape},
+    inspect::flows::{Filter, FlowView},
+};
+
+use self::{
+    capture::{for_each_frame, CaptureError},
+    engine::{Entry, Table},
+    frame::CapturedFrame,
+};
+
+/// Why a replay could not run: a bad capture or bad options. Exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// The instant the result describes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum At {
+    LastFrame,
+    /// Unix nanoseconds: frames after it are not replayed.
+    Absolute(u64),
+    /// Nanoseconds after the last frame.
+    After(u64),
+}
+
+fn parse_at(s: &str) -> Result<At, ReplayError> {
+    if let Some(d) = s.strip_prefix('+') {
+        let d: crate::config::Duration = d
+            .parse()
+            .map_err(|e| ReplayError::Usage(format!("--at {s}: {e}")))?;
+        return Ok(At::After(d.0.as_nanos() as u64));
+    }
+    match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(At::Absolute((secs * 1e9) as u64)),
+        _ => Err(ReplayError::Usage(format!(
+            "--at {s:?} is not a time: write Unix seconds (1764655200.5) or +DURATION after the last frame (+2m)"
+        ))),
+    }
+}
+
+/// Validated replay options: the daemon's table limits and timeouts.
+pub struct Options {
+    pub cfg: Config,
+    pub timeouts: Timeouts,
+    pub sweep_interval: std::time::Duration,
+}
+
+impl Options {
+    pub fn from_args(a: &ReplayArgs) -> Result<Options, ReplayError> {
+        if a.max_flows == 0 {
+            return Err(ReplayError::Usage("--max-flows must be at least 1".into()));
+        }
+        let budget = a.half_open_budget.unwrap_or((a.max_flows / 4).max(1));
+        if budget == 0 || budget > a.max_flows {
+            return Err(ReplayError::Usage(format!(
+                "--half-open-budget must be between 1 and --max-flows ({}), not {budget}",
+                a.max_flows
+            )));
+        }
+        let positive = |name: &str, d: crate::config::Duration| {
+            if d.0.is_zero() {
+                Err(ReplayError::Usage(format!("{name} must be longer than 0s")))
+            } else {
+                Ok(d.0)
+            }
+        };
+        Ok(Options {
+            cfg: Config {
+                capacity: u64::from(a.max_flows),
+                half_open_budget: u64::from(budget),
+                log_events: 0,
+                // A capture is replayed as tap mode sees it: one scope, no container mode.
+                scopes: 1,
+                transit_check: 0,
+            },
+            timeouts: Timeouts {
+                time_wait: positive("--time-wait", a.time_wait)?,
+                syn_sent: positive("--syn-sent-timeout", a.syn_sent_timeout)?,
+                syn_recv: positive("--syn-recv-timeout", a.syn_recv_timeout)?,
+                fin_wait2: positive("--fin-wait2-timeout", a.fin_wait2_timeout)?,
+                closing_idle: positive("--closing-timeout", a.closing_timeout)?,
+                established_idle: positive(
+                    "--established-idle-timeout",
+                    a.established_idle_timeout,
+                )?,
+                closed_linger: positive("--closed-linger", a.closed_linger)?,
+            },
+            sweep_interval: positive("--sweep-interval", a.sweep_interval)?,
+        })
+    }
+}
+
+/// Replays a capture into `table`: every frame, or those up to `stop_after` (Unix ns; the rest
+/// of the file is not read).
+pub fn replay(
+    what: &str,
+    input: impl std::io::Read + Send,
+    table: &mut Table,
+    stop_after: Option<u64>,
+) -> Result<(), CaptureError> {
+    for_each_frame(what, input, |f| {
+        if stop_after.is_some_and(|at| f.ts_ns > at) {
+            return ControlFlow::Break(());
+        }
+        table.advance(f.ts_ns);
+        let parsed = match CapturedFrame::new(f.link, f.data, f.orig_len) {
+            Some(frame) => parse(&frame),
+            // Cut inside its link-layer header, or not IP: nothing the kernel would track.
+            None => Parsed::NotTcp,
+        };
+        table.frame(parsed);
+        ControlFlow::Continue(())
+    })?;
+    Ok(())
+}
+
+pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
+    let opts = Options::from_args(args)?;
+    let at = args
+        .at
+        .as_deref()
+        .map(parse_at)
+        .transpose()?
+        .unwrap_or(At::LastFrame);
+    let filter = Filter::new(
+        args.state.as_deref(),
+        args.port,
+        args.address,
+        args.older_than,
+    )
+    .map_err(|e| ReplayError::Usage(e.to_string()))?;
+    let what = args.file.display().to_string();
+    let mut table = Table::new(opts.cfg, opts.timeouts, opts.sweep_interval);
+    let stop_after = match at {
+        At::Absolute(ns) => Some(ns),
+        _ => None,
+    };
+    if what == "-" {
+        replay("standard input", std::io::stdin(), &mut table, stop_after)?;
+    } else {
+        let file = File::open(&args.file).map_err(|source| CaptureError::Io {
+            what: what.clone(),
+            source,
+        })?;
+        replay(&what, file, &mut table, stop_after)?;
+    }
+    match at {
+        At::LastFrame => {}
+        At::Absolute(ns) => table.advance(ns),
+        At::After(d) => table.advance(table.now_ns.saturating_add(d)),
+    }
+    let now = table.now_ns;
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    if args.metrics {
+        out.write_all(&exposition(
+            &table,
+            args.close_wait_leak_after.0,
+            args.port_labels,
+        )?)?;
+        out.flush()?;
+        return Ok(());
+    }
+    let mut shown: Vec<(FlowView, &Entry)> = table
+        .flows
+        .iter()
+        .map(|(k, e)| {
+            (
+                FlowView {
+                    key: *k,
+                    rec: e.rec,
+                    scope: Default::default(),
+                },
+                e,
+            )
+        })
+        .filter(|(v, _)| filter.keeps(v, now))
+        .collect();
+    shown.sort_by_key(|(v, _)| (v.key.port, v.key.addr));
+    if args.json {
+        let all: Vec<_> = shown.iter().map(|(v, e)| flow_json(v, e, now)).collect();
+        serde_json::to_writer_pretty(&mut out, &all)?;
+        writeln!(out)?;
+    } else {
+        text(&mut out, &table, &shown, now)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Unix nanoseconds as seconds, for JSON.
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// The handshake as the replay saw it.
+fn handshake(e: &Entry) -> &'static str {
+    let w = e.rec.word();
+    match e.handshake {
+        Handshake::Established => "established",
+        Handshake::Refused => "refused",
+        Handshake::Reset => "reset",
+        Handshake::None if w.state(Side::A).is_handshake() || w.state(Side::B).is_handshake() => {
+            "in_progress"
+        }
+        Handshake::None => "not_seen",
+    }
+}
+
+/// `tcpstate flows --json`'s object with the replay's fields added (none renamed).
+pub fn flow_json(v: &FlowView, e: &Entry, now: u64) -> serde_json::Value {
+    let mut o = v.json(now);
+    let extra = json!({
+        "handshake": handshake(e),
+        "resets": e.resets,
+        "history": e.history.as_str(),
+        "connections": e.connections,
+        "segments": e.segments,
+        "first_seen": secs(e.first_ns),
+        "last_seen": secs(e.last_ns),
+    });
+    if let (Some(o), serde_json::Value::Object(extra)) = (o.as_object_mut(), extra) {
+        o.extend(extra);
+    }
+    o
+}
+
+fn text(
+    out: &mut impl Write,
+    table: &Table,
+    shown: &[(FlowView, &Entry)],
+    now: u64,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<46} {:<11} {:<46} {:<11} {:<11} {:>6} {:>9}  HISTORY",
+        "CLIENT", "STATE", "SERVER", "STATE", "HANDSHAKE", "RESETS", "AGE"
+    )?;
+    let mut by_state: BTreeMap<TcpState, u64> = BTreeMap::new();
+    for (v, e) in shown {
+        let w = v.rec.word();
+        let (c, s) = (w.client(), w.client().other());
+        let mut history = e.history.as_str().to_string();
+        if w.has(flowflags::ROLE_GUESSED) {
+            // Zeek's mark for a direction the analyzer had to guess.
+            history.insert(0, '^');
+        }
+        if e.connections > 1 {
+            history.push_str(&format!(" (key reused, {} connections)", e.connections));
+        }
+        writeln!(
+            out,
+            "{:<46} {:<11} {:<46} {:<11} {:<11} {:>6} {:>8.1}s  {}",
+            v.endpoint(c),
+            w.state(c).name(),
+            v.endpoint(s),
+            w.state(s).name(),
+            handshake(e),
+            e.resets,
+            v.age_s(c, now).min(v.age_s(s, now)),
+            history
+        )?;
+        for side in [Side::A, Side::B] {
+            *by_state.entry(w.state(side)).or_default() += 1;
+        }
+    }
+    writeln!(out)?;
+    let states: Vec<String> = by_state
+        .iter()
+        .map(|(s, n)| format!("{} {n}", s.name()))
+        .collect();
+    writeln!(
+        out,
+        "{} flows shown, endpoints by state: {}",
+        shown.len(),
+        if states.is_empty() {
+            "none".to_string()
+        } else {
+            states.join(", ")
+        }
+    )?;
+    let t = &table.slots;
+    let sum = |first: u32, n: usize| {
+        (first..first + n as u32)
+            .map(|i| t[i as usize])
+            .sum::<u64>()
+    };
+    let x = &table.extra;
+    writeln!(
+        out,
+        "{} frames, {} TCP segments, {} skipped (malformed or fragments), {} invalid, {} untracked; {} flows held at the end (peak {}), {} expired (time_wait {}, handshake timeout {}, other {})",
+        x.frames,
+        t[(idx::SEGMENTS + engine::HOOK as u32) as usize],
+        sum(idx::SKIPPED, SkipReason::COUNT),
+        sum(idx::INVALID, InvalidReason::COUNT),
+        sum(idx::UNTRACKED, UntrackedReason::COUNT),
+        table.flows.len(),
+        x.peak_flows,
+        x.expired_time_wait + x.expired_handshake + x.expired_other,
+        x.expired_time_wait,
+        x.expired_handshake,
+        x.expired_other,
+    )?;
+    Ok(())
+}
+
+/// The exposition a tap-mode daemon would have served at the end of the capture.
+pub fn exposition(
+    table: &Table,
+    leak_after: std::time::Duration,
+    port_labels: usize,
+) -> anyhow::Result<Vec<u8>> {
+    let now = table.now_ns;
+    let seen: Vec<ports::PortEndpoint> = table
+        .flows
+        .iter()
+        .flat_map(|(k, e)| ports::endpoints(k, &e.rec, now))
+        .collect();
+    let labels = ports::choose_labels(&Default::default(), &seen, port_labels);
+    let sweep = SweepReport {
+        duration: std::time::Duration::ZERO,
+        visited: table.flows.len() as u64,
+        sweeps: table.extra.sweeps,
+        ports: BTreeMap::from([(
+            tcpstate_common::scope::HOST,
+            ports::survey(&seen, &labels, leak_after.as_secs_f64(), &BTreeMap::new()),
+        )]),
+    };
+    let totals = table.totals();
+    Ok(metrics::render(&Scrape {
+        totals: &totals,
+        capacity: table.capacity(),
+        half_open_budget: table.half_open_budget(),
+        sweep: &sweep,
+        attached: &[],
+        scopes: &Default::default(),
+    })?)
+}
