@@ -63,8 +63,17 @@ pub fn check(mut cfg: RunConfig) -> anyhow::Result<String> {
         .iter()
         .map(|a| format!("{} {} ({})", a.iface, a.hook, a.mode))
         .collect();
+    // Container mode works with fewer capabilities, doing less: say what, on the same line.
+    let limits = if cfg.containers.is_some() {
+        loader::container_mode_limits()
+            .iter()
+            .map(|l| format!("; container mode: {l}"))
+            .collect::<String>()
+    } else {
+        String::new()
+    };
     Ok(format!(
-        "ok: loaded, attached and detached: {}",
+        "ok: loaded, attached and detached: {}{limits}",
         attached.join(", ")
     ))
 }
