@@ -246,3 +246,46 @@ fn flags_and_environment_take_precedence_over_the_file() {
     assert_eq!(o.status.code(), Some(2));
     past_validation(&o);
 }
+
+#[test]
+fn container_mode_options_come_from_flags_env_or_the_file_and_are_checked() {
+    // From the file: `containers = true` turns the mode on, so its options are checked.
+    let f = config_file(
+        "containers",
+        "iface = [\"lo\"]\ncontainers = true\nmax-containers = 0\n",
+    );
+    let o = run(&["run", "--config", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_line(&o).contains("--max-containers must be between 1 and"));
+    // From the environment.
+    let o = Command::new(BIN)
+        .args(["run", "--iface", "lo", "--max-containers", "0"])
+        .env("TCPSTATE_CONTAINERS", "true")
+        .env_remove("TCPSTATE_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_line(&o).contains("--max-containers"));
+    // Off, the container options are not in play.
+    let o = run(&["run", "--check", "--iface", "lo", "--max-containers", "0"]);
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("--max-containers"),
+        "checked only in container mode"
+    );
+    // A bad names file is one line naming it.
+    let names = config_file("names", "[[container]]\nmatch = \"\"\ncontainer = \"x\"\n");
+    let o = run(&[
+        "run",
+        "--iface",
+        "lo",
+        "--containers",
+        "--container-names",
+        names.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr_line(&o);
+    assert!(
+        e.contains("--container-names") && e.contains("empty match"),
+        "{e}"
+    );
+}
