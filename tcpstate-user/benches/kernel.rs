@@ -351,7 +351,9 @@ fn main() {
     // Container mode's transit check: the same SYN, on an object that asks the kernel's socket
     // tables whether a local socket owns the flow before creating it (no socket here: transit).
     {
-        let mut t = Bench::load(1024, true);
+        // The same capacity as above: thousands of single runs insert a flow each (the reset
+        // deletes it without booking), and a small table would soon read as full.
+        let mut t = Bench::load(BIG_TABLE + 100_000, true);
         let created_transit = t.single(
             |b| b.xdp("tcpstate_xdp_host"),
             &syn,
