@@ -11,6 +11,8 @@ pub const FLOWS: &str = "TCPSTATE_FLOWS";
 pub const COUNTERS: &str = "TCPSTATE_COUNTERS";
 pub const TABLE: &str = "TCPSTATE_TABLE";
 pub const USER: &str = "TCPSTATE_USER";
+/// The running daemon's settings that the inspection commands must agree with ([`Settings`]).
+pub const SETTINGS: &str = "TCPSTATE_SETTINGS";
 /// Name of the [`Config`] global.
 pub const CONFIG: &str = "TCPSTATE_CONFIG";
 
@@ -147,6 +149,16 @@ impl UserCounters {
     }
 }
 
+/// What a running daemon publishes for the inspection commands (one array slot, written by the
+/// daemon at start-up, never read by the programs), so `tcpstate leaks` judges a leak by the same
+/// threshold as `tcpstate_close_wait_leaked`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Settings {
+    /// `--close-wait-leak-after`, in nanoseconds; 0 until a daemon has published it.
+    pub close_wait_leak_after_ns: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), u64 fields and arrays only: no padding, every bit pattern valid.
@@ -155,6 +167,8 @@ mod pod {
     unsafe impl aya::Pod for super::TableCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::UserCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Settings {}
 }
 
 #[cfg(test)]

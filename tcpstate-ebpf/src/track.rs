@@ -13,7 +13,7 @@ use tcpstate_common::{
     commit::{atomic_add, commit},
     counters::{for_each_delta, idx, Hook, UntrackedReason},
     flow::{flowflags, FlowKey, FlowRecord, FlowWord, Side},
-    maps::{Config, TableCounters, UserCounters, CAPACITY_SLACK},
+    maps::{Config, Settings, TableCounters, UserCounters, CAPACITY_SLACK},
     packet::TcpPacket,
     state::{classify_opening, open_into, quiet, step_into, write, InvalidReason, Step},
 };
@@ -36,6 +36,11 @@ static TABLE: Array<TableCounters> = Array::pinned(1, 0);
 
 #[map(name = "TCPSTATE_USER")]
 static USER: Array<UserCounters> = Array::pinned(1, 0);
+
+/// Written by the daemon for the inspection commands; the programs never read it. Declared here
+/// so the loader creates and pins it with the others.
+#[map(name = "TCPSTATE_SETTINGS")]
+static SETTINGS: Array<Settings> = Array::pinned(1, 0);
 
 /// Working space for one segment: the parsed packet and the state machine's [`Step`]. Both are too
 /// big for the 512-byte stack, which the verifier sums over a call chain.

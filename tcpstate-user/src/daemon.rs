@@ -87,6 +87,12 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
         KernelLog::Off => None,
         _ => Some(kernellog::take(&mut ebpf)?),
     };
+    tables::publish_settings(
+        &mut ebpf,
+        &tcpstate_common::maps::Settings {
+            close_wait_leak_after_ns: cfg.close_wait_leak_after.as_nanos() as u64,
+        },
+    )?;
     let (mut flows, mut books) = tables::from_ebpf(&mut ebpf)?;
     // The daemon's side of the books survives restarts in its pinned map.
     let mut user = books.user()?;

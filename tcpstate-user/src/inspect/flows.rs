@@ -142,7 +142,13 @@ pub fn cleanup(dir: &Path) -> anyhow::Result<()> {
 
 /// Removes tcpstate's pinned maps and their directory (only ours: a stranger's file stops it).
 pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
-    for name in [maps::FLOWS, maps::COUNTERS, maps::TABLE, maps::USER] {
+    for name in [
+        maps::FLOWS,
+        maps::COUNTERS,
+        maps::TABLE,
+        maps::USER,
+        maps::SETTINGS,
+    ] {
         let p = dir.join(name);
         if p.exists() {
             fs::remove_file(&p)

@@ -6,7 +6,7 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use tcpstate_common::{
     counters::idx,
     flow::{FlowKey, FlowRecord},
-    maps::{self, TableCounters, UserCounters},
+    maps::{self, Settings, TableCounters, UserCounters},
 };
 
 use crate::error::Preflight;
@@ -186,4 +186,20 @@ impl Books {
     pub fn set_user(&mut self, u: &UserCounters) -> anyhow::Result<()> {
         Ok(self.user.set(0, u, 0)?)
     }
+}
+
+/// Publishes the daemon's settings in their pinned map (taken from the loaded object).
+pub fn publish_settings(ebpf: &mut aya::Ebpf, settings: &Settings) -> anyhow::Result<()> {
+    let mut map: Array<MapData, Settings> = Array::try_from(take(ebpf, maps::SETTINGS)?)?;
+    Ok(map.set(0, settings, 0)?)
+}
+
+/// A running daemon's published settings: `None` when its pins have no settings map (a daemon
+/// built before it existed) or it has not published them yet.
+pub fn settings_from_pins(dir: &Path) -> Option<Settings> {
+    let data = MapData::from_pin(dir.join(maps::SETTINGS)).ok()?;
+    let map: Array<MapData, Settings> = Array::try_from(Map::Array(data)).ok()?;
+    map.get(&0, 0)
+        .ok()
+        .filter(|s| s.close_wait_leak_after_ns != 0)
 }
