@@ -17,7 +17,7 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, info, warn};
 use tcpstate_common::{
     counters::Hook,
-    packet::{could_be_tcp, Packet, SkipReason},
+    packet::{could_be_tcp, Packet, SkipReason, MAX_HEADER_OFFSET},
 };
 
 use crate::{
@@ -27,9 +27,10 @@ use crate::{
 
 /// TCX "next": let the rest of the chain (or the stack) have the packet, as a monitor must.
 const TCX_NEXT: i32 = -1;
-/// Bytes a TC program pulls into the linear area when headers straddle it: Ethernet, two VLAN
-/// tags, IPv6 with a few extension headers and a TCP header with options.
-const TC_PULL: u32 = 256;
+/// Bytes a TC program pulls into the linear area when headers straddle it: every byte the parser
+/// may read (headers end by `MAX_HEADER_OFFSET`, reads reach 64 past it), so an IPv6 chain of
+/// extension headers the walk accepts is never cut by the pull and miscounted as truncated.
+const TC_PULL: u32 = (MAX_HEADER_OFFSET + 64 + 64) as u32;
 
 /// Host mode, ingress (with `--ingress-hook xdp`): segments arriving for local endpoints.
 #[xdp]
@@ -88,8 +89,8 @@ pub fn tcpstate_tc_tap(ctx: TcContext) -> i32 {
 /// The TC programs' body: parse (pulling headers into the linear area if needed), track, log.
 #[inline(always)]
 fn tc_track(ctx: &TcContext, hook: Hook, view: View) -> i32 {
-    // Not pulled: a frame whose EtherType is outside the linear area reads as "could be" and goes
-    // through the full path below.
+    // Not pulled: a frame whose EtherType or IPv4 protocol is outside the linear area reads as
+    // "could be" and goes through the full path below, pull included.
     if !could_be_tcp(&Frame::tc(ctx)) {
         return TCX_NEXT;
     }
