@@ -7,7 +7,7 @@
 use crate::{
     flow::{FlowWord, Role, Side},
     packet::SkipReason,
-    state::{Handshake, InvalidReason, Opening, Step, TcpState},
+    state::{FastOpen, Handshake, InvalidReason, Opening, Step, TcpState},
 };
 
 /// Which program saw the segment. The `hook` label of `tcpstate_segments_total`.
@@ -107,7 +107,9 @@ pub mod idx {
     pub const HANDSHAKE_BUCKETS_PER_ROLE: u32 = super::HANDSHAKE_BOUNDS_NS.len() as u32 + 1;
     /// `[role]`: sum of handshake durations, nanoseconds.
     pub const HANDSHAKE_SUM_NS: u32 = HANDSHAKE_BUCKETS + 2 * HANDSHAKE_BUCKETS_PER_ROLE;
-    pub const COUNT: u32 = HANDSHAKE_SUM_NS + 2;
+    /// `[FastOpen - 1]`: accepted, declined. (Appended: slots above keep their numbers.)
+    pub const FASTOPEN: u32 = HANDSHAKE_SUM_NS + 2;
+    pub const COUNT: u32 = FASTOPEN + 2;
 
     #[inline(always)]
     pub const fn conn(role: Role, state: TcpState) -> u32 {
@@ -177,6 +179,10 @@ pub fn for_each_delta(old: FlowWord, st: &Step, sender: Side, mut bump: impl FnM
     match st.handshake {
         Handshake::None => {}
         h => bump(idx::HANDSHAKES + h as u32 - 1, 1),
+    }
+    match st.fastopen {
+        FastOpen::None => {}
+        f => bump(idx::FASTOPEN + f as u32 - 1, 1),
     }
 }
 

@@ -229,6 +229,32 @@ pub struct Step {
     pub handshake: Handshake,
     /// The flow left the half-open phase and gives back its half-open budget slot.
     pub half_open_released: bool,
+    /// What a SYN-ACK answered to a SYN that carried data (TCP Fast Open, RFC 7413).
+    pub fastopen: FastOpen,
+}
+
+/// The server's answer to a SYN carrying data (TCP Fast Open, RFC 7413 section 4.2), decided by
+/// the SYN-ACK's acknowledgement number. The `result` label of `tcpstate_fastopen_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FastOpen {
+    None = 0,
+    /// The SYN-ACK acknowledges the SYN's data: it was delivered before the handshake completed.
+    Accepted = 1,
+    /// The SYN-ACK acknowledges the SYN only (no or an invalid cookie, or the server has Fast Open
+    /// off): the client sends the data again after the handshake.
+    Declined = 2,
+}
+
+impl FastOpen {
+    pub const ALL: [FastOpen; 2] = [FastOpen::Accepted, FastOpen::Declined];
+    pub const fn name(self) -> &'static str {
+        match self {
+            FastOpen::None => "none",
+            FastOpen::Accepted => "accepted",
+            FastOpen::Declined => "declined",
+        }
+    }
 }
 
 /// Largest window an observer assumes when it cannot know one (midstream pickup): 1 GiB, the RFC 7323
@@ -269,6 +295,7 @@ impl Step {
         rst: false,
         handshake: Handshake::None,
         half_open_released: false,
+        fastopen: FastOpen::None,
     };
 
     /// Starts a step from `rec`, in place (the kernel keeps its `Step` in a per-CPU scratch slot,
@@ -281,6 +308,7 @@ impl Step {
         self.rst = false;
         self.handshake = Handshake::None;
         self.half_open_released = false;
+        self.fastopen = FastOpen::None;
         let tick = FlowRecord::seen_tick(now_ns);
         if tick != rec.last_seen {
             self.rec.last_seen = tick;
@@ -505,9 +533,11 @@ fn on_syn(st: &mut Step, old: FlowWord, s: Side, seg: &Segment, now_ns: u64) {
         return;
     }
     let mut w = old;
+    // The SYN occupies one sequence number and its payload (TCP Fast Open, RFC 7413) the next
+    // `len`: a server that takes the data acknowledges ISN + 1 + len.
     let fresh = EndpointSeq {
         isn: seg.seq,
-        end: seg.seq.wrapping_add(1),
+        end: syn_end(seg),
         ack: 0,
         win: seg.win as u32,
     };
@@ -570,7 +600,7 @@ fn on_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
         // simultaneous open it also completes the receiver, which is still SYN-RECEIVED, whether
         // the sender is too or was itself completed by the other side's SYN-ACK first. (Requiring
         // the sender in SYN-RECEIVED left the second side stuck there when the SYN-ACKs crossed.)
-        if r0 == TcpState::SynRecv && seg.ack == rs.end {
+        if r0 == TcpState::SynRecv && acks_syn(&old, r, &rs, seg.ack) {
             let mut w = old;
             w.set_state(r, TcpState::Established);
             st.rec.set_word(w);
@@ -578,8 +608,7 @@ fn on_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
         }
         return;
     }
-    let acks_syn = old.knows(r, known::END) && seg.ack == rs.end;
-    if !acks_syn {
+    if !acks_syn(&old, r, &rs, seg.ack) {
         return if r0 == TcpState::SynSent || r0 == TcpState::SynRecv {
             st.reject(InvalidReason::BadSynAck)
         } else {
@@ -590,15 +619,27 @@ fn on_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
         return st.reject(InvalidReason::UnexpectedSyn);
     }
     let mut w = old;
+    // A SYN that carried data (the client's SYN occupies more than its one number): the server
+    // took the data if it acknowledges all of it.
+    if old.knows(r, known::ISN) && rs.end != rs.isn.wrapping_add(1) {
+        st.fastopen = if seg.ack == rs.end {
+            FastOpen::Accepted
+        } else {
+            FastOpen::Declined
+        };
+        // Declined: the client resends the data from ISN + 1.
+        st.rec.seq[r.index()].end = seg.ack;
+    }
+    // A SYN-ACK may carry data too (RFC 7413 section 4.2.2 allows it; RFC 9293 3.10.7.3).
     st.rec.seq[s.index()] = EndpointSeq {
         isn: seg.seq,
-        end: seg.seq.wrapping_add(1),
+        end: syn_end(seg),
         ack: seg.ack,
         win: seg.win as u32,
     };
     w.forget_side(s);
     w.learn(s, known::ISN | known::END | known::ACK);
-    // The client's receive side is known exactly from here: it expects seg.seq + 1, within the
+    // The client's receive side is known from here: it expects seg.seq + 1, within the
     // (unscaled) window of its SYN. Without it an RST or FIN towards the client went unchecked
     // until the client's first ACK, so a blind one could tear the mirror down.
     st.rec.seq[r.index()].ack = seg.seq.wrapping_add(1);
@@ -614,6 +655,26 @@ fn on_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
     w.set_state(r, TcpState::Established);
     st.rec.set_word(w);
     st.write |= write::SEQ_A | write::SEQ_B;
+}
+
+/// The sequence number after a SYN or SYN-ACK: one for the SYN flag, then its payload.
+#[inline(always)]
+fn syn_end(seg: &Segment) -> u32 {
+    seg.seq.wrapping_add(1).wrapping_add(seg.len)
+}
+
+/// Whether `ack` acknowledges side `r`'s SYN: ISN + 1 when the SYN's data (TCP Fast Open) is not
+/// taken, up to the SYN's end when it is. With the ISN unknown (a SYN-ACK pickup reconstructs
+/// the client's SYN from the ack), only the end is known.
+#[inline(always)]
+fn acks_syn(w: &FlowWord, r: Side, rs: &EndpointSeq, ack: u32) -> bool {
+    if !w.knows(r, known::END) {
+        return false;
+    }
+    if ack == rs.end {
+        return true;
+    }
+    w.knows(r, known::ISN) && seq_ge(ack, rs.isn.wrapping_add(1)) && seq_ge(rs.end, ack)
 }
 
 #[inline(always)]
@@ -655,20 +716,25 @@ fn on_ack_fin(st: &mut Step, old: FlowWord, s: Side, seg: &Segment, now_ns: u64)
     // What the ACK tells about the receiver's SYN or FIN. An unknown `end` (seeded or midstream
     // records) is taken as acknowledged: the observer has nothing better.
     let acks_r = !old.knows(r, known::END) || seq_ge(seg.ack, rs.end);
+    // A SYN-RECEIVED endpoint is established by the ACK of its SYN (ISN + 1), even when its
+    // SYN-ACK carried data (Fast Open) that this ACK does not cover yet.
+    let acks_r_syn =
+        acks_r || (old.knows(r, known::ISN) && seq_ge(seg.ack, rs.isn.wrapping_add(1)));
     let mut r1 = r0;
     let mut s1 = s0;
-    if acks_r {
+    if r0 == TcpState::SynRecv && acks_r_syn {
+        r1 = TcpState::Established;
+        // The SYN-ACK was not seen (tap port seeing one direction late): its ACK proves it.
+        if s0 == TcpState::SynSent {
+            s1 = TcpState::Established;
+        }
+    } else if acks_r {
         r1 = match r0 {
-            TcpState::SynRecv => TcpState::Established,
             TcpState::FinWait1 => TcpState::FinWait2,
             TcpState::Closing => TcpState::TimeWait,
             TcpState::LastAck => TcpState::Closed,
             other => other,
         };
-        // The SYN-ACK was not seen (tap port seeing one direction late): its ACK proves it.
-        if s0 == TcpState::SynSent && r0 == TcpState::SynRecv {
-            s1 = TcpState::Established;
-        }
     }
 
     if fin && fin_repeat {

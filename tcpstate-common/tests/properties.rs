@@ -290,7 +290,12 @@ impl Flow {
         let seg = Segment {
             seq: self.number(op.seq, s, false),
             ack: self.number(op.ack, s.other(), true),
-            len: if syn { 0 } else { op.len },
+            // One SYN or SYN-ACK in four carries data (TCP Fast Open, RFC 7413).
+            len: match (syn, op.len % 4) {
+                (true, 0) => op.len % 1000,
+                (true, _) => 0,
+                (false, _) => op.len,
+            },
             win: op.win,
             flags: op.flags,
             wscale: if syn { op.wscale } else { WSCALE_NONE },

@@ -17,7 +17,9 @@ use tcpstate_common::{
     commit::commit,
     counters::{for_each_delta, handshake_bucket, idx, RstDirection},
     flow::{flowflags, FlowRecord, FlowWord, Role, Side},
-    state::{open, quiet, step, write, Handshake, InvalidReason, Opening, Step, TcpState},
+    state::{
+        open, quiet, step, write, FastOpen, Handshake, InvalidReason, Opening, Step, TcpState,
+    },
     tcp::{flags::*, Segment, WSCALE_MAX, WSCALE_NONE},
 };
 use TcpState::*;
@@ -750,6 +752,136 @@ mod simultaneous_open {
         assert_eq!(c.states(), (Closed, Closed));
         assert_eq!(st.handshake, Handshake::Reset);
         assert!(st.half_open_released);
+    }
+}
+
+/// TCP Fast Open (RFC 7413): data in the SYN, which occupies sequence space after the SYN's own
+/// number, and may be accepted (the SYN-ACK acknowledges it) or declined (only the SYN is).
+mod fast_open {
+    use super::*;
+
+    /// Bytes of data in the fixtures' SYNs.
+    const DATA: u32 = 100;
+
+    /// The client's SYN with data (and a cookie, which the observer does not read).
+    fn tfo_syn_sent_on(client: Side) -> Conn {
+        let (opening, c) = Conn::open(client, BOTH, seg(SYN, CISN, 0, DATA), ports(client));
+        assert_eq!(opening, Opening::Syn);
+        assert_eq!(c.states(), (SynSent, Closed));
+        assert_eq!(c.rec.seq[client.index()].end, CISN + 1 + DATA);
+        c
+    }
+
+    #[test]
+    fn synack_acking_the_syn_data_establishes_the_client_and_counts_an_accepted_fast_open() {
+        // Regression: the SYN was taken to end at ISN + 1, so this SYN-ACK was a bad_synack and
+        // the connection stayed closed / syn_sent in the mirror while `ss` showed it ESTABLISHED.
+        for client in SIDES {
+            let mut c = tfo_syn_sent_on(client);
+            let st = c.s2c(SYN | ACK, SISN, CISN + 1 + DATA, 0);
+            assert_eq!(st.invalid, None);
+            assert_eq!(st.fastopen, FastOpen::Accepted);
+            assert_eq!(c.states(), (Established, SynRecv));
+            assert_eq!(c.counter(idx::FASTOPEN + FastOpen::Accepted as u32 - 1), 1);
+            assert_eq!(c.counter(idx::FASTOPEN + FastOpen::Declined as u32 - 1), 0);
+            let st = c.c2s(ACK, CISN + 1 + DATA, SISN + 1, 0);
+            assert_eq!(c.states(), (Established, Established));
+            assert_eq!(st.handshake, Handshake::Established);
+            assert_eq!(st.fastopen, FastOpen::None, "counted once, on the SYN-ACK");
+            assert_eq!(
+                c.counter(idx::HANDSHAKES + Handshake::Established as u32 - 1),
+                1
+            );
+        }
+    }
+
+    #[test]
+    fn synack_acking_only_the_syn_is_a_declined_fast_open_and_the_data_comes_again() {
+        let mut c = tfo_syn_sent_on(Side::A);
+        let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(st.fastopen, FastOpen::Declined);
+        assert_eq!(c.states(), (Established, SynRecv));
+        // The client's SYN now ends at ISN + 1: the data is resent after the handshake.
+        assert_eq!(c.rec.seq[0].end, CISN + 1);
+        c.c2s(ACK | PSH, CISN + 1, SISN + 1, DATA);
+        assert_eq!(c.states(), (Established, Established));
+        c.c2s(FIN | ACK, CISN + 1 + DATA, SISN + 1, 0);
+        c.s2c(ACK, SISN + 1, CISN + 2 + DATA, 0);
+        assert_eq!(c.states(), (FinWait2, CloseWait));
+    }
+
+    #[test]
+    fn synack_acking_past_the_syn_data_or_before_the_syn_is_a_bad_synack() {
+        for ack in [CISN, CISN + 2 + DATA, CISN + 10_000] {
+            let mut c = tfo_syn_sent_on(Side::A);
+            let before = c.rec;
+            let st = c.s2c(SYN | ACK, SISN, ack, 0);
+            assert_rejected(&c, &st, &before, InvalidReason::BadSynAck);
+            assert_eq!(st.fastopen, FastOpen::None);
+        }
+    }
+
+    #[test]
+    fn synack_with_data_ends_past_its_payload_and_the_ack_of_its_syn_establishes_the_server() {
+        for client in SIDES {
+            let mut c = tfo_syn_sent_on(client);
+            let server = c.server();
+            c.s2c(SYN | ACK, SISN, CISN + 1 + DATA, 50);
+            assert_eq!(c.rec.seq[server.index()].end, SISN + 1 + 50);
+            // The client acknowledges the SYN but not yet the SYN-ACK's data: the server is
+            // established all the same (the kernel leaves SYN-RECEIVED on the ACK of its SYN).
+            let st = c.c2s(ACK, CISN + 1 + DATA, SISN + 1, 0);
+            assert_eq!(c.states(), (Established, Established));
+            assert_eq!(st.handshake, Handshake::Established);
+        }
+    }
+
+    #[test]
+    fn an_ack_short_of_the_syn_leaves_the_server_in_syn_recv() {
+        let mut c = tfo_syn_sent_on(Side::A);
+        c.s2c(SYN | ACK, SISN, CISN + 1 + DATA, 50);
+        c.c2s(ACK, CISN + 1 + DATA, SISN, 0);
+        assert_eq!(c.states(), (Established, SynRecv));
+    }
+
+    #[test]
+    fn retransmitted_syn_with_its_data_changes_nothing() {
+        let mut c = tfo_syn_sent_on(Side::A);
+        c.next_second();
+        let before = c.rec;
+        let st = c.c2s(SYN, CISN, 0, DATA);
+        assert_eq!(st.write, write::LAST_SEEN);
+        assert_eq!(except_last_seen(c.rec), except_last_seen(before));
+    }
+
+    #[test]
+    fn rst_acking_the_syn_and_its_data_is_a_refused_connection() {
+        // Linux answers a SYN to a closed port with ack = seq + 1 + payload length.
+        let mut c = tfo_syn_sent_on(Side::A);
+        let st = c.s2c(RST | ACK, 0, CISN + 1 + DATA, 0);
+        assert!(st.rst);
+        assert_eq!(st.handshake, Handshake::Refused);
+        assert_eq!(c.states(), (Closed, Closed));
+    }
+
+    #[test]
+    fn a_syn_without_data_counts_no_fast_open() {
+        let mut c = syn_sent();
+        let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        assert_eq!(st.fastopen, FastOpen::None);
+        assert_eq!(c.counter(idx::FASTOPEN), 0);
+        assert_eq!(c.counter(idx::FASTOPEN + 1), 0);
+    }
+
+    #[test]
+    fn simultaneous_open_with_data_in_a_syn_completes() {
+        let mut c = tfo_syn_sent_on(Side::A);
+        c.s2c(SYN, SISN, 0, 0);
+        assert_eq!(c.states(), (SynRecv, SynRecv));
+        c.s2c(SYN | ACK, SISN, CISN + 1 + DATA, 0);
+        c.c2s(SYN | ACK, CISN, SISN + 1, 0);
+        assert_eq!(c.states(), (Established, Established));
     }
 }
 

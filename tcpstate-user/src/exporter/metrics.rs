@@ -8,7 +8,7 @@ use prometheus::{
 use tcpstate_common::{
     counters::{idx, Hook, RstDirection, UntrackedReason, HANDSHAKE_BOUNDS_NS},
     packet::SkipReason,
-    state::{InvalidReason, Opening},
+    state::{FastOpen, InvalidReason, Opening},
     Role, TcpState,
 };
 
@@ -220,6 +220,18 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
         );
     }
     f.sample(&[("result", "timeout")], t.user.handshake_timeouts as f64);
+    out.push(f);
+
+    let mut f = counter(
+        "tcpstate_fastopen_total",
+        "SYN-ACKs answering a SYN that carried data (TCP Fast Open): accepted (the data acknowledged with the SYN) or declined (the SYN alone).",
+    );
+    for fo in FastOpen::ALL {
+        f.sample(
+            &[("result", fo.name())],
+            t.slot(idx::FASTOPEN + fo as u32 - 1) as f64,
+        );
+    }
     out.push(f);
 
     let mut f = Family::new(
