@@ -109,7 +109,10 @@ pub mod idx {
     pub const HANDSHAKE_SUM_NS: u32 = HANDSHAKE_BUCKETS + 2 * HANDSHAKE_BUCKETS_PER_ROLE;
     /// `[FastOpen - 1]`: accepted, declined. (Appended: slots above keep their numbers.)
     pub const FASTOPEN: u32 = HANDSHAKE_SUM_NS + 2;
-    pub const COUNT: u32 = FASTOPEN + 2;
+    /// SYN-ACKs local listeners sent from SYN cookies, all ports (host mode, TC egress); the
+    /// per-port counts are in their own map (`maps::SYN_COOKIES`).
+    pub const SYN_COOKIES: u32 = FASTOPEN + 2;
+    pub const COUNT: u32 = SYN_COOKIES + 1;
 
     #[inline(always)]
     pub const fn conn(role: Role, state: TcpState) -> u32 {

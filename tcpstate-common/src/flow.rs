@@ -157,6 +157,9 @@ pub mod flowflags {
     pub const CLIENT_B: u8 = 0x10;
     /// Roles guessed from port numbers (no SYN seen).
     pub const ROLE_GUESSED: u8 = 0x20;
+    /// The server answered with a SYN cookie (its kernel keeps no state for the connection): the
+    /// mirror knows the cookie ISN, and the ACK returning it completes the handshake.
+    pub const SYN_COOKIE: u8 = 0x40;
 }
 
 /// The part of a record that changes on state transitions. Exactly eight bytes, so the kernel can

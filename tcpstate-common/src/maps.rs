@@ -13,6 +13,11 @@ pub const TABLE: &str = "TCPSTATE_TABLE";
 pub const USER: &str = "TCPSTATE_USER";
 /// The running daemon's settings that the inspection commands must agree with ([`Settings`]).
 pub const SETTINGS: &str = "TCPSTATE_SETTINGS";
+/// SYN cookies sent, by local port: 65536 `u64` slots (512 KiB whatever the CPU count, where a
+/// per-CPU array would take that per CPU), updated with atomic adds.
+pub const SYN_COOKIES: &str = "TCPSTATE_SYN_COOKIES";
+/// Slots of [`SYN_COOKIES`]: one per port.
+pub const SYN_COOKIE_PORTS: u32 = 1 << 16;
 /// Name of the [`Config`] global.
 pub const CONFIG: &str = "TCPSTATE_CONFIG";
 

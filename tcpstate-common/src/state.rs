@@ -413,6 +413,64 @@ pub fn step_into(st: &mut Step, rec: &FlowRecord, s: Side, seg: &Segment, now_ns
     step_in_place(st, s, seg, now_ns);
 }
 
+/// [`step_into`] for a SYN-ACK the sender's stack sent from a SYN cookie (RFC 4987 section 3.6):
+/// Linux sends one when the listener's SYN queue is full, with no socket attached, and keeps no
+/// request socket for it. The sender is therefore not SYN-RECEIVED: the mirror leaves its state
+/// alone and records the cookie (its ISN, the client's receive side), so the ACK that returns the
+/// cookie (ack = cookie ISN + 1) completes the handshake for both. A segment that is not such a
+/// SYN-ACK answering a SYN is stepped as usual.
+#[inline(always)]
+pub fn step_cookie_into(st: &mut Step, rec: &FlowRecord, s: Side, seg: &Segment, now_ns: u64) {
+    st.reset(rec, now_ns);
+    let old = st.rec.word();
+    let r = s.other();
+    let rs = st.rec.seq[r.index()];
+    let answers_syn = check_flags(seg.flags).is_ok()
+        && seg.flags & (SYN | ACK | RST | FIN) == SYN | ACK
+        && old.state(s) == TcpState::Closed
+        && old.state(r) == TcpState::SynSent
+        && acks_syn(&old, r, &rs, seg.ack);
+    if !answers_syn {
+        return step_in_place(st, s, seg, now_ns);
+    }
+    on_cookie_syn_ack(st, old, s, seg);
+    finish(st, old, s, now_ns)
+}
+
+/// The cookie SYN-ACK's facts, without a transition (see [`step_cookie_into`]).
+#[inline(never)]
+fn on_cookie_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
+    let r = s.other();
+    // The same cookie again (the client resent its SYN within the cookie's minute): nothing new.
+    if old.has(flowflags::SYN_COOKIE)
+        && old.knows(s, known::ISN)
+        && st.rec.seq[s.index()].isn == seg.seq
+    {
+        return;
+    }
+    let mut w = old;
+    st.rec.seq[s.index()] = EndpointSeq {
+        isn: seg.seq,
+        end: syn_end(seg),
+        ack: seg.ack,
+        win: seg.win as u32,
+    };
+    w.forget_side(s);
+    w.learn(s, known::ISN | known::END | known::ACK);
+    st.rec.seq[r.index()].ack = seg.seq.wrapping_add(1);
+    w.learn(r, known::ACK);
+    // Cookies carry the window scale in the timestamp option; RFC 7323 section 1.3 applies as
+    // for any SYN-ACK.
+    if seg.wscale > WSCALE_MAX || w.wscale[r.index()] > WSCALE_MAX {
+        w.wscale = [0, 0];
+    } else {
+        w.wscale[s.index()] = seg.wscale;
+    }
+    w.flags |= flowflags::SYN_COOKIE;
+    st.rec.set_word(w);
+    st.write |= write::SEQ_A | write::SEQ_B;
+}
+
 #[inline(always)]
 fn step_in_place(st: &mut Step, s: Side, seg: &Segment, now_ns: u64) {
     if let Err(bad) = check_flags(seg.flags) {
@@ -722,7 +780,17 @@ fn on_ack_fin(st: &mut Step, old: FlowWord, s: Side, seg: &Segment, now_ns: u64)
         acks_r || (old.knows(r, known::ISN) && seq_ge(seg.ack, rs.isn.wrapping_add(1)));
     let mut r1 = r0;
     let mut s1 = s0;
-    if r0 == TcpState::SynRecv && acks_r_syn {
+    if r0 == TcpState::Closed
+        && s0 == TcpState::SynSent
+        && old.has(flowflags::SYN_COOKIE)
+        && old.knows(r, known::END)
+        && seg.ack == rs.end
+    {
+        // The ACK returning a valid SYN cookie: the server's kernel creates the connection
+        // ESTABLISHED from it directly (no SYN-RECEIVED in between), and the client already is.
+        r1 = TcpState::Established;
+        s1 = TcpState::Established;
+    } else if r0 == TcpState::SynRecv && acks_r_syn {
         r1 = TcpState::Established;
         // The SYN-ACK was not seen (tap port seeing one direction late): its ACK proves it.
         if s0 == TcpState::SynSent {

@@ -18,7 +18,8 @@ use tcpstate_common::{
     counters::{for_each_delta, handshake_bucket, idx, RstDirection},
     flow::{flowflags, FlowRecord, FlowWord, Role, Side},
     state::{
-        open, quiet, step, write, FastOpen, Handshake, InvalidReason, Opening, Step, TcpState,
+        open, quiet, step, step_cookie_into, write, FastOpen, Handshake, InvalidReason, Opening,
+        Step, TcpState,
     },
     tcp::{flags::*, Segment, WSCALE_MAX, WSCALE_NONE},
 };
@@ -132,9 +133,21 @@ impl Conn {
     /// One segment from `from`, 1 ms after the previous one: step, commit, count, and the checks
     /// that hold for every segment.
     fn send(&mut self, from: Side, s: Segment) -> Step {
+        self.send_with(from, s, false)
+    }
+
+    /// As `send`; with `cookie`, the segment left its host without a socket (host mode, TC
+    /// egress), as a SYN cookie's SYN-ACK does, and goes through `state::step_cookie_into`.
+    fn send_with(&mut self, from: Side, s: Segment, cookie: bool) -> Step {
         self.now += MS;
         let old = self.rec;
-        let st = step(&old, from, &s, self.now);
+        let st = if cookie {
+            let mut st = Step::EMPTY;
+            step_cookie_into(&mut st, &old, from, &s, self.now);
+            st
+        } else {
+            step(&old, from, &s, self.now)
+        };
         // SAFETY: `self.rec` is a live, aligned FlowRecord owned by this test.
         let committed = unsafe { commit(&mut self.rec, old.word, &st) };
         assert!(
@@ -882,6 +895,98 @@ mod fast_open {
         c.s2c(SYN | ACK, SISN, CISN + 1 + DATA, 0);
         c.c2s(SYN | ACK, CISN, SISN + 1, 0);
         assert_eq!(c.states(), (Established, Established));
+    }
+}
+
+/// SYN cookies (RFC 4987 section 3.6): a server whose SYN queue is full answers with a SYN-ACK it
+/// keeps no state for (Linux sends it without a socket, which host mode sees on TC egress). The
+/// server endpoint must not be counted SYN_RECV; the ACK returning a valid cookie completes it.
+mod syn_cookies {
+    use super::*;
+
+    /// Host mode on the server: only the server's endpoint is counted.
+    fn flooded_server_on(client: Side) -> Conn {
+        let (_, c) = Conn::open(
+            client,
+            client.other().bit(),
+            seg(SYN, CISN, 0, 0),
+            ports(client),
+        );
+        c
+    }
+
+    #[test]
+    fn a_cookie_synack_leaves_the_server_closed_and_out_of_the_backlog() {
+        // Regression: every cookie SYN-ACK became a half-open endpoint: tcpstate_syn_backlog read
+        // 1826 where the kernel's SYN queue held 17.
+        for client in SIDES {
+            let mut c = flooded_server_on(client);
+            let server = c.server();
+            let st = c.send_with(server, seg(SYN | ACK, SISN, CISN + 1, 0), true);
+            assert_eq!(st.invalid, None);
+            assert_eq!(c.states(), (SynSent, Closed));
+            assert_eq!(c.gauge(Role::Server, SynRecv), 0);
+            assert!(c.word().has(flowflags::SYN_COOKIE));
+            assert_eq!(c.rec.seq[server.index()].isn, SISN);
+            assert_eq!(st.handshake, Handshake::None);
+        }
+    }
+
+    #[test]
+    fn the_ack_returning_the_cookie_establishes_both_and_counts_the_handshake() {
+        for client in SIDES {
+            let mut c = flooded_server_on(client);
+            c.send_with(c.server(), seg(SYN | ACK, SISN, CISN + 1, 0), true);
+            let st = c.c2s(ACK, CISN + 1, SISN + 1, 0);
+            assert_eq!(c.states(), (Established, Established));
+            assert_eq!(st.handshake, Handshake::Established);
+            assert!(st.half_open_released);
+            assert_eq!(c.gauge(Role::Server, Established), 1);
+            assert_eq!(
+                c.counter(idx::HANDSHAKES + Handshake::Established as u32 - 1),
+                1
+            );
+        }
+    }
+
+    #[test]
+    fn an_ack_with_a_wrong_cookie_changes_no_state() {
+        let mut c = flooded_server_on(Side::A);
+        c.send_with(Side::B, seg(SYN | ACK, SISN, CISN + 1, 0), true);
+        c.c2s(ACK, CISN + 1, SISN + 7, 0);
+        assert_eq!(c.states(), (SynSent, Closed));
+    }
+
+    #[test]
+    fn a_cookie_synack_that_answers_no_syn_is_stepped_as_usual() {
+        // Acking the wrong number: the usual verdict.
+        let mut c = flooded_server_on(Side::A);
+        let before = c.rec;
+        let st = c.send_with(Side::B, seg(SYN | ACK, SISN, CISN + 9, 0), true);
+        assert_rejected(&c, &st, &before, InvalidReason::BadSynAck);
+        // Not a SYN-ACK at all (the flag is only ever set for SYN-ACKs, but the step is total).
+        let mut c = established();
+        c.send_with(Side::B, seg(FIN | ACK, SISN + 1, CISN + 1, 0), true);
+        assert_eq!(c.states(), (CloseWait, FinWait1));
+    }
+
+    #[test]
+    fn a_normal_synack_after_a_cookie_one_still_opens_the_server() {
+        // The queue had room again for the retransmitted SYN: a request socket, a real SYN-ACK.
+        let mut c = flooded_server_on(Side::A);
+        c.send_with(Side::B, seg(SYN | ACK, SISN, CISN + 1, 0), true);
+        c.s2c(SYN | ACK, SISN + 5, CISN + 1, 0);
+        assert_eq!(c.states(), (Established, SynRecv));
+        assert_eq!(c.gauge(Role::Server, SynRecv), 1);
+    }
+
+    #[test]
+    fn port_reuse_forgets_the_cookie() {
+        let mut c = flooded_server_on(Side::A);
+        c.send_with(Side::B, seg(SYN | ACK, SISN, CISN + 1, 0), true);
+        c.c2s(RST, CISN + 1, 0, 0);
+        c.c2s(SYN, CISN + 50_000, 0, 0);
+        assert!(!c.word().has(flowflags::SYN_COOKIE));
     }
 }
 

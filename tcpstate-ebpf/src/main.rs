@@ -111,6 +111,9 @@ fn tc_track(ctx: &TcContext, hook: Hook, view: View) -> i32 {
             status = parse_frame(&Frame::tc(ctx), &mut scratch.pkt);
         }
     }
+    if hook == Hook::TcEgress {
+        track::mark_syn_cookie(ctx, scratch, status);
+    }
     track(status, scratch, hook, view);
     if logging() {
         log_event(ctx, scratch);

@@ -7,15 +7,19 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
+    programs::TcContext,
     Global,
 };
 use tcpstate_common::{
     commit::{atomic_add, commit},
     counters::{for_each_delta, idx, Hook, UntrackedReason},
     flow::{flowflags, FlowKey, FlowRecord, FlowWord, Side},
-    maps::{Config, Settings, TableCounters, UserCounters, CAPACITY_SLACK},
+    maps::{Config, Settings, TableCounters, UserCounters, CAPACITY_SLACK, SYN_COOKIE_PORTS},
     packet::TcpPacket,
-    state::{classify_opening, open_into, quiet, step_into, write, InvalidReason, Step},
+    state::{
+        classify_opening, open_into, quiet, step_cookie_into, step_into, write, InvalidReason, Step,
+    },
+    tcp::flags::{ACK, FIN, RST, SYN},
 };
 
 /// Default capacity compiled into the object; the daemon sets the real one at load time.
@@ -49,6 +53,9 @@ pub struct Scratch {
     pub step: Step,
     /// The rare event this segment caused, for the entry point to log ([`Event`]).
     pub event: Event,
+    /// The segment is a SYN-ACK the local stack sent from a SYN cookie ([`mark_syn_cookie`]).
+    /// False unless the TC egress program sets it for this packet.
+    pub cookie: bool,
 }
 
 /// A rare event worth a kernel log line (aya-log, when `--kernel-log` enables it).
@@ -59,6 +66,9 @@ pub enum Event {
     Untracked(UntrackedReason),
     ResetAccepted,
 }
+
+#[map(name = "TCPSTATE_SYN_COOKIES")]
+static SYN_COOKIES: Array<u64> = Array::pinned(SYN_COOKIE_PORTS, 0);
 
 #[map(name = "TCPSTATE_SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -76,7 +86,9 @@ impl Scratch {
     #[inline(always)]
     pub fn get() -> Option<&'static mut Scratch> {
         // SAFETY: per-CPU array value, valid for the program run, exclusively ours (above).
-        SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+        let s = SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })?;
+        s.cookie = false;
+        Some(s)
     }
 }
 
@@ -157,6 +169,29 @@ pub fn track(status: ParseStatus, scratch: &mut Scratch, hook: Hook, view: View)
     }
 }
 
+/// Host mode, TC egress: marks a SYN-ACK that leaves without a socket as a SYN cookie, and counts
+/// it for its local port. Linux attaches the request socket to every SYN-ACK it sends from its SYN
+/// queue (and the listener to a Fast Open one), but none to a cookie's, which it keeps no state
+/// for (net/ipv4/tcp_output.c, tcp_make_synack: TCP_SYNACK_COOKIE).
+#[inline(always)]
+pub fn mark_syn_cookie(ctx: &TcContext, scratch: &mut Scratch, status: ParseStatus) {
+    if status != ParseStatus::Tcp || scratch.pkt.seg.flags & (SYN | ACK | RST | FIN) != SYN | ACK {
+        return;
+    }
+    // SAFETY: the program's own context; the verifier allows TC programs to read `sk` (a socket
+    // pointer or NULL), which is only compared with NULL here.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if !sk.is_null() {
+        return;
+    }
+    scratch.cookie = true;
+    count(idx::SYN_COOKIES);
+    if let Some(c) = SYN_COOKIES.get_ptr_mut(scratch.pkt.sport as u32) {
+        // SAFETY: array value pointers are valid and 8-byte aligned.
+        unsafe { atomic_add(c, 1) };
+    }
+}
+
 /// [`Config::turn_away_before_lookup`]: a bare SYN meeting a full table or a spent half-open
 /// budget is answered before the lookup; other segments do not read the books.
 #[inline(always)]
@@ -204,7 +239,11 @@ fn update(scratch: &mut Scratch, now: u64) -> Found {
     }
     let word = rec.word;
     let st = &mut scratch.step;
-    step_into(st, rec, sender, &scratch.pkt.seg, now);
+    if scratch.cookie {
+        step_cookie_into(st, rec, sender, &scratch.pkt.seg, now);
+    } else {
+        step_into(st, rec, sender, &scratch.pkt.seg, now);
+    }
     if st.write == 0 && st.invalid.is_none() {
         return Found::Done;
     }
@@ -276,6 +315,11 @@ fn account(old: FlowWord, st: &Step, sender: Side) {
     reason = "by reference: no copies of the key or record on the 512-byte stack"
 )]
 fn insert_new(scratch: &mut Scratch, view: View, now: u64) -> bool {
+    // A SYN cookie's SYN-ACK whose SYN was not tracked: the server keeps no state, so neither do
+    // we; the ACK returning the cookie is picked up midstream.
+    if scratch.cookie {
+        return true;
+    }
     let tcp = &scratch.pkt;
     let (key, sender) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);
     let counted = match view {

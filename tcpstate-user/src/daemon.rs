@@ -93,6 +93,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
             close_wait_leak_after_ns: cfg.close_wait_leak_after.as_nanos() as u64,
         },
     )?;
+    let syn_cookies = tables::SynCookies::from_ebpf(&mut ebpf)?;
     let (mut flows, mut books) = tables::from_ebpf(&mut ebpf)?;
     // The daemon's side of the books survives restarts in its pinned map.
     let mut user = books.user()?;
@@ -106,7 +107,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
         report: SweepReport::default(),
     }));
     let stop = Arc::new(AtomicBool::new(false));
-    let sweeper = spawn_sweeper(flows, state.clone(), stop.clone(), &cfg);
+    let sweeper = spawn_sweeper(flows, syn_cookies, state.clone(), stop.clone(), &cfg);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -140,15 +141,7 @@ fn sync_with_kernel(cfg: &RunConfig, flows: &mut Flows, user: &mut UserCounters)
             return;
         }
     };
-    let scope = seed::Scope {
-        host: cfg
-            .attachments
-            .iter()
-            .filter(|a| a.mode == Mode::Host)
-            .flat_map(|a| netif::addresses(&a.iface))
-            .collect::<HashSet<_>>(),
-        loopback: cfg.attachments.iter().any(|a| a.iface == "lo"),
-    };
+    let scope = host_scope(cfg);
     let kernel = seed::kernel_states(&sockets, &scope);
     let stale: Vec<_> = flows
         .0
@@ -183,8 +176,23 @@ fn sync_with_kernel(cfg: &RunConfig, flows: &mut Flows, user: &mut UserCounters)
     );
 }
 
+/// The local addresses whose sockets the tracker sees: host-mode interfaces' (and loopback when
+/// `lo` is watched).
+fn host_scope(cfg: &RunConfig) -> seed::Scope {
+    seed::Scope {
+        host: cfg
+            .attachments
+            .iter()
+            .filter(|a| a.mode == Mode::Host)
+            .flat_map(|a| netif::addresses(&a.iface))
+            .collect::<HashSet<_>>(),
+        loopback: cfg.attachments.iter().any(|a| a.iface == "lo"),
+    }
+}
+
 fn spawn_sweeper(
     mut flows: Flows,
+    syn_cookies: tables::SynCookies,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
     cfg: &RunConfig,
@@ -196,6 +204,12 @@ fn spawn_sweeper(
         port_labels: cfg.port_labels,
         listeners: Default::default(),
         labelled: Default::default(),
+        syn_cookies: Some(syn_cookies),
+        // Loopback is tap mode: both ends counted from the wire, nothing to settle.
+        settle: host_mode.then(|| seed::Scope {
+            loopback: false,
+            ..host_scope(cfg)
+        }),
     };
     std::thread::Builder::new()
         .name("sweeper".into())

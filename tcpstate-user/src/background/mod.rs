@@ -4,4 +4,5 @@
 pub mod expiry;
 pub mod ports;
 pub mod seed;
+pub mod settle;
 pub mod sweeper;

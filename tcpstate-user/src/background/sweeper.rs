@@ -2,7 +2,7 @@
 //! its own thread at a fixed cadence; scrapes serve its latest report and never wait for it.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     time::{Duration, Instant},
 };
 
@@ -13,9 +13,11 @@ use crate::{
     background::{
         expiry::{self, Expired},
         ports::{self, AcceptQueue, PortEndpoint, Survey},
+        seed, settle,
     },
     config::Timeouts,
-    kernel::tables::Flows,
+    kernel::tables::{Flows, SynCookies},
+    sockets::sockdiag,
 };
 
 #[derive(Clone, Debug, Default)]
@@ -35,6 +37,11 @@ pub struct Leaks {
     /// Ports labelled by the previous walk: they keep their label, so a leak that goes away (the
     /// process closed its sockets, or exited and stopped listening) reads 0 rather than vanishing.
     pub labelled: BTreeSet<u16>,
+    /// The kernel's SYN cookie counts by port, read for the labelled ports after each walk.
+    pub syn_cookies: Option<SynCookies>,
+    /// Host mode: the local addresses whose endpoints are settled against the kernel's socket
+    /// table ([`settle`]); `None` in tap mode, where the kernel's sockets are not the endpoints.
+    pub settle: Option<seed::Scope>,
 }
 
 /// Most of one CPU the sweeper may use: after a walk that took `d`, it waits at least
@@ -60,11 +67,20 @@ pub fn sweep(
     let mut expired: Vec<(FlowKey, FlowRecord, Expired)> = Vec::new();
     let mut seen: Vec<PortEndpoint> = Vec::new();
     let mut visited = 0u64;
+    // Host mode: flows with a local endpoint the kernel may have dropped silently, settled below.
+    let mut unsettled: Vec<(FlowKey, FlowRecord)> = Vec::new();
     let walked = flows.for_each(|key, rec| {
         visited += 1;
         // A flow this walk expires is not in the figures it serves.
         match expiry::decide(&rec, now, t) {
             Some(why) => expired.push((key, rec, why)),
+            None if leaks
+                .settle
+                .as_ref()
+                .is_some_and(|scope| settle::candidate(&key, &rec, now, scope)) =>
+            {
+                unsettled.push((key, rec))
+            }
             None => seen.extend(ports::endpoints(&key, &rec, now)),
         }
     });
@@ -72,6 +88,28 @@ pub fn sweep(
         // A partial walk would serve partial figures: keep the last complete report instead.
         warn!(error = %e, "the sweep could not read the flow table");
         return 0;
+    }
+    if let (Some(scope), false) = (&leaks.settle, unsettled.is_empty()) {
+        // Dumped after the walk: an endpoint the walk read that the dump lacks was let go of by
+        // the kernel (the deletion below re-checks that no segment moved the flow meanwhile).
+        let kernel = match sockdiag::dump_syn_recv() {
+            Ok(sockets) => seed::kernel_states(&sockets, scope),
+            Err(e) => {
+                warn!(error = %e, "cannot read the kernel's socket table to settle half-open endpoints");
+                // Unsettled this time: counted as they stand.
+                for (key, rec) in unsettled.drain(..) {
+                    seen.extend(ports::endpoints(&key, &rec, now));
+                }
+                HashMap::new()
+            }
+        };
+        for (key, rec) in unsettled {
+            if settle::gone(&key, &rec, now, &kernel, scope) {
+                expired.push((key, rec, Expired::Handshake));
+            } else {
+                seen.extend(ports::endpoints(&key, &rec, now));
+            }
+        }
     }
     let candidates: BTreeSet<u16> = leaks
         .listeners
@@ -81,6 +119,13 @@ pub fn sweep(
         .collect();
     let labels = ports::choose_labels(&candidates, &seen, leaks.port_labels);
     report.ports = ports::survey(&seen, &labels, leaks.leak_after_s, &leaks.listeners);
+    if let Some(cookies) = &leaks.syn_cookies {
+        for (label, fig) in report.ports.ports.iter_mut() {
+            if let Ok(port) = label.parse::<u16>() {
+                fig.syn_cookies = cookies.get(port);
+            }
+        }
+    }
     leaks.labelled = labels;
     let mut removed = 0;
     for (key, rec, why) in expired {

@@ -13,7 +13,7 @@ use tcpstate_common::{
 };
 
 use crate::{
-    background::sweeper::SweepReport,
+    background::{ports::OTHER, sweeper::SweepReport},
     kernel::{loader::Attached, tables::Totals},
 };
 
@@ -304,6 +304,21 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
         f.sample(&[("port", port)], fig.syn_backlog as f64);
     }
     out.push(f);
+    let mut f = counter(
+        "tcpstate_syn_cookies_sent_total",
+        "SYN-ACKs a local listener sent from a SYN cookie (its SYN queue was full; the kernel keeps no state for these until the ACK returns the cookie), by local port. Host mode only: told apart on TC egress by the socket a cookie SYN-ACK lacks.",
+    );
+    let total = t.slot(idx::SYN_COOKIES);
+    let mut labelled = 0u64;
+    for (port, fig) in &s.sweep.ports.ports {
+        if port != OTHER {
+            labelled = labelled.saturating_add(fig.syn_cookies);
+            f.sample(&[("port", port)], fig.syn_cookies as f64);
+        }
+    }
+    f.sample(&[("port", OTHER)], total.saturating_sub(labelled) as f64);
+    out.push(f);
+
     let mut f = gauge(
         "tcpstate_accept_queue_length",
         "Connections completed and waiting for accept() on a listening port (the kernel's accept queue).",

@@ -55,6 +55,7 @@ impl FlowView {
             "seeded": w.has(flowflags::SEEDED),
             "age_is_lower_bound": w.has(flowflags::SEEDED),
             "reset": w.has(flowflags::RESET),
+            "syn_cookie": w.has(flowflags::SYN_COOKIE),
         })
     }
 }
@@ -107,6 +108,7 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
             (flowflags::MIDSTREAM, "midstream"),
             (flowflags::SEEDED, "seeded"),
             (flowflags::RESET, "reset"),
+            (flowflags::SYN_COOKIE, "syn_cookie"),
         ] {
             if w.has(bit) {
                 flags.push(name);
@@ -148,6 +150,7 @@ pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
         maps::TABLE,
         maps::USER,
         maps::SETTINGS,
+        maps::SYN_COOKIES,
     ] {
         let p = dir.join(name);
         if p.exists() {

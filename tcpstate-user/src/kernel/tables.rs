@@ -203,3 +203,17 @@ pub fn settings_from_pins(dir: &Path) -> Option<Settings> {
         .ok()
         .filter(|s| s.close_wait_leak_after_ns != 0)
 }
+
+/// SYN cookies sent, by local port (the kernel's per-port counts).
+pub struct SynCookies(Array<MapData, u64>);
+
+impl SynCookies {
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> anyhow::Result<SynCookies> {
+        Ok(SynCookies(Array::try_from(take(ebpf, maps::SYN_COOKIES)?)?))
+    }
+
+    /// One lookup per port asked for: the sweeper asks for the labelled ones only.
+    pub fn get(&self, port: u16) -> u64 {
+        self.0.get(&u32::from(port), 0).unwrap_or(0)
+    }
+}
