@@ -199,18 +199,20 @@ fn side_deltas(
     bump: &mut impl FnMut(u32, u64),
 ) {
     let new = st.rec.word();
-    if !new.is_counted(side) {
-        return;
-    }
+    // A midstream pickup confirmed by this step enters the gauges (was not counted, is now).
+    let (was, is) = (old.is_counted(side), new.is_counted(side));
     let (os, ns) = (old.state(side), new.state(side));
     let (or, nr) = (old.role(side), new.role(side));
-    if os != ns || or != nr {
-        if os != TcpState::Closed {
+    if was != is || os != ns || or != nr {
+        if was && os != TcpState::Closed {
             bump(idx::conn(or, os), 1u64.wrapping_neg());
         }
-        if ns != TcpState::Closed {
+        if is && ns != TcpState::Closed {
             bump(idx::conn(nr, ns), 1);
         }
+    }
+    if !is {
+        return;
     }
     if st.rst {
         let dir = if side == sender {

@@ -179,7 +179,12 @@ pub struct FlowWord {
     pub wscale: [u8; 2],
     /// [`known`] bits, A in the low nibble, B in the high nibble.
     pub known: u8,
-    pub _pad: u8,
+    /// A flow picked up midstream that has not earned its count yet: the [`Side::bit`]s of the
+    /// sides seen sending (non-RST segments), 0 once both have (or for any other flow). While
+    /// non-zero no endpoint of the flow is counted (a stray segment of a connection that already
+    /// closed must not become an ESTABLISHED endpoint for days); the daemon may also confirm it
+    /// against the kernel's socket table (host mode), or drop it.
+    pub pending: u8,
 }
 const _: () = assert!(core::mem::size_of::<FlowWord>() == 8);
 
@@ -241,9 +246,11 @@ impl FlowWord {
             Role::Server
         }
     }
+    /// Whether the side's endpoint is in the connection gauges: watched ([`FlowWord::counted`]),
+    /// and the flow not a pending midstream pickup ([`FlowWord::pending`]).
     #[inline(always)]
     pub const fn is_counted(&self, side: Side) -> bool {
-        self.counted & side.bit() != 0
+        self.counted & side.bit() != 0 && self.pending == 0
     }
 }
 

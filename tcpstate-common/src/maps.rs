@@ -142,6 +142,23 @@ impl UserCounters {
         }
     }
 
+    /// Books a pending midstream pickup the daemon confirmed against the kernel's socket table:
+    /// `w`, the word it wrote (pending cleared), enters the gauges.
+    pub fn record_confirm(&mut self, w: crate::flow::FlowWord) {
+        self.shift_gauges(w, 1);
+    }
+
+    /// Books an endpoint the daemon ended while its flow stays (tap mode: its own timeout ran
+    /// out while the peer's did not): it leaves the gauges. `w` is the word before.
+    pub fn record_end(&mut self, w: crate::flow::FlowWord, side: crate::flow::Side) {
+        use crate::{counters::idx, state::TcpState};
+        let state = w.state(side);
+        if w.is_counted(side) && state != TcpState::Closed {
+            let slot = (idx::conn(w.role(side), state) - idx::CONN) as usize;
+            self.conn[slot] = self.conn[slot].wrapping_sub(1);
+        }
+    }
+
     fn shift_gauges(&mut self, w: crate::flow::FlowWord, delta: u64) {
         use crate::{counters::idx, flow::Side, state::TcpState};
         for side in [Side::A, Side::B] {

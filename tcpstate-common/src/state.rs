@@ -392,6 +392,7 @@ pub fn quiet(rec: &FlowRecord, s: Side, seg: &Segment, now_ns: u64) -> bool {
     let w = rec.word();
     check_flags(seg.flags).is_ok()
         && seg.flags & (SYN | RST | FIN) == 0
+        && w.pending == 0
         && w.state(s) == TcpState::Established
         && w.state(s.other()) == TcpState::Established
         && FlowRecord::seen_tick(now_ns) == rec.last_seen
@@ -488,6 +489,7 @@ fn step_in_place(st: &mut Step, s: Side, seg: &Segment, now_ns: u64) {
         // (Separate and inline so the kernel's hot path makes no function call.)
         let mut w = old;
         learn_receive_side(st, &mut w, s, seg);
+        seen_sending(&mut w, s, seg);
         if w != old {
             st.rec.set_word(w);
             st.write |= write::WORD;
@@ -505,7 +507,26 @@ fn step_in_place(st: &mut Step, s: Side, seg: &Segment, now_ns: u64) {
     } else {
         on_ack_fin(st, old, s, seg, now_ns)
     }
+    if st.invalid.is_none() {
+        let mut w = st.rec.word();
+        seen_sending(&mut w, s, seg);
+        st.rec.set_word(w);
+    }
     finish(st, old, s, now_ns)
+}
+
+/// A pending midstream pickup ([`FlowWord::pending`]) has now seen `s` send; once both sides
+/// have, it is a connection and earns its count. An RST does not count: it is what a host answers
+/// a stray segment of a connection it no longer has.
+#[inline(always)]
+fn seen_sending(w: &mut FlowWord, s: Side, seg: &Segment) {
+    if w.pending != 0 && !seg.has(RST) {
+        w.pending |= s.bit();
+        let both = Side::A.bit() | Side::B.bit();
+        if w.pending & both == both {
+            w.pending = 0;
+        }
+    }
 }
 
 /// Bookkeeping common to every accepted transition: state-entry stamps, handshake outcome, the
@@ -627,6 +648,9 @@ fn on_syn(st: &mut Step, old: FlowWord, s: Side, seg: &Segment, now_ns: u64) {
         w.wscale = [WSCALE_NONE, WSCALE_NONE];
         w.wscale[s.index()] = seg.wscale;
         w.flags &= flowflags::HALF_OPEN;
+        // A connection opened by its SYN is counted from the start, even on the key of a
+        // midstream pickup that never earned its count.
+        w.pending = 0;
         w.set_client(s);
         w.set_state(s, TcpState::SynSent);
         w.set_state(r, TcpState::Closed);
@@ -844,6 +868,10 @@ fn on_ack_fin(st: &mut Step, old: FlowWord, s: Side, seg: &Segment, now_ns: u64)
     st.rec.set_word(w);
 }
 
+/// [`FlowWord::pending`] of a midstream pickup before its first segment is applied: a bit no
+/// side uses, so the word reads "pending" while neither side has been seen.
+pub const PENDING_OPENED: u8 = 0x80;
+
 /// How a flow the table does not hold yet starts, when it may start at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Opening {
@@ -935,6 +963,10 @@ pub fn open_into(
         // (ephemeral) port. The receiver should be acknowledging about `seg.seq`; its window and
         // both scale factors are unknown, so assume the largest.
         w.flags |= flowflags::MIDSTREAM | flowflags::ROLE_GUESSED;
+        // Not counted until the other side is seen too (or the daemon confirms it): the step
+        // below records the sender. (Was counted at once: a stray segment of a closed
+        // connection stayed an ESTABLISHED endpoint until the 5-day idle timeout.)
+        w.pending = PENDING_OPENED;
         w.set_client(if ports[1] > ports[0] {
             Side::B
         } else {

@@ -173,6 +173,8 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Clone, Debug)]
 struct Scenario {
     opener: Side,
+    /// Picked up midstream from a plain ACK of the opener's instead of opened by its SYN.
+    midstream: bool,
     counted: u8,
     isn: [u32; 2],
     syn_wscale: u8,
@@ -188,14 +190,18 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         any::<u32>(),
         prop_oneof![Just(WSCALE_NONE), 0u8..=WSCALE_MAX],
         prop::collection::vec(op(), 1..60),
+        prop::bool::weighted(0.2),
     )
-        .prop_map(|(b, counted, isn0, isn1, syn_wscale, ops)| Scenario {
-            opener: if b { Side::B } else { Side::A },
-            counted,
-            isn: [isn0, isn1],
-            syn_wscale,
-            ops,
-        })
+        .prop_map(
+            |(b, counted, isn0, isn1, syn_wscale, ops, midstream)| Scenario {
+                opener: if b { Side::B } else { Side::A },
+                midstream,
+                counted,
+                isn: [isn0, isn1],
+                syn_wscale,
+                ops,
+            },
+        )
 }
 
 /// Sums every counter delta of `st` into `counters`, as the kernel's per-CPU slots do.
@@ -254,16 +260,36 @@ impl Flow {
             wscale: sc.syn_wscale,
         };
         let now = 1_000 * NS;
-        let (opening, st) = open(s, &syn, sc.counted, now, [1000, 2000]).expect("a SYN opens");
-        assert_eq!(opening, Opening::Syn);
         let mut nxt = sc.isn;
-        nxt[s.index()] = sc.isn[s.index()].wrapping_add(1);
+        let st = if sc.midstream {
+            // Both sides at their "ISN": the opener's data continues from there.
+            let ack = Segment {
+                ack: sc.isn[s.other().index()],
+                flags: ACK,
+                wscale: WSCALE_NONE,
+                ..syn
+            };
+            let (opening, st) = open(s, &ack, sc.counted, now, [1000, 2000]).expect("an ACK opens");
+            assert_eq!(opening, Opening::Midstream);
+            assert_ne!(
+                st.rec.word().pending,
+                0,
+                "a pickup is pending until both sides are seen"
+            );
+            st
+        } else {
+            let (opening, st) = open(s, &syn, sc.counted, now, [1000, 2000]).expect("a SYN opens");
+            assert_eq!(opening, Opening::Syn);
+            nxt[s.index()] = sc.isn[s.index()].wrapping_add(1);
+            st
+        };
         let mut f = Flow {
             rec: st.rec,
             now,
             nxt,
             counters: BTreeMap::new(),
-            released: 0,
+            // A midstream pickup never holds a half-open slot: as if given back already.
+            released: sc.midstream as u32,
             seen: BTreeSet::new(),
         };
         let before = FlowWord {
@@ -371,6 +397,14 @@ impl Flow {
         }
         if w.has(flowflags::RESET) {
             assert_eq!((a, b), (Closed, Closed), "RESET flag on a live flow");
+        }
+        // Only a midstream pickup is ever pending, and nothing of it is counted meanwhile.
+        if w.pending != 0 {
+            assert!(
+                w.has(flowflags::MIDSTREAM),
+                "pending without a midstream pickup"
+            );
+            assert!(!w.is_counted(Side::A) && !w.is_counted(Side::B));
         }
     }
 }

@@ -430,11 +430,64 @@ mod open_untracked {
             [WSCALE_MAX, WSCALE_MAX],
             "unknown scale: assume the largest"
         );
-        assert_eq!(c.gauge(Role::Client, Established), 1);
-        assert_eq!(c.gauge(Role::Server, Established), 1);
+        // Not counted yet: only one direction seen.
+        assert_ne!(w.pending, 0);
+        assert_eq!(c.gauge(Role::Client, Established), 0);
+        assert_eq!(c.gauge(Role::Server, Established), 0);
 
         let (_, c) = Conn::open(Side::A, BOTH, seg(ACK, 500, 900, 0), [SPORT, CPORT]);
         assert_eq!(c.word().client(), Side::B);
+    }
+
+    #[test]
+    fn a_midstream_pickup_earns_its_count_when_the_other_side_is_seen() {
+        let (_, mut c) = Conn::open(Side::A, BOTH, seg(ACK | PSH, 500, 900, 100), [CPORT, SPORT]);
+        // More from the same side: still one direction.
+        c.c2s(ACK | PSH, 600, 900, 100);
+        assert_ne!(c.word().pending, 0);
+        assert_eq!(c.gauge(Role::Client, Established), 0);
+        let st = c.s2c(ACK, 900, 700, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(c.word().pending, 0, "both directions seen");
+        assert_eq!(c.gauge(Role::Client, Established), 1);
+        assert_eq!(c.gauge(Role::Server, Established), 1);
+        assert!(st.write & write::WORD != 0);
+    }
+
+    #[test]
+    fn a_stray_segment_answered_by_an_rst_is_never_counted() {
+        // Regression: a stray segment of a connection that had already closed was picked up as
+        // ESTABLISHED and stayed so for the 5-day idle timeout after `ss` showed nothing.
+        for (sender, ports) in [(Side::A, [CPORT, SPORT]), (Side::B, [SPORT, CPORT])] {
+            let (_, mut c) = Conn::open(sender, BOTH, seg(ACK, 7_000, 9_000, 0), ports);
+            // The host without the connection answers RST, seq = the stray's ack.
+            let st = c.send(sender.other(), seg(RST, 9_000, 0, 0));
+            assert!(st.rst);
+            let w = c.word();
+            assert_eq!((w.state(Side::A), w.state(Side::B)), (Closed, Closed));
+            assert_ne!(w.pending, 0, "an RST does not confirm the flow");
+            for role in Role::ALL {
+                for state in TcpState::OPEN {
+                    assert_eq!(c.gauge(role, state), 0, "{role:?} {state:?}");
+                }
+            }
+            assert_eq!(c.counter(idx::resets(RstDirection::Sent, Established)), 0);
+        }
+    }
+
+    #[test]
+    fn a_new_connection_on_the_key_of_a_pending_pickup_is_counted() {
+        let (_, mut c) = Conn::open(Side::A, BOTH, seg(ACK, 7_000, 9_000, 0), [CPORT, SPORT]);
+        c.s2c(RST, 9_000, 0, 0);
+        c.c2s(SYN, CISN, 0, 0);
+        assert_eq!(c.word().pending, 0);
+        assert_eq!(c.gauge(Role::Client, SynSent), 1);
+    }
+
+    #[test]
+    fn a_pending_pickup_is_never_quiet() {
+        let (_, c) = Conn::open(Side::A, BOTH, seg(ACK, 7_000, 9_000, 0), [CPORT, SPORT]);
+        assert!(!quiet(&c.rec, Side::B, &seg(ACK, 9_000, 7_000, 0), c.now));
     }
 
     #[test]
@@ -2007,15 +2060,10 @@ mod counters {
             [conn(Role::Client, SynSent, 1)]
         );
 
+        // Picked up midstream: nothing counted until the other side is seen.
         let s = seg(ACK, 1, 2, 0);
         let (_, st) = open(Side::A, &s, BOTH, T0, [SPORT, CPORT]).unwrap();
-        assert_eq!(
-            deltas(before, &st, Side::A),
-            [
-                conn(Role::Server, Established, 1),
-                conn(Role::Client, Established, 1)
-            ]
-        );
+        assert_eq!(deltas(before, &st, Side::A), []);
     }
 
     #[test]

@@ -2,18 +2,23 @@
 //! its own thread at a fixed cadence; scrapes serve its latest report and never wait for it.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
-use tcpstate_common::{flow::monotonic_ns, maps::UserCounters, FlowKey, FlowRecord};
+use tcpstate_common::{
+    flow::{monotonic_ns, Side},
+    maps::UserCounters,
+    FlowKey, FlowRecord, TcpState,
+};
 use tracing::warn;
 
 use crate::{
     background::{
         expiry::{self, Expired},
         ports::{self, AcceptQueue, PortEndpoint, Survey},
-        seed, settle,
+        seed,
+        settle::{self, Settled},
     },
     config::Timeouts,
     kernel::tables::{Flows, SynCookies},
@@ -54,7 +59,8 @@ pub fn pause_after(interval: Duration, last_walk: Duration) -> Duration {
     interval.max(last_walk.mul_f64(1.0 / SWEEP_DUTY - 1.0))
 }
 
-/// One walk. Deletions are booked in `user`; returns how many flows were removed.
+/// One walk. Deletions and rewrites are booked in `user`; returns how many flows were removed or
+/// rewritten (so the caller stores `user` when it changed).
 pub fn sweep(
     flows: &mut Flows,
     user: &mut UserCounters,
@@ -67,22 +73,28 @@ pub fn sweep(
     let mut expired: Vec<(FlowKey, FlowRecord, Expired)> = Vec::new();
     let mut seen: Vec<PortEndpoint> = Vec::new();
     let mut visited = 0u64;
-    // Host mode: flows with a local endpoint the kernel may have dropped silently, settled below.
+    // Host mode: flows with a local endpoint the kernel may have let go of silently, or a pending
+    // midstream pickup, settled against the kernel's socket table below.
     let mut unsettled: Vec<(FlowKey, FlowRecord)> = Vec::new();
+    // Tap mode: endpoints whose own timeout ran out while their peer's did not.
+    let mut ended: Vec<(FlowKey, FlowRecord, Side)> = Vec::new();
+    let mut confirmed: Vec<(FlowKey, FlowRecord)> = Vec::new();
+    let kernel_settles = leaks.settle.is_some();
     let walked = flows.for_each(|key, rec| {
         visited += 1;
         // A flow this walk expires is not in the figures it serves.
-        match expiry::decide(&rec, now, t) {
-            Some(why) => expired.push((key, rec, why)),
-            None if leaks
-                .settle
-                .as_ref()
-                .is_some_and(|scope| settle::candidate(&key, &rec, now, scope)) =>
-            {
-                unsettled.push((key, rec))
-            }
-            None => seen.extend(ports::endpoints(&key, &rec, now)),
+        if let Some(why) = expiry::decide_with(&rec, now, t, kernel_settles) {
+            return expired.push((key, rec, why));
         }
+        if let Some(scope) = &leaks.settle {
+            if settle::candidate(&key, &rec, now, scope, t.fin_wait2) {
+                return unsettled.push((key, rec));
+            }
+        }
+        if let Some(side) = expiry::ended_side(&rec, now, t) {
+            ended.push((key, rec, side));
+        }
+        seen.extend(ports::endpoints(&key, &rec, now));
     });
     if let Err(e) = walked {
         // A partial walk would serve partial figures: keep the last complete report instead.
@@ -91,23 +103,24 @@ pub fn sweep(
     }
     if let (Some(scope), false) = (&leaks.settle, unsettled.is_empty()) {
         // Dumped after the walk: an endpoint the walk read that the dump lacks was let go of by
-        // the kernel (the deletion below re-checks that no segment moved the flow meanwhile).
-        let kernel = match sockdiag::dump_syn_recv() {
-            Ok(sockets) => seed::kernel_states(&sockets, scope),
+        // the kernel (every change below re-checks that no segment moved the flow meanwhile).
+        match sockdiag::dump_tcp() {
+            Ok(sockets) => {
+                let kernel = seed::kernel_states(&sockets, scope);
+                for (key, rec) in unsettled {
+                    match settle::verdict(&key, &rec, now, &kernel, scope, t.fin_wait2) {
+                        Settled::Keep => seen.extend(ports::endpoints(&key, &rec, now)),
+                        Settled::Gone(why) => expired.push((key, rec, why)),
+                        Settled::Confirm => confirmed.push((key, rec)),
+                    }
+                }
+            }
             Err(e) => {
-                warn!(error = %e, "cannot read the kernel's socket table to settle half-open endpoints");
+                warn!(error = %e, "cannot read the kernel's socket table to settle endpoints");
                 // Unsettled this time: counted as they stand.
-                for (key, rec) in unsettled.drain(..) {
+                for (key, rec) in unsettled {
                     seen.extend(ports::endpoints(&key, &rec, now));
                 }
-                HashMap::new()
-            }
-        };
-        for (key, rec) in unsettled {
-            if settle::gone(&key, &rec, now, &kernel, scope) {
-                expired.push((key, rec, Expired::Handshake));
-            } else {
-                seen.extend(ports::endpoints(&key, &rec, now));
             }
         }
     }
@@ -145,10 +158,52 @@ pub fn sweep(
         }
         removed += 1;
     }
+    // Written back whole (userspace cannot compare-and-swap a map value): only when the word is
+    // still the one the walk read, so a segment that moved the flow meanwhile wins.
+    let mut changed = 0;
+    for (key, rec) in confirmed {
+        let mut new = rec;
+        let mut w = new.word();
+        w.pending = 0;
+        new.set_word(w);
+        if rewrite(flows, &key, &rec, &new) {
+            user.record_confirm(w);
+            changed += 1;
+        }
+    }
+    for (key, rec, side) in ended {
+        let mut new = rec;
+        let mut w = new.word();
+        w.set_state(side, TcpState::Closed);
+        new.set_word(w);
+        new.since_ns[side.index()] = now;
+        if rewrite(flows, &key, &rec, &new) {
+            user.record_end(rec.word(), side);
+            changed += 1;
+        }
+    }
     report.duration = start.elapsed();
     report.visited = visited;
     report.sweeps += 1;
-    removed
+    removed + changed
+}
+
+/// `bpf(2)` update flag: replace an existing element only (include/uapi/linux/bpf.h).
+const BPF_EXIST: u64 = 2;
+
+/// Replaces `old` with `new` if the flow's state word is still `old`'s.
+fn rewrite(flows: &mut Flows, key: &FlowKey, old: &FlowRecord, new: &FlowRecord) -> bool {
+    match flows.0.get(key, 0) {
+        Ok(cur) if cur.word == old.word => {}
+        _ => return false,
+    }
+    match flows.0.insert(key, new, BPF_EXIST) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(error = %e, "could not update a flow");
+            false
+        }
+    }
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ impl FlowView {
                 "endpoint": self.endpoint(s),
                 "state": w.state(s).name(),
                 "role": w.role(s).name(),
-                "local": w.is_counted(s),
+                "local": w.counted & s.bit() != 0,
                 "age_seconds": self.age_s(s, now),
                 // What the tracker knows of this endpoint's sequence space (null where unknown).
                 "seq": {
@@ -56,6 +56,7 @@ impl FlowView {
             "age_is_lower_bound": w.has(flowflags::SEEDED),
             "reset": w.has(flowflags::RESET),
             "syn_cookie": w.has(flowflags::SYN_COOKIE),
+            "pending": w.pending != 0,
         })
     }
 }
@@ -102,7 +103,7 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
     );
     for v in &views {
         let w = v.rec.word();
-        let mark = |s: Side| if w.is_counted(s) { "*" } else { "" };
+        let mark = |s: Side| if w.counted & s.bit() != 0 { "*" } else { "" };
         let mut flags = Vec::new();
         for (bit, name) in [
             (flowflags::MIDSTREAM, "midstream"),

@@ -67,11 +67,6 @@ pub fn dump_listening() -> io::Result<Vec<Socket>> {
     dump(1 << 10)
 }
 
-/// Connections in SYN_RECV, request sockets included (TCP_SYN_RECV and TCP_NEW_SYN_RECV).
-pub fn dump_syn_recv() -> io::Result<Vec<Socket>> {
-    dump((1 << 3) | (1 << 12))
-}
-
 /// Sockets whose state bit (1 << TCP_*) is in `states`.
 fn dump(states: u32) -> io::Result<Vec<Socket>> {
     // SAFETY: plain socket(2) call.

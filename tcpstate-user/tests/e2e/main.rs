@@ -5,6 +5,7 @@
 //! Needs root. Run with `cargo xtask test` (one test thread).
 
 mod backlog;
+mod converge;
 mod fastopen;
 mod flood;
 mod harness;
