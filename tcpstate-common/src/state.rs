@@ -422,20 +422,37 @@ pub fn step_into(st: &mut Step, rec: &FlowRecord, s: Side, seg: &Segment, now_ns
 /// SYN-ACK answering a SYN is stepped as usual.
 #[inline(always)]
 pub fn step_cookie_into(st: &mut Step, rec: &FlowRecord, s: Side, seg: &Segment, now_ns: u64) {
-    st.reset(rec, now_ns);
-    let old = st.rec.word();
+    if !cookie_synack_into(st, rec, s, seg, now_ns) {
+        step_into(st, rec, s, seg, now_ns);
+    }
+}
+
+/// The SYN cookie half of [`step_cookie_into`]: steps `st` and returns true when `seg` is a
+/// SYN-ACK answering the flow's SYN; returns false, `st` to be discarded, otherwise. The kernel
+/// calls this and then [`step_into`] only when it returns false, so the verifier walks the state
+/// machine once, not once per path.
+#[inline(always)]
+pub fn cookie_synack_into(
+    st: &mut Step,
+    rec: &FlowRecord,
+    s: Side,
+    seg: &Segment,
+    now_ns: u64,
+) -> bool {
+    let old = rec.word();
     let r = s.other();
-    let rs = st.rec.seq[r.index()];
     let answers_syn = check_flags(seg.flags).is_ok()
         && seg.flags & (SYN | ACK | RST | FIN) == SYN | ACK
         && old.state(s) == TcpState::Closed
         && old.state(r) == TcpState::SynSent
-        && acks_syn(&old, r, &rs, seg.ack);
+        && acks_syn(&old, r, &rec.seq[r.index()], seg.ack);
     if !answers_syn {
-        return step_in_place(st, s, seg, now_ns);
+        return false;
     }
+    st.reset(rec, now_ns);
     on_cookie_syn_ack(st, old, s, seg);
-    finish(st, old, s, now_ns)
+    finish(st, old, s, now_ns);
+    true
 }
 
 /// The cookie SYN-ACK's facts, without a transition (see [`step_cookie_into`]).

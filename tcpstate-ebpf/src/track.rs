@@ -17,7 +17,8 @@ use tcpstate_common::{
     maps::{Config, Settings, TableCounters, UserCounters, CAPACITY_SLACK, SYN_COOKIE_PORTS},
     packet::TcpPacket,
     state::{
-        classify_opening, open_into, quiet, step_cookie_into, step_into, write, InvalidReason, Step,
+        classify_opening, cookie_synack_into, open_into, quiet, step_into, write, InvalidReason,
+        Step,
     },
     tcp::flags::{ACK, FIN, RST, SYN},
 };
@@ -239,9 +240,8 @@ fn update(scratch: &mut Scratch, now: u64) -> Found {
     }
     let word = rec.word;
     let st = &mut scratch.step;
-    if scratch.cookie {
-        step_cookie_into(st, rec, sender, &scratch.pkt.seg, now);
-    } else {
+    // One inlined copy of the state machine: the cookie case is tried first, on its own.
+    if !(scratch.cookie && cookie_synack_into(st, rec, sender, &scratch.pkt.seg, now)) {
         step_into(st, rec, sender, &scratch.pkt.seg, now);
     }
     if st.write == 0 && st.invalid.is_none() {
