@@ -334,3 +334,49 @@ fn a_soak_of_mixed_churn_with_a_kill_and_restart_matches_the_kernel_when_quiet()
         "three long-lived a round"
     );
 }
+
+#[test]
+fn in_tap_mode_a_server_fin_wait2_ends_alone_and_its_clients_close_wait_stays() {
+    // Both ends on lo (tap mode, both counted): the server closes on clients that never close.
+    // The kernel drops the orphaned FIN_WAIT_2 after tcp_fin_timeout; the clients' CLOSE_WAIT
+    // stays for as long as they keep their sockets. The mirror must end one and keep the other.
+    let p = Pair::new();
+    let ns = &p.srv;
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        "sysctl",
+        "-qw",
+        "net.ipv4.tcp_fin_timeout=3",
+    ]);
+    let listen = format!("{SERVER_V4}:9477");
+    let d = Daemon::start(
+        ns,
+        &[
+            "--iface",
+            "lo",
+            "--sweep-interval",
+            "100ms",
+            "--fin-wait2-timeout",
+            "3s",
+        ],
+        Opts {
+            listen: &listen,
+            scrape_from: Some(&p.cli),
+            scope: Some(vec![ip("127.0.0.1"), ip("::1")]),
+        },
+    );
+    let _server = Py::start(ns, CLOSING_SERVER, &[]);
+    let mut clients = Py::start(ns, NEVER_CLOSING_CLIENTS, &["127.0.0.1"]);
+    clients.say("5 8080");
+    assert_eq!(clients.line(), "opened");
+    d.assert_matches_kernel(ns, "server FIN_WAIT_2, clients CLOSE_WAIT");
+    assert_eq!(d.metrics().connections("server", "fin_wait2"), 5.0);
+    std::thread::sleep(Duration::from_secs(5));
+    d.assert_matches_kernel(ns, "the orphans dropped, the clients still in CLOSE_WAIT");
+    let m = d.metrics();
+    assert_eq!(m.connections("server", "fin_wait2"), 0.0);
+    assert_eq!(m.connections("client", "close_wait"), 5.0);
+}
