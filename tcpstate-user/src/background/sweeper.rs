@@ -124,6 +124,21 @@ pub fn sweep(
             }
         }
     }
+    // Written back whole (userspace cannot compare-and-swap a map value): only when the word is
+    // still the one the walk read, so a segment that moved the flow meanwhile wins. Confirmed
+    // before the survey, so their endpoints are in this walk's per-port figures.
+    let mut confirms = 0;
+    for (key, rec) in confirmed {
+        let mut new = rec;
+        let mut w = new.word();
+        w.pending = 0;
+        new.set_word(w);
+        if rewrite(flows, &key, &rec, &new) {
+            user.record_confirm(w);
+            seen.extend(ports::endpoints(&key, &new, now));
+            confirms += 1;
+        }
+    }
     let candidates: BTreeSet<u16> = leaks
         .listeners
         .keys()
@@ -158,19 +173,7 @@ pub fn sweep(
         }
         removed += 1;
     }
-    // Written back whole (userspace cannot compare-and-swap a map value): only when the word is
-    // still the one the walk read, so a segment that moved the flow meanwhile wins.
     let mut changed = 0;
-    for (key, rec) in confirmed {
-        let mut new = rec;
-        let mut w = new.word();
-        w.pending = 0;
-        new.set_word(w);
-        if rewrite(flows, &key, &rec, &new) {
-            user.record_confirm(w);
-            changed += 1;
-        }
-    }
     for (key, rec, side) in ended {
         let mut new = rec;
         let mut w = new.word();
@@ -185,7 +188,7 @@ pub fn sweep(
     report.duration = start.elapsed();
     report.visited = visited;
     report.sweeps += 1;
-    removed + changed
+    removed + confirms + changed
 }
 
 /// `bpf(2)` update flag: replace an existing element only (include/uapi/linux/bpf.h).
