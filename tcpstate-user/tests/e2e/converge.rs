@@ -380,3 +380,80 @@ fn in_tap_mode_a_server_fin_wait2_ends_alone_and_its_clients_close_wait_stays() 
     assert_eq!(m.connections("server", "fin_wait2"), 0.0);
     assert_eq!(m.connections("client", "close_wait"), 5.0);
 }
+
+/// Drops everything the server namespace sends from `port` (nft, output hook: before TC egress,
+/// so the tracker never sees it). Removed on drop.
+struct MuteServer<'a>(&'a Netns);
+
+impl<'a> MuteServer<'a> {
+    fn new(ns: &'a Netns, port: u16) -> Self {
+        let nft = |args: &[&str]| {
+            let mut all = vec!["ip", "netns", "exec", &ns.name, "nft"];
+            all.extend_from_slice(args);
+            sh(&all);
+        };
+        nft(&["add", "table", "inet", "tse2e_mute"]);
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            "tse2e_mute",
+            "out",
+            "{ type filter hook output priority 0 ; policy accept ; }",
+        ]);
+        nft(&[
+            "add",
+            "rule",
+            "inet",
+            "tse2e_mute",
+            "out",
+            "tcp",
+            "sport",
+            &port.to_string(),
+            "drop",
+        ]);
+        MuteServer(ns)
+    }
+}
+
+impl Drop for MuteServer<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.0.name,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "tse2e_mute",
+            ])
+            .status();
+    }
+}
+
+#[test]
+fn a_pickup_seen_from_one_side_is_confirmed_by_the_kernels_socket_table() {
+    // A connection open before the daemon (not seeded), picked up from the client's segments
+    // alone: the server's answers are dropped before TC egress. The tracker cannot see both
+    // directions, so only the background walk, finding the server's socket, can count it.
+    let p = Pair::new();
+    let l = p.listen(SERVER_V4, 8080);
+    let mut c = p.connect(SERVER_V4, 8080);
+    let (mut s, _) = l.accept().unwrap();
+    exchange(&mut c, &mut s, b"before the daemon");
+    let d = Daemon::host(&p, &["--sweep-interval", "100ms", "--no-seed"]);
+    let _mute = MuteServer::new(&p.srv, 8080);
+    c.write_all(b"a segment from the client only").unwrap();
+    let m = d.wait_for("the pickup", |m| {
+        m.get("tcpstate_flows_opened_total", &[("how", "midstream")]) == 1.0
+    });
+    assert_eq!(
+        m.get("tcpstate_segments_total", &[("hook", "tc_egress")]),
+        0.0,
+        "nothing from the server reached the tracker"
+    );
+    d.assert_matches_kernel(&p.srv, "confirmed against the kernel's socket table");
+    assert_eq!(d.metrics().connections("server", "established"), 1.0);
+}
