@@ -63,6 +63,25 @@ pub fn candidate(
     })
 }
 
+/// The sock_diag state bits (1 << TCP_*) a dump needs to settle this flow: SYN_RECV with request
+/// sockets (TCP_NEW_SYN_RECV), FIN_WAIT_2 (orphans turned into TIME_WAIT mini-sockets keep it as
+/// their substate), or every state for a pending pickup (its local socket may be in any).
+pub fn states_needed(rec: &FlowRecord) -> u32 {
+    let w = rec.word();
+    if w.pending != 0 {
+        return u32::MAX;
+    }
+    let mut mask = 0;
+    for side in [Side::A, Side::B] {
+        mask |= match w.state(side) {
+            TcpState::SynRecv => (1 << 3) | (1 << 12),
+            TcpState::FinWait2 => 1 << 5,
+            _ => 0,
+        };
+    }
+    mask
+}
+
 /// The verdict on a [`candidate`], from `kernel` ([`crate::background::seed::kernel_states`] of a
 /// dump taken after the walk read `rec`).
 pub fn verdict(
@@ -190,6 +209,24 @@ mod tests {
         let held = Some((local, TcpState::Established));
         assert_eq!(settle(&key, &rec, 12, held), Settled::Confirm);
         assert_eq!(settle(&key, &rec, 12, None), Settled::Gone(Expired::Other));
+    }
+
+    #[test]
+    fn the_dump_asks_only_for_the_states_to_settle() {
+        let (_, rec, _) = flow(TcpState::SynRecv, TcpState::Established, 10);
+        assert_eq!(states_needed(&rec), (1 << 3) | (1 << 12));
+        let (_, rec, _) = flow(TcpState::FinWait2, TcpState::CloseWait, 10);
+        assert_eq!(states_needed(&rec), 1 << 5);
+        let (_, mut rec, _) = flow(TcpState::Established, TcpState::Established, 10);
+        assert_eq!(states_needed(&rec), 0);
+        let mut w = rec.word();
+        w.pending = 0x81;
+        rec.set_word(w);
+        assert_eq!(
+            states_needed(&rec),
+            u32::MAX,
+            "a pending pickup's socket may be in any state"
+        );
     }
 
     #[test]

@@ -104,7 +104,10 @@ pub fn sweep(
     if let (Some(scope), false) = (&leaks.settle, unsettled.is_empty()) {
         // Dumped after the walk: an endpoint the walk read that the dump lacks was let go of by
         // the kernel (every change below re-checks that no segment moved the flow meanwhile).
-        match sockdiag::dump_tcp() {
+        let states = unsettled
+            .iter()
+            .fold(0, |m, (_, rec)| m | settle::states_needed(rec));
+        match sockdiag::dump(states) {
             Ok(sockets) => {
                 let kernel = seed::kernel_states(&sockets, scope);
                 for (key, rec) in unsettled {

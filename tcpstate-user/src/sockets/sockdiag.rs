@@ -67,8 +67,10 @@ pub fn dump_listening() -> io::Result<Vec<Socket>> {
     dump(1 << 10)
 }
 
-/// Sockets whose state bit (1 << TCP_*) is in `states`.
-fn dump(states: u32) -> io::Result<Vec<Socket>> {
+/// Sockets whose state bit (1 << TCP_*) is in `states` (the kernel filters, so asking for a few
+/// states costs little on a busy host). TIME_WAIT mini-sockets match by their substate, request
+/// sockets by TCP_NEW_SYN_RECV (12).
+pub fn dump(states: u32) -> io::Result<Vec<Socket>> {
     // SAFETY: plain socket(2) call.
     let fd = unsafe {
         libc::socket(
