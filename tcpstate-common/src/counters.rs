@@ -7,7 +7,7 @@
 use crate::{
     flow::{FlowWord, Role, Side},
     packet::SkipReason,
-    state::{Handshake, InvalidReason, Opening, Step, TcpState},
+    state::{FastOpen, Handshake, InvalidReason, Opening, Step, TcpState},
 };
 
 /// Which program saw the segment. The `hook` label of `tcpstate_segments_total`.
@@ -112,7 +112,12 @@ pub mod idx {
     pub const HANDSHAKE_BUCKETS_PER_ROLE: u32 = super::HANDSHAKE_BOUNDS_NS.len() as u32 + 1;
     /// `[role]`: sum of handshake durations, nanoseconds.
     pub const HANDSHAKE_SUM_NS: u32 = HANDSHAKE_BUCKETS + 2 * HANDSHAKE_BUCKETS_PER_ROLE;
-    pub const COUNT: u32 = HANDSHAKE_SUM_NS + 2;
+    /// `[FastOpen - 1]`: accepted, declined. (Appended: slots above keep their numbers.)
+    pub const FASTOPEN: u32 = HANDSHAKE_SUM_NS + 2;
+    /// SYN-ACKs local listeners sent from SYN cookies, all ports (host mode, TC egress); the
+    /// per-port counts are in their own map (`maps::SYN_COOKIES`).
+    pub const SYN_COOKIES: u32 = FASTOPEN + 2;
+    pub const COUNT: u32 = SYN_COOKIES + 1;
 
     /// Whether a slot belongs to a scope's own set (per-endpoint figures: connection gauges,
     /// RSTs, handshakes and their durations) or to the one global set that lives in the host
@@ -210,6 +215,10 @@ pub fn for_each_delta(old: FlowWord, st: &Step, sender: Side, mut bump: impl FnM
         Handshake::None => {}
         h => bump(idx::HANDSHAKES + h as u32 - 1, 1),
     }
+    match st.fastopen {
+        FastOpen::None => {}
+        f => bump(idx::FASTOPEN + f as u32 - 1, 1),
+    }
 }
 
 /// [`for_each_delta`] for one side: its gauge move, its RST, its handshake duration.
@@ -222,18 +231,20 @@ fn side_deltas(
     bump: &mut impl FnMut(u32, u64),
 ) {
     let new = st.rec.word();
-    if !new.is_counted(side) {
-        return;
-    }
+    // A midstream pickup confirmed by this step enters the gauges (was not counted, is now).
+    let (was, is) = (old.is_counted(side), new.is_counted(side));
     let (os, ns) = (old.state(side), new.state(side));
     let (or, nr) = (old.role(side), new.role(side));
-    if os != ns || or != nr {
-        if os != TcpState::Closed {
+    if was != is || os != ns || or != nr {
+        if was && os != TcpState::Closed {
             bump(idx::conn(or, os), 1u64.wrapping_neg());
         }
-        if ns != TcpState::Closed {
+        if is && ns != TcpState::Closed {
             bump(idx::conn(nr, ns), 1);
         }
+    }
+    if !is {
+        return;
     }
     if st.rst {
         let dir = if side == sender {

@@ -171,10 +171,13 @@ pub mod flowflags {
     pub const CLIENT_B: u8 = 0x10;
     /// Roles guessed from port numbers (no SYN seen).
     pub const ROLE_GUESSED: u8 = 0x20;
+    /// The server answered with a SYN cookie (its kernel keeps no state for the connection): the
+    /// mirror knows the cookie ISN, and the ACK returning it completes the handshake.
+    pub const SYN_COOKIE: u8 = 0x40;
     /// Crossed a host-mode interface without a local socket at either end: traffic the host
     /// forwards or NATs towards a container (container mode's transit check). Tracked, so its
     /// segments stay on the quiet path, and counted in no gauge (`counted` is 0).
-    pub const TRANSIT: u8 = 0x40;
+    pub const TRANSIT: u8 = 0x80;
 }
 
 /// The part of a record that changes on state transitions. Exactly eight bytes, so the kernel can
@@ -194,7 +197,12 @@ pub struct FlowWord {
     pub wscale: [u8; 2],
     /// [`known`] bits, A in the low nibble, B in the high nibble.
     pub known: u8,
-    pub _pad: u8,
+    /// A flow picked up midstream that has not earned its count yet: the [`Side::bit`]s of the
+    /// sides seen sending (non-RST segments), 0 once both have (or for any other flow). While
+    /// non-zero no endpoint of the flow is counted (a stray segment of a connection that already
+    /// closed must not become an ESTABLISHED endpoint for days); the daemon may also confirm it
+    /// against the kernel's socket table (host mode), or drop it.
+    pub pending: u8,
 }
 const _: () = assert!(core::mem::size_of::<FlowWord>() == 8);
 
@@ -256,9 +264,11 @@ impl FlowWord {
             Role::Server
         }
     }
+    /// Whether the side's endpoint is in the connection gauges: watched ([`FlowWord::counted`]),
+    /// and the flow not a pending midstream pickup ([`FlowWord::pending`]).
     #[inline(always)]
     pub const fn is_counted(&self, side: Side) -> bool {
-        self.counted & side.bit() != 0
+        self.counted & side.bit() != 0 && self.pending == 0
     }
 }
 

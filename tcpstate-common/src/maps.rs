@@ -11,6 +11,13 @@ pub const FLOWS: &str = "TCPSTATE_FLOWS";
 pub const COUNTERS: &str = "TCPSTATE_COUNTERS";
 pub const TABLE: &str = "TCPSTATE_TABLE";
 pub const USER: &str = "TCPSTATE_USER";
+/// The running daemon's settings that the inspection commands must agree with ([`Settings`]).
+pub const SETTINGS: &str = "TCPSTATE_SETTINGS";
+/// SYN cookies sent, by local port: 65536 `u64` slots (512 KiB whatever the CPU count, where a
+/// per-CPU array would take that per CPU), updated with atomic adds.
+pub const SYN_COOKIES: &str = "TCPSTATE_SYN_COOKIES";
+/// Slots of [`SYN_COOKIES`]: one per port.
+pub const SYN_COOKIE_PORTS: u32 = 1 << 16;
 /// Name of the [`Config`] global.
 pub const CONFIG: &str = "TCPSTATE_CONFIG";
 
@@ -154,6 +161,23 @@ impl UserCounters {
         }
     }
 
+    /// Books a pending midstream pickup the daemon confirmed against the kernel's socket table:
+    /// `w`, the word it wrote (pending cleared), enters the gauges.
+    pub fn record_confirm(&mut self, w: crate::flow::FlowWord) {
+        self.shift_gauges(w, 1);
+    }
+
+    /// Books an endpoint the daemon ended while its flow stays (tap mode: its own timeout ran
+    /// out while the peer's did not): it leaves the gauges. `w` is the word before.
+    pub fn record_end(&mut self, w: crate::flow::FlowWord, side: crate::flow::Side) {
+        use crate::{counters::idx, state::TcpState};
+        let state = w.state(side);
+        if w.is_counted(side) && state != TcpState::Closed {
+            let slot = (idx::conn(w.role(side), state) - idx::CONN) as usize;
+            self.conn[slot] = self.conn[slot].wrapping_sub(1);
+        }
+    }
+
     /// Moves the connection gauges of `w`'s counted endpoints by `delta` (1 or -1 as wrapping):
     /// the gauge half, kept in the slot of the flow's own scope.
     pub fn shift_gauges(&mut self, w: crate::flow::FlowWord, delta: u64) {
@@ -168,6 +192,16 @@ impl UserCounters {
     }
 }
 
+/// What a running daemon publishes for the inspection commands (one array slot, written by the
+/// daemon at start-up, never read by the programs), so `tcpstate leaks` judges a leak by the same
+/// threshold as `tcpstate_close_wait_leaked`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Settings {
+    /// `--close-wait-leak-after`, in nanoseconds; 0 until a daemon has published it.
+    pub close_wait_leak_after_ns: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), u64 fields and arrays only: no padding, every bit pattern valid.
@@ -176,6 +210,8 @@ mod pod {
     unsafe impl aya::Pod for super::TableCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::UserCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Settings {}
 }
 
 #[cfg(test)]

@@ -125,10 +125,17 @@ fn be16<P: Packet>(p: &P, off: usize) -> Option<u16> {
 
 /// The cheapest test that a frame may carry TCP: two loads for IPv4, one for anything else. Frames
 /// that fail it leave before any map is touched; frames that pass get the full [`parse`].
+///
+/// It answers "no" only for what it has read: a frame whose IPv4 protocol byte lies outside the
+/// readable part (TC sees only the skb's linear part, and AF_PACKET senders such as tcpreplay
+/// build frames over a page with nothing but the Ethernet header linear) passes, so the TC program
+/// pulls the headers in and parses it. Answering "no" there lost every large IPv4 frame silently.
 #[inline(always)]
 pub fn could_be_tcp<P: Packet>(p: &P) -> bool {
     match be16(p, 12) {
-        Some(ETH_P_IP) => p.read::<u8>(ETH_HLEN + 9) == Some(IPPROTO_TCP),
+        Some(ETH_P_IP) => {
+            !matches!(p.read::<u8>(ETH_HLEN + 9), Some(proto) if proto != IPPROTO_TCP)
+        }
         // IPv6 may reach TCP through extension headers; tagged frames through their tags.
         Some(ETH_P_IPV6 | ETH_P_8021Q | ETH_P_8021AD) => true,
         // Too short for an EtherType: let the parser count it as truncated.

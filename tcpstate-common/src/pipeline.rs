@@ -8,7 +8,10 @@ use crate::{
     counters::{for_each_delta, idx, UntrackedReason},
     flow::{FlowRecord, FlowWord, Side},
     maps::Config,
-    state::{classify_opening, open_into, quiet, step_into, InvalidReason, Opening, Step},
+    state::{
+        classify_opening, cookie_synack_into, open_into, quiet, step_into, InvalidReason, Opening,
+        Step,
+    },
     tcp::Segment,
 };
 
@@ -39,12 +42,25 @@ impl View {
 /// to write or count: the quiet path (established data within the coarse second, decided on the
 /// record itself) and steps that change nothing. On `true`, `st` holds what to write back (see
 /// [`crate::commit::commit`]) and [`for_each_delta`] of the old word gives the counters.
+/// `cookie`: the segment is a SYN-ACK the local stack sent from a SYN cookie (host mode's TC
+/// egress knows; a capture never does).
 #[inline(always)]
-pub fn update_into(st: &mut Step, rec: &FlowRecord, sender: Side, seg: &Segment, now: u64) -> bool {
+pub fn update_into(
+    st: &mut Step,
+    rec: &FlowRecord,
+    sender: Side,
+    seg: &Segment,
+    now: u64,
+    cookie: bool,
+) -> bool {
     if quiet(rec, sender, seg, now) {
         return false;
     }
-    step_into(st, rec, sender, seg, now);
+    // One inlined copy of the state machine: the cookie case is tried first, on its own (the
+    // verifier walks each inlined copy).
+    if !(cookie && cookie_synack_into(st, rec, sender, seg, now)) {
+        step_into(st, rec, sender, seg, now);
+    }
     st.write != 0 || st.invalid.is_some()
 }
 
@@ -114,6 +130,31 @@ pub fn opened_deltas(opening: Opening, st: &Step, sender: Side, mut bump: impl F
     for_each_delta(before, st, sender, bump);
 }
 
+/// The word a flow takes once the host is seen only to forward it (container mode: a segment of
+/// it leaves a host-mode interface without a socket after entering through another interface):
+/// counted nowhere and marked transit. `bump` receives the gauge moves that take its counted
+/// endpoints out, as [`for_each_delta`] would have moved them in. A flow whose first segment the
+/// host received cannot be told from a local one until then: a runtime may hold a listening socket
+/// on a port it forwards to a container (podman's conmon does).
+#[inline(always)]
+pub fn retract(old: FlowWord, mut bump: impl FnMut(u32, u64)) -> FlowWord {
+    // Both sides spelled out: a constant side keeps the verifier's indices constant.
+    retract_side(old, Side::A, &mut bump);
+    retract_side(old, Side::B, &mut bump);
+    let mut w = old;
+    w.counted = 0;
+    w.flags |= crate::flow::flowflags::TRANSIT;
+    w
+}
+
+#[inline(always)]
+fn retract_side(old: FlowWord, side: Side, bump: &mut impl FnMut(u32, u64)) {
+    let state = old.state(side);
+    if old.is_counted(side) && state != crate::state::TcpState::Closed {
+        bump(idx::conn(old.role(side), state), 1u64.wrapping_neg());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +188,35 @@ mod tests {
         let mut v = Vec::new();
         opened_deltas(opening, st, sender, |i, d| v.push((i, d)));
         v
+    }
+
+    #[test]
+    fn a_retracted_flow_leaves_the_gauges_it_entered() {
+        // A SYN received for what looked like a local listener, its server endpoint counted in
+        // SYN_RECV; then its SYN-ACK leaves forwarded: not the host's after all.
+        let mut w = FlowWord {
+            counted: Side::B.bit(),
+            ..FlowWord::default()
+        };
+        w.set_client(Side::A);
+        w.set_state(Side::A, TcpState::SynSent);
+        w.set_state(Side::B, TcpState::SynRecv);
+        let mut left = Vec::new();
+        let r = retract(w, |i, d| left.push((i, d)));
+        assert_eq!(r.counted, 0);
+        assert!(r.has(crate::flow::flowflags::TRANSIT));
+        assert_eq!(
+            left,
+            [(idx::conn(Role::Server, TcpState::SynRecv), 1u64.wrapping_neg())],
+            "exactly the counted endpoint leaves its gauge"
+        );
+        // Retracting again moves nothing; a pending pickup was never in the gauges.
+        let mut again = Vec::new();
+        retract(r, |i, d| again.push((i, d)));
+        assert!(again.is_empty());
+        let pending = FlowWord { pending: 1, ..w };
+        retract(pending, |i, d| again.push((i, d)));
+        assert!(again.is_empty());
     }
 
     #[test]
@@ -244,14 +314,15 @@ mod tests {
         let rec = st.rec;
         let mut st = Step::EMPTY;
         // The same data segment again within the coarse second: nothing to do.
-        assert!(!update_into(&mut st, &rec, Side::A, &ack, 6));
+        assert!(!update_into(&mut st, &rec, Side::A, &ack, 6, false));
         // A FIN moves both endpoints.
         assert!(update_into(
             &mut st,
             &rec,
             Side::A,
             &seg(FIN | ACK, 1, 1),
-            6
+            6,
+            false
         ));
         assert_eq!(st.rec.word().state(Side::A), TcpState::FinWait1);
     }

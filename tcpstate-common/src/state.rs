@@ -229,6 +229,32 @@ pub struct Step {
     pub handshake: Handshake,
     /// The flow left the half-open phase and gives back its half-open budget slot.
     pub half_open_released: bool,
+    /// What a SYN-ACK answered to a SYN that carried data (TCP Fast Open, RFC 7413).
+    pub fastopen: FastOpen,
+}
+
+/// The server's answer to a SYN carrying data (TCP Fast Open, RFC 7413 section 4.2), decided by
+/// the SYN-ACK's acknowledgement number. The `result` label of `tcpstate_fastopen_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FastOpen {
+    None = 0,
+    /// The SYN-ACK acknowledges the SYN's data: it was delivered before the handshake completed.
+    Accepted = 1,
+    /// The SYN-ACK acknowledges the SYN only (no or an invalid cookie, or the server has Fast Open
+    /// off): the client sends the data again after the handshake.
+    Declined = 2,
+}
+
+impl FastOpen {
+    pub const ALL: [FastOpen; 2] = [FastOpen::Accepted, FastOpen::Declined];
+    pub const fn name(self) -> &'static str {
+        match self {
+            FastOpen::None => "none",
+            FastOpen::Accepted => "accepted",
+            FastOpen::Declined => "declined",
+        }
+    }
 }
 
 /// Largest window an observer assumes when it cannot know one (midstream pickup): 1 GiB, the RFC 7323
@@ -269,6 +295,7 @@ impl Step {
         rst: false,
         handshake: Handshake::None,
         half_open_released: false,
+        fastopen: FastOpen::None,
     };
 
     /// Starts a step from `rec`, in place (the kernel keeps its `Step` in a per-CPU scratch slot,
@@ -281,6 +308,7 @@ impl Step {
         self.rst = false;
         self.handshake = Handshake::None;
         self.half_open_released = false;
+        self.fastopen = FastOpen::None;
         let tick = FlowRecord::seen_tick(now_ns);
         if tick != rec.last_seen {
             self.rec.last_seen = tick;
@@ -364,6 +392,7 @@ pub fn quiet(rec: &FlowRecord, s: Side, seg: &Segment, now_ns: u64) -> bool {
     let w = rec.word();
     check_flags(seg.flags).is_ok()
         && seg.flags & (SYN | RST | FIN) == 0
+        && w.pending == 0
         && w.state(s) == TcpState::Established
         && w.state(s.other()) == TcpState::Established
         && FlowRecord::seen_tick(now_ns) == rec.last_seen
@@ -385,6 +414,81 @@ pub fn step_into(st: &mut Step, rec: &FlowRecord, s: Side, seg: &Segment, now_ns
     step_in_place(st, s, seg, now_ns);
 }
 
+/// [`step_into`] for a SYN-ACK the sender's stack sent from a SYN cookie (RFC 4987 section 3.6):
+/// Linux sends one when the listener's SYN queue is full, with no socket attached, and keeps no
+/// request socket for it. The sender is therefore not SYN-RECEIVED: the mirror leaves its state
+/// alone and records the cookie (its ISN, the client's receive side), so the ACK that returns the
+/// cookie (ack = cookie ISN + 1) completes the handshake for both. A segment that is not such a
+/// SYN-ACK answering a SYN is stepped as usual.
+#[inline(always)]
+pub fn step_cookie_into(st: &mut Step, rec: &FlowRecord, s: Side, seg: &Segment, now_ns: u64) {
+    if !cookie_synack_into(st, rec, s, seg, now_ns) {
+        step_into(st, rec, s, seg, now_ns);
+    }
+}
+
+/// The SYN cookie half of [`step_cookie_into`]: steps `st` and returns true when `seg` is a
+/// SYN-ACK answering the flow's SYN; returns false, `st` to be discarded, otherwise. The kernel
+/// calls this and then [`step_into`] only when it returns false, so the verifier walks the state
+/// machine once, not once per path.
+#[inline(always)]
+pub fn cookie_synack_into(
+    st: &mut Step,
+    rec: &FlowRecord,
+    s: Side,
+    seg: &Segment,
+    now_ns: u64,
+) -> bool {
+    let old = rec.word();
+    let r = s.other();
+    let answers_syn = check_flags(seg.flags).is_ok()
+        && seg.flags & (SYN | ACK | RST | FIN) == SYN | ACK
+        && old.state(s) == TcpState::Closed
+        && old.state(r) == TcpState::SynSent
+        && acks_syn(&old, r, &rec.seq[r.index()], seg.ack);
+    if !answers_syn {
+        return false;
+    }
+    st.reset(rec, now_ns);
+    on_cookie_syn_ack(st, old, s, seg);
+    finish(st, old, s, now_ns);
+    true
+}
+
+/// The cookie SYN-ACK's facts, without a transition (see [`step_cookie_into`]).
+#[inline(never)]
+fn on_cookie_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
+    let r = s.other();
+    // The same cookie again (the client resent its SYN within the cookie's minute): nothing new.
+    if old.has(flowflags::SYN_COOKIE)
+        && old.knows(s, known::ISN)
+        && st.rec.seq[s.index()].isn == seg.seq
+    {
+        return;
+    }
+    let mut w = old;
+    st.rec.seq[s.index()] = EndpointSeq {
+        isn: seg.seq,
+        end: syn_end(seg),
+        ack: seg.ack,
+        win: seg.win as u32,
+    };
+    w.forget_side(s);
+    w.learn(s, known::ISN | known::END | known::ACK);
+    st.rec.seq[r.index()].ack = seg.seq.wrapping_add(1);
+    w.learn(r, known::ACK);
+    // Cookies carry the window scale in the timestamp option; RFC 7323 section 1.3 applies as
+    // for any SYN-ACK.
+    if seg.wscale > WSCALE_MAX || w.wscale[r.index()] > WSCALE_MAX {
+        w.wscale = [0, 0];
+    } else {
+        w.wscale[s.index()] = seg.wscale;
+    }
+    w.flags |= flowflags::SYN_COOKIE;
+    st.rec.set_word(w);
+    st.write |= write::SEQ_A | write::SEQ_B;
+}
+
 #[inline(always)]
 fn step_in_place(st: &mut Step, s: Side, seg: &Segment, now_ns: u64) {
     if let Err(bad) = check_flags(seg.flags) {
@@ -402,6 +506,7 @@ fn step_in_place(st: &mut Step, s: Side, seg: &Segment, now_ns: u64) {
         // (Separate and inline so the kernel's hot path makes no function call.)
         let mut w = old;
         learn_receive_side(st, &mut w, s, seg);
+        seen_sending(&mut w, s, seg);
         if w != old {
             st.rec.set_word(w);
             st.write |= write::WORD;
@@ -419,7 +524,26 @@ fn step_in_place(st: &mut Step, s: Side, seg: &Segment, now_ns: u64) {
     } else {
         on_ack_fin(st, old, s, seg, now_ns)
     }
+    if st.invalid.is_none() {
+        let mut w = st.rec.word();
+        seen_sending(&mut w, s, seg);
+        st.rec.set_word(w);
+    }
     finish(st, old, s, now_ns)
+}
+
+/// A pending midstream pickup ([`FlowWord::pending`]) has now seen `s` send; once both sides
+/// have, it is a connection and earns its count. An RST does not count: it is what a host answers
+/// a stray segment of a connection it no longer has.
+#[inline(always)]
+fn seen_sending(w: &mut FlowWord, s: Side, seg: &Segment) {
+    if w.pending != 0 && !seg.has(RST) {
+        w.pending |= s.bit();
+        let both = Side::A.bit() | Side::B.bit();
+        if w.pending & both == both {
+            w.pending = 0;
+        }
+    }
 }
 
 /// Bookkeeping common to every accepted transition: state-entry stamps, handshake outcome, the
@@ -505,9 +629,11 @@ fn on_syn(st: &mut Step, old: FlowWord, s: Side, seg: &Segment, now_ns: u64) {
         return;
     }
     let mut w = old;
+    // The SYN occupies one sequence number and its payload (TCP Fast Open, RFC 7413) the next
+    // `len`: a server that takes the data acknowledges ISN + 1 + len.
     let fresh = EndpointSeq {
         isn: seg.seq,
-        end: seg.seq.wrapping_add(1),
+        end: syn_end(seg),
         ack: 0,
         win: seg.win as u32,
     };
@@ -539,6 +665,9 @@ fn on_syn(st: &mut Step, old: FlowWord, s: Side, seg: &Segment, now_ns: u64) {
         w.wscale = [WSCALE_NONE, WSCALE_NONE];
         w.wscale[s.index()] = seg.wscale;
         w.flags &= flowflags::HALF_OPEN;
+        // A connection opened by its SYN is counted from the start, even on the key of a
+        // midstream pickup that never earned its count.
+        w.pending = 0;
         w.set_client(s);
         w.set_state(s, TcpState::SynSent);
         w.set_state(r, TcpState::Closed);
@@ -570,7 +699,7 @@ fn on_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
         // simultaneous open it also completes the receiver, which is still SYN-RECEIVED, whether
         // the sender is too or was itself completed by the other side's SYN-ACK first. (Requiring
         // the sender in SYN-RECEIVED left the second side stuck there when the SYN-ACKs crossed.)
-        if r0 == TcpState::SynRecv && seg.ack == rs.end {
+        if r0 == TcpState::SynRecv && acks_syn(&old, r, &rs, seg.ack) {
             let mut w = old;
             w.set_state(r, TcpState::Established);
             st.rec.set_word(w);
@@ -578,8 +707,7 @@ fn on_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
         }
         return;
     }
-    let acks_syn = old.knows(r, known::END) && seg.ack == rs.end;
-    if !acks_syn {
+    if !acks_syn(&old, r, &rs, seg.ack) {
         return if r0 == TcpState::SynSent || r0 == TcpState::SynRecv {
             st.reject(InvalidReason::BadSynAck)
         } else {
@@ -590,15 +718,27 @@ fn on_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
         return st.reject(InvalidReason::UnexpectedSyn);
     }
     let mut w = old;
+    // A SYN that carried data (the client's SYN occupies more than its one number): the server
+    // took the data if it acknowledges all of it.
+    if old.knows(r, known::ISN) && rs.end != rs.isn.wrapping_add(1) {
+        st.fastopen = if seg.ack == rs.end {
+            FastOpen::Accepted
+        } else {
+            FastOpen::Declined
+        };
+        // Declined: the client resends the data from ISN + 1.
+        st.rec.seq[r.index()].end = seg.ack;
+    }
+    // A SYN-ACK may carry data too (RFC 7413 section 4.2.2 allows it; RFC 9293 3.10.7.3).
     st.rec.seq[s.index()] = EndpointSeq {
         isn: seg.seq,
-        end: seg.seq.wrapping_add(1),
+        end: syn_end(seg),
         ack: seg.ack,
         win: seg.win as u32,
     };
     w.forget_side(s);
     w.learn(s, known::ISN | known::END | known::ACK);
-    // The client's receive side is known exactly from here: it expects seg.seq + 1, within the
+    // The client's receive side is known from here: it expects seg.seq + 1, within the
     // (unscaled) window of its SYN. Without it an RST or FIN towards the client went unchecked
     // until the client's first ACK, so a blind one could tear the mirror down.
     st.rec.seq[r.index()].ack = seg.seq.wrapping_add(1);
@@ -614,6 +754,26 @@ fn on_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
     w.set_state(r, TcpState::Established);
     st.rec.set_word(w);
     st.write |= write::SEQ_A | write::SEQ_B;
+}
+
+/// The sequence number after a SYN or SYN-ACK: one for the SYN flag, then its payload.
+#[inline(always)]
+fn syn_end(seg: &Segment) -> u32 {
+    seg.seq.wrapping_add(1).wrapping_add(seg.len)
+}
+
+/// Whether `ack` acknowledges side `r`'s SYN: ISN + 1 when the SYN's data (TCP Fast Open) is not
+/// taken, up to the SYN's end when it is. With the ISN unknown (a SYN-ACK pickup reconstructs
+/// the client's SYN from the ack), only the end is known.
+#[inline(always)]
+fn acks_syn(w: &FlowWord, r: Side, rs: &EndpointSeq, ack: u32) -> bool {
+    if !w.knows(r, known::END) {
+        return false;
+    }
+    if ack == rs.end {
+        return true;
+    }
+    w.knows(r, known::ISN) && seq_ge(ack, rs.isn.wrapping_add(1)) && seq_ge(rs.end, ack)
 }
 
 #[inline(always)]
@@ -655,20 +815,35 @@ fn on_ack_fin(st: &mut Step, old: FlowWord, s: Side, seg: &Segment, now_ns: u64)
     // What the ACK tells about the receiver's SYN or FIN. An unknown `end` (seeded or midstream
     // records) is taken as acknowledged: the observer has nothing better.
     let acks_r = !old.knows(r, known::END) || seq_ge(seg.ack, rs.end);
+    // A SYN-RECEIVED endpoint is established by the ACK of its SYN (ISN + 1), even when its
+    // SYN-ACK carried data (Fast Open) that this ACK does not cover yet.
+    let acks_r_syn =
+        acks_r || (old.knows(r, known::ISN) && seq_ge(seg.ack, rs.isn.wrapping_add(1)));
     let mut r1 = r0;
     let mut s1 = s0;
-    if acks_r {
+    if r0 == TcpState::Closed
+        && s0 == TcpState::SynSent
+        && old.has(flowflags::SYN_COOKIE)
+        && old.knows(r, known::END)
+        && seg.ack == rs.end
+    {
+        // The ACK returning a valid SYN cookie: the server's kernel creates the connection
+        // ESTABLISHED from it directly (no SYN-RECEIVED in between), and the client already is.
+        r1 = TcpState::Established;
+        s1 = TcpState::Established;
+    } else if r0 == TcpState::SynRecv && acks_r_syn {
+        r1 = TcpState::Established;
+        // The SYN-ACK was not seen (tap port seeing one direction late): its ACK proves it.
+        if s0 == TcpState::SynSent {
+            s1 = TcpState::Established;
+        }
+    } else if acks_r {
         r1 = match r0 {
-            TcpState::SynRecv => TcpState::Established,
             TcpState::FinWait1 => TcpState::FinWait2,
             TcpState::Closing => TcpState::TimeWait,
             TcpState::LastAck => TcpState::Closed,
             other => other,
         };
-        // The SYN-ACK was not seen (tap port seeing one direction late): its ACK proves it.
-        if s0 == TcpState::SynSent && r0 == TcpState::SynRecv {
-            s1 = TcpState::Established;
-        }
     }
 
     if fin && fin_repeat {
@@ -709,6 +884,10 @@ fn on_ack_fin(st: &mut Step, old: FlowWord, s: Side, seg: &Segment, now_ns: u64)
     w.set_state(r, r1);
     st.rec.set_word(w);
 }
+
+/// [`FlowWord::pending`] of a midstream pickup before its first segment is applied: a bit no
+/// side uses, so the word reads "pending" while neither side has been seen.
+pub const PENDING_OPENED: u8 = 0x80;
 
 /// How a flow the table does not hold yet starts, when it may start at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -801,6 +980,10 @@ pub fn open_into(
         // (ephemeral) port. The receiver should be acknowledging about `seg.seq`; its window and
         // both scale factors are unknown, so assume the largest.
         w.flags |= flowflags::MIDSTREAM | flowflags::ROLE_GUESSED;
+        // Not counted until the other side is seen too (or the daemon confirms it): the step
+        // below records the sender. (Was counted at once: a stray segment of a closed
+        // connection stayed an ESTABLISHED endpoint until the 5-day idle timeout.)
+        w.pending = PENDING_OPENED;
         w.set_client(if ports[1] > ports[0] {
             Side::B
         } else {

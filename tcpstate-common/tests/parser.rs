@@ -5,7 +5,7 @@
 
 use tcpstate_common::{
     flow::FlowKey,
-    packet::{parse, Parsed, SkipReason, SlicePacket, TcpPacket},
+    packet::{could_be_tcp, parse, Packet, Parsed, SkipReason, SlicePacket, TcpPacket},
     tcp::{flags::*, Segment, WSCALE_MAX, WSCALE_NONE},
 };
 
@@ -885,6 +885,109 @@ mod opening_classification {
             let opened =
                 open(tcpstate_common::Side::A, &seg(flags), 1, 1, [1000, 80]).map(|(o, _)| o);
             assert_eq!(opened, want, "open() decides the same for {flags:#x}");
+        }
+    }
+}
+
+/// Every frame a hook sees is a tracked segment, a skipped packet with a reason, or not TCP: the
+/// prefilter and the parse, over frames of which only a prefix is readable (TC's linear part),
+/// never lose one silently.
+mod conservation {
+    use super::*;
+
+    /// A frame of which only the first `linear` bytes are readable, as TC sees an skb whose
+    /// headers lie partly in its page fragments; `total_len` is still the whole skb.
+    struct Linear<'a> {
+        frame: &'a [u8],
+        linear: usize,
+    }
+
+    impl Packet for Linear<'_> {
+        fn read<T: Copy>(&self, off: usize) -> Option<T> {
+            SlicePacket(&self.frame[..self.linear]).read(off)
+        }
+        fn total_len(&self) -> usize {
+            self.frame.len()
+        }
+    }
+
+    fn frames() -> Vec<(&'static str, Vec<u8>)> {
+        let t = Tcp::new(ACK | FIN).payload(6000);
+        let mut ext_chain = ext(NEXT_ROUTING, 0);
+        ext_chain.extend(ext(NEXT_DEST_OPTS, 1));
+        ext_chain.extend(ext(IPPROTO_TCP, 0));
+        ext_chain.extend(t.bytes());
+        let udp = V4 {
+            proto: IPPROTO_UDP,
+            ..V4::new()
+        };
+        vec![
+            ("ipv4 tcp", frame4(&t)),
+            (
+                "ipv6 tcp",
+                eth(&[], ETH_P_IPV6, &v6(IPPROTO_TCP, None, &t.bytes())),
+            ),
+            (
+                "ipv6 hop-by-hop, routing, destination options, tcp",
+                eth(&[], ETH_P_IPV6, &v6(NEXT_HOP_BY_HOP, None, &ext_chain)),
+            ),
+            (
+                "tagged ipv4 tcp",
+                eth(&[ETH_P_8021Q], ETH_P_IP, &V4::new().wrap(&t.bytes())),
+            ),
+            ("ipv4 udp", eth(&[], ETH_P_IP, &udp.wrap(&[0u8; 6000]))),
+            ("arp", eth(&[], ETH_P_ARP, &[0u8; 46])),
+        ]
+    }
+
+    #[test]
+    fn a_frame_with_only_its_ethernet_header_readable_is_not_dropped_by_the_prefilter() {
+        // Regression: tcpreplay's 4 KB+ IPv4 frames reach TC with 14 linear bytes; the prefilter
+        // could not read the protocol byte and dropped them before the pull.
+        let frame = frame4(&Tcp::new(ACK | FIN).payload(6000));
+        let linear = Linear {
+            frame: &frame,
+            linear: 14,
+        };
+        assert!(could_be_tcp(&linear));
+        assert_eq!(parse(&linear), skip(SkipReason::Truncated), "so TC pulls");
+        assert_eq!(
+            parse(&SlicePacket(&frame)),
+            tcp4(&Tcp::new(ACK | FIN).payload(6000), 6000, WSCALE_NONE),
+            "and after the pull it is a segment"
+        );
+    }
+
+    #[test]
+    fn the_prefilter_turns_away_only_what_the_parser_calls_not_tcp() {
+        for (what, frame) in frames() {
+            let whole = parse(&SlicePacket(&frame));
+            for linear in 0..=frame.len().min(200) {
+                let view = Linear {
+                    frame: &frame,
+                    linear,
+                };
+                if !could_be_tcp(&view) {
+                    assert_eq!(whole, Parsed::NotTcp, "{what}, {linear} bytes linear");
+                }
+                // A partial view is either what the whole frame parses to, or truncated (which
+                // TC answers with a pull); never a different verdict.
+                let part = parse(&view);
+                assert!(
+                    part == whole || part == skip(SkipReason::Truncated),
+                    "{what}, {linear} bytes linear: {part:?} vs {whole:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tcp_frames_are_segments_whatever_their_extension_headers() {
+        for (what, frame) in frames().into_iter().take(4) {
+            assert!(
+                matches!(parse(&SlicePacket(&frame)), Parsed::Tcp(t) if t.seg.len == 6000),
+                "{what}"
+            );
         }
     }
 }

@@ -14,7 +14,10 @@ use tcpstate_common::{
     commit::commit,
     counters::{for_each_delta, idx},
     flow::{flowflags, FlowRecord, FlowWord, Role, Side},
-    state::{open, quiet, step, write, Handshake, InvalidReason, Opening, Step, TcpState},
+    state::{
+        open, quiet, step, step_cookie_into, write, Handshake, InvalidReason, Opening, Step,
+        TcpState,
+    },
     tcp::{check_flags, flags::*, seq_ge, Segment, WSCALE_MAX, WSCALE_NONE},
 };
 use TcpState::*;
@@ -170,6 +173,8 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Clone, Debug)]
 struct Scenario {
     opener: Side,
+    /// Picked up midstream from a plain ACK of the opener's instead of opened by its SYN.
+    midstream: bool,
     counted: u8,
     isn: [u32; 2],
     syn_wscale: u8,
@@ -185,14 +190,18 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         any::<u32>(),
         prop_oneof![Just(WSCALE_NONE), 0u8..=WSCALE_MAX],
         prop::collection::vec(op(), 1..60),
+        prop::bool::weighted(0.2),
     )
-        .prop_map(|(b, counted, isn0, isn1, syn_wscale, ops)| Scenario {
-            opener: if b { Side::B } else { Side::A },
-            counted,
-            isn: [isn0, isn1],
-            syn_wscale,
-            ops,
-        })
+        .prop_map(
+            |(b, counted, isn0, isn1, syn_wscale, ops, midstream)| Scenario {
+                opener: if b { Side::B } else { Side::A },
+                midstream,
+                counted,
+                isn: [isn0, isn1],
+                syn_wscale,
+                ops,
+            },
+        )
 }
 
 /// Sums every counter delta of `st` into `counters`, as the kernel's per-CPU slots do.
@@ -251,16 +260,36 @@ impl Flow {
             wscale: sc.syn_wscale,
         };
         let now = 1_000 * NS;
-        let (opening, st) = open(s, &syn, sc.counted, now, [1000, 2000]).expect("a SYN opens");
-        assert_eq!(opening, Opening::Syn);
         let mut nxt = sc.isn;
-        nxt[s.index()] = sc.isn[s.index()].wrapping_add(1);
+        let st = if sc.midstream {
+            // Both sides at their "ISN": the opener's data continues from there.
+            let ack = Segment {
+                ack: sc.isn[s.other().index()],
+                flags: ACK,
+                wscale: WSCALE_NONE,
+                ..syn
+            };
+            let (opening, st) = open(s, &ack, sc.counted, now, [1000, 2000]).expect("an ACK opens");
+            assert_eq!(opening, Opening::Midstream);
+            assert_ne!(
+                st.rec.word().pending,
+                0,
+                "a pickup is pending until both sides are seen"
+            );
+            st
+        } else {
+            let (opening, st) = open(s, &syn, sc.counted, now, [1000, 2000]).expect("a SYN opens");
+            assert_eq!(opening, Opening::Syn);
+            nxt[s.index()] = sc.isn[s.index()].wrapping_add(1);
+            st
+        };
         let mut f = Flow {
             rec: st.rec,
             now,
             nxt,
             counters: BTreeMap::new(),
-            released: 0,
+            // A midstream pickup never holds a half-open slot: as if given back already.
+            released: sc.midstream as u32,
             seen: BTreeSet::new(),
         };
         let before = FlowWord {
@@ -290,7 +319,12 @@ impl Flow {
         let seg = Segment {
             seq: self.number(op.seq, s, false),
             ack: self.number(op.ack, s.other(), true),
-            len: if syn { 0 } else { op.len },
+            // One SYN or SYN-ACK in four carries data (TCP Fast Open, RFC 7413).
+            len: match (syn, op.len % 4) {
+                (true, 0) => op.len % 1000,
+                (true, _) => 0,
+                (false, _) => op.len,
+            },
             win: op.win,
             flags: op.flags,
             wscale: if syn { op.wscale } else { WSCALE_NONE },
@@ -306,10 +340,16 @@ impl Flow {
     }
 
     /// Steps, commits and checks one segment; returns the step.
-    fn apply(&mut self, s: Side, seg: &Segment, dt: u64) -> Step {
+    fn apply(&mut self, s: Side, seg: &Segment, dt: u64, cookie: bool) -> Step {
         self.now += dt;
         let old = self.rec;
-        let st = step(&old, s, seg, self.now);
+        let st = if cookie {
+            let mut st = Step::EMPTY;
+            step_cookie_into(&mut st, &old, s, seg, self.now);
+            st
+        } else {
+            step(&old, s, seg, self.now)
+        };
         // SAFETY: a live, aligned record owned by this test.
         assert!(unsafe { commit(&mut self.rec, old.word, &st) });
         check_step(&old, &st, s, seg, self.now);
@@ -357,6 +397,14 @@ impl Flow {
         }
         if w.has(flowflags::RESET) {
             assert_eq!((a, b), (Closed, Closed), "RESET flag on a live flow");
+        }
+        // Only a midstream pickup is ever pending, and nothing of it is counted meanwhile.
+        if w.pending != 0 {
+            assert!(
+                w.has(flowflags::MIDSTREAM),
+                "pending without a midstream pickup"
+            );
+            assert!(!w.is_counted(Side::A) && !w.is_counted(Side::B));
         }
     }
 }
@@ -466,9 +514,11 @@ fn run(sc: &Scenario) -> Flow {
     let mut f = Flow::start(sc);
     for op in &sc.ops {
         let (s, seg) = f.segment(op);
-        let first = f.apply(s, &seg, op.dt_ms * MS);
+        // Some SYN-ACKs leave as SYN cookies (host mode sees them without a socket).
+        let cookie = seg.flags & (SYN | ACK) == SYN | ACK && op.dt_ms % 3 == 0;
+        let first = f.apply(s, &seg, op.dt_ms * MS, cookie);
         if op.twice {
-            let second = f.apply(s, &seg, MS + op.dt_ms * MS);
+            let second = f.apply(s, &seg, MS + op.dt_ms * MS, cookie);
             check_repeat(&first, &second, s, &seg, f.now);
         }
     }

@@ -17,7 +17,10 @@ use tcpstate_common::{
     commit::commit,
     counters::{for_each_delta, handshake_bucket, idx, RstDirection},
     flow::{flowflags, FlowRecord, FlowWord, Role, Side},
-    state::{open, quiet, step, write, Handshake, InvalidReason, Opening, Step, TcpState},
+    state::{
+        open, quiet, step, step_cookie_into, write, FastOpen, Handshake, InvalidReason, Opening,
+        Step, TcpState,
+    },
     tcp::{flags::*, Segment, WSCALE_MAX, WSCALE_NONE},
 };
 use TcpState::*;
@@ -130,9 +133,21 @@ impl Conn {
     /// One segment from `from`, 1 ms after the previous one: step, commit, count, and the checks
     /// that hold for every segment.
     fn send(&mut self, from: Side, s: Segment) -> Step {
+        self.send_with(from, s, false)
+    }
+
+    /// As `send`; with `cookie`, the segment left its host without a socket (host mode, TC
+    /// egress), as a SYN cookie's SYN-ACK does, and goes through `state::step_cookie_into`.
+    fn send_with(&mut self, from: Side, s: Segment, cookie: bool) -> Step {
         self.now += MS;
         let old = self.rec;
-        let st = step(&old, from, &s, self.now);
+        let st = if cookie {
+            let mut st = Step::EMPTY;
+            step_cookie_into(&mut st, &old, from, &s, self.now);
+            st
+        } else {
+            step(&old, from, &s, self.now)
+        };
         // SAFETY: `self.rec` is a live, aligned FlowRecord owned by this test.
         let committed = unsafe { commit(&mut self.rec, old.word, &st) };
         assert!(
@@ -415,11 +430,64 @@ mod open_untracked {
             [WSCALE_MAX, WSCALE_MAX],
             "unknown scale: assume the largest"
         );
-        assert_eq!(c.gauge(Role::Client, Established), 1);
-        assert_eq!(c.gauge(Role::Server, Established), 1);
+        // Not counted yet: only one direction seen.
+        assert_ne!(w.pending, 0);
+        assert_eq!(c.gauge(Role::Client, Established), 0);
+        assert_eq!(c.gauge(Role::Server, Established), 0);
 
         let (_, c) = Conn::open(Side::A, BOTH, seg(ACK, 500, 900, 0), [SPORT, CPORT]);
         assert_eq!(c.word().client(), Side::B);
+    }
+
+    #[test]
+    fn a_midstream_pickup_earns_its_count_when_the_other_side_is_seen() {
+        let (_, mut c) = Conn::open(Side::A, BOTH, seg(ACK | PSH, 500, 900, 100), [CPORT, SPORT]);
+        // More from the same side: still one direction.
+        c.c2s(ACK | PSH, 600, 900, 100);
+        assert_ne!(c.word().pending, 0);
+        assert_eq!(c.gauge(Role::Client, Established), 0);
+        let st = c.s2c(ACK, 900, 700, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(c.word().pending, 0, "both directions seen");
+        assert_eq!(c.gauge(Role::Client, Established), 1);
+        assert_eq!(c.gauge(Role::Server, Established), 1);
+        assert!(st.write & write::WORD != 0);
+    }
+
+    #[test]
+    fn a_stray_segment_answered_by_an_rst_is_never_counted() {
+        // Regression: a stray segment of a connection that had already closed was picked up as
+        // ESTABLISHED and stayed so for the 5-day idle timeout after `ss` showed nothing.
+        for (sender, ports) in [(Side::A, [CPORT, SPORT]), (Side::B, [SPORT, CPORT])] {
+            let (_, mut c) = Conn::open(sender, BOTH, seg(ACK, 7_000, 9_000, 0), ports);
+            // The host without the connection answers RST, seq = the stray's ack.
+            let st = c.send(sender.other(), seg(RST, 9_000, 0, 0));
+            assert!(st.rst);
+            let w = c.word();
+            assert_eq!((w.state(Side::A), w.state(Side::B)), (Closed, Closed));
+            assert_ne!(w.pending, 0, "an RST does not confirm the flow");
+            for role in Role::ALL {
+                for state in TcpState::OPEN {
+                    assert_eq!(c.gauge(role, state), 0, "{role:?} {state:?}");
+                }
+            }
+            assert_eq!(c.counter(idx::resets(RstDirection::Sent, Established)), 0);
+        }
+    }
+
+    #[test]
+    fn a_new_connection_on_the_key_of_a_pending_pickup_is_counted() {
+        let (_, mut c) = Conn::open(Side::A, BOTH, seg(ACK, 7_000, 9_000, 0), [CPORT, SPORT]);
+        c.s2c(RST, 9_000, 0, 0);
+        c.c2s(SYN, CISN, 0, 0);
+        assert_eq!(c.word().pending, 0);
+        assert_eq!(c.gauge(Role::Client, SynSent), 1);
+    }
+
+    #[test]
+    fn a_pending_pickup_is_never_quiet() {
+        let (_, c) = Conn::open(Side::A, BOTH, seg(ACK, 7_000, 9_000, 0), [CPORT, SPORT]);
+        assert!(!quiet(&c.rec, Side::B, &seg(ACK, 9_000, 7_000, 0), c.now));
     }
 
     #[test]
@@ -750,6 +818,228 @@ mod simultaneous_open {
         assert_eq!(c.states(), (Closed, Closed));
         assert_eq!(st.handshake, Handshake::Reset);
         assert!(st.half_open_released);
+    }
+}
+
+/// TCP Fast Open (RFC 7413): data in the SYN, which occupies sequence space after the SYN's own
+/// number, and may be accepted (the SYN-ACK acknowledges it) or declined (only the SYN is).
+mod fast_open {
+    use super::*;
+
+    /// Bytes of data in the fixtures' SYNs.
+    const DATA: u32 = 100;
+
+    /// The client's SYN with data (and a cookie, which the observer does not read).
+    fn tfo_syn_sent_on(client: Side) -> Conn {
+        let (opening, c) = Conn::open(client, BOTH, seg(SYN, CISN, 0, DATA), ports(client));
+        assert_eq!(opening, Opening::Syn);
+        assert_eq!(c.states(), (SynSent, Closed));
+        assert_eq!(c.rec.seq[client.index()].end, CISN + 1 + DATA);
+        c
+    }
+
+    #[test]
+    fn synack_acking_the_syn_data_establishes_the_client_and_counts_an_accepted_fast_open() {
+        // Regression: the SYN was taken to end at ISN + 1, so this SYN-ACK was a bad_synack and
+        // the connection stayed closed / syn_sent in the mirror while `ss` showed it ESTABLISHED.
+        for client in SIDES {
+            let mut c = tfo_syn_sent_on(client);
+            let st = c.s2c(SYN | ACK, SISN, CISN + 1 + DATA, 0);
+            assert_eq!(st.invalid, None);
+            assert_eq!(st.fastopen, FastOpen::Accepted);
+            assert_eq!(c.states(), (Established, SynRecv));
+            assert_eq!(c.counter(idx::FASTOPEN + FastOpen::Accepted as u32 - 1), 1);
+            assert_eq!(c.counter(idx::FASTOPEN + FastOpen::Declined as u32 - 1), 0);
+            let st = c.c2s(ACK, CISN + 1 + DATA, SISN + 1, 0);
+            assert_eq!(c.states(), (Established, Established));
+            assert_eq!(st.handshake, Handshake::Established);
+            assert_eq!(st.fastopen, FastOpen::None, "counted once, on the SYN-ACK");
+            assert_eq!(
+                c.counter(idx::HANDSHAKES + Handshake::Established as u32 - 1),
+                1
+            );
+        }
+    }
+
+    #[test]
+    fn synack_acking_only_the_syn_is_a_declined_fast_open_and_the_data_comes_again() {
+        let mut c = tfo_syn_sent_on(Side::A);
+        let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(st.fastopen, FastOpen::Declined);
+        assert_eq!(c.states(), (Established, SynRecv));
+        // The client's SYN now ends at ISN + 1: the data is resent after the handshake.
+        assert_eq!(c.rec.seq[0].end, CISN + 1);
+        c.c2s(ACK | PSH, CISN + 1, SISN + 1, DATA);
+        assert_eq!(c.states(), (Established, Established));
+        c.c2s(FIN | ACK, CISN + 1 + DATA, SISN + 1, 0);
+        c.s2c(ACK, SISN + 1, CISN + 2 + DATA, 0);
+        assert_eq!(c.states(), (FinWait2, CloseWait));
+    }
+
+    #[test]
+    fn synack_acking_past_the_syn_data_or_before_the_syn_is_a_bad_synack() {
+        for ack in [CISN, CISN + 2 + DATA, CISN + 10_000] {
+            let mut c = tfo_syn_sent_on(Side::A);
+            let before = c.rec;
+            let st = c.s2c(SYN | ACK, SISN, ack, 0);
+            assert_rejected(&c, &st, &before, InvalidReason::BadSynAck);
+            assert_eq!(st.fastopen, FastOpen::None);
+        }
+    }
+
+    #[test]
+    fn synack_with_data_ends_past_its_payload_and_the_ack_of_its_syn_establishes_the_server() {
+        for client in SIDES {
+            let mut c = tfo_syn_sent_on(client);
+            let server = c.server();
+            c.s2c(SYN | ACK, SISN, CISN + 1 + DATA, 50);
+            assert_eq!(c.rec.seq[server.index()].end, SISN + 1 + 50);
+            // The client acknowledges the SYN but not yet the SYN-ACK's data: the server is
+            // established all the same (the kernel leaves SYN-RECEIVED on the ACK of its SYN).
+            let st = c.c2s(ACK, CISN + 1 + DATA, SISN + 1, 0);
+            assert_eq!(c.states(), (Established, Established));
+            assert_eq!(st.handshake, Handshake::Established);
+        }
+    }
+
+    #[test]
+    fn an_ack_short_of_the_syn_leaves_the_server_in_syn_recv() {
+        let mut c = tfo_syn_sent_on(Side::A);
+        c.s2c(SYN | ACK, SISN, CISN + 1 + DATA, 50);
+        c.c2s(ACK, CISN + 1 + DATA, SISN, 0);
+        assert_eq!(c.states(), (Established, SynRecv));
+    }
+
+    #[test]
+    fn retransmitted_syn_with_its_data_changes_nothing() {
+        let mut c = tfo_syn_sent_on(Side::A);
+        c.next_second();
+        let before = c.rec;
+        let st = c.c2s(SYN, CISN, 0, DATA);
+        assert_eq!(st.write, write::LAST_SEEN);
+        assert_eq!(except_last_seen(c.rec), except_last_seen(before));
+    }
+
+    #[test]
+    fn rst_acking_the_syn_and_its_data_is_a_refused_connection() {
+        // Linux answers a SYN to a closed port with ack = seq + 1 + payload length.
+        let mut c = tfo_syn_sent_on(Side::A);
+        let st = c.s2c(RST | ACK, 0, CISN + 1 + DATA, 0);
+        assert!(st.rst);
+        assert_eq!(st.handshake, Handshake::Refused);
+        assert_eq!(c.states(), (Closed, Closed));
+    }
+
+    #[test]
+    fn a_syn_without_data_counts_no_fast_open() {
+        let mut c = syn_sent();
+        let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        assert_eq!(st.fastopen, FastOpen::None);
+        assert_eq!(c.counter(idx::FASTOPEN), 0);
+        assert_eq!(c.counter(idx::FASTOPEN + 1), 0);
+    }
+
+    #[test]
+    fn simultaneous_open_with_data_in_a_syn_completes() {
+        let mut c = tfo_syn_sent_on(Side::A);
+        c.s2c(SYN, SISN, 0, 0);
+        assert_eq!(c.states(), (SynRecv, SynRecv));
+        c.s2c(SYN | ACK, SISN, CISN + 1 + DATA, 0);
+        c.c2s(SYN | ACK, CISN, SISN + 1, 0);
+        assert_eq!(c.states(), (Established, Established));
+    }
+}
+
+/// SYN cookies (RFC 4987 section 3.6): a server whose SYN queue is full answers with a SYN-ACK it
+/// keeps no state for (Linux sends it without a socket, which host mode sees on TC egress). The
+/// server endpoint must not be counted SYN_RECV; the ACK returning a valid cookie completes it.
+mod syn_cookies {
+    use super::*;
+
+    /// Host mode on the server: only the server's endpoint is counted.
+    fn flooded_server_on(client: Side) -> Conn {
+        let (_, c) = Conn::open(
+            client,
+            client.other().bit(),
+            seg(SYN, CISN, 0, 0),
+            ports(client),
+        );
+        c
+    }
+
+    #[test]
+    fn a_cookie_synack_leaves_the_server_closed_and_out_of_the_backlog() {
+        // Regression: every cookie SYN-ACK became a half-open endpoint: tcpstate_syn_backlog read
+        // 1826 where the kernel's SYN queue held 17.
+        for client in SIDES {
+            let mut c = flooded_server_on(client);
+            let server = c.server();
+            let st = c.send_with(server, seg(SYN | ACK, SISN, CISN + 1, 0), true);
+            assert_eq!(st.invalid, None);
+            assert_eq!(c.states(), (SynSent, Closed));
+            assert_eq!(c.gauge(Role::Server, SynRecv), 0);
+            assert!(c.word().has(flowflags::SYN_COOKIE));
+            assert_eq!(c.rec.seq[server.index()].isn, SISN);
+            assert_eq!(st.handshake, Handshake::None);
+        }
+    }
+
+    #[test]
+    fn the_ack_returning_the_cookie_establishes_both_and_counts_the_handshake() {
+        for client in SIDES {
+            let mut c = flooded_server_on(client);
+            c.send_with(c.server(), seg(SYN | ACK, SISN, CISN + 1, 0), true);
+            let st = c.c2s(ACK, CISN + 1, SISN + 1, 0);
+            assert_eq!(c.states(), (Established, Established));
+            assert_eq!(st.handshake, Handshake::Established);
+            assert!(st.half_open_released);
+            assert_eq!(c.gauge(Role::Server, Established), 1);
+            assert_eq!(
+                c.counter(idx::HANDSHAKES + Handshake::Established as u32 - 1),
+                1
+            );
+        }
+    }
+
+    #[test]
+    fn an_ack_with_a_wrong_cookie_changes_no_state() {
+        let mut c = flooded_server_on(Side::A);
+        c.send_with(Side::B, seg(SYN | ACK, SISN, CISN + 1, 0), true);
+        c.c2s(ACK, CISN + 1, SISN + 7, 0);
+        assert_eq!(c.states(), (SynSent, Closed));
+    }
+
+    #[test]
+    fn a_cookie_synack_that_answers_no_syn_is_stepped_as_usual() {
+        // Acking the wrong number: the usual verdict.
+        let mut c = flooded_server_on(Side::A);
+        let before = c.rec;
+        let st = c.send_with(Side::B, seg(SYN | ACK, SISN, CISN + 9, 0), true);
+        assert_rejected(&c, &st, &before, InvalidReason::BadSynAck);
+        // Not a SYN-ACK at all (the flag is only ever set for SYN-ACKs, but the step is total).
+        let mut c = established();
+        c.send_with(Side::B, seg(FIN | ACK, SISN + 1, CISN + 1, 0), true);
+        assert_eq!(c.states(), (CloseWait, FinWait1));
+    }
+
+    #[test]
+    fn a_normal_synack_after_a_cookie_one_still_opens_the_server() {
+        // The queue had room again for the retransmitted SYN: a request socket, a real SYN-ACK.
+        let mut c = flooded_server_on(Side::A);
+        c.send_with(Side::B, seg(SYN | ACK, SISN, CISN + 1, 0), true);
+        c.s2c(SYN | ACK, SISN + 5, CISN + 1, 0);
+        assert_eq!(c.states(), (Established, SynRecv));
+        assert_eq!(c.gauge(Role::Server, SynRecv), 1);
+    }
+
+    #[test]
+    fn port_reuse_forgets_the_cookie() {
+        let mut c = flooded_server_on(Side::A);
+        c.send_with(Side::B, seg(SYN | ACK, SISN, CISN + 1, 0), true);
+        c.c2s(RST, CISN + 1, 0, 0);
+        c.c2s(SYN, CISN + 50_000, 0, 0);
+        assert!(!c.word().has(flowflags::SYN_COOKIE));
     }
 }
 
@@ -1770,15 +2060,10 @@ mod counters {
             [conn(Role::Client, SynSent, 1)]
         );
 
+        // Picked up midstream: nothing counted until the other side is seen.
         let s = seg(ACK, 1, 2, 0);
         let (_, st) = open(Side::A, &s, BOTH, T0, [SPORT, CPORT]).unwrap();
-        assert_eq!(
-            deltas(before, &st, Side::A),
-            [
-                conn(Role::Server, Established, 1),
-                conn(Role::Client, Established, 1)
-            ]
-        );
+        assert_eq!(deltas(before, &st, Side::A), []);
     }
 
     #[test]

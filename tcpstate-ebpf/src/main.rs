@@ -22,7 +22,7 @@ use aya_log_ebpf::{debug, info, warn};
 use tcpstate_common::{
     counters::{idx, Hook, UntrackedReason},
     flow::FlowKey,
-    packet::{could_be_tcp, Packet, SkipReason, TcpPacket},
+    packet::{could_be_tcp, Packet, SkipReason, TcpPacket, MAX_HEADER_OFFSET},
     scope,
 };
 
@@ -33,9 +33,10 @@ use crate::{
 
 /// TCX "next": let the rest of the chain (or the stack) have the packet, as a monitor must.
 const TCX_NEXT: i32 = -1;
-/// Bytes a TC program pulls into the linear area when headers straddle it: Ethernet, two VLAN
-/// tags, IPv6 with a few extension headers and a TCP header with options.
-const TC_PULL: u32 = 256;
+/// Bytes a TC program pulls into the linear area when headers straddle it: every byte the parser
+/// may read (headers end by `MAX_HEADER_OFFSET`, reads reach 64 past it), so an IPv6 chain of
+/// extension headers the walk accepts is never cut by the pull and miscounted as truncated.
+const TC_PULL: u32 = (MAX_HEADER_OFFSET + 64 + 64) as u32;
 
 /// Host mode, ingress (with `--ingress-hook xdp`): segments arriving for local endpoints.
 #[xdp]
@@ -113,8 +114,8 @@ pub fn tcpstate_tc_ctr_egress(ctx: TcContext) -> i32 {
 /// `scoped`: a container interface, whose scope the daemon put in the scope map.
 #[inline(always)]
 fn tc_track(ctx: &TcContext, hook: Hook, view: View, scoped: bool) -> i32 {
-    // Not pulled: a frame whose EtherType is outside the linear area reads as "could be" and goes
-    // through the full path below.
+    // Not pulled: a frame whose EtherType or IPv4 protocol is outside the linear area reads as
+    // "could be" and goes through the full path below, pull included.
     if !could_be_tcp(&Frame::tc(ctx)) {
         return TCX_NEXT;
     }
@@ -150,8 +151,25 @@ fn tc_track(ctx: &TcContext, hook: Hook, view: View, scoped: bool) -> i32 {
             status = parse_frame(&Frame::tc(ctx), &mut scratch.pkt);
         }
     }
+    // SYN cookies are the host's own: a host-mode egress program's (a container's veth carries
+    // its SYN-ACKs the other way, and its namespace's cookies are not counted).
+    let host_egress = view == View::HostEgress && !scoped;
+    if host_egress {
+        track::mark_syn_cookie(ctx, scratch, status);
+        // Container mode: what the host only forwards is nobody's here (a load-time constant
+        // prunes this when off).
+        if track::transit_check() {
+            scratch.forwarded = track::forwarded(ctx);
+        }
+    }
+    let forwarded = scratch.forwarded;
     track(status, scratch, hook, view, |pkt, view| {
-        local_socket(ctx, pkt, view)
+        // Leaving the host, the skb says it; arriving, the kernel's socket tables do.
+        if view == View::HostEgress {
+            !forwarded
+        } else {
+            local_socket(ctx, pkt, view)
+        }
     });
     if logging() {
         log_event(ctx, scratch);

@@ -7,17 +7,19 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
+    programs::TcContext,
     Global,
 };
 use tcpstate_common::{
-    commit::{atomic_add, commit},
+    commit::{atomic_add, commit, compare_and_swap},
     counters::{for_each_delta, idx, Hook, UntrackedReason},
     flow::{flowflags, FlowKey, FlowRecord, FlowWord, Side},
-    maps::{Config, TableCounters, UserCounters, CAPACITY_SLACK},
+    maps::{Config, Settings, TableCounters, UserCounters, CAPACITY_SLACK, SYN_COOKIE_PORTS},
     packet::TcpPacket,
-    pipeline::{open_new, opened_deltas, update_into, NotOpened},
+    pipeline::{open_new, opened_deltas, retract, update_into, NotOpened},
     scope::{self, ScopeInfo},
     state::{write, InvalidReason, Step},
+    tcp::flags::{ACK, FIN, RST, SYN},
 };
 
 /// Default capacity compiled into the object; the daemon sets the real one at load time.
@@ -52,6 +54,11 @@ static TABLE: Array<TableCounters> = Array::pinned(1, 0);
 #[map(name = "TCPSTATE_USER")]
 static USER: Array<UserCounters> = Array::pinned(1, 0);
 
+/// Written by the daemon for the inspection commands; the programs never read it. Declared here
+/// so the loader creates and pins it with the others.
+#[map(name = "TCPSTATE_SETTINGS")]
+static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+
 /// Working space for one segment: the parsed packet and the state machine's [`Step`]. Both are too
 /// big for the 512-byte stack, which the verifier sums over a call chain.
 pub struct Scratch {
@@ -62,6 +69,12 @@ pub struct Scratch {
     /// The segment's scope ([`scope`]) and the first counter slot of that scope.
     pub scope: u32,
     pub base: u32,
+    /// The segment is a SYN-ACK the local stack sent from a SYN cookie ([`mark_syn_cookie`]).
+    /// False unless the TC egress program sets it for this packet.
+    pub cookie: bool,
+    /// Container mode, host-mode TC egress: the segment leaves without a socket after entering
+    /// through another interface, so the host only forwards it ([`forwarded`]).
+    pub forwarded: bool,
 }
 
 /// A rare event worth a kernel log line (aya-log, when `--kernel-log` enables it).
@@ -72,6 +85,9 @@ pub enum Event {
     Untracked(UntrackedReason),
     ResetAccepted,
 }
+
+#[map(name = "TCPSTATE_SYN_COOKIES")]
+static SYN_COOKIES: Array<u64> = Array::pinned(SYN_COOKIE_PORTS, 0);
 
 #[map(name = "TCPSTATE_SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -89,7 +105,10 @@ impl Scratch {
     #[inline(always)]
     pub fn get() -> Option<&'static mut Scratch> {
         // SAFETY: per-CPU array value, valid for the program run, exclusively ours (above).
-        SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+        let s = SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })?;
+        s.cookie = false;
+        s.forwarded = false;
+        Some(s)
     }
 }
 
@@ -206,6 +225,47 @@ pub fn track(
     }
 }
 
+/// Host mode, TC egress: marks a SYN-ACK that leaves without a socket as a SYN cookie, and counts
+/// it for its local port. Linux attaches the request socket to every SYN-ACK it sends from its SYN
+/// queue (and the listener to a Fast Open one), but none to a cookie's, which it keeps no state
+/// for (net/ipv4/tcp_output.c, tcp_make_synack: TCP_SYNACK_COOKIE).
+#[inline(always)]
+pub fn mark_syn_cookie(ctx: &TcContext, scratch: &mut Scratch, status: ParseStatus) {
+    if status != ParseStatus::Tcp || scratch.pkt.seg.flags & (SYN | ACK | RST | FIN) != SYN | ACK {
+        return;
+    }
+    // A SYN-ACK the host forwards (a container's, through NAT) has no socket either, but it
+    // entered through an interface: only one the local stack built (skb_iif 0) is a cookie.
+    // SAFETY: the program's own context.
+    if unsafe { (*ctx.skb.skb).ingress_ifindex } != 0 {
+        return;
+    }
+    // SAFETY: the program's own context; the verifier allows TC programs to read `sk` (a socket
+    // pointer or NULL), which is only compared with NULL here.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if !sk.is_null() {
+        return;
+    }
+    scratch.cookie = true;
+    count(idx::SYN_COOKIES);
+    if let Some(c) = SYN_COOKIES.get_ptr_mut(scratch.pkt.sport as u32) {
+        // SAFETY: array value pointers are valid and 8-byte aligned.
+        unsafe { atomic_add(c, 1) };
+    }
+}
+
+/// Whether a segment leaving a host-mode interface is only forwarded by the host: it has no
+/// socket (the IP layer orphans what it receives, ip_rcv_core) and it came in through an
+/// interface (skb_iif; 0 for what the local stack builds, RSTs and cookie SYN-ACKs included).
+#[inline(always)]
+pub fn forwarded(ctx: &TcContext) -> bool {
+    // SAFETY: the program's own context; `sk` is only compared with NULL.
+    unsafe {
+        let skb = ctx.skb.skb;
+        (*skb).__bindgen_anon_2.sk.is_null() && (*skb).ingress_ifindex != 0
+    }
+}
+
 /// [`Config::turn_away_before_lookup`]: a bare SYN meeting a full table or a spent half-open
 /// budget is answered before the lookup; other segments do not read the books.
 #[inline(always)]
@@ -247,11 +307,15 @@ fn update(scratch: &mut Scratch, now: u64) -> Found {
     // SAFETY: a value pointer returned by lookup stays valid for this program run (RCU). The
     // record is read in place; the word it was computed from is re-checked by `commit`.
     let rec = unsafe { &*ptr };
+    // Container mode: a flow counted as the host's whose segments the host turns out to forward.
+    if scratch.forwarded && FlowWord::from_bits(rec.word).counted != 0 {
+        retract_flow(ptr, scratch.base);
+    }
     let word = rec.word;
     let st = &mut scratch.step;
     // The hot path: established data and ACKs within a coarse second change nothing, which the
     // map value itself tells (`quiet`, inside): no copy of the record, no write.
-    if !update_into(st, rec, sender, &scratch.pkt.seg, now) {
+    if !update_into(st, rec, sender, &scratch.pkt.seg, now, scratch.cookie) {
         return Found::Done;
     }
     precise_stamps(st, FlowWord::from_bits(word));
@@ -266,6 +330,23 @@ fn update(scratch: &mut Scratch, now: u64) -> Found {
     };
     account(FlowWord::from_bits(word), st, sender, scratch.base);
     Found::Done
+}
+
+/// Takes a forwarded flow out of the host's gauges ([`retract`]), once: by compare-and-swap of the
+/// state word, so two CPUs retracting it cannot both move the gauges.
+#[inline(never)]
+fn retract_flow(ptr: *mut FlowRecord, base: u32) {
+    // SAFETY: a live map value pointer (see `update`); the word is 8-byte aligned.
+    unsafe {
+        let word = core::ptr::addr_of_mut!((*ptr).word);
+        let old = *word;
+        let new = retract(FlowWord::from_bits(old), |_, _| {});
+        if compare_and_swap(word, old, new.to_bits()) {
+            retract(FlowWord::from_bits(old), |slot, d| {
+                bump(idx::in_scope(base, slot), d)
+            });
+        }
+    }
 }
 
 /// The lookup `update` starts with, alone (for `tcpstate_xdp_lookup_floor`). Writes whether the
@@ -325,6 +406,11 @@ fn account(old: FlowWord, st: &Step, sender: Side, base: u32) {
     reason = "by reference: no copies of the key or record on the 512-byte stack"
 )]
 fn insert_new(scratch: &mut Scratch, view: View, now: u64, transit: bool) -> bool {
+    // A SYN cookie's SYN-ACK whose SYN was not tracked: the server keeps no state, so neither do
+    // we; the ACK returning the cookie is picked up midstream.
+    if scratch.cookie {
+        return true;
+    }
     let tcp = &scratch.pkt;
     let base = scratch.base;
     let (key, sender) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);

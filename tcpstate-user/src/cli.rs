@@ -244,9 +244,11 @@ pub struct LeaksArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// CLOSE_WAIT age past which an endpoint counts as leaked.
-    #[arg(long, default_value = "60s")]
-    pub older_than: Duration,
+    /// CLOSE_WAIT age past which an endpoint counts as leaked. Default: the running daemon's
+    /// --close-wait-leak-after (published in its pinned maps), so this agrees with
+    /// tcpstate_close_wait_leaked; 60s if the daemon did not publish one.
+    #[arg(long)]
+    pub older_than: Option<Duration>,
     #[command(flatten)]
     pub containers: ContainerFilter,
     #[command(flatten)]

@@ -99,6 +99,13 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
         KernelLog::Off => None,
         _ => Some(kernellog::take(&mut ebpf)?),
     };
+    tables::publish_settings(
+        &mut ebpf,
+        &tcpstate_common::maps::Settings {
+            close_wait_leak_after_ns: cfg.close_wait_leak_after.as_nanos() as u64,
+        },
+    )?;
+    let syn_cookies = tables::SynCookies::from_ebpf(&mut ebpf)?;
     let (mut flows, books, scope_maps) = tables::from_ebpf(&mut ebpf)?;
     // The daemon's side of the books survives restarts in its pinned map.
     let mut counters = DaemonCounters::new(books.users()?);
@@ -144,7 +151,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let sweeper = spawn_sweeper(flows, shared.clone(), stop.clone(), &cfg);
+    let sweeper = spawn_sweeper(flows, syn_cookies, shared.clone(), stop.clone(), &cfg);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -178,16 +185,7 @@ fn sync_host(cfg: &RunConfig, flows: &mut Flows, counters: &mut DaemonCounters) 
             return;
         }
     };
-    let rule = seed::Scope {
-        host: cfg
-            .attachments
-            .iter()
-            .filter(|a| a.mode == Mode::Host)
-            .flat_map(|a| netif::addresses(&a.iface))
-            .collect::<HashSet<_>>(),
-        loopback: cfg.attachments.iter().any(|a| a.iface == "lo"),
-        all_but_loopback: false,
-    };
+    let rule = host_scope(cfg);
     let mut existing = Vec::new();
     if let Err(e) = flows.for_each(|k, r| {
         if k.scope == scope::HOST {
@@ -219,8 +217,24 @@ fn sync_host(cfg: &RunConfig, flows: &mut Flows, counters: &mut DaemonCounters) 
     );
 }
 
+/// The local addresses whose sockets the tracker sees: host-mode interfaces' (and loopback when
+/// `lo` is watched).
+fn host_scope(cfg: &RunConfig) -> seed::Scope {
+    seed::Scope {
+        host: cfg
+            .attachments
+            .iter()
+            .filter(|a| a.mode == Mode::Host)
+            .flat_map(|a| netif::addresses(&a.iface))
+            .collect::<HashSet<_>>(),
+        loopback: cfg.attachments.iter().any(|a| a.iface == "lo"),
+        all_but_loopback: false,
+    }
+}
+
 fn spawn_sweeper(
     mut flows: Flows,
+    syn_cookies: tables::SynCookies,
     shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
     cfg: &RunConfig,
@@ -232,6 +246,12 @@ fn spawn_sweeper(
         port_labels: cfg.port_labels,
         listeners: Default::default(),
         labelled: Default::default(),
+        syn_cookies: Some(syn_cookies),
+        // Loopback is tap mode: both ends counted from the wire, nothing to settle.
+        settle: host_mode.then(|| seed::Scope {
+            loopback: false,
+            ..host_scope(cfg)
+        }),
     };
     std::thread::Builder::new()
         .name("sweeper".into())
@@ -263,19 +283,25 @@ fn spawn_sweeper(
                     listening.insert(s.scope, l);
                 }
                 leaks.listeners = listening;
-                let removed = sweeper::sweep(&mut flows, &timeouts, &mut leaks, &mut report);
+                let changes = sweeper::sweep(&mut flows, &timeouts, &mut leaks, &mut report);
                 {
                     let mut s = shared
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     s.report = report.clone();
-                    if !removed.is_empty() {
+                    if !changes.is_empty() {
                         s.book(|c| {
-                            for (key, rec, why) in &removed {
+                            for (key, rec, why) in &changes.removed {
                                 c.record_delete(key.scope, rec.word());
                                 if *why == Expired::Handshake {
                                     c.handshake_timeout(key.scope);
                                 }
+                            }
+                            for (key, w) in &changes.confirmed {
+                                c.record_confirm(key.scope, *w);
+                            }
+                            for (key, w, side) in &changes.ended {
+                                c.record_end(key.scope, *w, *side);
                             }
                         });
                     }

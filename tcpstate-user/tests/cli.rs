@@ -115,6 +115,7 @@ fn describe_metrics_lists_the_contract_and_passes_promtool() {
         "tcpstate_flow_table_capacity",
         "tcpstate_flows_untracked_total",
         "tcpstate_handshakes_total",
+        "tcpstate_fastopen_total",
         "tcpstate_close_wait_leaked",
         "tcpstate_close_wait_oldest_seconds",
     ] {

@@ -259,6 +259,9 @@ fn dashboard_expressions_use_only_exported_metrics_and_labels() {
         "tcpstate_segments_total",
         "tcpstate_invalid_segments_total",
         "tcpstate_skipped_packets_total",
+        "tcpstate_syn_backlog",
+        "tcpstate_syn_cookies_sent_total",
+        "tcpstate_fastopen_total",
     ];
     for m in want {
         assert!(used.contains(m), "no dashboard panel uses {m}: {used:?}");
@@ -358,6 +361,7 @@ fn dashboard_is_well_formed() {
         "Flow table fill",
         "Segments by hook",
         "Invalid segments and skipped packets by reason",
+        "SYN cookies by port and Fast Open",
     ] {
         assert!(titles.contains(want), "no panel {want:?} in {titles:?}");
     }

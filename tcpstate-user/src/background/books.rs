@@ -65,6 +65,16 @@ impl DaemonCounters {
         self.slot(scope).shift_gauges(w, 1u64.wrapping_neg());
     }
 
+    /// A pending pickup the daemon confirmed in `scope`: `w`, the word written, enters the gauges.
+    pub fn record_confirm(&mut self, scope: u32, w: FlowWord) {
+        self.slot(scope).record_confirm(w);
+    }
+
+    /// An endpoint of `scope` the daemon ended alone (tap mode); `w` is the word before.
+    pub fn record_end(&mut self, scope: u32, w: FlowWord, side: tcpstate_common::flow::Side) {
+        self.slot(scope).record_end(w, side);
+    }
+
     /// A handshake the sweeper gave up on, in `scope`.
     pub fn handshake_timeout(&mut self, scope: u32) {
         let s = self.slot(scope);

@@ -16,10 +16,25 @@ pub enum Expired {
     Other,
 }
 
-/// `Some` when every endpoint of `rec` is done by its state's rule. State ages count from when the
-/// endpoint entered the state (`since_ns`), idle times from the last segment (`last_seen`).
-/// CLOSE_WAIT never expires: a socket stuck there is exactly what users need to see.
-pub fn decide(rec: &FlowRecord, now_ns: u64, t: &Timeouts) -> Option<Expired> {
+/// `Some` when the flow is over by its states' rules. State ages count from when the endpoint
+/// entered the state (`since_ns`), idle times from the last segment (`last_seen`). CLOSE_WAIT
+/// never expires: a socket stuck there is exactly what users need to see.
+///
+/// Timeouts apply per endpoint: the flow is over when every endpoint is done, or when every
+/// watched one is (host mode watches the local endpoint only: a local FIN_WAIT_2 the kernel
+/// dropped must not wait for the peer's CLOSE_WAIT, which never ends). Where both are watched
+/// (tap mode) and one is done while the other is not, [`ended_side`] says which one ends alone.
+///
+/// With `kernel_settles` (host mode), a watched FIN_WAIT_2 endpoint is never done by the timer:
+/// it may be orphaned (the kernel drops it after tcp_fin_timeout) or only shut down for writing
+/// (kept for as long as the peer keeps its end), and only the kernel's socket table can tell
+/// ([`crate::background::settle`]).
+pub fn decide_with(
+    rec: &FlowRecord,
+    now_ns: u64,
+    t: &Timeouts,
+    kernel_settles: bool,
+) -> Option<Expired> {
     let w = rec.word();
     // A handshake that outlived its timeout ends the flow, whatever the mirror says of the peer:
     // the SYN-ACK puts the client in ESTABLISHED, but a server still in SYN_RECV past its timeout
@@ -36,34 +51,77 @@ pub fn decide(rec: &FlowRecord, now_ns: u64, t: &Timeouts) -> Option<Expired> {
         }
     }
     let idle = now_ns.saturating_sub(rec.last_seen_ns());
-    let mut why = Expired::Other;
-    for side in [Side::A, Side::B] {
-        let age = now_ns.saturating_sub(rec.since_ns[side.index()]);
-        let state = w.state(side);
-        let done = match state {
-            TcpState::Closed => age >= t.closed_linger.as_nanos() as u64,
-            TcpState::TimeWait => age >= t.time_wait.as_nanos() as u64,
-            TcpState::SynSent => age >= t.syn_sent.as_nanos() as u64,
-            TcpState::SynRecv => age >= t.syn_recv.as_nanos() as u64,
-            TcpState::FinWait2 => age >= t.fin_wait2.as_nanos() as u64,
-            TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck => {
-                idle >= t.closing_idle.as_nanos() as u64
-            }
-            TcpState::Established => idle >= t.established_idle.as_nanos() as u64,
-            TcpState::CloseWait => false,
-        };
-        if !done {
-            return None;
-        }
-        why = match (why, state) {
-            (_, TcpState::SynSent | TcpState::SynRecv) | (Expired::Handshake, _) => {
-                Expired::Handshake
-            }
-            (_, TcpState::TimeWait) => Expired::TimeWait,
-            (w, _) => w,
-        };
+    // A midstream pickup that never saw the other direction: a stray segment, not a connection.
+    if w.pending != 0 && idle >= t.closing_idle.as_nanos() as u64 {
+        return Some(Expired::Other);
     }
-    Some(why)
+    let done = |side: Side| done(rec, side, now_ns, idle, t, kernel_settles);
+    let verdict = |sides: &[Side]| -> Option<Expired> {
+        let mut why = Expired::Other;
+        for &side in sides {
+            if !done(side) {
+                return None;
+            }
+            why = match (why, w.state(side)) {
+                (_, TcpState::SynSent | TcpState::SynRecv) | (Expired::Handshake, _) => {
+                    Expired::Handshake
+                }
+                (_, TcpState::TimeWait) => Expired::TimeWait,
+                (w, _) => w,
+            };
+        }
+        Some(why)
+    };
+    let watched: Vec<Side> = [Side::A, Side::B]
+        .into_iter()
+        .filter(|&s| w.counted & s.bit() != 0)
+        .collect();
+    verdict(&[Side::A, Side::B]).or_else(|| {
+        // Every watched endpoint is done: the others are the peer's, on another host.
+        (watched.len() == 1).then(|| verdict(&watched)).flatten()
+    })
+}
+
+/// Whether one endpoint's own rule says it is done.
+fn done(
+    rec: &FlowRecord,
+    side: Side,
+    now_ns: u64,
+    idle: u64,
+    t: &Timeouts,
+    kernel_settles: bool,
+) -> bool {
+    let w = rec.word();
+    let age = now_ns.saturating_sub(rec.since_ns[side.index()]);
+    match w.state(side) {
+        TcpState::Closed => age >= t.closed_linger.as_nanos() as u64,
+        TcpState::TimeWait => age >= t.time_wait.as_nanos() as u64,
+        TcpState::SynSent => age >= t.syn_sent.as_nanos() as u64,
+        TcpState::SynRecv => age >= t.syn_recv.as_nanos() as u64,
+        TcpState::FinWait2 if kernel_settles && w.counted & side.bit() != 0 => false,
+        TcpState::FinWait2 => age >= t.fin_wait2.as_nanos() as u64,
+        TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck => {
+            idle >= t.closing_idle.as_nanos() as u64
+        }
+        TcpState::Established => idle >= t.established_idle.as_nanos() as u64,
+        TcpState::CloseWait => false,
+    }
+}
+
+/// Tap mode (both endpoints watched): an endpoint done by its own rule while its peer is not
+/// ends alone, and the flow stays for the peer. A server's orphaned FIN_WAIT_2 is gone after
+/// tcp_fin_timeout while its client, which never closes, stays in CLOSE_WAIT: the mirror must
+/// show the one and not the other.
+pub fn ended_side(rec: &FlowRecord, now_ns: u64, t: &Timeouts) -> Option<Side> {
+    let w = rec.word();
+    if w.counted != Side::A.bit() | Side::B.bit() || w.pending != 0 {
+        return None;
+    }
+    let idle = now_ns.saturating_sub(rec.last_seen_ns());
+    let done = |side| done(rec, side, now_ns, idle, t, false);
+    [Side::A, Side::B]
+        .into_iter()
+        .find(|&side| w.state(side) != TcpState::Closed && done(side) && !done(side.other()))
 }
 
 /// The first instant at which [`decide`] drops `rec`, if nothing changes it meanwhile (`u64::MAX`:
@@ -75,6 +133,7 @@ pub fn not_before(rec: &FlowRecord, t: &Timeouts) -> u64 {
     let at = |base: u64, d: std::time::Duration| base.saturating_add(d.as_nanos() as u64);
     let mut handshake = u64::MAX;
     let mut all_done = 0u64;
+    let mut alone = u64::MAX;
     for side in [Side::A, Side::B] {
         let since = rec.since_ns[side.index()];
         let done = match w.state(side) {
@@ -93,8 +152,45 @@ pub fn not_before(rec: &FlowRecord, t: &Timeouts) -> u64 {
             handshake = handshake.min(done);
         }
         all_done = all_done.max(done);
+        // Host mode: the one watched endpoint ends the flow by itself.
+        if w.counted == side.bit() {
+            alone = done;
+        }
     }
-    handshake.min(all_done)
+    // A pickup still pending goes after the closing timeout without segments.
+    let pending = if w.pending != 0 {
+        at(rec.last_seen_ns(), t.closing_idle)
+    } else {
+        u64::MAX
+    };
+    handshake.min(all_done).min(alone).min(pending)
+}
+
+/// The first instant at which the sweeper may change `rec` at all: drop it ([`not_before`]) or,
+/// in tap mode, end one endpoint alone ([`ended_side`]). A walk in capture time skips the flow
+/// until then.
+pub fn due(rec: &FlowRecord, t: &Timeouts) -> u64 {
+    let w = rec.word();
+    let at = |base: u64, d: std::time::Duration| base.saturating_add(d.as_nanos() as u64);
+    let mut first = not_before(rec, t);
+    if w.counted == Side::A.bit() | Side::B.bit() && w.pending == 0 {
+        for side in [Side::A, Side::B] {
+            let since = rec.since_ns[side.index()];
+            let done = match w.state(side) {
+                TcpState::Closed | TcpState::CloseWait => u64::MAX,
+                TcpState::TimeWait => at(since, t.time_wait),
+                TcpState::SynSent => at(since, t.syn_sent),
+                TcpState::SynRecv => at(since, t.syn_recv),
+                TcpState::FinWait2 => at(since, t.fin_wait2),
+                TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck => {
+                    at(rec.last_seen_ns(), t.closing_idle)
+                }
+                TcpState::Established => at(rec.last_seen_ns(), t.established_idle),
+            };
+            first = first.min(done);
+        }
+    }
+    first
 }
 
 #[cfg(test)]
@@ -105,6 +201,10 @@ mod tests {
     use tcpstate_common::FlowWord;
 
     use super::*;
+
+    fn decide(rec: &FlowRecord, now_ns: u64, t: &Timeouts) -> Option<Expired> {
+        decide_with(rec, now_ns, t, false)
+    }
 
     fn timeouts() -> Timeouts {
         let s = Duration::from_secs;
@@ -169,19 +269,78 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// `not_before` is exactly where `decide` starts dropping a flow.
+        /// `not_before` is exactly where `decide` starts dropping a flow, whichever endpoints are
+        /// watched and whether it is a pending pickup.
         #[test]
         fn not_before_is_the_first_instant_decide_drops(
-            a in 0u8..10, b in 0u8..10,
+            a in 0u8..10, b in 0u8..10, counted in 0u8..4, pending in 0u8..2,
             since_a in 0u64..400, since_b in 0u64..400, seen in 0u64..400, now in 0u64..1000,
         ) {
             let mut r = rec(TcpState::from_u8_lossy(a), TcpState::from_u8_lossy(b), 0, seen);
             r.since_ns = [since_a * NS, since_b * NS];
+            let mut w = r.word();
+            w.counted = counted;
+            w.pending = pending;
+            r.set_word(w);
             let t = timeouts();
             let first = not_before(&r, &t);
             let now = now * NS;
             proptest::prop_assert_eq!(decide(&r, now, &t).is_some(), now >= first, "first {}", first);
         }
+    }
+
+    /// `rec` with the sides in `counted` watched.
+    fn watched(mut r: FlowRecord, counted: u8) -> FlowRecord {
+        let mut w = r.word();
+        w.counted = counted;
+        r.set_word(w);
+        r
+    }
+
+    #[test]
+    fn a_local_fin_wait2_past_its_timeout_ends_the_flow_whatever_the_peer() {
+        // Host mode, server side A closed on a client that never closes. Regression: the flow
+        // waited for both endpoints, and the peer's CLOSE_WAIT never ends: FIN_WAIT_2 piled up.
+        let r = watched(rec(TcpState::FinWait2, TcpState::CloseWait, 0, 0), 0b01);
+        assert_eq!(decide(&r, 59 * NS, &timeouts()), None);
+        assert_eq!(decide(&r, 60 * NS, &timeouts()), Some(Expired::Other));
+        // Settled by the kernel instead (host mode with sock_diag): never by the timer.
+        assert_eq!(decide_with(&r, 6000 * NS, &timeouts(), true), None);
+        // The local side is the CLOSE_WAIT one: it never expires.
+        let r = watched(rec(TcpState::FinWait2, TcpState::CloseWait, 0, 0), 0b10);
+        assert_eq!(decide(&r, 6000 * NS, &timeouts()), None);
+    }
+
+    #[test]
+    fn in_tap_mode_an_endpoint_ends_alone_and_the_flow_stays_for_its_peer() {
+        let r = watched(rec(TcpState::FinWait2, TcpState::CloseWait, 0, 0), 0b11);
+        assert_eq!(
+            decide(&r, 61 * NS, &timeouts()),
+            None,
+            "the CLOSE_WAIT stays"
+        );
+        assert_eq!(ended_side(&r, 59 * NS, &timeouts()), None);
+        assert_eq!(ended_side(&r, 61 * NS, &timeouts()), Some(Side::A));
+        // Once ended (Closed), nothing more to end; the CLOSE_WAIT keeps the flow.
+        let r = watched(rec(TcpState::Closed, TcpState::CloseWait, 0, 0), 0b11);
+        assert_eq!(ended_side(&r, 600 * NS, &timeouts()), None);
+        assert_eq!(decide(&r, 600 * NS, &timeouts()), None);
+        // Host mode never ends a side alone: the whole flow goes.
+        let r = watched(rec(TcpState::FinWait2, TcpState::CloseWait, 0, 0), 0b01);
+        assert_eq!(ended_side(&r, 61 * NS, &timeouts()), None);
+    }
+
+    #[test]
+    fn a_pending_pickup_goes_after_the_closing_idle_time() {
+        let mut r = watched(
+            rec(TcpState::Established, TcpState::Established, 0, 0),
+            0b01,
+        );
+        let mut w = r.word();
+        w.pending = 0x81;
+        r.set_word(w);
+        assert_eq!(decide(&r, 119 * NS, &timeouts()), None);
+        assert_eq!(decide(&r, 121 * NS, &timeouts()), Some(Expired::Other));
     }
 
     #[test]

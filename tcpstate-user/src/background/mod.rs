@@ -5,4 +5,5 @@ pub mod books;
 pub mod expiry;
 pub mod ports;
 pub mod seed;
+pub mod settle;
 pub mod sweeper;

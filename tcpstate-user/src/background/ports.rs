@@ -66,6 +66,9 @@ pub struct PortFigures {
     pub syn_backlog: u64,
     /// The accept queue, for listening ports (host mode).
     pub accept: Option<AcceptQueue>,
+    /// SYN-ACKs sent from SYN cookies since the maps were created (host mode), for numbered
+    /// labels; `other`'s is the total less these, computed at scrape time.
+    pub syn_cookies: u64,
 }
 
 /// Label of a port: its number, or "other".

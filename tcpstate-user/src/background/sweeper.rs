@@ -1,21 +1,28 @@
-//! The background walk: expires flows by their state's timeout and reports its own cost. Runs on
-//! its own thread at a fixed cadence; scrapes serve its latest report and never wait for it.
+//! The background walk: expires flows by their state's timeout, settles host endpoints against
+//! the kernel's socket table, and reports per-port figures and its own cost. Runs on its own thread
+//! at a fixed cadence; scrapes serve its latest report and never wait for it.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
-use tcpstate_common::{flow::monotonic_ns, FlowKey, FlowRecord};
+use tcpstate_common::{
+    flow::{monotonic_ns, Side},
+    scope, FlowKey, FlowRecord, FlowWord, TcpState,
+};
 use tracing::warn;
 
 use crate::{
     background::{
         expiry::{self, Expired},
         ports::{self, AcceptQueue, PortEndpoint, Survey},
+        seed,
+        settle::{self, Settled},
     },
-    bpf::tables::Flows,
+    bpf::tables::{Flows, SynCookies},
     config::Timeouts,
+    sockets::sockdiag,
 };
 
 #[derive(Clone, Debug, Default)]
@@ -40,6 +47,29 @@ pub struct Leaks {
     /// away (the process closed its sockets, or exited and stopped listening) reads 0 rather than
     /// vanishing.
     pub labelled: BTreeMap<u32, BTreeSet<u16>>,
+    /// The kernel's SYN cookie counts by port (the host's), read for the labelled ports.
+    pub syn_cookies: Option<SynCookies>,
+    /// Host mode: the local addresses whose endpoints are settled against the host's socket
+    /// table ([`settle`]); `None` in tap mode, where the kernel's sockets are not the endpoints.
+    /// Container namespaces' endpoints are not settled: their timeouts decide.
+    pub settle: Option<seed::Scope>,
+}
+
+/// What a walk changed, for the caller to book in each flow's scope.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Flows deleted, and why.
+    pub removed: Vec<(FlowKey, FlowRecord, Expired)>,
+    /// Pending pickups the kernel confirmed: the word written (pending cleared).
+    pub confirmed: Vec<(FlowKey, FlowWord)>,
+    /// Tap mode: endpoints ended alone (the word before, and the side).
+    pub ended: Vec<(FlowKey, FlowWord, Side)>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.confirmed.is_empty() && self.ended.is_empty()
+    }
 }
 
 /// Most of one CPU the sweeper may use: after a walk that took `d`, it waits at least
@@ -52,54 +82,87 @@ pub fn pause_after(interval: Duration, last_walk: Duration) -> Duration {
     interval.max(last_walk.mul_f64(1.0 / SWEEP_DUTY - 1.0))
 }
 
-/// One walk. Returns the flows it removed, for the caller to book in their scopes.
+/// One walk. Returns what it changed in the table, for the caller to book.
 pub fn sweep(
     flows: &mut Flows,
     t: &Timeouts,
     leaks: &mut Leaks,
     report: &mut SweepReport,
-) -> Vec<(FlowKey, FlowRecord, Expired)> {
+) -> Changes {
     let start = Instant::now();
     let now = monotonic_ns();
     let mut expired: Vec<(FlowKey, FlowRecord, Expired)> = Vec::new();
     let mut seen: Vec<PortEndpoint> = Vec::new();
     let mut visited = 0u64;
+    // Host mode: host flows with a local endpoint the kernel may have let go of silently, or a
+    // pending midstream pickup, settled against the kernel's socket table below.
+    let mut unsettled: Vec<(FlowKey, FlowRecord)> = Vec::new();
+    // Tap mode: endpoints whose own timeout ran out while their peer's did not.
+    let mut ended: Vec<(FlowKey, FlowRecord, Side)> = Vec::new();
+    let mut confirmed: Vec<(FlowKey, FlowRecord)> = Vec::new();
     let walked = flows.for_each(|key, rec| {
         visited += 1;
+        let settles = leaks.settle.as_ref().filter(|_| key.scope == scope::HOST);
         // A flow this walk expires is not in the figures it serves.
-        match expiry::decide(&rec, now, t) {
-            Some(why) => expired.push((key, rec, why)),
-            None => seen.extend(ports::endpoints(&key, &rec, now)),
+        if let Some(why) = expiry::decide_with(&rec, now, t, settles.is_some()) {
+            return expired.push((key, rec, why));
         }
+        if let Some(rule) = settles {
+            if settle::candidate(&key, &rec, now, rule, t.fin_wait2) {
+                return unsettled.push((key, rec));
+            }
+        }
+        if let Some(side) = expiry::ended_side(&rec, now, t) {
+            ended.push((key, rec, side));
+        }
+        seen.extend(ports::endpoints(&key, &rec, now));
     });
     if let Err(e) = walked {
         // A partial walk would serve partial figures: keep the last complete report instead.
         warn!(error = %e, "the sweep could not read the flow table");
-        return Vec::new();
+        return Changes::default();
     }
-    let mut by_scope: BTreeMap<u32, Vec<PortEndpoint>> = BTreeMap::new();
-    for e in seen {
-        by_scope.entry(e.scope).or_default().push(e);
+    if let (Some(rule), false) = (&leaks.settle, unsettled.is_empty()) {
+        // Dumped after the walk: an endpoint the walk read that the dump lacks was let go of by
+        // the kernel (every change below re-checks that no segment moved the flow meanwhile).
+        let states = unsettled
+            .iter()
+            .fold(0, |m, (_, rec)| m | settle::states_needed(rec));
+        match sockdiag::dump(states) {
+            Ok(sockets) => {
+                let kernel = seed::kernel_states(&sockets, rule);
+                for (key, rec) in unsettled {
+                    match settle::verdict(&key, &rec, now, &kernel, rule, t.fin_wait2) {
+                        Settled::Keep => seen.extend(ports::endpoints(&key, &rec, now)),
+                        Settled::Gone(why) => expired.push((key, rec, why)),
+                        Settled::Confirm => confirmed.push((key, rec)),
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the kernel's socket table to settle endpoints");
+                // Unsettled this time: counted as they stand.
+                for (key, rec) in unsettled {
+                    seen.extend(ports::endpoints(&key, &rec, now));
+                }
+            }
+        }
     }
-    let mut surveys = BTreeMap::new();
-    let mut labelled = BTreeMap::new();
-    for (&scope, listeners) in &leaks.listeners {
-        let seen = by_scope.remove(&scope).unwrap_or_default();
-        let candidates: BTreeSet<u16> = listeners
-            .keys()
-            .chain(leaks.labelled.get(&scope).into_iter().flatten())
-            .copied()
-            .collect();
-        let labels = ports::choose_labels(&candidates, &seen, leaks.port_labels);
-        surveys.insert(
-            scope,
-            ports::survey(&seen, &labels, leaks.leak_after_s, listeners),
-        );
-        labelled.insert(scope, labels);
+    let mut changes = Changes::default();
+    // Written back whole (userspace cannot compare-and-swap a map value): only when the word is
+    // still the one the walk read, so a segment that moved the flow meanwhile wins. Confirmed
+    // before the survey, so their endpoints are in this walk's per-port figures.
+    for (key, rec) in confirmed {
+        let mut new = rec;
+        let mut w = new.word();
+        w.pending = 0;
+        new.set_word(w);
+        if rewrite(flows, &key, &rec, &new) {
+            changes.confirmed.push((key, w));
+            seen.extend(ports::endpoints(&key, &new, now));
+        }
     }
-    report.ports = surveys;
-    leaks.labelled = labelled;
-    let mut removed = Vec::new();
+    survey(leaks, report, seen);
     for (key, rec, why) in expired {
         // A segment may have moved the flow since the walk read it: re-read, and leave it for the
         // next walk if its state word changed.
@@ -111,12 +174,71 @@ pub fn sweep(
             warn!(error = %e, "could not delete an expired flow");
             continue;
         }
-        removed.push((key, rec, why));
+        changes.removed.push((key, rec, why));
+    }
+    for (key, rec, side) in ended {
+        let mut new = rec;
+        let mut w = new.word();
+        w.set_state(side, TcpState::Closed);
+        new.set_word(w);
+        new.since_ns[side.index()] = now;
+        if rewrite(flows, &key, &rec, &new) {
+            changes.ended.push((key, rec.word(), side));
+        }
     }
     report.duration = start.elapsed();
     report.visited = visited;
     report.sweeps += 1;
-    removed
+    changes
+}
+
+/// The per-port figures of every watched scope, from the endpoints the walk counted.
+fn survey(leaks: &mut Leaks, report: &mut SweepReport, seen: Vec<PortEndpoint>) {
+    let mut by_scope: BTreeMap<u32, Vec<PortEndpoint>> = BTreeMap::new();
+    for e in seen {
+        by_scope.entry(e.scope).or_default().push(e);
+    }
+    let mut surveys = BTreeMap::new();
+    let mut labelled = BTreeMap::new();
+    for (&sc, listeners) in &leaks.listeners {
+        let seen = by_scope.remove(&sc).unwrap_or_default();
+        let candidates: BTreeSet<u16> = listeners
+            .keys()
+            .chain(leaks.labelled.get(&sc).into_iter().flatten())
+            .copied()
+            .collect();
+        let labels = ports::choose_labels(&candidates, &seen, leaks.port_labels);
+        let mut survey = ports::survey(&seen, &labels, leaks.leak_after_s, listeners);
+        if let (scope::HOST, Some(cookies)) = (sc, &leaks.syn_cookies) {
+            for (label, fig) in survey.ports.iter_mut() {
+                if let Ok(port) = label.parse::<u16>() {
+                    fig.syn_cookies = cookies.get(port);
+                }
+            }
+        }
+        surveys.insert(sc, survey);
+        labelled.insert(sc, labels);
+    }
+    report.ports = surveys;
+    leaks.labelled = labelled;
+}
+
+/// `bpf(2)` update flag: replace an existing element only (include/uapi/linux/bpf.h).
+const BPF_EXIST: u64 = 2;
+
+/// Replaces `old` with `new` if the flow's state word is still `old`'s.
+fn rewrite(flows: &mut Flows, key: &FlowKey, old: &FlowRecord, new: &FlowRecord) -> bool {
+    match flows.0.get(key, 0) {
+        Ok(cur) if cur.word == old.word => {}
+        _ => return false,
+    }
+    match flows.0.insert(key, new, BPF_EXIST) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(error = %e, "could not update a flow");
+            false
+        }
+    }
 }
 
 #[cfg(test)]

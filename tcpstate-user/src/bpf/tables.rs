@@ -6,7 +6,7 @@ use aya::maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray};
 use tcpstate_common::{
     counters::idx,
     flow::{FlowKey, FlowRecord},
-    maps::{self, TableCounters, UserCounters},
+    maps::{self, Settings, TableCounters, UserCounters},
     scope::{self, ScopeInfo},
 };
 
@@ -283,5 +283,35 @@ impl Books {
             self.counters.set(base + slot, zeros, 0)?;
         }
         self.set_user(scope, &UserCounters::default())
+    }
+}
+
+/// Publishes the daemon's settings in their pinned map (taken from the loaded object).
+pub fn publish_settings(ebpf: &mut aya::Ebpf, settings: &Settings) -> anyhow::Result<()> {
+    let mut map: Array<MapData, Settings> = Array::try_from(take(ebpf, maps::SETTINGS)?)?;
+    Ok(map.set(0, settings, 0)?)
+}
+
+/// A running daemon's published settings: `None` when its pins have no settings map (a daemon
+/// built before it existed) or it has not published them yet.
+pub fn settings_from_pins(dir: &Path) -> Option<Settings> {
+    let data = MapData::from_pin(dir.join(maps::SETTINGS)).ok()?;
+    let map: Array<MapData, Settings> = Array::try_from(Map::Array(data)).ok()?;
+    map.get(&0, 0)
+        .ok()
+        .filter(|s| s.close_wait_leak_after_ns != 0)
+}
+
+/// SYN cookies sent, by local port (the kernel's per-port counts; the host's only).
+pub struct SynCookies(Array<MapData, u64>);
+
+impl SynCookies {
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> anyhow::Result<SynCookies> {
+        Ok(SynCookies(Array::try_from(take(ebpf, maps::SYN_COOKIES)?)?))
+    }
+
+    /// One lookup per port asked for: the sweeper asks for the labelled ones only.
+    pub fn get(&self, port: u16) -> u64 {
+        self.0.get(&u32::from(port), 0).unwrap_or(0)
     }
 }

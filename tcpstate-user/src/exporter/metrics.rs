@@ -8,13 +8,13 @@ use prometheus::{
 use tcpstate_common::{
     counters::{idx, Hook, RstDirection, UntrackedReason, HANDSHAKE_BOUNDS_NS},
     packet::SkipReason,
-    state::{InvalidReason, Opening},
+    state::{FastOpen, InvalidReason, Opening},
     Role, TcpState,
 };
 
 use crate::{
     background::{
-        ports::{PortFigures, Survey},
+        ports::{PortFigures, Survey, OTHER},
         sweeper::SweepReport,
     },
     bpf::{loader::Attached, tables::Totals},
@@ -107,6 +107,7 @@ fn merged_ports(sweep: &SweepReport, g: &Group) -> Survey {
             m.leaked += fig.leaked;
             m.oldest_s = m.oldest_s.max(fig.oldest_s);
             m.syn_backlog += fig.syn_backlog;
+            m.syn_cookies += fig.syn_cookies;
             m.accept = match (m.accept, fig.accept) {
                 (Some(a), Some(b)) => Some(crate::background::ports::AcceptQueue {
                     length: a.length + b.length,
@@ -334,6 +335,21 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
     }
     out.push(f);
 
+    let mut f = counter(
+        "tcpstate_fastopen_total",
+        "SYN-ACKs answering a SYN that carried data (TCP Fast Open): accepted (the data acknowledged with the SYN) or declined (the SYN alone).",
+    );
+    for g in &groups {
+        for fo in FastOpen::ALL {
+            let v = g.sum(|sc| t.scoped(sc, idx::FASTOPEN + fo as u32 - 1));
+            if v == 0 && g.sparse() {
+                continue;
+            }
+            f.sample(&g.with(&[("result", fo.name())]), v as f64);
+        }
+    }
+    out.push(f);
+
     let mut f = Family::new(
         "tcpstate_handshake_duration_seconds",
         "Opening handshakes as seen on this host, SYN to ESTABLISHED: the client's ends with the SYN-ACK, the server's with the final ACK.",
@@ -421,6 +437,27 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
         }
     }
     out.extend([leaked, oldest, backlog, queue, queue_max]);
+
+    let mut f = counter(
+        "tcpstate_syn_cookies_sent_total",
+        "SYN-ACKs a local listener sent from a SYN cookie (its SYN queue was full; the kernel keeps no state for these until the ACK returns the cookie), by local port. Host mode only: told apart on TC egress by the socket a cookie SYN-ACK lacks.",
+    );
+    // The host's own listeners only: a container's cookies leave through its veth the other way.
+    if let Some((g, survey)) = surveys.iter().find(|(g, _)| g.scopes.contains(&0)) {
+        let total = t.slot(idx::SYN_COOKIES);
+        let mut labelled = 0u64;
+        for (port, fig) in &survey.ports {
+            if port != OTHER {
+                labelled = labelled.saturating_add(fig.syn_cookies);
+                f.sample(&g.with(&[("port", port)]), fig.syn_cookies as f64);
+            }
+        }
+        f.sample(
+            &g.with(&[("port", OTHER)]),
+            total.saturating_sub(labelled) as f64,
+        );
+    }
+    out.push(f);
 
     if s.scopes.enabled {
         let mut f = gauge(

@@ -44,7 +44,7 @@ impl FlowView {
                 "endpoint": self.endpoint(s),
                 "state": w.state(s).name(),
                 "role": w.role(s).name(),
-                "local": w.is_counted(s),
+                "local": w.counted & s.bit() != 0,
                 "age_seconds": self.age_s(s, now),
                 // What the tracker knows of this endpoint's sequence space (null where unknown).
                 "seq": {
@@ -67,6 +67,8 @@ impl FlowView {
             "pod": self.scope.pod,
             "container": self.scope.container,
             "container_id": self.scope.container_id,
+            "syn_cookie": w.has(flowflags::SYN_COOKIE),
+            "pending": w.pending != 0,
         })
     }
 }
@@ -118,13 +120,14 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
     );
     for v in &views {
         let w = v.rec.word();
-        let mark = |s: Side| if w.is_counted(s) { "*" } else { "" };
+        let mark = |s: Side| if w.counted & s.bit() != 0 { "*" } else { "" };
         let mut flags = Vec::new();
         for (bit, name) in [
             (flowflags::MIDSTREAM, "midstream"),
             (flowflags::SEEDED, "seeded"),
             (flowflags::RESET, "reset"),
             (flowflags::TRANSIT, "transit"),
+            (flowflags::SYN_COOKIE, "syn_cookie"),
         ] {
             if w.has(bit) {
                 flags.push(name);
@@ -216,6 +219,8 @@ pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
         maps::USER,
         tcpstate_common::scope::SCOPES,
         tcpstate_common::scope::SCOPE_INFO,
+        maps::SETTINGS,
+        maps::SYN_COOKIES,
     ] {
         let p = dir.join(name);
         if p.exists() {

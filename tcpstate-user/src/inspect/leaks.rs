@@ -3,12 +3,14 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
+    time::Duration,
 };
 use tcpstate_common::flow::monotonic_ns;
 
 use serde_json::json;
 use tcpstate_common::{
     flow::{flowflags, Side},
+    maps::Settings,
     FlowKey, TcpState,
 };
 
@@ -56,7 +58,11 @@ pub fn run(args: &LeaksArgs) -> anyhow::Result<bool> {
     let pinned = tables::from_pins(&args.pins.pin_dir)?;
     let names = scopes::names(&pinned.info);
     let now = monotonic_ns();
-    let threshold = args.older_than.0.as_secs_f64();
+    let (threshold, source) = threshold(
+        args.older_than.map(|d| d.0),
+        tables::settings_from_pins(&args.pins.pin_dir),
+    );
+    let threshold = threshold.as_secs_f64();
     let (container, pod) = (
         args.containers.container.as_deref(),
         args.containers.pod.as_deref(),
@@ -143,12 +149,48 @@ pub fn run(args: &LeaksArgs) -> anyhow::Result<bool> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&to_json(&groups, threshold, &names))?
+            serde_json::to_string_pretty(&to_json(&groups, threshold, source, &names))?
         );
     } else {
-        print_table(&groups, threshold, &names);
+        print_table(&groups, threshold, source, &names);
     }
     Ok(!groups.is_empty())
+}
+
+/// Used when neither `--older-than` nor the daemon says otherwise: the daemon's own default.
+const DEFAULT_THRESHOLD: Duration = Duration::from_secs(60);
+
+/// Where the leak threshold came from (the JSON's `threshold_source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// `--older-than`.
+    Flag,
+    /// The running daemon's `--close-wait-leak-after`, read from its pinned settings.
+    Daemon,
+    /// Neither: a daemon that publishes no settings (built before they existed).
+    Default,
+}
+
+impl Source {
+    fn name(self) -> &'static str {
+        match self {
+            Source::Flag => "--older-than",
+            Source::Daemon => "daemon",
+            Source::Default => "default",
+        }
+    }
+}
+
+/// One threshold for the gauge and the command: the flag if given, else the daemon's.
+fn threshold(flag: Option<Duration>, daemon: Option<Settings>) -> (Duration, Source) {
+    match (flag, daemon) {
+        (Some(d), _) => (d, Source::Flag),
+        (None, Some(s)) => (
+            Duration::from_nanos(s.close_wait_leak_after_ns),
+            Source::Daemon,
+        ),
+        (None, None) => (DEFAULT_THRESHOLD, Source::Default),
+    }
 }
 
 fn group(leaks: Vec<Leak>) -> Vec<Group> {
@@ -191,11 +233,13 @@ fn group(leaks: Vec<Leak>) -> Vec<Group> {
 fn to_json(
     groups: &[Group],
     threshold: f64,
+    source: Source,
     names: &BTreeMap<u32, ScopeName>,
 ) -> serde_json::Value {
     let none = ScopeName::default();
     json!({
         "threshold_seconds": threshold,
+        "threshold_source": source.name(),
         "leaks": groups.iter().map(|g| {
             let n = names.get(&g.scope).unwrap_or(&none);
             json!({
@@ -229,9 +273,17 @@ pub fn human_age(s: f64) -> String {
     }
 }
 
-fn print_table(groups: &[Group], threshold: f64, names: &BTreeMap<u32, ScopeName>) {
+fn print_table(groups: &[Group], threshold: f64, source: Source, names: &BTreeMap<u32, ScopeName>) {
+    let from = match source {
+        Source::Flag => "--older-than",
+        Source::Daemon => "the daemon's --close-wait-leak-after",
+        Source::Default => "default; the daemon published none",
+    };
     if groups.is_empty() {
-        println!("no CLOSE_WAIT endpoint older than {}", human_age(threshold));
+        println!(
+            "no CLOSE_WAIT endpoint older than {} ({from})",
+            human_age(threshold)
+        );
         return;
     }
     // The container column only when a leak is in one: host-only output is as it always was.
@@ -239,6 +291,10 @@ fn print_table(groups: &[Group], threshold: f64, names: &BTreeMap<u32, ScopeName
     if in_containers {
         print!("{:<24} ", "CONTAINER/POD");
     }
+    println!(
+        "CLOSE_WAIT endpoints older than {} ({from})",
+        human_age(threshold)
+    );
     println!(
         "{:<6} {:>8} {:<10} {:<16} {:>6} {:>9} {:>9}  TOP PEERS",
         "PORT", "PID", "USER", "COMMAND", "COUNT", "OLDEST", "NEWEST"
@@ -280,6 +336,18 @@ fn print_table(groups: &[Group], threshold: f64, names: &BTreeMap<u32, ScopeName
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threshold_is_the_flag_then_the_daemons_then_the_default() {
+        let daemon = Some(Settings {
+            close_wait_leak_after_ns: 3_000_000_000,
+        });
+        let s = Duration::from_secs;
+        assert_eq!(threshold(Some(s(10)), daemon), (s(10), Source::Flag));
+        // Regression: `leaks` used its own 60s while the daemon's gauge used 3s.
+        assert_eq!(threshold(None, daemon), (s(3), Source::Daemon));
+        assert_eq!(threshold(None, None), (s(60), Source::Default));
+    }
 
     #[test]
     fn ages_read_like_durations() {

@@ -95,7 +95,7 @@ pub struct Entry {
     pub last_ns: u64,
     /// Segments of this key the state machine saw.
     pub segments: u64,
-    /// [`expiry::not_before`] of `rec`: sweeps before it skip the flow.
+    /// [`expiry::due`] of `rec`: sweeps before it skip the flow.
     due_ns: u64,
 }
 
@@ -208,7 +208,8 @@ impl Table {
             e.segments += 1;
             e.last_ns = now;
             let st = &mut self.st;
-            if !update_into(st, &e.rec, sender, &pkt.seg, now) {
+            // A capture cannot tell a SYN cookie's SYN-ACK (no socket to look at).
+            if !update_into(st, &e.rec, sender, &pkt.seg, now, false) {
                 // Quiet: established data, the record unchanged.
                 e.history.segment(&pkt.seg, e.rec.word().role(sender), true);
                 return;
@@ -217,7 +218,7 @@ impl Table {
             // `Step::rec` equals the record wherever `write` has no bit: taking it whole is what
             // `commit` does field by field, with no other CPU to race here.
             e.rec = st.rec;
-            e.due_ns = expiry::not_before(&e.rec, &self.timeouts);
+            e.due_ns = expiry::due(&e.rec, &self.timeouts);
             let new = e.rec.word();
             if st.invalid.is_none()
                 && old.state(sender).is_finished()
@@ -278,7 +279,7 @@ impl Table {
                 first_ns: now,
                 last_ns: now,
                 segments: 1,
-                due_ns: expiry::not_before(&st.rec, &self.timeouts),
+                due_ns: expiry::due(&st.rec, &self.timeouts),
             },
         );
         self.table.inserted += 1;
@@ -297,7 +298,18 @@ impl Table {
             if now < e.due_ns {
                 return true;
             }
-            let Some(why) = expiry::decide(&e.rec, now, t) else {
+            // Tap mode: no kernel socket table to settle against.
+            let Some(why) = expiry::decide_with(&e.rec, now, t, false) else {
+                // An endpoint whose own timeout ran out while its peer's did not ends alone, and
+                // the flow stays for the peer, as the daemon's sweeper does it.
+                if let Some(side) = expiry::ended_side(&e.rec, now, t) {
+                    let mut w = e.rec.word();
+                    user.record_end(w, side);
+                    w.set_state(side, tcpstate_common::TcpState::Closed);
+                    e.rec.set_word(w);
+                    e.rec.since_ns[side.index()] = now;
+                }
+                e.due_ns = expiry::due(&e.rec, t).max(now.saturating_add(1));
                 return true;
             };
             user.record_delete(e.rec.word());

@@ -67,6 +67,13 @@ pub fn dump_listening() -> io::Result<Vec<Socket>> {
     Diag::open()?.dump_listening()
 }
 
+/// Sockets whose state bit (1 << TCP_*) is in `states` (the kernel filters, so asking for a few
+/// states costs little on a busy host). TIME_WAIT mini-sockets match by their substate, request
+/// sockets by TCP_NEW_SYN_RECV (12).
+pub fn dump(states: u32) -> io::Result<Vec<Socket>> {
+    Diag::open()?.dump(states)
+}
+
 /// A sock_diag socket. It answers for the network namespace it was opened in, wherever the
 /// thread that later uses it is: container mode opens one inside each watched namespace (on a
 /// thread that entered it) and keeps it, so the background walk reads every container's listeners
@@ -105,7 +112,7 @@ impl Diag {
     }
 
     /// Sockets whose state bit (1 << TCP_*) is in `states`.
-    fn dump(&self, states: u32) -> io::Result<Vec<Socket>> {
+    pub fn dump(&self, states: u32) -> io::Result<Vec<Socket>> {
         let mut out = Vec::new();
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             request(&self.0, family, states)?;

@@ -434,6 +434,37 @@ fn forwarded_traffic_is_the_containers_not_the_hosts() {
         "the uplink's record of it is transit: {flows:#?}"
     );
     assert!(transit[0]["a"]["local"] == false && transit[0]["b"]["local"] == false);
+    // Port-forwarded to the container (DNAT), with a listening socket on the host port as
+    // podman's conmon keeps one: the host's socket lookup finds a listener for the SYN, but the
+    // SYN-ACK leaves forwarded, and the flow is taken back out of the host's gauges.
+    let _conmon_like = listen_in(&h, "198.51.100.1:8080");
+    let nft = |rule: &str| sh(&["ip", "netns", "exec", &h.name, "nft", rule]);
+    nft("add table ip tsnat");
+    nft("add chain ip tsnat pre { type nat hook prerouting priority -100; }");
+    nft("add rule ip tsnat pre tcp dport 8080 dnat to 203.0.113.2:8080");
+    let mut fwd_client = outside.enter(|| {
+        TcpStream::connect_timeout(
+            &"198.51.100.1:8080".parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    });
+    let (mut fwd_server, _) = l.accept().unwrap();
+    crate::harness::exchange(&mut fwd_client, &mut fwd_server, b"port-forwarded");
+    assert_container_matches(&d, &c, "a port-forwarded connection");
+    let m = d.metrics();
+    assert!(
+        states_of(&m, "").is_empty(),
+        "a port-forwarded connection is no host endpoint, listener or not: {:?}",
+        states_of(&m, "")
+    );
+    let transit = d
+        .flows(&[])
+        .into_iter()
+        .filter(|f| f["transit"] == true)
+        .count();
+    assert_eq!(transit, 2, "both uplink records are transit");
+
     // The host's own connections over the same uplink are still the host's.
     let hl = listen_in(&h, "198.51.100.1:9000");
     let _hc = outside.enter(|| {

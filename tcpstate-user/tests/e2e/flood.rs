@@ -18,8 +18,21 @@ fn syn_flood(ns: &Netns, count: usize, first_host: usize) {
     scapy(ns, &script);
 }
 
-/// Sends the server's answers to the forged sources back through the client namespace.
+/// Sends the server's answers to the forged sources back through the client namespace, which
+/// drops them silently. (New namespaces inherit ip_forward=1 here: the client namespace then
+/// answered each SYN-ACK with an ICMP net unreachable, rate-limited, and the server's kernel
+/// dropped the request socket each one hit (tcp_req_err, ListenDrops): a few requests vanished
+/// with no TCP segment on the wire.)
 fn route_forged_sources(p: &Pair) {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &p.cli.name,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=0",
+    ]);
     p.srv.ip(&[
         "route",
         "add",
@@ -151,4 +164,184 @@ fn unanswered_handshakes_time_out_and_give_back_the_budget() {
     );
     assert_eq!(m.get("tcpstate_syn_backlog", &[("port", "8080")]), 0.0);
     assert_eq!(m.get("tcpstate_flows_expired_total", &[]), 3.0);
+}
+
+/// SYN queue of the flood tests' listener: listen(2)'s backlog, which caps the kernel's SYN queue
+/// (it sends cookies, or drops, once that many requests wait: inet_csk_reqsk_queue_is_full).
+const SYN_QUEUE: usize = 16;
+
+/// A listener on 8080 with a SYN queue of [`SYN_QUEUE`] that never calls accept(), killed on
+/// drop.
+struct SmallListener(std::process::Child);
+
+impl SmallListener {
+    fn start(ns: &Netns) -> SmallListener {
+        use std::io::BufRead;
+        let script = format!(
+            "import socket, sys\n\
+             l = socket.socket(); l.bind(('0.0.0.0', 8080)); l.listen({SYN_QUEUE})\n\
+             print('ready', flush=True); sys.stdin.read()"
+        );
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        SmallListener(child)
+    }
+}
+
+impl Drop for SmallListener {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A counter of the kernel's TcpExt MIB in `ns` (/proc/net/netstat), e.g. SyncookiesSent.
+fn tcp_ext(ns: &Netns, name: &str) -> f64 {
+    let text = sh(&["ip", "netns", "exec", &ns.name, "cat", "/proc/net/netstat"]);
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no TcpExt {name}"));
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// A flood well past the listener's SYN queue: the backlog gauge must equal the kernel's queue
+/// (`ss` state syn-recv), whatever the kernel does with the SYNs beyond it.
+fn backlog_equals_the_kernels_syn_queue_under_a_flood(
+    syncookies: &str,
+) -> (Pair, Daemon, SmallListener) {
+    let p = Pair::new();
+    route_forged_sources(&p);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &p.srv.name,
+        "sysctl",
+        "-qw",
+        &format!("net.ipv4.tcp_syncookies={syncookies}"),
+    ]);
+    let d = Daemon::host(&p, &["--sweep-interval", "100ms"]);
+    let listener = SmallListener::start(&p.srv);
+    syn_flood(&p.cli, 200, 0);
+    // Every SYN reached the tracker (as a flow whose remote client is in SYN_SENT): the flood is
+    // over as far as the server's answers go.
+    d.wait_for("the flood seen", |m| {
+        m.get("tcpstate_flows_opened_total", &[("how", "syn")]) >= 200.0
+    });
+    let kernel = ss_count(&p.srv, "syn_recv");
+    assert!(
+        (1..=SYN_QUEUE as i64 + 1).contains(&kernel),
+        "the kernel's SYN queue is bounded by the listen backlog: {kernel}"
+    );
+    // The kernel's queue changes with no segment on the wire (it prunes old requests when the
+    // queue is full of them): checked at several points while the flood's requests live.
+    for checkpoint in 0..3 {
+        let m = d.wait_for("the backlog equals the kernel's SYN queue", |m| {
+            m.try_get("tcpstate_syn_backlog", &[("port", "8080")])
+                == Some(ss_count(&p.srv, "syn_recv") as f64)
+        });
+        assert_eq!(
+            m.connections("server", "syn_recv"),
+            m.get("tcpstate_syn_backlog", &[("port", "8080")])
+        );
+        d.assert_matches_kernel(&p.srv, &format!("flood checkpoint {checkpoint}"));
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    (p, d, listener)
+}
+
+#[test]
+fn syn_backlog_equals_the_kernels_syn_queue_under_a_flood_without_cookies() {
+    let (p, d, _listener) = backlog_equals_the_kernels_syn_queue_under_a_flood("0");
+    assert_eq!(tcp_ext(&p.srv, "SyncookiesSent"), 0.0);
+    let m = d.metrics();
+    assert_eq!(
+        m.get("tcpstate_syn_cookies_sent_total", &[("port", "8080")]),
+        0.0
+    );
+    assert_eq!(
+        m.get("tcpstate_syn_cookies_sent_total", &[("port", "other")]),
+        0.0
+    );
+}
+
+#[test]
+fn syn_backlog_equals_the_kernels_syn_queue_under_a_flood_with_cookies() {
+    let (p, d, _listener) = backlog_equals_the_kernels_syn_queue_under_a_flood("1");
+    let sent = tcp_ext(&p.srv, "SyncookiesSent");
+    assert!(
+        sent >= 150.0,
+        "the kernel answered the flood with cookies: {sent}"
+    );
+    let m = d.wait_for("every cookie counted on its port", |m| {
+        m.try_get("tcpstate_syn_cookies_sent_total", &[("port", "8080")]) == Some(sent)
+    });
+    assert_eq!(
+        m.get("tcpstate_syn_cookies_sent_total", &[("port", "other")]),
+        0.0
+    );
+}
+
+/// With `tcp_syncookies=2` the kernel answers every SYN with a cookie and keeps nothing until the
+/// ACK returns it: each connection must be picked up as established, its handshake counted, and
+/// no endpoint ever counted half-open.
+#[test]
+fn connections_completed_by_a_syn_cookie_are_established_with_their_handshake() {
+    let p = Pair::new();
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &p.srv.name,
+        "sysctl",
+        "-qw",
+        "net.ipv4.tcp_syncookies=2",
+    ]);
+    let d = Daemon::host(&p, &["--sweep-interval", "100ms"]);
+    let l = p.listen(SERVER_V4, 8080);
+    let mut conns = Vec::new();
+    for i in 0..3u8 {
+        let mut c = p.connect(SERVER_V4, 8080);
+        let (mut s, _) = l.accept().unwrap();
+        exchange(&mut c, &mut s, &[i; 10]);
+        conns.push((c, s));
+    }
+    // At least: the daemon's scrapes over the server namespace's lo take cookies too.
+    assert!(
+        tcp_ext(&p.srv, "SyncookiesRecv") >= 3.0,
+        "the kernel took every connection from a cookie"
+    );
+    let m = d.wait_for("three established", |m| {
+        m.connections("server", "established") == 3.0
+    });
+    assert_eq!(
+        m.get("tcpstate_handshakes_total", &[("result", "established")]),
+        3.0
+    );
+    // Scrapes on lo are not watched: the veth's cookies are the three connections'. (The port's
+    // label comes with the sweeper's next look at the listeners.)
+    d.wait_for("three cookies on 8080", |m| {
+        m.try_get("tcpstate_syn_cookies_sent_total", &[("port", "8080")]) == Some(3.0)
+    });
+    assert_eq!(
+        m.get("tcpstate_flows_opened_total", &[("how", "midstream")]),
+        0.0,
+        "picked up from the SYN and the cookie, not midstream"
+    );
+    assert_eq!(m.get("tcpstate_flow_table_half_open_entries", &[]), 0.0);
+    d.assert_matches_kernel(&p.srv, "connections completed by cookies");
+    drop(conns);
+    d.assert_matches_kernel(&p.srv, "after they closed");
 }

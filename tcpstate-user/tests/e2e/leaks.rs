@@ -95,18 +95,18 @@ fn clients_close(p: &Pair, port: u16, n: usize) -> Instant {
     Instant::now()
 }
 
-/// `tcpstate leaks --json` in the daemon's namespace: (exit code, parsed output).
-fn leaks_json(ns: &Netns, d: &Daemon, older_than: &str) -> (i32, serde_json::Value) {
+/// `tcpstate leaks --json [--older-than T]` in the daemon's namespace: (exit code, parsed output).
+fn leaks_json(ns: &Netns, d: &Daemon, older_than: Option<&str>) -> (i32, serde_json::Value) {
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", ns.name))
-        .args([
-            BIN,
-            "leaks",
-            "--json",
-            "--older-than",
-            older_than,
-            "--pin-dir",
-        ])
+        .args([BIN, "leaks", "--json"])
+        .args(
+            older_than
+                .map(|t| ["--older-than", t])
+                .into_iter()
+                .flatten(),
+        )
+        .arg("--pin-dir")
         .arg(&d.pin_dir)
         .output()
         .unwrap();
@@ -158,9 +158,18 @@ fn leaking_port_and_process_are_named_and_cleared() {
         "oldest {oldest}s vs truth ~{truth}s"
     );
 
-    let (code, v) = leaks_json(&p.srv, &d, "2s");
+    // No --older-than: the daemon's threshold (2s), not a 60s of the command's own.
+    let (code, v) = leaks_json(&p.srv, &d, None);
     let truth = closed_at.elapsed().as_secs_f64();
     assert_eq!(code, 1, "exit 1 when there are leaks: {v}");
+    assert_eq!(
+        (
+            v["threshold_seconds"].as_f64(),
+            v["threshold_source"].as_str()
+        ),
+        (Some(2.0), Some("daemon")),
+        "{v}"
+    );
     let leaks = v["leaks"].as_array().unwrap();
     assert_eq!(leaks.len(), 1, "one group: port 8080, one process: {v}");
     let l = &leaks[0];
@@ -183,6 +192,18 @@ fn leaking_port_and_process_are_named_and_cleared() {
     assert!(
         (newest - truth).abs() < 1.0,
         "newest {newest}s vs truth {truth}s"
+    );
+
+    // --older-than overrides the daemon's threshold, and says so.
+    let (code, v) = leaks_json(&p.srv, &d, Some("1h"));
+    assert_eq!(
+        (
+            code,
+            v["threshold_seconds"].as_f64(),
+            v["threshold_source"].as_str()
+        ),
+        (0, Some(3600.0), Some("--older-than")),
+        "{v}"
     );
 
     // `tcpstate flows` filters agree: three CLOSE_WAIT flows on 8080, none on 9090.
@@ -212,7 +233,7 @@ fn leaking_port_and_process_are_named_and_cleared() {
     leaky.close_kept_sockets();
     d.wait_for("leaks gone after close", |m| leaked(m, "8080") == Some(0.0));
     d.assert_matches_kernel(&p.srv, "after the leaking process closed");
-    let (code, v) = leaks_json(&p.srv, &d, "2s");
+    let (code, v) = leaks_json(&p.srv, &d, None);
     assert_eq!((code, v["leaks"].as_array().unwrap().len()), (0, 0), "{v}");
     promtool_check(&d.raw_metrics());
 }
@@ -254,7 +275,7 @@ fn leak_older_than_the_daemon_is_found_with_a_lower_bound_age() {
     d.wait_for("four leaks after the threshold", |m| {
         leaked(m, "8080") == Some(4.0)
     });
-    let (code, v) = leaks_json(&p.srv, &d, "1s");
+    let (code, v) = leaks_json(&p.srv, &d, None);
     assert_eq!(code, 1);
     let l = &v["leaks"][0];
     assert_eq!(

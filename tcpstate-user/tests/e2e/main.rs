@@ -6,6 +6,8 @@
 
 mod backlog;
 mod containers;
+mod converge;
+mod fastopen;
 mod flood;
 mod harness;
 mod inject;
