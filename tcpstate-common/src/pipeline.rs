@@ -207,7 +207,10 @@ mod tests {
         assert!(r.has(crate::flow::flowflags::TRANSIT));
         assert_eq!(
             left,
-            [(idx::conn(Role::Server, TcpState::SynRecv), 1u64.wrapping_neg())],
+            [(
+                idx::conn(Role::Server, TcpState::SynRecv),
+                1u64.wrapping_neg()
+            )],
             "exactly the counted endpoint leaves its gauge"
         );
         // Retracting again moves nothing; a pending pickup was never in the gauges.

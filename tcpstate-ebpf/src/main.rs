@@ -54,9 +54,15 @@ pub fn tcpstate_xdp_tap(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn xdp_track(ctx: &XdpContext, view: View) -> u32 {
     if let Some((scratch, status)) = xdp_parse(ctx) {
-        track(status, scratch, Hook::Xdp, view, |pkt, view| {
-            local_socket(ctx, pkt, view)
-        });
+        track(
+            status,
+            scratch,
+            Hook::Xdp,
+            view,
+            true,
+            false,
+            |pkt, view| local_socket(ctx, pkt, view),
+        );
         if logging() {
             log_event(ctx, scratch);
         }
@@ -156,21 +162,26 @@ fn tc_track(ctx: &TcContext, hook: Hook, view: View, scoped: bool) -> i32 {
     let host_egress = view == View::HostEgress && !scoped;
     if host_egress {
         track::mark_syn_cookie(ctx, scratch, status);
-        // Container mode: what the host only forwards is nobody's here (a load-time constant
-        // prunes this when off).
-        if track::transit_check() {
-            scratch.forwarded = track::forwarded(ctx);
-        }
     }
-    let forwarded = scratch.forwarded;
-    track(status, scratch, hook, view, |pkt, view| {
-        // Leaving the host, the skb says it; arriving, the kernel's socket tables do.
-        if view == View::HostEgress {
-            !forwarded
-        } else {
-            local_socket(ctx, pkt, view)
-        }
-    });
+    // Container mode: what the host only forwards is nobody's here (a load-time constant prunes
+    // this when off).
+    let forwarded = host_egress && track::transit_check() && track::forwarded(ctx);
+    track(
+        status,
+        scratch,
+        hook,
+        view,
+        !scoped,
+        forwarded,
+        |pkt, view| {
+            // Leaving the host, the skb says it; arriving, the kernel's socket tables do.
+            if view == View::HostEgress {
+                !forwarded
+            } else {
+                local_socket(ctx, pkt, view)
+            }
+        },
+    );
     if logging() {
         log_event(ctx, scratch);
     }
@@ -182,7 +193,11 @@ fn tc_track(ctx: &TcContext, hook: Hook, view: View, scoped: bool) -> i32 {
 /// created on a host-mode interface. bpf_skc_lookup_tcp searches the established, TIME-WAIT,
 /// request and listening sockets of the interface's namespace (Linux 5.2, commit edbf8c01de5a
 /// "bpf: add skc_lookup_tcp helper"); traffic the host forwards or NATs to a container has none.
-#[inline(always)]
+///
+/// A BPF function of its own: its 36-byte tuple would otherwise sit in the entry point's frame,
+/// and the verifier caps the stack of the deepest call chain (entry, `update`, the state machine)
+/// at 512 bytes.
+#[inline(never)]
 fn local_socket<C: EbpfContext>(ctx: &C, pkt: &TcpPacket, view: View) -> bool {
     // The helper takes the tuple as an arriving segment carries it: source = the remote end.
     let (remote, rport, local, lport) = match view {

@@ -17,7 +17,7 @@ use tcpstate_common::{
     maps::{Config, Settings, TableCounters, UserCounters, CAPACITY_SLACK, SYN_COOKIE_PORTS},
     packet::TcpPacket,
     pipeline::{open_new, opened_deltas, retract, update_into, NotOpened},
-    scope::{self, ScopeInfo},
+    scope::ScopeInfo,
     state::{write, InvalidReason, Step},
     tcp::flags::{ACK, FIN, RST, SYN},
 };
@@ -72,9 +72,6 @@ pub struct Scratch {
     /// The segment is a SYN-ACK the local stack sent from a SYN cookie ([`mark_syn_cookie`]).
     /// False unless the TC egress program sets it for this packet.
     pub cookie: bool,
-    /// Container mode, host-mode TC egress: the segment leaves without a socket after entering
-    /// through another interface, so the host only forwards it ([`forwarded`]).
-    pub forwarded: bool,
 }
 
 /// A rare event worth a kernel log line (aya-log, when `--kernel-log` enables it).
@@ -107,7 +104,6 @@ impl Scratch {
         // SAFETY: per-CPU array value, valid for the program run, exclusively ours (above).
         let s = SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })?;
         s.cookie = false;
-        s.forwarded = false;
         Some(s)
     }
 }
@@ -174,16 +170,26 @@ fn table_add(field: fn(*mut TableCounters) -> *mut u64) {
     }
 }
 
-/// Tracks one parsed frame. Never fails the packet: every outcome is a counter. `local_socket`
-/// answers, for a flow about to be created on a host-mode interface with the transit check on,
-/// whether a socket of this host owns the local end (see [`Config::transit_check`]); it is not
-/// called otherwise.
+/// Tracks one parsed frame. Never fails the packet: every outcome is a counter.
+///
+/// `host`: a host- or tap-mode interface (a literal at each entry point, so a container veth's
+/// program carries none of the transit logic below: the verifier walks every path a program has,
+/// and the container programs are the largest). `forwarded`: container mode, host egress: the
+/// segment leaves forwarded ([`forwarded`]). `local_socket` answers, for a flow about to be created
+/// on a host-mode interface with the transit check on, whether a socket of this host owns the
+/// local end (see [`Config::transit_check`]); it is not called otherwise.
 #[inline(always)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "literals per entry point, for the verifier"
+)]
 pub fn track(
     status: ParseStatus,
     scratch: &mut Scratch,
     hook: Hook,
     view: View,
+    host: bool,
+    forwarded: bool,
     local_socket: impl FnOnce(&TcpPacket, View) -> bool,
 ) {
     match status {
@@ -206,14 +212,14 @@ pub fn track(
     let mut attempt = 0;
     while attempt < MAX_ATTEMPTS {
         attempt += 1;
-        match update(scratch, now) {
+        match update(scratch, now, forwarded) {
             Found::Done => return,
             Found::Raced => continue,
             Found::Missing => {
                 // Only host-mode interfaces carry traffic the host forwards: a container's veth
                 // carries that container's own endpoints.
-                let transit = view != View::Tap
-                    && scratch.scope == scope::HOST
+                let transit = host
+                    && view != View::Tap
                     && transit_check()
                     && !local_socket.take().is_some_and(|f| f(&scratch.pkt, view));
                 if insert_new(scratch, view, now, transit) {
@@ -297,7 +303,7 @@ enum Found {
     clippy::needless_borrows_for_generic_args,
     reason = "by reference: no copies of the key on the 512-byte stack"
 )]
-fn update(scratch: &mut Scratch, now: u64) -> Found {
+fn update(scratch: &mut Scratch, now: u64, forwarded: bool) -> Found {
     let tcp = &scratch.pkt;
     let (key, sender) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);
     let key = key.in_scope(scratch.scope);
@@ -308,8 +314,11 @@ fn update(scratch: &mut Scratch, now: u64) -> Found {
     // record is read in place; the word it was computed from is re-checked by `commit`.
     let rec = unsafe { &*ptr };
     // Container mode: a flow counted as the host's whose segments the host turns out to forward.
-    if scratch.forwarded && FlowWord::from_bits(rec.word).counted != 0 {
+    if forwarded && FlowWord::from_bits(rec.word).counted != 0 {
         retract_flow(ptr, scratch.base);
+        // Looked up again by the caller's next attempt, which finds it counted nowhere: the
+        // verifier then walks the state machine below once, not once more after a retraction.
+        return Found::Raced;
     }
     let word = rec.word;
     let st = &mut scratch.step;
@@ -333,8 +342,10 @@ fn update(scratch: &mut Scratch, now: u64) -> Found {
 }
 
 /// Takes a forwarded flow out of the host's gauges ([`retract`]), once: by compare-and-swap of the
-/// state word, so two CPUs retracting it cannot both move the gauges.
-#[inline(never)]
+/// state word, so two CPUs retracting it cannot both move the gauges. Inlined into `update`: as a
+/// BPF function of its own it would add a frame to the deepest call chain, past the verifier's
+/// 512 bytes for the chain.
+#[inline(always)]
 fn retract_flow(ptr: *mut FlowRecord, base: u32) {
     // SAFETY: a live map value pointer (see `update`); the word is 8-byte aligned.
     unsafe {

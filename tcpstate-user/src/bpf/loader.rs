@@ -362,7 +362,7 @@ fn attach_xdp(
 
 /// The verifier's instruction count is the budget the kernel programs spend against its 1M limit;
 /// logged so a change that pushes it up is noticed before it fails on some kernel.
-fn log_verifier_cost(ebpf: &Ebpf, prog: &str) {
+pub fn log_verifier_cost(ebpf: &Ebpf, prog: &str) {
     if let Some(info) = ebpf.program(prog).and_then(|p| p.info().ok()) {
         tracing::debug!(program = prog, verified_insns = ?info.verified_instruction_count(), "verifier cost");
     }

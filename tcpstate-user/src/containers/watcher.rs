@@ -140,6 +140,7 @@ impl Watcher {
                 if prog.fd().is_err() {
                     prog.load()?;
                 }
+                crate::bpf::loader::log_verifier_cost(&ebpf, name);
             }
         }
         let infos: Vec<ScopeInfo> = (0..maps.info.len())
