@@ -362,11 +362,21 @@ pub fn render(s: &Scrape) -> prometheus::Result<Vec<u8>> {
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// The same families in the OpenMetrics 1.0 text format (for scrapers that ask for it).
+pub fn render_openmetrics(s: &Scrape) -> Vec<u8> {
+    super::openmetrics::encode(&families(s))
+}
+
 /// The exposition of a daemon that has seen nothing (but one listening port): every family, with
 /// its labels, at zero. For
 /// `tcpstate describe-metrics`, and for checking dashboards and alert rules against what is
 /// really exported.
 pub fn describe() -> prometheus::Result<Vec<u8>> {
+    idle(render)
+}
+
+/// `f` applied to the scrape of an idle daemon (see `describe`).
+pub fn idle<T>(f: impl FnOnce(&Scrape) -> T) -> T {
     let totals = Totals {
         slots: vec![0; tcpstate_common::counters::idx::COUNT as usize],
         ..Totals::default()
@@ -387,7 +397,7 @@ pub fn describe() -> prometheus::Result<Vec<u8>> {
         hook: "tc_ingress",
         mode: "tcx",
     }];
-    render(&Scrape {
+    f(&Scrape {
         totals: &totals,
         capacity: 0,
         half_open_budget: 0,
