@@ -355,7 +355,9 @@ impl Daemon {
                     self.log()
                 );
             }
-            if self.try_get("/metrics").is_some() {
+            // The daemon logs this once its programs are attached, just before it accepts; a
+            // daemon behind TLS or basic auth (--web-config) does not answer a plain scrape.
+            if self.log().contains("serving /metrics") || self.try_get("/metrics").is_some() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
