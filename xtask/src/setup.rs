@@ -12,7 +12,8 @@ use crate::status;
 /// tools the tests drive: promtool (prometheus), nft (nftables), hping3, scapy, ss/ip (iproute2),
 /// curl for the README's check, util-linux for nsenter; and for `cargo xtask bench`, node_exporter
 /// (compared side by side) and procps (sysctl in the benchmark's namespaces); podman and runc for
-/// the container tests (crun refuses this machine kind's hybrid cgroups, so runc is named).
+/// the container tests (crun refuses this machine kind's hybrid cgroups, so runc is named);
+/// musl-tools (musl-gcc) for ring's C code in the static build of `cargo xtask dist`.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -27,6 +28,7 @@ const PACKAGES: &[&str] = &[
     "procps",
     "podman",
     "runc",
+    "musl-tools",
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -37,6 +39,7 @@ pub fn ensure() -> Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    musl_target()?;
     bpffs();
     Ok(())
 }
@@ -112,6 +115,22 @@ fn bpf_linker() -> Result<()> {
         "--features",
         "llvm-22",
     ]))
+}
+
+/// The Rust standard library for the static build (`cargo xtask dist`).
+fn musl_target() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup is needed to add the musl target")?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l == crate::dist::MUSL)
+    {
+        return Ok(());
+    }
+    eprintln!("xtask setup: adding the {} target", crate::dist::MUSL);
+    status(Command::new("rustup").args(["target", "add", crate::dist::MUSL]))
 }
 
 /// bpffs on /sys/fs/bpf, for pinned maps. The daemon mounts it itself when missing; doing it here

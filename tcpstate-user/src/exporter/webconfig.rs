@@ -345,4 +345,28 @@ mod tests {
         let e = err("basic_auth_users:\n  alice: notahash\n");
         assert!(e.contains("alice"), "{e}");
     }
+
+    #[test]
+    fn the_example_shipped_in_the_package_is_valid() {
+        let dir = env!("CARGO_MANIFEST_DIR");
+        let example = std::fs::read_to_string(format!("{dir}/../deploy/debian/web-config.yml"))
+            .expect("deploy/debian/web-config.yml");
+        let fixtures = format!("{dir}/tests/fixtures/tls");
+        let text = example
+            .replace(
+                "/etc/tcpstate/tls/node.crt",
+                &format!("{fixtures}/server.pem"),
+            )
+            .replace(
+                "/etc/tcpstate/tls/node.key",
+                &format!("{fixtures}/server-key.pem"),
+            );
+        let c = parse(&text, Path::new("/")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.tls.is_some());
+        let token = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            "prometheus:change me",
+        );
+        assert!(c.users.check(Some(format!("Basic {token}").as_bytes())));
+    }
 }
