@@ -9,6 +9,7 @@ mod flood;
 mod harness;
 mod inject;
 mod leaks;
+mod package;
 mod preflight;
 mod prometheus;
 mod restart;
