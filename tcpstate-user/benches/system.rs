@@ -57,7 +57,7 @@ fn main() {
         return hold(&args[1..]);
     }
     raise_fd_limit();
-    // TCPSTATE_BENCH_ONLY=veth|scrape|node_exporter runs one part (while working on it).
+    // TCPSTATE_BENCH_ONLY=veth|scrape|endpoint|node_exporter runs one part (while working on it).
     let only = std::env::var("TCPSTATE_BENCH_ONLY").ok();
     let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let mut figures = Vec::new();
@@ -66,6 +66,9 @@ fn main() {
     }
     if wanted("scrape") {
         scrape_against_table_size(&mut figures);
+    }
+    if wanted("endpoint") {
+        endpoint_under_load(&mut figures);
     }
     if wanted("node_exporter") {
         beside_node_exporter(&mut figures);
@@ -407,6 +410,187 @@ fn scrape_against_table_size(figures: &mut Vec<Figure>) {
         goal: Goal::RatioAtMost,
         target: Some(1.5),
     });
+    // Prometheus keeps its connection between scrapes: the same 1M-flow table, one connection,
+    // against a new connection each in the same window (scrapes alternate), so both see the same
+    // sweeper and the same neighbours on the machine.
+    let (kept, fresh) = alternating_scrape_times(&ns, "127.0.0.1:9477", SCRAPES);
+    for (q, what) in [(0.5, "p50"), (0.99, "p99")] {
+        figures.push(Figure {
+            name: format!("/metrics {what} keep-alive, 1M flows (baseline: a connection each)"),
+            unit: "ms",
+            baseline: quantile(fresh.clone(), q),
+            value: quantile(kept.clone(), q),
+            goal: Goal::ValueAtMost,
+            target: Some(5.0),
+        });
+    }
+}
+
+/// Milliseconds of `n` scrapes on one kept-alive connection and of `n` on a new connection
+/// each, alternating.
+fn alternating_scrape_times(ns: &Netns, addr: &str, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let addr: SocketAddr = addr.parse().unwrap();
+    ns.enter(move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        let (mut kept, mut fresh) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for _ in 0..n {
+            let start = Instant::now();
+            assert!(keepalive_get(&mut s, "/metrics") > 100, "an exposition");
+            kept.push(start.elapsed().as_secs_f64() * 1e3);
+            let start = Instant::now();
+            assert!(http_get(addr, "/metrics").len() > 100, "an exposition");
+            fresh.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        (kept, fresh)
+    })
+}
+
+/// Concurrent scrapers, each on its own kept-alive connection.
+const SCRAPERS: usize = 200;
+/// Clients that open a connection, send half a request and wait (slowloris).
+const SLOW_CLIENTS: usize = 3000;
+
+/// The endpoint under load: 200 scrapers at once, all served; and 3000 clients holding
+/// half-sent requests while a real scraper's latency is measured against an idle endpoint's.
+fn endpoint_under_load(figures: &mut Vec<Figure>) {
+    let ns = Netns::new("endpoint");
+    let _d = Daemon::start(
+        &ns,
+        &["--iface", "lo"],
+        Opts {
+            listen: "127.0.0.1:9477",
+            scrape_from: None,
+            scope: None,
+        },
+    );
+    let addr: SocketAddr = "127.0.0.1:9477".parse().unwrap();
+    let alone = keepalive_scrape_times(&ns, "127.0.0.1:9477", SCRAPES);
+    let p99_alone = quantile(alone, 0.99);
+
+    let (times, served) = ns.enter(move || {
+        let start = Arc::new(std::sync::Barrier::new(SCRAPERS));
+        let threads: Vec<_> = (0..SCRAPERS)
+            .map(|_| {
+                let start = start.clone();
+                thread::spawn(move || {
+                    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                        .expect("connect a scraper");
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    s.set_nodelay(true).unwrap();
+                    start.wait();
+                    (0..10)
+                        .map(|_| {
+                            let t = Instant::now();
+                            assert!(keepalive_get(&mut s, "/metrics") > 100);
+                            t.elapsed().as_secs_f64() * 1e3
+                        })
+                        .collect::<Vec<f64>>()
+                })
+            })
+            .collect();
+        let times: Vec<f64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("a scraper failed"))
+            .collect();
+        let served = times.len();
+        (times, served)
+    });
+    assert_eq!(
+        served,
+        SCRAPERS * 10,
+        "every scrape of every scraper answered"
+    );
+    figures.push(Figure {
+        name: format!("/metrics p99, {SCRAPERS} scrapers at once (baseline: one scraper)"),
+        unit: "ms",
+        baseline: p99_alone,
+        value: quantile(times, 0.99),
+        goal: Goal::ValueAtMost,
+        target: Some(250.0),
+    });
+
+    // The slow clients stay connected (and half-sent) until the measurement is over.
+    let slow: Vec<TcpStream> = ns.enter(move || {
+        (0..SLOW_CLIENTS)
+            .map(|_| {
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                    .expect("connect a slow client");
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nX-Slow: ")
+                    .unwrap();
+                s
+            })
+            .collect()
+    });
+    let held = keepalive_scrape_times(&ns, "127.0.0.1:9477", SCRAPES);
+    let fresh = scrape_times(&ns, "127.0.0.1:9477", SCRAPES);
+    drop(slow);
+    figures.push(Figure {
+        name: format!(
+            "/metrics p99 keep-alive, {SLOW_CLIENTS} half-sent requests held (baseline: none)"
+        ),
+        unit: "ms",
+        baseline: p99_alone,
+        value: quantile(held, 0.99),
+        goal: Goal::ValueAtMost,
+        target: Some(5.0),
+    });
+    figures.push(Figure {
+        name: format!(
+            "/metrics p99 new connection, {SLOW_CLIENTS} half-sent requests held (baseline: none)"
+        ),
+        unit: "ms",
+        baseline: p99_alone,
+        value: quantile(fresh, 0.99),
+        goal: Goal::ValueAtMost,
+        target: Some(5.0),
+    });
+}
+
+/// Wall-clock milliseconds of `n` sequential GET /metrics on one kept-alive connection.
+fn keepalive_scrape_times(ns: &Netns, addr: &str, n: usize) -> Vec<f64> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    ns.enter(move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        (0..n)
+            .map(|_| {
+                let start = Instant::now();
+                assert!(keepalive_get(&mut s, "/metrics") > 100, "an exposition");
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect()
+    })
+}
+
+/// GET `path` on a kept-alive connection; the body's length (read by Content-Length).
+fn keepalive_get(s: &mut TcpStream, path: &str) -> usize {
+    // One write: pieces written separately would wait on Nagle for the server's delayed ACK
+    // (40 ms) on a connection past its first exchange, which is what a real scraper never does.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    s.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::with_capacity(512);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).expect("read the response head"),
+            1,
+            "closed"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "GET {path}: {head}");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a Content-Length");
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).expect("read the body");
+    len
 }
 
 /// The `i`th synthetic flow: clients from 198.18.0.0/15 (the benchmarking range) to 64 server

@@ -21,6 +21,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing RunArgs would only add noise"
+)]
 pub enum Command {
     /// Load and attach the kernel programs and serve /metrics until SIGINT or SIGTERM.
     Run(Box<RunArgs>),
@@ -116,6 +120,11 @@ pub struct RunArgs {
     /// Address the /metrics endpoint listens on.
     #[arg(long, env = "TCPSTATE_LISTEN", default_value = "0.0.0.0:9477")]
     pub listen: SocketAddr,
+    /// Prometheus exporter-toolkit web config (YAML, as node_exporter's --web.config.file): TLS,
+    /// client certificates, basic auth users with bcrypt hashes, response headers. Re-read when
+    /// it or a certificate it names changes.
+    #[arg(long, env = "TCPSTATE_WEB_CONFIG")]
+    pub web_config: Option<PathBuf>,
     /// Flows the kernel table holds at most.
     #[arg(long, env = "TCPSTATE_MAX_FLOWS", default_value_t = 131_072)]
     pub max_flows: u32,

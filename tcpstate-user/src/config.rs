@@ -71,6 +71,8 @@ pub struct RunConfig {
     pub ingress_hook: IngressHook,
     pub xdp_mode: XdpModeArg,
     pub listen: SocketAddr,
+    /// Validated at start (a bad file is a preflight error); the server re-reads it on changes.
+    pub web_config: Option<PathBuf>,
     pub capacity: u32,
     pub half_open_budget: u32,
     pub timeouts: Timeouts,
@@ -155,11 +157,17 @@ impl RunConfig {
                 Ok(d.0)
             }
         };
+        // An empty value (TCPSTATE_WEB_CONFIG= in an environment file) means "not set".
+        let web_config = a.web_config.clone().filter(|p| !p.as_os_str().is_empty());
+        if let Some(path) = &web_config {
+            crate::exporter::webconfig::load(path).map_err(ConfigError::Invalid)?;
+        }
         Ok(RunConfig {
             attachments,
             ingress_hook: a.ingress_hook,
             xdp_mode: a.xdp_mode,
             listen: a.listen,
+            web_config,
             capacity: a.max_flows,
             half_open_budget,
             timeouts: Timeouts {

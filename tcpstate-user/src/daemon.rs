@@ -34,8 +34,9 @@ use crate::{
     },
     error::Preflight,
     exporter::{
-        http::{self, Reply},
         metrics::{self, Scrape},
+        server::{self, Format},
+        webconfig,
     },
     inspect,
     sockets::sockdiag,
@@ -329,59 +330,55 @@ async fn serve(
     let listener = tokio::net::TcpListener::from_std(listener)?;
     info!(listen = %cfg.listen, "serving /metrics");
     let (capacity, half_open_budget) = (cfg.capacity, cfg.half_open_budget);
-    let handler: http::Handler = Arc::new(move |path: &str| match path {
-        "/metrics" => {
-            let s = state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Scopes past the highest one watched hold nothing to export.
-            let in_use = s
-                .scopes
-                .scopes
-                .iter()
-                .map(|w| w.scope + 1)
-                .max()
-                .unwrap_or(1);
-            let mut totals = match s.books.totals_of(in_use) {
-                Ok(t) => t,
-                Err(e) => {
-                    warn!(error = %e, "cannot read counters");
-                    return Reply::Failed(format!("cannot read the kernel counters: {e}"));
-                }
-            };
-            totals.user = s
-                .counters
-                .all()
-                .iter()
-                .take(in_use as usize)
-                .copied()
-                .collect();
-            let scrape = Scrape {
-                totals: &totals,
-                capacity,
-                half_open_budget,
-                sweep: &s.report,
-                attached: &attached,
-                scopes: &s.scopes,
-            };
-            match metrics::render(&scrape) {
-                Ok(body) => Reply::Ok {
-                    content_type: metrics::CONTENT_TYPE,
-                    body,
-                },
-                Err(e) => {
-                    warn!(error = %e, "cannot encode metrics");
-                    Reply::Failed(format!("cannot encode metrics: {e}"))
-                }
-            }
+    let render: server::Render = Arc::new(move |format: Format| {
+        let s = state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Scopes past the highest one watched hold nothing to export.
+        let in_use = s
+            .scopes
+            .scopes
+            .iter()
+            .map(|w| w.scope + 1)
+            .max()
+            .unwrap_or(1);
+        let mut totals = s.books.totals_of(in_use).map_err(|e| {
+            warn!(error = %e, "cannot read counters");
+            format!("cannot read the kernel counters: {e}")
+        })?;
+        totals.user = s
+            .counters
+            .all()
+            .iter()
+            .take(in_use as usize)
+            .copied()
+            .collect();
+        let scrape = Scrape {
+            totals: &totals,
+            capacity,
+            half_open_budget,
+            sweep: &s.report,
+            attached: &attached,
+            scopes: &s.scopes,
+        };
+        match format {
+            Format::OpenMetrics => Ok(metrics::render_openmetrics(&scrape)),
+            Format::Text => metrics::render(&scrape).map_err(|e| {
+                warn!(error = %e, "cannot encode metrics");
+                format!("cannot encode metrics: {e}")
+            }),
         }
-        "/" => Reply::Ok {
-            content_type: "text/plain",
-            body: b"tcpstate: TCP connection states from XDP/TC. Metrics at /metrics\n".to_vec(),
-        },
-        _ => Reply::NotFound,
     });
-    http::serve(listener, handler, shutdown_signal()).await;
+    // Validated by RunConfig already; read again here for the values in force from now on.
+    let web = match &cfg.web_config {
+        Some(path) => {
+            let first = webconfig::load(path).map_err(crate::config::ConfigError::Invalid)?;
+            info!(file = %path.display(), tls = first.tls.is_some(), basic_auth = !first.users.is_empty(), "web config");
+            Some(Arc::new(webconfig::Reloader::new(path.clone(), first)))
+        }
+        None => None,
+    };
+    server::serve(listener, render, web, shutdown_signal()).await;
     Ok(())
 }
 

@@ -290,3 +290,48 @@ fn container_mode_options_come_from_flags_env_or_the_file_and_are_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn a_bad_web_config_is_one_line_and_exit_2_at_start_and_in_check() {
+    let f = config_file(
+        "web-bad.yml",
+        "tls_server_config:\n  cert_file: nowhere.pem\n",
+    );
+    let path = f.to_str().unwrap();
+    for check in [false, true] {
+        let mut args = vec!["run", "--iface", "lo", "--web-config", path];
+        if check {
+            args.push("--check");
+        }
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let e = stderr_line(&o);
+        assert!(
+            e.contains(path) && e.contains("key_file"),
+            "names the file and the missing key: {e}"
+        );
+    }
+    let f = config_file("web-typo.yml", "basic_auth_user:\n  a: b\n");
+    let o = run(&["run", "--iface", "lo", "--web-config", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_line(&o).contains("basic_auth_user"));
+}
+
+#[test]
+fn the_web_config_comes_from_the_environment_and_the_toml_file_too() {
+    let bad = config_file("web-env.yml", "basic_auth_users:\n  a: plaintext\n");
+    let o = Command::new(BIN)
+        .args(["run", "--iface", "lo", "--check"])
+        .env("TCPSTATE_WEB_CONFIG", bad.to_str().unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_line(&o).contains("not a bcrypt hash"));
+    let toml = config_file(
+        "web.toml",
+        &format!("web-config = {:?}\n", bad.to_str().unwrap()),
+    );
+    let o = run(&["run", "--iface", "lo", "--config", toml.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_line(&o).contains("not a bcrypt hash"));
+}

@@ -3,6 +3,7 @@
 //! Every command first runs `setup`, which installs only what is missing and costs about a second
 //! when everything is there.
 
+mod dist;
 mod setup;
 
 use std::{
@@ -39,6 +40,9 @@ enum Cmd {
         /// Filter passed to the end-to-end suite (test name substring).
         filter: Option<String>,
     },
+    /// Build what is shipped into target/dist: the static (musl) binary with the kernel programs
+    /// inside, a .deb, and the FROM-scratch container image (podman) as an OCI archive.
+    Dist,
     /// rustfmt and clippy (-D warnings) on the host crates, and clippy on the eBPF crate with nightly.
     Lint,
     /// Benchmarks (not tests, as root): per-packet cost by BPF_PROG_TEST_RUN against pass-only
@@ -77,6 +81,7 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Test { host_only, filter } => test(host_only, filter),
         Cmd::Lint => lint(),
+        Cmd::Dist => dist::dist(),
         Cmd::Bench { part } => bench(part.as_deref()),
     }
 }

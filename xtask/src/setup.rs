@@ -14,7 +14,8 @@ use crate::status;
 /// (compared side by side) and procps (sysctl in the benchmark's namespaces); podman and runc for
 /// the container tests (crun refuses this machine kind's hybrid cgroups, so runc is named); tcpdump
 /// for the captures the e2e suite replays, and tshark, the peer `cargo xtask bench replay` is
-/// measured beside.
+/// measured beside; musl-tools (musl-gcc) for ring's C code in the static build of
+/// `cargo xtask dist`.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -31,6 +32,7 @@ const PACKAGES: &[&str] = &[
     "runc",
     "tcpdump",
     "tshark",
+    "musl-tools",
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -41,6 +43,7 @@ pub fn ensure() -> Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    musl_target()?;
     bpffs();
     Ok(())
 }
@@ -116,6 +119,22 @@ fn bpf_linker() -> Result<()> {
         "--features",
         "llvm-22",
     ]))
+}
+
+/// The Rust standard library for the static build (`cargo xtask dist`).
+fn musl_target() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup is needed to add the musl target")?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l == crate::dist::MUSL)
+    {
+        return Ok(());
+    }
+    eprintln!("xtask setup: adding the {} target", crate::dist::MUSL);
+    status(Command::new("rustup").args(["target", "add", crate::dist::MUSL]))
 }
 
 /// bpffs on /sys/fs/bpf, for pinned maps. The daemon mounts it itself when missing; doing it here

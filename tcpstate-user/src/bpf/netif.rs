@@ -55,8 +55,12 @@ pub fn is_up(iface: &str) -> bool {
     for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes()) {
         *dst = src as libc::c_char;
     }
+    // The request argument is c_ulong in glibc and c_int in musl (the static build): libc::Ioctl
+    // names whichever this target has.
+    #[allow(clippy::unnecessary_cast, reason = "a no-op on glibc, needed on musl")]
+    let request = libc::SIOCGIFFLAGS as libc::Ioctl;
     // SAFETY: fd is valid; req is a valid ifreq for SIOCGIFFLAGS.
-    let ok = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) } == 0;
+    let ok = unsafe { libc::ioctl(fd, request, &mut req) } == 0;
     // SAFETY: the union member SIOCGIFFLAGS fills.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     // SAFETY: fd is ours.

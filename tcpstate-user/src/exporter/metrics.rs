@@ -551,11 +551,21 @@ pub fn render(s: &Scrape) -> prometheus::Result<Vec<u8>> {
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// The same families in the OpenMetrics 1.0 text format (for scrapers that ask for it).
+pub fn render_openmetrics(s: &Scrape) -> Vec<u8> {
+    super::openmetrics::encode(&families(s))
+}
+
 /// The exposition of a daemon that has seen nothing (but one listening port): every family, with
 /// its labels, at zero. For `tcpstate describe-metrics`, and for checking dashboards and alert
 /// rules against what is really exported. With `containers`, as in container mode: per-endpoint
 /// families carry `namespace`, `pod` and `container`, for the host and one watched container.
 pub fn describe_with(containers: bool) -> prometheus::Result<Vec<u8>> {
+    idle(containers, render)
+}
+
+/// `f` applied to the scrape of an idle daemon (see [`describe_with`]).
+pub fn idle<T>(containers: bool, f: impl FnOnce(&Scrape) -> T) -> T {
     let scopes: u32 = if containers { 2 } else { 1 };
     let totals = Totals {
         slots: vec![0; (tcpstate_common::counters::idx::COUNT * scopes) as usize],
@@ -599,7 +609,7 @@ pub fn describe_with(containers: bool) -> prometheus::Result<Vec<u8>> {
     } else {
         ScopeView::default()
     };
-    render(&Scrape {
+    f(&Scrape {
         totals: &totals,
         capacity: 0,
         half_open_budget: 0,

@@ -1,4 +1,8 @@
 //! Exporting to Prometheus: the metric families rendered from counters and the HTTP endpoint.
 
-pub mod http;
+mod auth;
 pub mod metrics;
+pub mod openmetrics;
+pub mod server;
+mod tls;
+pub mod webconfig;

@@ -388,7 +388,9 @@ impl Daemon {
                     self.log()
                 );
             }
-            if self.try_get("/metrics").is_some() {
+            // The daemon logs this once its programs are attached, just before it accepts; a
+            // daemon behind TLS or basic auth (--web-config) does not answer a plain scrape.
+            if self.log().contains("serving /metrics") || self.try_get("/metrics").is_some() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -424,7 +426,13 @@ impl Daemon {
             }
             let mut s = TcpStream::connect_timeout(&listen, Duration::from_secs(2)).ok()?;
             s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+            // Connection: close, as the body is read to the end of the stream (the server keeps
+            // HTTP/1.1 connections open otherwise).
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .ok()?;
             let mut resp = String::new();
             s.read_to_string(&mut resp).ok()?;
             let (head, body) = resp.split_once("\r\n\r\n")?;

@@ -12,6 +12,7 @@ mod flood;
 mod harness;
 mod inject;
 mod leaks;
+mod package;
 mod podman;
 mod preflight;
 mod prometheus;

@@ -40,6 +40,11 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(ns: &Netns) -> Prometheus {
+        Self::start_with(ns, "")
+    }
+
+    /// As `start`, with `job` added to the tcpstate scrape job's settings (scheme, auth, TLS).
+    fn start_with(ns: &Netns, job: &str) -> Prometheus {
         assert!(
             Path::new(PROMETHEUS).is_file(),
             "{PROMETHEUS} is missing: run `cargo xtask setup` (Debian package prometheus)"
@@ -50,7 +55,7 @@ impl Prometheus {
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {}\n\
-             scrape_configs:\n  - job_name: tcpstate\n    static_configs:\n      - targets: ['127.0.0.1:9477']\n",
+             scrape_configs:\n  - job_name: tcpstate\n{job}    static_configs:\n      - targets: ['127.0.0.1:9477']\n",
             deploy("prometheus/tcpstate-rules.yml").display()
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
@@ -350,4 +355,62 @@ fn prometheus_scrapes_the_leak_and_evaluates_the_rules_and_dashboard() {
     assert!(checked >= 10, "only {checked} dashboard queries");
     drop(prom);
     drop(listener);
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The endpoint secured the way node_exporter users do it: TLS with client certificates and a
+/// bcrypt basic-auth user, in exporter-toolkit's web config; a real Prometheus scrapes it with the
+/// matching scrape settings and sees the leak.
+#[test]
+fn prometheus_scrapes_over_tls_with_a_client_certificate_and_basic_auth() {
+    let p = Pair::new();
+    let dir = std::env::temp_dir().join(format!("tcpstate-webconfig-{}", p.srv.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let web = dir.join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\nbasic_auth_users:\n  prometheus: {hash}\n",
+            fixture("server.pem"),
+            fixture("server-key.pem"),
+            fixture("ca.pem"),
+        ),
+    )
+    .unwrap();
+    let d = Daemon::host(
+        &p,
+        &[
+            "--close-wait-leak-after",
+            "1s",
+            "--sweep-interval",
+            "100ms",
+            "--web-config",
+            web.to_str().unwrap(),
+        ],
+    );
+    let job = format!(
+        "    scheme: https\n    tls_config:\n      ca_file: {}\n      cert_file: {}\n      key_file: {}\n    basic_auth:\n      username: prometheus\n      password: s3cret\n",
+        fixture("ca.pem"),
+        fixture("client.pem"),
+        fixture("client-key.pem"),
+    );
+    let prom = Prometheus::start_with(&p.srv, &job);
+    let listener = p.listen(SERVER_V4, LEAK_PORT);
+    let client = p.connect(SERVER_V4, LEAK_PORT);
+    let (_leaked, _) = listener.accept().unwrap();
+    drop(client);
+    prom.wait_until("up{job=\"tcpstate\"} == 1 over TLS", |pr| {
+        pr.single(r#"up{job="tcpstate"}"#) == Some(1.0)
+    });
+    let leaked = format!(r#"tcpstate_close_wait_leaked{{port="{LEAK_PORT}"}}"#);
+    prom.wait_until(&format!("{leaked} == 1"), |pr| {
+        pr.single(&leaked) == Some(1.0)
+    });
+    drop(prom);
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
 }
