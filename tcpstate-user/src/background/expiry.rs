@@ -130,24 +130,11 @@ pub fn ended_side(rec: &FlowRecord, now_ns: u64, t: &Timeouts) -> Option<Side> {
 /// and checking them is most of a sweep's cost. `decide` stays the one rule.
 pub fn not_before(rec: &FlowRecord, t: &Timeouts) -> u64 {
     let w = rec.word();
-    let at = |base: u64, d: std::time::Duration| base.saturating_add(d.as_nanos() as u64);
     let mut handshake = u64::MAX;
     let mut all_done = 0u64;
     let mut alone = u64::MAX;
     for side in [Side::A, Side::B] {
-        let since = rec.since_ns[side.index()];
-        let done = match w.state(side) {
-            TcpState::Closed => at(since, t.closed_linger),
-            TcpState::TimeWait => at(since, t.time_wait),
-            TcpState::SynSent => at(since, t.syn_sent),
-            TcpState::SynRecv => at(since, t.syn_recv),
-            TcpState::FinWait2 => at(since, t.fin_wait2),
-            TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck => {
-                at(rec.last_seen_ns(), t.closing_idle)
-            }
-            TcpState::Established => at(rec.last_seen_ns(), t.established_idle),
-            TcpState::CloseWait => u64::MAX,
-        };
+        let done = done_at(rec, side, t);
         if w.state(side).is_handshake() {
             handshake = handshake.min(done);
         }
@@ -171,26 +158,38 @@ pub fn not_before(rec: &FlowRecord, t: &Timeouts) -> u64 {
 /// until then.
 pub fn due(rec: &FlowRecord, t: &Timeouts) -> u64 {
     let w = rec.word();
-    let at = |base: u64, d: std::time::Duration| base.saturating_add(d.as_nanos() as u64);
     let mut first = not_before(rec, t);
     if w.counted == Side::A.bit() | Side::B.bit() && w.pending == 0 {
         for side in [Side::A, Side::B] {
-            let since = rec.since_ns[side.index()];
-            let done = match w.state(side) {
-                TcpState::Closed | TcpState::CloseWait => u64::MAX,
-                TcpState::TimeWait => at(since, t.time_wait),
-                TcpState::SynSent => at(since, t.syn_sent),
-                TcpState::SynRecv => at(since, t.syn_recv),
-                TcpState::FinWait2 => at(since, t.fin_wait2),
-                TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck => {
-                    at(rec.last_seen_ns(), t.closing_idle)
-                }
-                TcpState::Established => at(rec.last_seen_ns(), t.established_idle),
-            };
-            first = first.min(done);
+            // An endpoint already closed has nothing left to end.
+            if w.state(side) != TcpState::Closed {
+                first = first.min(done_at(rec, side, t));
+            }
         }
     }
     first
+}
+
+/// When one endpoint is done by its own state's rule, if nothing changes it meanwhile: the
+/// instant form of [`done`] without the kernel's settling (`u64::MAX`: never, a CLOSE_WAIT).
+fn done_at(rec: &FlowRecord, side: Side, t: &Timeouts) -> u64 {
+    let since = rec.since_ns[side.index()];
+    match rec.word().state(side) {
+        TcpState::Closed => at(since, t.closed_linger),
+        TcpState::TimeWait => at(since, t.time_wait),
+        TcpState::SynSent => at(since, t.syn_sent),
+        TcpState::SynRecv => at(since, t.syn_recv),
+        TcpState::FinWait2 => at(since, t.fin_wait2),
+        TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck => {
+            at(rec.last_seen_ns(), t.closing_idle)
+        }
+        TcpState::Established => at(rec.last_seen_ns(), t.established_idle),
+        TcpState::CloseWait => u64::MAX,
+    }
+}
+
+fn at(base: u64, d: std::time::Duration) -> u64 {
+    base.saturating_add(d.as_nanos() as u64)
 }
 
 #[cfg(test)]

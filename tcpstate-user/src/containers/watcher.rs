@@ -54,6 +54,18 @@ const EVENT_WAIT: Duration = Duration::from_millis(250);
 /// After a first event, how long the watcher lets more arrive before reconciling once for all.
 const BURST: Duration = Duration::from_millis(5);
 
+/// A container program of the object, loaded (verified) on first use.
+fn loaded<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow::anyhow!("object has no program {name}"))?
+        .try_into()?;
+    if prog.fd().is_err() {
+        prog.load()?;
+    }
+    Ok(prog)
+}
+
 pub struct Settings {
     /// Interfaces watched in host or tap mode (`--iface`): never taken for a container's veth,
     /// even when their peer is in another namespace.
@@ -133,13 +145,7 @@ impl Watcher {
         {
             let mut ebpf = ebpf.lock().unwrap_or_else(|e| e.into_inner());
             for (name, _) in PROGRAMS {
-                let prog: &mut SchedClassifier = ebpf
-                    .program_mut(name)
-                    .ok_or_else(|| anyhow::anyhow!("object has no program {name}"))?
-                    .try_into()?;
-                if prog.fd().is_err() {
-                    prog.load()?;
-                }
+                loaded(&mut ebpf, name)?;
                 crate::bpf::loader::log_verifier_cost(&ebpf, name);
             }
         }
@@ -543,13 +549,7 @@ impl Watcher {
         let result = (|| -> anyhow::Result<()> {
             let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
             for (name, at) in PROGRAMS {
-                let prog: &mut SchedClassifier = ebpf
-                    .program_mut(name)
-                    .ok_or_else(|| anyhow::anyhow!("object has no program {name}"))?
-                    .try_into()?;
-                if prog.fd().is_err() {
-                    prog.load()?;
-                }
+                let prog = loaded(&mut ebpf, name)?;
                 // By name: aya resolves it to an index; checked against the event's below.
                 let id = prog.attach(&link.name, at)?;
                 made.push(prog.take_link(id)?);

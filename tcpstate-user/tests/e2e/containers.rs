@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::harness::{sh, Daemon, Metrics, Netns, Opts};
+use crate::harness::{sh, Daemon, Netns, Opts};
 
 /// The daemon's namespace, with an interface for its host-mode attachment (a veth whose peer is
 /// in the same namespace: no container's; this kernel has no dummy driver).
@@ -58,39 +58,15 @@ fn daemon(h: &Netns, dummy: &str, extra: &[&str]) -> Daemon {
     )
 }
 
-/// Non-zero connection counts of one container's series, per state.
-fn states_of(m: &Metrics, container: &str) -> std::collections::BTreeMap<String, i64> {
-    let mut out = std::collections::BTreeMap::new();
-    let want = format!("container=\"{container}\"");
-    for line in m
-        .text
-        .lines()
-        .filter(|l| l.starts_with("tcpstate_connections{"))
-    {
-        if !line.contains(&want) {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').expect("sample");
-        let v: f64 = value.parse().expect("value");
-        let state = series
-            .split("state=\"")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .expect("state label");
-        if v != 0.0 {
-            *out.entry(state.to_string()).or_insert(0) += v as i64;
-        }
-    }
-    out
-}
-
 /// Waits until a container's series equal `ss -tan` inside it, twice in a row.
 fn assert_container_matches(d: &Daemon, c: &Netns, checkpoint: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut agreed = None;
     loop {
         let kernel = c.ss_states();
-        let tracker = states_of(&d.metrics(), &c.name);
+        let tracker = d
+            .metrics()
+            .states_with(&format!("container=\"{}\"", c.name));
         if kernel == tracker {
             if agreed.as_ref() == Some(&kernel) {
                 return;
@@ -350,7 +326,8 @@ fn a_container_started_after_the_daemon_is_watched_within_a_second() {
     let _server = l.accept().unwrap();
     assert_container_matches(&d, &c, "first connection of a late container");
     assert_eq!(
-        states_of(&d.metrics(), &c.name),
+        d.metrics()
+            .states_with(&format!("container=\"{}\"", c.name)),
         [("established".to_string(), 1)].into()
     );
 }
@@ -421,9 +398,9 @@ fn forwarded_traffic_is_the_containers_not_the_hosts() {
     assert_container_matches(&d, &c, "routed connection");
     let m = d.metrics();
     assert!(
-        states_of(&m, "").is_empty(),
+        m.states_with("container=\"\"").is_empty(),
         "no host endpoint for forwarded traffic: {:?}\n{}",
-        states_of(&m, ""),
+        m.states_with("container=\"\""),
         m.text
     );
     let flows = d.flows(&[]);
@@ -454,9 +431,9 @@ fn forwarded_traffic_is_the_containers_not_the_hosts() {
     assert_container_matches(&d, &c, "a port-forwarded connection");
     let m = d.metrics();
     assert!(
-        states_of(&m, "").is_empty(),
+        m.states_with("container=\"\"").is_empty(),
         "a port-forwarded connection is no host endpoint, listener or not: {:?}",
-        states_of(&m, "")
+        m.states_with("container=\"\"")
     );
     let transit = d
         .flows(&[])
@@ -476,7 +453,7 @@ fn forwarded_traffic_is_the_containers_not_the_hosts() {
     });
     let _hs = hl.accept().unwrap();
     d.wait_for("the host's own connection", |m| {
-        states_of(m, "").get("established") == Some(&1)
+        m.states_with("container=\"\"").get("established") == Some(&1)
     });
 }
 

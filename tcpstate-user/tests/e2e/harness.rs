@@ -621,6 +621,27 @@ impl Metrics {
         m
     }
 
+    /// Non-zero `tcpstate_connections` of the series whose labels include `labels` (e.g.
+    /// `container="web"`, or a whole `namespace="",pod="",container=""` run), per state.
+    pub fn states_with(&self, labels: &str) -> BTreeMap<String, i64> {
+        let mut m = BTreeMap::new();
+        for (k, v) in &self.samples {
+            let Some(rest) = k.strip_prefix("tcpstate_connections{") else {
+                continue;
+            };
+            if !rest.contains(labels) || *v == 0.0 {
+                continue;
+            }
+            let state = rest
+                .split("state=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .expect("state label");
+            *m.entry(state.to_string()).or_insert(0) += *v as i64;
+        }
+        m
+    }
+
     pub fn connections(&self, role: &str, state: &str) -> f64 {
         self.get("tcpstate_connections", &[("role", role), ("state", state)])
     }

@@ -3,13 +3,12 @@
 //! compared with `ss -tan` run inside it (`nsenter -t PID -n`).
 
 use std::{
-    collections::BTreeMap,
     net::TcpStream,
     time::{Duration, Instant},
 };
 
 use crate::{
-    harness::{sh, ss_counts, Daemon, Metrics, BIN},
+    harness::{sh, ss_counts, Daemon, BIN},
     support::podman::{Container, Podman},
 };
 
@@ -88,33 +87,11 @@ fn leak(c: &Container, n: usize) -> Vec<TcpStream> {
     vec![TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap()]
 }
 
-/// Non-zero connection counts of the series with these scope labels.
-fn states_of(m: &Metrics, labels: &str) -> BTreeMap<String, i64> {
-    let mut out = BTreeMap::new();
-    for line in m
-        .text
-        .lines()
-        .filter(|l| l.starts_with("tcpstate_connections{") && l.contains(labels))
-    {
-        let (series, value) = line.rsplit_once(' ').expect("sample");
-        let v: f64 = value.parse().expect("value");
-        let state = series
-            .split("state=\"")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .expect("state label");
-        if v != 0.0 {
-            *out.entry(state.to_string()).or_insert(0) += v as i64;
-        }
-    }
-    out
-}
-
 fn assert_matches(d: &Daemon, c: &Container, labels: &str, checkpoint: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let kernel = ss_counts(&c.ss(), None);
-        let tracker = states_of(&d.metrics(), labels);
+        let tracker = d.metrics().states_with(labels);
         if kernel == tracker && !kernel.is_empty() {
             return;
         }
@@ -248,7 +225,9 @@ fn podman_containers_are_counted_named_and_diagnosed() {
     assert_eq!(l[0]["count"].as_u64(), Some(3));
     // Nothing of either is a host endpoint.
     assert!(
-        states_of(&d.metrics(), "namespace=\"\",pod=\"\",container=\"\"").is_empty(),
+        &d.metrics()
+            .states_with("namespace=\"\",pod=\"\",container=\"\"")
+            .is_empty(),
         "no host endpoints"
     );
 
