@@ -395,7 +395,14 @@ fn the_image_runs_as_the_daemonset_runs_it_and_sees_a_leak() {
     loop {
         let m = Metrics::parse(&scrape(&p.srv, addr).expect("/metrics from the container"));
         let port = LEAK_PORT.to_string();
-        if m.try_get("tcpstate_close_wait_leaked", &[("port", &port)]) == Some(1.0) {
+        // Container mode, as the DaemonSet runs it: the host's series carry empty scope labels.
+        let labels = [
+            ("port", port.as_str()),
+            ("namespace", ""),
+            ("pod", ""),
+            ("container", ""),
+        ];
+        if m.try_get("tcpstate_close_wait_leaked", &labels) == Some(1.0) {
             break;
         }
         assert!(
