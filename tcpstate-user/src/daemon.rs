@@ -342,6 +342,7 @@ async fn serve(
             .map(|w| w.scope + 1)
             .max()
             .unwrap_or(1);
+        let started = std::time::Instant::now();
         let mut totals = s.books.totals_of(in_use).map_err(|e| {
             warn!(error = %e, "cannot read counters");
             format!("cannot read the kernel counters: {e}")
@@ -361,13 +362,21 @@ async fn serve(
             attached: &attached,
             scopes: &s.scopes,
         };
-        match format {
+        let read = started.elapsed();
+        let body = match format {
             Format::OpenMetrics => Ok(metrics::render_openmetrics(&scrape)),
             Format::Text => metrics::render(&scrape).map_err(|e| {
                 warn!(error = %e, "cannot encode metrics");
                 format!("cannot encode metrics: {e}")
             }),
-        }
+        };
+        tracing::debug!(
+            read_us = read.as_micros() as u64,
+            render_us = (started.elapsed() - read).as_micros() as u64,
+            scopes = in_use,
+            "scrape"
+        );
+        body
     });
     // Validated by RunConfig already; read again here for the values in force from now on.
     let web = match &cfg.web_config {
