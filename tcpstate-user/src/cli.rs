@@ -138,28 +138,8 @@ pub struct RunArgs {
     /// Most ports given their own `port` label; the others are reported as port="other".
     #[arg(long, env = "TCPSTATE_PORT_LABELS", default_value_t = 32)]
     pub port_labels: usize,
-    /// TIME_WAIT lifetime (2*MSL; Linux uses 60s).
-    #[arg(long, env = "TCPSTATE_TIME_WAIT", default_value = "60s")]
-    pub time_wait: Duration,
-    /// SYN_SENT lifetime without an answer (Linux gives up after 127s with tcp_syn_retries=6).
-    #[arg(long, env = "TCPSTATE_SYN_SENT_TIMEOUT", default_value = "130s")]
-    pub syn_sent_timeout: Duration,
-    /// SYN_RECV lifetime without the final ACK (Linux gives up after 63s with tcp_synack_retries=5).
-    #[arg(long, env = "TCPSTATE_SYN_RECV_TIMEOUT", default_value = "65s")]
-    pub syn_recv_timeout: Duration,
-    /// FIN_WAIT_2 lifetime (Linux tcp_fin_timeout: 60s).
-    #[arg(long, env = "TCPSTATE_FIN_WAIT2_TIMEOUT", default_value = "60s")]
-    pub fin_wait2_timeout: Duration,
-    /// Idle time after which FIN_WAIT_1, CLOSING and LAST_ACK are given up.
-    #[arg(long, env = "TCPSTATE_CLOSING_TIMEOUT", default_value = "2m")]
-    pub closing_timeout: Duration,
-    /// Idle time after which an ESTABLISHED flow is dropped (the kernel keeps idle connections
-    /// forever; 5 days is conntrack's default).
-    #[arg(long, env = "TCPSTATE_ESTABLISHED_IDLE_TIMEOUT", default_value = "5d")]
-    pub established_idle_timeout: Duration,
-    /// How long a flow whose endpoints are both closed is kept, so late segments are recognized.
-    #[arg(long, env = "TCPSTATE_CLOSED_LINGER", default_value = "10s")]
-    pub closed_linger: Duration,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
     /// How often the background walk expires flows and refreshes ages. A walk that takes long (a
     /// huge table) stretches the pause so the walk uses at most a tenth of one CPU.
     #[arg(long, env = "TCPSTATE_SWEEP_INTERVAL", default_value = "1s")]
@@ -212,6 +192,34 @@ pub struct RunArgs {
     pub config: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub pins: PinArgs,
+}
+
+/// The sweeper's timeouts: one declaration for `run` and `replay`, so a replay expires flows
+/// exactly as the daemon would.
+#[derive(Debug, Args)]
+pub struct TimeoutArgs {
+    /// TIME_WAIT lifetime (2*MSL; Linux uses 60s).
+    #[arg(long, env = "TCPSTATE_TIME_WAIT", default_value = "60s")]
+    pub time_wait: Duration,
+    /// SYN_SENT lifetime without an answer (Linux gives up after 127s with tcp_syn_retries=6).
+    #[arg(long, env = "TCPSTATE_SYN_SENT_TIMEOUT", default_value = "130s")]
+    pub syn_sent_timeout: Duration,
+    /// SYN_RECV lifetime without the final ACK (Linux gives up after 63s with tcp_synack_retries=5).
+    #[arg(long, env = "TCPSTATE_SYN_RECV_TIMEOUT", default_value = "65s")]
+    pub syn_recv_timeout: Duration,
+    /// FIN_WAIT_2 lifetime (Linux tcp_fin_timeout: 60s).
+    #[arg(long, env = "TCPSTATE_FIN_WAIT2_TIMEOUT", default_value = "60s")]
+    pub fin_wait2_timeout: Duration,
+    /// Idle time after which FIN_WAIT_1, CLOSING and LAST_ACK are given up.
+    #[arg(long, env = "TCPSTATE_CLOSING_TIMEOUT", default_value = "2m")]
+    pub closing_timeout: Duration,
+    /// Idle time after which an ESTABLISHED flow is dropped (the kernel keeps idle connections
+    /// forever; 5 days is conntrack's default).
+    #[arg(long, env = "TCPSTATE_ESTABLISHED_IDLE_TIMEOUT", default_value = "5d")]
+    pub established_idle_timeout: Duration,
+    /// How long a flow whose endpoints are both closed is kept, so late segments are recognized.
+    #[arg(long, env = "TCPSTATE_CLOSED_LINGER", default_value = "10s")]
+    pub closed_linger: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -305,27 +313,9 @@ pub struct ReplayArgs {
     /// Most ports given their own `port` label (in --metrics).
     #[arg(long, default_value_t = 32)]
     pub port_labels: usize,
-    /// TIME_WAIT lifetime (as `run --time-wait`).
-    #[arg(long, default_value = "60s")]
-    pub time_wait: Duration,
-    /// SYN_SENT lifetime without an answer (as `run`).
-    #[arg(long, default_value = "130s")]
-    pub syn_sent_timeout: Duration,
-    /// SYN_RECV lifetime without the final ACK (as `run`).
-    #[arg(long, default_value = "65s")]
-    pub syn_recv_timeout: Duration,
-    /// FIN_WAIT_2 lifetime (as `run`).
-    #[arg(long, default_value = "60s")]
-    pub fin_wait2_timeout: Duration,
-    /// Idle time after which FIN_WAIT_1, CLOSING and LAST_ACK are given up (as `run`).
-    #[arg(long, default_value = "2m")]
-    pub closing_timeout: Duration,
-    /// Idle time after which an ESTABLISHED flow is dropped (as `run`).
-    #[arg(long, default_value = "5d")]
-    pub established_idle_timeout: Duration,
-    /// How long a flow closed on both sides is kept (as `run`).
-    #[arg(long, default_value = "10s")]
-    pub closed_linger: Duration,
+    /// The daemon's timeouts, applied in capture time (same names and defaults as `run`).
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
     /// Capture time between two expiry sweeps (the daemon's walk cadence).
     #[arg(long, default_value = "1s")]
     pub sweep_interval: Duration,
@@ -338,6 +328,8 @@ mod tests {
     /// A replay must expire flows as the daemon does: its timeout defaults are `run`'s.
     #[test]
     fn replay_timeout_defaults_are_the_daemons() {
+        // The timeouts themselves are one flattened struct; what each command declares apart must
+        // still default alike.
         let Command::Run(run) = Cli::try_parse_from(["tcpstate", "run"]).unwrap().command else {
             panic!("not run")
         };
@@ -348,28 +340,8 @@ mod tests {
             panic!("not replay")
         };
         assert_eq!(
-            [
-                rp.time_wait,
-                rp.syn_sent_timeout,
-                rp.syn_recv_timeout,
-                rp.fin_wait2_timeout,
-                rp.closing_timeout,
-                rp.established_idle_timeout,
-                rp.closed_linger,
-                rp.sweep_interval,
-                rp.close_wait_leak_after,
-            ],
-            [
-                run.time_wait,
-                run.syn_sent_timeout,
-                run.syn_recv_timeout,
-                run.fin_wait2_timeout,
-                run.closing_timeout,
-                run.established_idle_timeout,
-                run.closed_linger,
-                run.sweep_interval,
-                run.close_wait_leak_after,
-            ]
+            [rp.sweep_interval, rp.close_wait_leak_after],
+            [run.sweep_interval, run.close_wait_leak_after]
         );
         assert_eq!(
             (rp.max_flows, rp.port_labels),

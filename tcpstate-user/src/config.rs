@@ -58,6 +58,30 @@ pub struct Timeouts {
     pub closed_linger: time::Duration,
 }
 
+/// A duration that must be longer than zero, or the one-line error naming its flag.
+pub fn positive(name: &str, d: Duration) -> Result<time::Duration, String> {
+    if d.0.is_zero() {
+        Err(format!("{name} must be longer than 0s"))
+    } else {
+        Ok(d.0)
+    }
+}
+
+impl Timeouts {
+    /// The sweeper's timeouts from their flags (`run` and `replay` share them).
+    pub fn from_args(a: &crate::cli::TimeoutArgs) -> Result<Timeouts, String> {
+        Ok(Timeouts {
+            time_wait: positive("--time-wait", a.time_wait)?,
+            syn_sent: positive("--syn-sent-timeout", a.syn_sent_timeout)?,
+            syn_recv: positive("--syn-recv-timeout", a.syn_recv_timeout)?,
+            fin_wait2: positive("--fin-wait2-timeout", a.fin_wait2_timeout)?,
+            closing_idle: positive("--closing-timeout", a.closing_timeout)?,
+            established_idle: positive("--established-idle-timeout", a.established_idle_timeout)?,
+            closed_linger: positive("--closed-linger", a.closed_linger)?,
+        })
+    }
+}
+
 /// How one interface is watched.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attachment {
@@ -148,15 +172,7 @@ impl RunConfig {
                 a.max_flows
             )));
         }
-        let positive = |name: &str, d: Duration| {
-            if d.0.is_zero() {
-                Err(ConfigError::Invalid(format!(
-                    "{name} must be longer than 0s"
-                )))
-            } else {
-                Ok(d.0)
-            }
-        };
+        let positive = |name: &str, d: Duration| positive(name, d).map_err(ConfigError::Invalid);
         // An empty value (TCPSTATE_WEB_CONFIG= in an environment file) means "not set".
         let web_config = a.web_config.clone().filter(|p| !p.as_os_str().is_empty());
         if let Some(path) = &web_config {
@@ -170,18 +186,7 @@ impl RunConfig {
             web_config,
             capacity: a.max_flows,
             half_open_budget,
-            timeouts: Timeouts {
-                time_wait: positive("--time-wait", a.time_wait)?,
-                syn_sent: positive("--syn-sent-timeout", a.syn_sent_timeout)?,
-                syn_recv: positive("--syn-recv-timeout", a.syn_recv_timeout)?,
-                fin_wait2: positive("--fin-wait2-timeout", a.fin_wait2_timeout)?,
-                closing_idle: positive("--closing-timeout", a.closing_timeout)?,
-                established_idle: positive(
-                    "--established-idle-timeout",
-                    a.established_idle_timeout,
-                )?,
-                closed_linger: positive("--closed-linger", a.closed_linger)?,
-            },
+            timeouts: Timeouts::from_args(&a.timeouts).map_err(ConfigError::Invalid)?,
             close_wait_leak_after: positive("--close-wait-leak-after", a.close_wait_leak_after)?,
             port_labels: if (1..=1024).contains(&a.port_labels) {
                 a.port_labels

@@ -94,11 +94,7 @@ impl Options {
             )));
         }
         let positive = |name: &str, d: crate::config::Duration| {
-            if d.0.is_zero() {
-                Err(ReplayError::Usage(format!("{name} must be longer than 0s")))
-            } else {
-                Ok(d.0)
-            }
+            crate::config::positive(name, d).map_err(ReplayError::Usage)
         };
         Ok(Options {
             cfg: Config {
@@ -109,18 +105,7 @@ impl Options {
                 scopes: 1,
                 transit_check: 0,
             },
-            timeouts: Timeouts {
-                time_wait: positive("--time-wait", a.time_wait)?,
-                syn_sent: positive("--syn-sent-timeout", a.syn_sent_timeout)?,
-                syn_recv: positive("--syn-recv-timeout", a.syn_recv_timeout)?,
-                fin_wait2: positive("--fin-wait2-timeout", a.fin_wait2_timeout)?,
-                closing_idle: positive("--closing-timeout", a.closing_timeout)?,
-                established_idle: positive(
-                    "--established-idle-timeout",
-                    a.established_idle_timeout,
-                )?,
-                closed_linger: positive("--closed-linger", a.closed_linger)?,
-            },
+            timeouts: Timeouts::from_args(&a.timeouts).map_err(ReplayError::Usage)?,
             sweep_interval: positive("--sweep-interval", a.sweep_interval)?,
         })
     }
