@@ -772,15 +772,7 @@ impl Drop for NodeExporter {
 fn beside_node_exporter(figures: &mut Vec<Figure>) {
     for n in CONNECTIONS {
         let ns = Netns::new("nodex");
-        harness::sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns.name,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_local_port_range=10000 65000",
-        ]);
+        ns.sysctl("net.ipv4.ip_local_port_range=10000 65000");
         let d = Daemon::start(
             &ns,
             &["--iface", "lo", "--max-flows", "262144"],

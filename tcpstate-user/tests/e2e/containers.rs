@@ -358,15 +358,7 @@ fn forwarded_traffic_is_the_containers_not_the_hosts() {
     outside.ip(&["addr", "add", "198.51.100.2/24", "dev", "eth0"]);
     outside.ip(&["link", "set", "eth0", "up"]);
     outside.ip(&["route", "add", "203.0.113.0/24", "via", "198.51.100.1"]);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &h.name,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ]);
+    h.sysctl("net.ipv4.ip_forward=1");
     bridge(&h, "tsbr1", Some("203.0.113.1/24"));
     let c = container(&h, "web", "tsvweb", "tsbr1", "203.0.113.2/24");
     c.ip(&["route", "add", "default", "via", "203.0.113.1"]);

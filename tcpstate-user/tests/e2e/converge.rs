@@ -93,15 +93,7 @@ fn follow_the_kernel(d: &Daemon, ns: &Netns, span: Duration, what: &str) {
 #[test]
 fn a_server_closing_on_clients_that_never_close_matches_the_kernel() {
     let p = Pair::new();
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &p.srv.name,
-        "sysctl",
-        "-qw",
-        "net.ipv4.tcp_fin_timeout=3",
-    ]);
+    p.srv.sysctl("net.ipv4.tcp_fin_timeout=3");
     let d = Daemon::host(
         &p,
         &["--sweep-interval", "100ms", "--fin-wait2-timeout", "3s"],
@@ -183,7 +175,7 @@ fn after_a_table_overflow_the_mirror_drains_to_what_the_kernel_holds() {
         "net.ipv4.ip_local_port_range=1024 65535",
         "net.ipv4.tcp_tw_reuse=1",
     ] {
-        sh(&["ip", "netns", "exec", &p.cli.name, "sysctl", "-qw", setting]);
+        p.cli.sysctl(setting);
     }
     let d = Daemon::host(
         &p,
@@ -288,15 +280,7 @@ for line in sys.stdin:
 #[test]
 fn a_soak_of_mixed_churn_with_a_kill_and_restart_matches_the_kernel_when_quiet() {
     let p = Pair::new();
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &p.srv.name,
-        "sysctl",
-        "-qw",
-        "net.ipv4.tcp_fin_timeout=3",
-    ]);
+    p.srv.sysctl("net.ipv4.tcp_fin_timeout=3");
     let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/{}-soak", p.srv.name));
     let args = ["--sweep-interval", "100ms", "--fin-wait2-timeout", "3s"];
     let _servers = Py::start(&p.srv, SOAK_SERVERS, &[]);
@@ -342,15 +326,7 @@ fn in_tap_mode_a_server_fin_wait2_ends_alone_and_its_clients_close_wait_stays() 
     // stays for as long as they keep their sockets. The mirror must end one and keep the other.
     let p = Pair::new();
     let ns = &p.srv;
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns.name,
-        "sysctl",
-        "-qw",
-        "net.ipv4.tcp_fin_timeout=3",
-    ]);
+    ns.sysctl("net.ipv4.tcp_fin_timeout=3");
     let listen = format!("{SERVER_V4}:9477");
     let d = Daemon::start(
         ns,

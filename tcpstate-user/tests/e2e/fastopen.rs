@@ -70,15 +70,7 @@ impl Drop for Killed {
 fn fast_open_connections_are_established_on_both_ends_and_counted() {
     let p = Pair::new();
     for ns in [&p.srv, &p.cli] {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns.name,
-            "sysctl",
-            "-qw",
-            "net.ipv4.tcp_fastopen=3",
-        ]);
+        ns.sysctl("net.ipv4.tcp_fastopen=3");
     }
     let srv = Daemon::host(&p, &["--sweep-interval", "100ms"]);
     // The client's host too: the symptom was the client left in SYN_SENT.

@@ -24,15 +24,7 @@ fn syn_flood(ns: &Netns, count: usize, first_host: usize) {
 /// dropped the request socket each one hit (tcp_req_err, ListenDrops): a few requests vanished
 /// with no TCP segment on the wire.)
 fn route_forged_sources(p: &Pair) {
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &p.cli.name,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=0",
-    ]);
+    p.cli.sysctl("net.ipv4.ip_forward=0");
     p.srv.ip(&[
         "route",
         "add",
@@ -140,15 +132,7 @@ fn unanswered_handshakes_time_out_and_give_back_the_budget() {
     // No SYN-ACK retransmissions: the first comes about 1 s after the SYN-ACK, as the 1 s timeout
     // expires the flow, and would rightly open it again (the server's request socket still
     // exists), racing the check below.
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &p.srv.name,
-        "sysctl",
-        "-qw",
-        "net.ipv4.tcp_synack_retries=0",
-    ]);
+    p.srv.sysctl("net.ipv4.tcp_synack_retries=0");
     let _l = p.listen(SERVER_V4, 8080);
     syn_flood(&p.cli, 3, 0);
     d.wait_for("three half-open", |m| {
@@ -223,15 +207,8 @@ fn backlog_equals_the_kernels_syn_queue_under_a_flood(
 ) -> (Pair, Daemon, SmallListener) {
     let p = Pair::new();
     route_forged_sources(&p);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &p.srv.name,
-        "sysctl",
-        "-qw",
-        &format!("net.ipv4.tcp_syncookies={syncookies}"),
-    ]);
+    p.srv
+        .sysctl(&format!("net.ipv4.tcp_syncookies={syncookies}"));
     let d = Daemon::host(&p, &["--sweep-interval", "100ms"]);
     let listener = SmallListener::start(&p.srv);
     syn_flood(&p.cli, 200, 0);
@@ -300,15 +277,7 @@ fn syn_backlog_equals_the_kernels_syn_queue_under_a_flood_with_cookies() {
 #[test]
 fn connections_completed_by_a_syn_cookie_are_established_with_their_handshake() {
     let p = Pair::new();
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &p.srv.name,
-        "sysctl",
-        "-qw",
-        "net.ipv4.tcp_syncookies=2",
-    ]);
+    p.srv.sysctl("net.ipv4.tcp_syncookies=2");
     let d = Daemon::host(&p, &["--sweep-interval", "100ms"]);
     let l = p.listen(SERVER_V4, 8080);
     let mut conns = Vec::new();

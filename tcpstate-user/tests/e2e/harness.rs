@@ -88,6 +88,11 @@ impl Netns {
         ns
     }
 
+    /// `sysctl -w KEY=VALUE` inside this namespace.
+    pub fn sysctl(&self, setting: &str) {
+        sh(&["ip", "netns", "exec", &self.name, "sysctl", "-qw", setting]);
+    }
+
     /// `ip -n NS ...`
     pub fn ip(&self, args: &[&str]) -> String {
         let mut all = vec!["ip", "-n", &self.name];
