@@ -121,8 +121,14 @@ impl FlowKey {
     }
 
     pub const fn is_v4(&self) -> bool {
+        Self::words_are_v4(&self.addr[0])
+    }
+
+    /// Whether address words hold an IPv4 address ([`FlowKey::v4_mapped`]).
+    #[inline(always)]
+    pub const fn words_are_v4(words: &[u32; 4]) -> bool {
         let m = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-        self.addr[0][0] == 0 && self.addr[0][1] == 0 && self.addr[0][2] == m
+        words[0] == 0 && words[1] == 0 && words[2] == m
     }
 }
 

@@ -207,7 +207,7 @@ fn local_socket<C: EbpfContext>(ctx: &C, pkt: &TcpPacket, view: View) -> bool {
     // SAFETY: an all-zero tuple is a valid value of this plain-integer union.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     // Writing a whole union arm is safe; the helper reads `size` bytes of it.
-    let size = if is_v4(&remote) {
+    let size = if FlowKey::words_are_v4(&remote) {
         tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
             saddr: remote[3],
             daddr: local[3],
@@ -242,14 +242,6 @@ fn local_socket<C: EbpfContext>(ctx: &C, pkt: &TcpPacket, view: View) -> bool {
     true
 }
 
-#[inline(always)]
-fn is_v4(words: &[u32; 4]) -> bool {
-    FlowKey {
-        addr: [*words, [0; 4]],
-        ..FlowKey::default()
-    }
-    .is_v4()
-}
 
 /// Does nothing but pass: the baseline `cargo xtask bench` measures every program against, loaded
 /// from the same object in the same run. Never attached by the daemon.
