@@ -242,7 +242,6 @@ fn local_socket<C: EbpfContext>(ctx: &C, pkt: &TcpPacket, view: View) -> bool {
     true
 }
 
-
 /// Does nothing but pass: the baseline `cargo xtask bench` measures every program against, loaded
 /// from the same object in the same run. Never attached by the daemon.
 #[xdp]

@@ -151,6 +151,15 @@ impl Family {
 }
 
 impl Family {
+    /// A per-endpoint sample of a scope group: `labels` plus the group's scope labels, left out
+    /// when it is zero in a sparse (container) group.
+    fn scoped_sample(&mut self, g: &Group, labels: &[(&str, &str)], value: f64) {
+        if value == 0.0 && g.sparse() {
+            return;
+        }
+        self.sample(&g.with(labels), value);
+    }
+
     /// A histogram sample from per-bucket (non-cumulative) counts whose last entry is +Inf.
     fn histogram(&mut self, labels: &[(&str, &str)], bounds_s: &[f64], counts: &[u64], sum: f64) {
         let mut h = Histogram::default();
@@ -215,11 +224,9 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
         for role in Role::ALL {
             for state in TcpState::OPEN {
                 let v = g.sum(|sc| connections(t, sc, role, state) as u64) as i64;
-                if v == 0 && g.sparse() {
-                    continue;
-                }
-                f.sample(
-                    &g.with(&[("role", role.name()), ("state", state.name())]),
+                f.scoped_sample(
+                    g,
+                    &[("role", role.name()), ("state", state.name())],
                     v as f64,
                 );
             }
@@ -247,11 +254,9 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
         for dir in RstDirection::ALL {
             for state in std::iter::once(TcpState::Closed).chain(TcpState::OPEN) {
                 let v = g.sum(|sc| t.scoped(sc, idx::resets(dir, state)));
-                if v == 0 && g.sparse() {
-                    continue;
-                }
-                f.sample(
-                    &g.with(&[("direction", dir.name()), ("state", state.name())]),
+                f.scoped_sample(
+                    g,
+                    &[("direction", dir.name()), ("state", state.name())],
                     v as f64,
                 );
             }
@@ -327,10 +332,7 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
             .map(|(i, r)| (*r, g.sum(|sc| t.scoped(sc, idx::HANDSHAKES + i as u32))))
             .chain([("timeout", g.sum(|sc| t.user(sc).handshake_timeouts))]);
         for (result, v) in results {
-            if v == 0 && g.sparse() {
-                continue;
-            }
-            f.sample(&g.with(&[("result", result)]), v as f64);
+            f.scoped_sample(g, &[("result", result)], v as f64);
         }
     }
     out.push(f);
@@ -342,10 +344,7 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
     for g in &groups {
         for fo in FastOpen::ALL {
             let v = g.sum(|sc| t.scoped(sc, idx::FASTOPEN + fo as u32 - 1));
-            if v == 0 && g.sparse() {
-                continue;
-            }
-            f.sample(&g.with(&[("result", fo.name())]), v as f64);
+            f.scoped_sample(g, &[("result", fo.name())], v as f64);
         }
     }
     out.push(f);
