@@ -147,15 +147,29 @@ fn describe_metrics_in_container_mode_labels_every_per_endpoint_family() {
             .filter(|l| l.starts_with(&format!("{name}{{")))
             .collect();
         assert!(!samples.is_empty(), "{name} missing from:\n{text}");
-        for s in samples {
+        for s in &samples {
             assert!(
                 s.contains("namespace=\"") && s.contains("pod=\"") && s.contains("container=\""),
                 "{s} lacks the scope labels"
             );
         }
-        // The host's series (empty labels) and the container's.
-        assert!(text.contains("container=\"web\""));
+        // The host's series, all of them, with empty scope labels.
+        assert!(
+            samples
+                .iter()
+                .any(|s| s.contains("namespace=\"\",pod=\"\",container=\"\"")),
+            "{name} has no host series"
+        );
+        // The idle container: its per-port figures are there (its ports keep their labels);
+        // its transition counts are left out while zero.
+        let of_web = samples.iter().any(|s| s.contains("container=\"web\""));
+        assert_eq!(
+            of_web,
+            name.contains("close_wait") || name.contains("queue") || name.contains("backlog"),
+            "{name}"
+        );
     }
+    assert!(text.contains("tcpstate_container_info{namespace=\"\",pod=\"\",container=\"web\""));
     // Tracker-wide families carry no scope labels.
     assert!(text
         .lines()
