@@ -3,11 +3,11 @@
 //! join theirs. Every container's counts are compared with `ss -tan` run inside it.
 
 use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
-use crate::harness::{sh, Daemon, Netns, Opts};
+use crate::harness::{listen_in, sh, Daemon, Netns, Opts};
 
 /// The daemon's namespace, with an interface for its host-mode attachment (a veth whose peer is
 /// in the same namespace: no container's; this kernel has no dummy driver).
@@ -83,11 +83,6 @@ fn assert_container_matches(d: &Daemon, c: &Netns, checkpoint: &str) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn listen_in(ns: &Netns, addr: &str) -> TcpListener {
-    let a: SocketAddr = addr.parse().unwrap();
-    ns.enter(move || TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}")))
 }
 
 /// Connects from a fixed source port, so two namespaces can hold the very same 5-tuple.

@@ -224,14 +224,21 @@ impl Pair {
     }
 
     pub fn listen(&self, ip: &str, port: u16) -> TcpListener {
-        let addr = SocketAddr::new(ip.parse().unwrap(), port);
-        self.srv
-            .enter(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")))
+        listen_in(
+            &self.srv,
+            &SocketAddr::new(ip.parse().unwrap(), port).to_string(),
+        )
     }
 
     pub fn connect(&self, ip: &str, port: u16) -> TcpStream {
         connect_in(&self.cli, ip, port)
     }
+}
+
+/// A listener bound inside `ns` on `addr` (`ip:port`, `[v6]:port`).
+pub fn listen_in(ns: &Netns, addr: &str) -> TcpListener {
+    let a: SocketAddr = addr.parse().unwrap();
+    ns.enter(move || TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}")))
 }
 
 pub fn connect_in(ns: &Netns, ip: &str, port: u16) -> TcpStream {
