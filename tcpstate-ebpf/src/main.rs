@@ -165,7 +165,9 @@ fn tc_track(ctx: &TcContext, hook: Hook, view: View, scoped: bool) -> i32 {
     }
     // Container mode: what the host only forwards is nobody's here (a load-time constant prunes
     // this when off).
-    let forwarded = host_egress && track::transit_check() && track::forwarded(ctx);
+    let forwarded = host_egress
+        && track::transit_check()
+        && track::egress_origin(ctx) == track::Origin::Forwarded;
     track(
         status,
         scratch,

@@ -240,16 +240,9 @@ pub fn mark_syn_cookie(ctx: &TcContext, scratch: &mut Scratch, status: ParseStat
     if status != ParseStatus::Tcp || scratch.pkt.seg.flags & (SYN | ACK | RST | FIN) != SYN | ACK {
         return;
     }
-    // A SYN-ACK the host forwards (a container's, through NAT) has no socket either, but it
-    // entered through an interface: only one the local stack built (skb_iif 0) is a cookie.
-    // SAFETY: the program's own context.
-    if unsafe { (*ctx.skb.skb).ingress_ifindex } != 0 {
-        return;
-    }
-    // SAFETY: the program's own context; the verifier allows TC programs to read `sk` (a socket
-    // pointer or NULL), which is only compared with NULL here.
-    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if !sk.is_null() {
+    // A SYN-ACK the host forwards (a container's, through NAT) has no socket either: only one
+    // the local stack built without a socket is a cookie.
+    if egress_origin(ctx) != Origin::LocalWithoutSocket {
         return;
     }
     scratch.cookie = true;
@@ -260,15 +253,34 @@ pub fn mark_syn_cookie(ctx: &TcContext, scratch: &mut Scratch, status: ParseStat
     }
 }
 
-/// Whether a segment leaving a host-mode interface is only forwarded by the host: it has no
-/// socket (the IP layer orphans what it receives, ip_rcv_core) and it came in through an
-/// interface (skb_iif; 0 for what the local stack builds, RSTs and cookie SYN-ACKs included).
+/// Where a segment leaving a host-mode interface comes from, as the skb tells it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A local socket sent it.
+    Socket,
+    /// The local stack built it without a socket: RSTs it answers with, SYN-ACKs from a SYN
+    /// cookie.
+    LocalWithoutSocket,
+    /// The host only forwards it: no socket (the IP layer orphans what it receives,
+    /// ip_rcv_core) and it came in through an interface (skb_iif, 0 for what the stack builds).
+    Forwarded,
+}
+
+/// [`Origin`] of the segment on TC egress. Read only where it decides something (a SYN-ACK,
+/// container mode): two context loads.
 #[inline(always)]
-pub fn forwarded(ctx: &TcContext) -> bool {
-    // SAFETY: the program's own context; `sk` is only compared with NULL.
+pub fn egress_origin(ctx: &TcContext) -> Origin {
+    // SAFETY: the program's own context; the verifier allows TC programs to read `sk` (a socket
+    // pointer or NULL), which is only compared with NULL here.
     unsafe {
         let skb = ctx.skb.skb;
-        (*skb).__bindgen_anon_2.sk.is_null() && (*skb).ingress_ifindex != 0
+        if !(*skb).__bindgen_anon_2.sk.is_null() {
+            Origin::Socket
+        } else if (*skb).ingress_ifindex == 0 {
+            Origin::LocalWithoutSocket
+        } else {
+            Origin::Forwarded
+        }
     }
 }
 
