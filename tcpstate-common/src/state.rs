@@ -458,6 +458,7 @@ pub fn cookie_synack_into(
 /// The cookie SYN-ACK's facts, without a transition (see [`step_cookie_into`]).
 #[inline(never)]
 fn on_cookie_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
+    let r = s.other();
     // The same cookie again (the client resent its SYN within the cookie's minute): nothing new.
     if old.has(flowflags::SYN_COOKIE)
         && old.knows(s, known::ISN)
@@ -466,8 +467,23 @@ fn on_cookie_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
         return;
     }
     let mut w = old;
-    // Cookies carry the window scale in the timestamp option; the rule is any SYN-ACK's.
-    learn_syn_ack(st, &mut w, s, seg);
+    st.rec.seq[s.index()] = EndpointSeq {
+        isn: seg.seq,
+        end: syn_end(seg),
+        ack: seg.ack,
+        win: seg.win as u32,
+    };
+    w.forget_side(s);
+    w.learn(s, known::ISN | known::END | known::ACK);
+    st.rec.seq[r.index()].ack = seg.seq.wrapping_add(1);
+    w.learn(r, known::ACK);
+    // Cookies carry the window scale in the timestamp option; RFC 7323 section 1.3 applies as
+    // for any SYN-ACK.
+    if seg.wscale > WSCALE_MAX || w.wscale[r.index()] > WSCALE_MAX {
+        w.wscale = [0, 0];
+    } else {
+        w.wscale[s.index()] = seg.wscale;
+    }
     w.flags |= flowflags::SYN_COOKIE;
     st.rec.set_word(w);
     st.write |= write::SEQ_A | write::SEQ_B;
@@ -713,19 +729,7 @@ fn on_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
         // Declined: the client resends the data from ISN + 1.
         st.rec.seq[r.index()].end = seg.ack;
     }
-    learn_syn_ack(st, &mut w, s, seg);
-    w.set_state(s, TcpState::SynRecv);
-    w.set_state(r, TcpState::Established);
-    st.rec.set_word(w);
-    st.write |= write::SEQ_A | write::SEQ_B;
-}
-
-/// What a SYN-ACK from side `s` teaches, cookie or not: its sender's sequence facts (a SYN-ACK
-/// may carry data too: RFC 7413 section 4.2.2 allows it; RFC 9293 3.10.7.3), the ack the client
-/// will send, and the window-scale rule. The caller sets the states.
-#[inline(always)]
-fn learn_syn_ack(st: &mut Step, w: &mut FlowWord, s: Side, seg: &Segment) {
-    let r = s.other();
+    // A SYN-ACK may carry data too (RFC 7413 section 4.2.2 allows it; RFC 9293 3.10.7.3).
     st.rec.seq[s.index()] = EndpointSeq {
         isn: seg.seq,
         end: syn_end(seg),
@@ -746,6 +750,10 @@ fn learn_syn_ack(st: &mut Step, w: &mut FlowWord, s: Side, seg: &Segment) {
     } else {
         w.wscale[s.index()] = ws_s;
     }
+    w.set_state(s, TcpState::SynRecv);
+    w.set_state(r, TcpState::Established);
+    st.rec.set_word(w);
+    st.write |= write::SEQ_A | write::SEQ_B;
 }
 
 /// The sequence number after a SYN or SYN-ACK: one for the SYN flag, then its payload.
