@@ -467,6 +467,9 @@ fn on_cookie_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
         return;
     }
     let mut w = old;
+    // The same facts `on_syn_ack` learns, written out again on purpose: shared through a helper
+    // taking the word by reference, LLVM addressed its stack copy as `fp | side`, a pointer OR
+    // the verifier rejects (tried; every TC program failed to load).
     st.rec.seq[s.index()] = EndpointSeq {
         isn: seg.seq,
         end: syn_end(seg),
