@@ -97,3 +97,105 @@ pub unsafe fn atomic_add(p: *mut u64, v: u64) {
         unsafe { AtomicU64::from_ptr(p) }.fetch_add(v, Ordering::Relaxed);
     }
 }
+
+/// 64-bit atomic OR, AND and XOR returning the previous value (BPF_ATOMIC | BPF_FETCH, ISA v3),
+/// for the flow table's neighbourhood words ([`crate::table`]).
+///
+/// # Safety
+/// `p` must be valid for reads and writes and 8-byte aligned.
+#[inline(always)]
+pub unsafe fn fetch_or(p: *mut u64, v: u64) -> u64 {
+    #[cfg(target_arch = "bpf")]
+    {
+        use core::intrinsics::AtomicOrdering::SeqCst;
+        // SAFETY: forwarded from the caller.
+        unsafe { core::intrinsics::atomic_or::<u64, u64, { SeqCst }>(p, v) }
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        use core::sync::atomic::{AtomicU64, Ordering};
+        // SAFETY: forwarded from the caller.
+        unsafe { AtomicU64::from_ptr(p) }.fetch_or(v, Ordering::SeqCst)
+    }
+}
+
+/// See [`fetch_or`].
+///
+/// # Safety
+/// `p` must be valid for reads and writes and 8-byte aligned.
+#[inline(always)]
+pub unsafe fn fetch_and(p: *mut u64, v: u64) -> u64 {
+    #[cfg(target_arch = "bpf")]
+    {
+        use core::intrinsics::AtomicOrdering::SeqCst;
+        // SAFETY: forwarded from the caller.
+        unsafe { core::intrinsics::atomic_and::<u64, u64, { SeqCst }>(p, v) }
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        use core::sync::atomic::{AtomicU64, Ordering};
+        // SAFETY: forwarded from the caller.
+        unsafe { AtomicU64::from_ptr(p) }.fetch_and(v, Ordering::SeqCst)
+    }
+}
+
+/// See [`fetch_or`].
+///
+/// # Safety
+/// `p` must be valid for reads and writes and 8-byte aligned.
+#[inline(always)]
+pub unsafe fn fetch_xor(p: *mut u64, v: u64) -> u64 {
+    #[cfg(target_arch = "bpf")]
+    {
+        use core::intrinsics::AtomicOrdering::SeqCst;
+        // SAFETY: forwarded from the caller.
+        unsafe { core::intrinsics::atomic_xor::<u64, u64, { SeqCst }>(p, v) }
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        use core::sync::atomic::{AtomicU64, Ordering};
+        // SAFETY: forwarded from the caller.
+        unsafe { AtomicU64::from_ptr(p) }.fetch_xor(v, Ordering::SeqCst)
+    }
+}
+
+/// Stores `v` with a full barrier (BPF_XCHG), so every plain store before it is visible to any
+/// CPU that reads `v`: how the flow table publishes a slot after writing its key and record.
+///
+/// # Safety
+/// `p` must be valid for reads and writes and 8-byte aligned.
+#[inline(always)]
+pub unsafe fn publish(p: *mut u64, v: u64) {
+    #[cfg(target_arch = "bpf")]
+    {
+        use core::intrinsics::AtomicOrdering::SeqCst;
+        // SAFETY: forwarded from the caller.
+        unsafe { core::intrinsics::atomic_xchg::<u64, { SeqCst }>(p, v) };
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        use core::sync::atomic::{AtomicU64, Ordering};
+        // SAFETY: forwarded from the caller.
+        unsafe { AtomicU64::from_ptr(p) }.swap(v, Ordering::SeqCst);
+    }
+}
+
+/// Reads a word other CPUs write, fresh from memory (the compiler may not reuse an earlier read).
+///
+/// # Safety
+/// `p` must be valid for reads and 8-byte aligned.
+#[inline(always)]
+pub unsafe fn load(p: *const u64) -> u64 {
+    #[cfg(target_arch = "bpf")]
+    {
+        // SAFETY: forwarded from the caller. BPF ISA v3 has no load-acquire; on the JITs of
+        // strongly ordered CPUs (x86) a plain load after the publishing XCHG is ordered.
+        unsafe { core::ptr::read_volatile(p) }
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        use core::sync::atomic::{AtomicU64, Ordering};
+        // SAFETY: forwarded from the caller.
+        unsafe { AtomicU64::from_ptr(p as *mut u64) }.load(Ordering::Acquire)
+    }
+}

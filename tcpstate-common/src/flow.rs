@@ -38,7 +38,7 @@ impl Side {
 /// 32-bit words read straight from the packet (network byte order in memory). Ports are in host
 /// byte order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[repr(C)]
+#[repr(C, align(8))]
 pub struct FlowKey {
     pub addr: [[u32; 4]; 2],
     pub port: [u16; 2],
@@ -49,6 +49,8 @@ pub struct FlowKey {
     pub scope: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+// Compared and hashed as whole words by the flow table.
+const _: () = assert!(core::mem::align_of::<FlowKey>() == 8);
 
 impl FlowKey {
     /// Builds the canonical key for a segment from `src` to `dst`, and says which side sent it.

@@ -1,7 +1,7 @@
 //! Everything the tcpstate kernel programs and daemon share: the flow table's layout, the counter
 //! layout, the frame parser and the TCP state machine. `no_std` and free of aya-ebpf, so the exact
 //! code the kernel runs is unit- and property-tested on the host.
-#![no_std]
+#![cfg_attr(not(feature = "user"), no_std)]
 // The BPF target has no CAS in `core::sync::atomic`; see `commit::compare_and_swap`.
 #![cfg_attr(
     target_arch = "bpf",
@@ -15,11 +15,14 @@ extern crate std;
 pub mod commit;
 pub mod counters;
 pub mod flow;
+#[cfg(feature = "user")]
+pub mod mapped;
 pub mod maps;
 pub mod packet;
 pub mod pipeline;
 pub mod scope;
 pub mod state;
+pub mod table;
 pub mod tcp;
 
 pub use flow::{FlowKey, FlowRecord, FlowWord, Role, Side};

@@ -20,18 +20,20 @@ pub const SYN_COOKIES: &str = "TCPSTATE_SYN_COOKIES";
 pub const SYN_COOKIE_PORTS: u32 = 1 << 16;
 /// Name of the [`Config`] global.
 pub const CONFIG: &str = "TCPSTATE_CONFIG";
-
-/// Extra map slots above the configured capacity. The fill check and the insert are not one atomic
-/// step, so CPUs racing past the check may overshoot by at most one insert each; the slack keeps
-/// those inserts from failing (a failed insert into a full hash costs ~0.7 us).
-pub const CAPACITY_SLACK: u32 = 256;
+/// The flow table's hash key ([`crate::table::Seed`]), pinned with the table.
+pub const FLOW_SEED: &str = "TCPSTATE_FLOW_SEED";
 
 /// Load-time configuration, a read-only global in the object.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct Config {
-    /// Flows the table may hold (the map has `capacity + CAPACITY_SLACK` slots).
+    /// Flows the table may hold.
     pub capacity: u64,
+    /// Slots in the flow table ([`crate::table::slots_for`] the capacity, or what a pinned table
+    /// kept from an earlier run has).
+    pub slots: u64,
+    /// The flow table's hash key ([`crate::table::hash`]), chosen when the table was created.
+    pub seed: crate::table::Seed,
     /// Half-open flows (created by a SYN or SYN-ACK, not yet out of the handshake) allowed at once.
     pub half_open_budget: u64,
     /// Non-zero when the entry points hand rare events to aya-log (`--kernel-log`). A read-only

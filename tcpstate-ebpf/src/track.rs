@@ -3,7 +3,7 @@
 
 use crate::packet::ParseStatus;
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::BPF_F_MMAPABLE,
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
@@ -14,25 +14,45 @@ use tcpstate_common::{
     commit::{atomic_add, commit, compare_and_swap},
     counters::{for_each_delta, idx, Hook, UntrackedReason},
     flow::{flowflags, FlowKey, FlowRecord, FlowWord, Side},
-    maps::{Config, Settings, TableCounters, UserCounters, CAPACITY_SLACK, SYN_COOKIE_PORTS},
+    maps::{Config, Settings, TableCounters, UserCounters, SYN_COOKIE_PORTS},
     packet::TcpPacket,
     pipeline::{open_new, opened_deltas, retract, update_into, NotOpened},
     scope::ScopeInfo,
     state::{write, InvalidReason, Step},
+    table::{self, find, insert, Inserted, Seed, Slot, Slots, DEAD_WORD},
     tcp::flags::{ACK, FIN, RST, SYN},
 };
 
 /// Default capacity compiled into the object; the daemon sets the real one at load time.
 const DEFAULT_CAPACITY: u32 = 131_072;
+const DEFAULT_SLOTS: u32 = table::slots_for(DEFAULT_CAPACITY);
 /// Container interfaces the scope map holds by default; the daemon sets the real size at load time.
 const DEFAULT_SCOPE_IFACES: u32 = 1024;
 
-// No preallocation: elements are allocated on insert and freed after an RCU grace period, so a
-// record the daemon deletes can never be reused under a program still holding its pointer. LRU is
-// avoided on purpose: it evicts silently and incrementally kept gauges would drift.
+/// The flow table's slots ([`tcpstate_common::table`]): an array the programs index themselves and
+/// the daemon maps into its memory. Nothing is ever evicted: a full neighbourhood is counted, and
+/// only the daemon deletes (incrementally kept gauges would drift otherwise).
 #[map(name = "TCPSTATE_FLOWS")]
-static FLOWS: HashMap<FlowKey, FlowRecord> =
-    HashMap::pinned(DEFAULT_CAPACITY + CAPACITY_SLACK, BPF_F_NO_PREALLOC);
+static FLOWS: Array<Slot> = Array::pinned(DEFAULT_SLOTS, BPF_F_MMAPABLE);
+
+/// The table's hash key, kept with the table so a restarted daemon hashes as the one that filled
+/// it. The programs read the copy in [`Config::seed`], a load-time constant.
+#[map(name = "TCPSTATE_FLOW_SEED")]
+static FLOW_SEED: Array<Seed> = Array::pinned(1, 0);
+
+/// The table as the programs see it.
+struct Table;
+
+impl Slots for Table {
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TCPSTATE_CONFIG.load().slots as u32
+    }
+    #[inline(always)]
+    fn get(&self, i: u32) -> Option<*mut Slot> {
+        FLOWS.get_ptr_mut(i)
+    }
+}
 
 /// `idx::COUNT` slots per scope (the daemon sizes it for its scopes at load time).
 #[map(name = "TCPSTATE_COUNTERS")]
@@ -72,6 +92,12 @@ pub struct Scratch {
     /// The segment is a SYN-ACK the local stack sent from a SYN cookie ([`mark_syn_cookie`]).
     /// False unless the TC egress program sets it for this packet.
     pub cookie: bool,
+    /// The flow's key (in the segment's scope), which side sent the segment, and the key's home
+    /// slot: worked out once per segment ([`Scratch::locate`]).
+    pub key: FlowKey,
+    /// The sending [`Side`] as its index (see [`Scratch::sender`]).
+    sender: u8,
+    pub home: u32,
 }
 
 /// A rare event worth a kernel log line (aya-log, when `--kernel-log` enables it).
@@ -112,6 +138,8 @@ impl Scratch {
 static TCPSTATE_CONFIG: Global<Config> = Global::new(Config {
     log_events: 0,
     capacity: DEFAULT_CAPACITY as u64,
+    slots: DEFAULT_SLOTS as u64,
+    seed: [0; 5],
     half_open_budget: DEFAULT_CAPACITY as u64 / 4,
     scopes: 1,
     transit_check: 0,
@@ -138,6 +166,29 @@ impl Scratch {
     pub fn set_scope(&mut self, scope: u32) {
         self.scope = scope;
         self.base = scope.wrapping_mul(idx::COUNT);
+    }
+
+    /// Which side sent the segment. Stored as a byte and masked on the way out: a `Side` read
+    /// back from memory would let the compiler drop the bounds checks of `[_; 2]` indexing that
+    /// the verifier, which sees a byte of 0..=255, needs.
+    #[inline(always)]
+    fn sender(&self) -> Side {
+        if self.sender & 1 == 0 {
+            Side::A
+        } else {
+            Side::B
+        }
+    }
+
+    /// The parsed segment's key, sender and home slot.
+    #[inline(always)]
+    fn locate(&mut self) {
+        let tcp = &self.pkt;
+        let (key, sender) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);
+        self.key = key.in_scope(self.scope);
+        self.sender = sender as u8;
+        let cfg = TCPSTATE_CONFIG.load();
+        self.home = table::home(table::hash(&self.key, &cfg.seed), cfg.slots as u32);
     }
 }
 
@@ -203,6 +254,7 @@ pub fn track(
         scratch.event = Event::Untracked(why);
         return;
     }
+    scratch.locate();
     // Asked at most once, and only when a flow would be created: the lookup is a hash probe of
     // the kernel's socket tables, too dear for every segment.
     let mut local_socket = Some(local_socket);
@@ -316,15 +368,19 @@ enum Found {
     reason = "by reference: no copies of the key on the 512-byte stack"
 )]
 fn update(scratch: &mut Scratch, now: u64, forwarded: bool) -> Found {
-    let tcp = &scratch.pkt;
-    let (key, sender) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);
-    let key = key.in_scope(scratch.scope);
-    let Some(ptr) = FLOWS.get_ptr_mut(&key) else {
+    let sender = scratch.sender();
+    let Some(slot) = find(&Table, &scratch.key, scratch.home) else {
         return Found::Missing;
     };
-    // SAFETY: a value pointer returned by lookup stays valid for this program run (RCU). The
-    // record is read in place; the word it was computed from is re-checked by `commit`.
+    // SAFETY: a slot of the array, valid for the program run; it cannot be reused before the run
+    // ends (the daemon frees deleted slots only after a grace period). The record is read in
+    // place; the word it was computed from is re-checked by `commit`.
+    let ptr = unsafe { &raw mut (*slot).rec };
     let rec = unsafe { &*ptr };
+    if rec.word == DEAD_WORD {
+        // Deleted since `find`: the next attempt does not find it.
+        return Found::Raced;
+    }
     // Container mode: a flow counted as the host's whose segments the host turns out to forward.
     if forwarded && FlowWord::from_bits(rec.word).counted != 0 {
         retract_flow(ptr, scratch.base);
@@ -380,10 +436,8 @@ fn retract_flow(ptr: *mut FlowRecord, base: u32) {
     reason = "by reference: no copy of the key on the stack"
 )]
 pub fn lookup_only(scratch: &mut Scratch) {
-    let tcp = &scratch.pkt;
-    let (key, _) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);
-    let key = key.in_scope(scratch.scope);
-    let found = FLOWS.get_ptr_mut(&key).is_some();
+    scratch.locate();
+    let found = find(&Table, &scratch.key, scratch.home).is_some();
     scratch.event = if found {
         Event::None
     } else {
@@ -434,25 +488,15 @@ fn insert_new(scratch: &mut Scratch, view: View, now: u64, transit: bool) -> boo
     if scratch.cookie {
         return true;
     }
-    let tcp = &scratch.pkt;
     let base = scratch.base;
-    let (key, sender) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);
-    let key = key.in_scope(scratch.scope);
+    let sender = scratch.sender();
+    let port = scratch.key.port;
     let st = &mut scratch.step;
     // From the flags alone, then the fill and the half-open budget (a SYN against a full table or
     // a spent budget is turned away before the state machine or the map are touched), then the
     // state machine: the same decisions the offline replay makes.
     let cfg = TCPSTATE_CONFIG.load();
-    let opening = match open_new(
-        st,
-        &cfg,
-        books,
-        view,
-        sender,
-        &scratch.pkt.seg,
-        now,
-        key.port,
-    ) {
+    let opening = match open_new(st, &cfg, books, view, sender, &scratch.pkt.seg, now, port) {
         Ok(o) => o,
         Err(why) => {
             if let Some(slot) = why.slot() {
@@ -479,16 +523,19 @@ fn insert_new(scratch: &mut Scratch, view: View, now: u64, transit: bool) -> boo
     if st.rec.syn_ns != 0 {
         st.rec.syn_ns = precise;
     }
-    match FLOWS.insert(&key, &st.rec, BPF_NOEXIST as u64) {
-        Ok(()) => {}
-        // -EEXIST: lost the race to another CPU.
-        Err(-17) => return false,
-        Err(_) => {
-            bump(idx::UNTRACKED + UntrackedReason::InsertFailed as u32, 1);
-            scratch.event = Event::Untracked(UntrackedReason::InsertFailed);
-            return true;
-        }
+    let refused = match insert(&Table, &scratch.key, &scratch.step.rec, scratch.home) {
+        Inserted::Done(_) => None,
+        // Lost the race to another CPU: update theirs.
+        Inserted::Exists => return false,
+        Inserted::Full => Some(UntrackedReason::TableFull),
+        Inserted::Contended => Some(UntrackedReason::InsertFailed),
+    };
+    if let Some(why) = refused {
+        bump(idx::UNTRACKED + why as u32, 1);
+        scratch.event = Event::Untracked(why);
+        return true;
     }
+    let st = &scratch.step;
     table_add(|t| unsafe { core::ptr::addr_of_mut!((*t).inserted) });
     if st.rec.word().has(flowflags::HALF_OPEN) {
         table_add(|t| unsafe { core::ptr::addr_of_mut!((*t).half_open_inserted) });

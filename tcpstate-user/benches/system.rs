@@ -19,8 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, Map, MapData};
-use tcpstate_common::{maps, FlowKey, FlowRecord};
+use tcpstate_common::{mapped::Flows, FlowKey, FlowRecord};
 
 mod benchkit;
 #[path = "../tests/e2e/harness.rs"]
@@ -316,17 +315,14 @@ fn scrape_against_table_size(figures: &mut Vec<Figure>) {
             scope: None,
         },
     );
-    let mut table: HashMap<MapData, FlowKey, FlowRecord> = HashMap::try_from(Map::HashMap(
-        MapData::from_pin(d.pin_dir.join(maps::FLOWS)).expect("the daemon's pinned flow table"),
-    ))
-    .unwrap();
+    let table = Flows::from_pins(&d.pin_dir).expect("the daemon's pinned flow table");
     let mut filled = 0u32;
     let mut rows = Vec::new();
     for size in SIZES {
         let now = monotonic_ns();
         while filled < size {
             let (k, r) = synthetic_flow(filled, now);
-            table.insert(k, r, 0).expect("insert a flow");
+            table.insert(&k, &r).expect("insert a flow");
             filled += 1;
         }
         // Figures from a sweep that saw the whole table.

@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use tcpstate_common::{flow::monotonic_ns, scope};
+use tcpstate_common::{
+    flow::{monotonic_ns, FlowKey, FlowRecord},
+    scope,
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -50,9 +53,9 @@ pub fn check(mut cfg: RunConfig) -> anyhow::Result<String> {
         .pin_dir
         .with_file_name(format!("tcpstate-check-{}", std::process::id()));
     let attempt = || -> anyhow::Result<Vec<loader::Attached>> {
-        let mut ebpf = loader::load(&cfg)?;
+        let loader::Loaded { mut ebpf, seed, .. } = loader::load(&cfg)?;
         let attached = loader::attach(&mut ebpf, &cfg)?;
-        let (_, books, _) = tables::from_ebpf(&mut ebpf)?;
+        let (_, books, _) = tables::from_ebpf(&mut ebpf, seed)?;
         books.totals()?;
         Ok(attached)
     };
@@ -94,7 +97,11 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
         },
         None => Overrides::default(),
     };
-    let mut ebpf = loader::load(&cfg)?;
+    let loader::Loaded {
+        mut ebpf,
+        seed,
+        carried,
+    } = loader::load(&cfg)?;
     let attached = loader::attach(&mut ebpf, &cfg)?;
     let kernel_log = match cfg.kernel_log {
         KernelLog::Off => None,
@@ -107,9 +114,17 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
         },
     )?;
     let syn_cookies = tables::SynCookies::from_ebpf(&mut ebpf)?;
-    let (mut flows, books, scope_maps) = tables::from_ebpf(&mut ebpf)?;
+    let (mut flows, books, scope_maps) = tables::from_ebpf(&mut ebpf, seed)?;
+    let released = flows.repair(Duration::from_millis(20));
+    if released > 0 {
+        warn!(
+            released,
+            "released what a daemon that died mid-operation left held in the flow table"
+        );
+    }
     // The daemon's side of the books survives restarts in its pinned map.
     let mut counters = DaemonCounters::new(books.users()?);
+    carry_over(&flows, carried, &mut counters);
     if cfg.seed {
         sync_host(&cfg, &mut flows, &mut counters);
     }
@@ -175,6 +190,32 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
         cfg.pin_dir.display()
     );
     result
+}
+
+/// Inserts the flows of a pinned table this run could not map as it was (see
+/// [`crate::bpf::carry`]). A flow the new table has no room for is booked as deleted, so the
+/// gauges (kept across the restart) lose exactly it.
+fn carry_over(flows: &Flows, carried: Vec<(FlowKey, FlowRecord)>, counters: &mut DaemonCounters) {
+    if carried.is_empty() {
+        return;
+    }
+    let (mut kept, mut dropped) = (0usize, 0usize);
+    for (key, rec) in &carried {
+        match flows.insert(key, rec) {
+            // The programs, attached already, may have inserted it from a segment first: theirs
+            // is newer, and the old record's endpoints were booked when it was created.
+            Ok(()) => kept += 1,
+            Err(tcpstate_common::mapped::InsertError::Exists) => {
+                counters.record_delete(key.scope, rec.word());
+                dropped += 1;
+            }
+            Err(_) => {
+                counters.record_delete(key.scope, rec.word());
+                dropped += 1;
+            }
+        }
+    }
+    info!(kept, dropped, "carried the earlier flow table's flows over");
 }
 
 /// Brings the host scope's records in line with the host's socket table (see [`seed::sync`]).

@@ -33,7 +33,7 @@ pub enum Preflight {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("pinned maps in {dir} are from another tcpstate build or --max-flows ({what}): run `tcpstate cleanup` first", dir = .dir.display())]
+    #[error("pinned maps in {dir} are from another tcpstate build or --max-containers ({what}): run `tcpstate cleanup` first", dir = .dir.display())]
     IncompatiblePins { dir: PathBuf, what: String },
     #[error("interface {iface:?} already has an XDP program attached (another tool, or a tcpstate still running): detach it with `ip link set {iface} xdp off`, or stop the other tcpstate")]
     XdpBusy { iface: String },

@@ -12,6 +12,8 @@ use tcpstate_common::{
     TcpState,
 };
 
+use tcpstate_common::mapped::InsertError;
+
 use crate::sockets::sockdiag::{KernelState, Socket};
 
 /// The state a peer must be in, given one endpoint's kernel state (the peer's socket is on another
@@ -69,24 +71,23 @@ pub struct Synced {
 /// Brings one scope's records in line with its namespace's socket table: drops records a reused
 /// (pinned) table kept for connections that changed or ended while no daemon watched, then seeds
 /// every socket the table lacks. Runs after attaching, so nothing that happens meanwhile is
-/// missed; records the programs create first win (BPF_NOEXIST). `existing` are the scope's
+/// missed; records the programs create first win. `existing` are the scope's
 /// records as a walk of the table found them.
 pub fn sync(
-    flows: &mut crate::bpf::tables::Flows,
+    flows: &crate::bpf::tables::Flows,
     scope_id: u32,
     sockets: &[Socket],
     rule: &Scope,
     existing: &[(FlowKey, FlowRecord)],
     now_ns: u64,
 ) -> Synced {
-    /// `bpf(2)` update flag: insert only if the key is absent (include/uapi/linux/bpf.h).
-    const BPF_NOEXIST: u64 = 1;
     let kernel = kernel_states(sockets, rule);
     let mut out = Synced::default();
     for (key, rec) in existing {
         let unscoped = key.in_scope(tcpstate_common::scope::HOST);
         if key.scope == scope_id && is_stale(&unscoped, rec, &kernel, rule) {
-            if flows.0.remove(key).is_ok() {
+            // Only as it was judged: a segment that moved it meanwhile keeps it.
+            if flows.remove_if(key, rec.word) {
                 out.deleted.push(rec.word());
             }
         } else if key.scope == scope_id {
@@ -94,10 +95,9 @@ pub fn sync(
         }
     }
     for (key, rec) in records(sockets, rule, now_ns) {
-        match flows.0.insert(key.in_scope(scope_id), rec, BPF_NOEXIST) {
+        match flows.insert(&key.in_scope(scope_id), &rec) {
             Ok(()) => out.inserted.push(rec.word()),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(InsertError::Exists) => {}
             Err(e) => tracing::warn!(error = %e, scope = scope_id, "could not seed a flow"),
         }
     }

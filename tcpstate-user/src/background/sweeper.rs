@@ -83,12 +83,7 @@ pub fn pause_after(interval: Duration, last_walk: Duration) -> Duration {
 }
 
 /// One walk. Returns what it changed in the table, for the caller to book.
-pub fn sweep(
-    flows: &mut Flows,
-    t: &Timeouts,
-    leaks: &mut Leaks,
-    report: &mut SweepReport,
-) -> Changes {
+pub fn sweep(flows: &Flows, t: &Timeouts, leaks: &mut Leaks, report: &mut SweepReport) -> Changes {
     let start = Instant::now();
     let now = monotonic_ns();
     let mut expired: Vec<(FlowKey, FlowRecord, Expired)> = Vec::new();
@@ -100,7 +95,10 @@ pub fn sweep(
     // Tap mode: endpoints whose own timeout ran out while their peer's did not.
     let mut ended: Vec<(FlowKey, FlowRecord, Side)> = Vec::new();
     let mut confirmed: Vec<(FlowKey, FlowRecord)> = Vec::new();
-    let walked = flows.for_each(|key, rec| {
+    // Deleted slots the walk passes (by an earlier walk, the container watcher, or a daemon that
+    // died mid-sweep): freed at the end, after a grace period.
+    let mut dead = Vec::new();
+    flows.walk(&mut dead, |_, key, rec| {
         visited += 1;
         let settles = leaks.settle.as_ref().filter(|_| key.scope == scope::HOST);
         // A flow this walk expires is not in the figures it serves.
@@ -117,11 +115,6 @@ pub fn sweep(
         }
         seen.extend(ports::endpoints(&key, &rec, now));
     });
-    if let Err(e) = walked {
-        // A partial walk would serve partial figures: keep the last complete report instead.
-        warn!(error = %e, "the sweep could not read the flow table");
-        return Changes::default();
-    }
     if let (Some(rule), false) = (&leaks.settle, unsettled.is_empty()) {
         // Dumped after the walk: an endpoint the walk read that the dump lacks was let go of by
         // the kernel (every change below re-checks that no segment moved the flow meanwhile).
@@ -149,32 +142,29 @@ pub fn sweep(
         }
     }
     let mut changes = Changes::default();
-    // Written back whole (userspace cannot compare-and-swap a map value): only when the word is
-    // still the one the walk read, so a segment that moved the flow meanwhile wins. Confirmed
-    // before the survey, so their endpoints are in this walk's per-port figures.
+    // Written back only when the word is still the one the walk read (compare-and-swap), so a
+    // segment that moved the flow meanwhile wins. Confirmed before the survey, so their endpoints
+    // are in this walk's per-port figures.
     for (key, rec) in confirmed {
         let mut new = rec;
         let mut w = new.word();
         w.pending = 0;
         new.set_word(w);
-        if rewrite(flows, &key, &rec, &new) {
+        if flows.rewrite(&key, rec.word, &new) {
             changes.confirmed.push((key, w));
             seen.extend(ports::endpoints(&key, &new, now));
         }
     }
     survey(leaks, report, seen);
     for (key, rec, why) in expired {
-        // A segment may have moved the flow since the walk read it: re-read, and leave it for the
-        // next walk if its state word changed.
-        match flows.0.get(&key, 0) {
-            Ok(now_rec) if now_rec.word == rec.word => {}
-            _ => continue,
+        // A segment may have moved the flow since the walk read it: then it stays for the next
+        // walk to judge again.
+        if let Some((place, _)) = flows.lookup(&key) {
+            if flows.remove_if(&key, rec.word) {
+                dead.push(place.index);
+                changes.removed.push((key, rec, why));
+            }
         }
-        if let Err(e) = flows.0.remove(&key) {
-            warn!(error = %e, "could not delete an expired flow");
-            continue;
-        }
-        changes.removed.push((key, rec, why));
     }
     for (key, rec, side) in ended {
         let mut new = rec;
@@ -182,10 +172,11 @@ pub fn sweep(
         w.set_state(side, TcpState::Closed);
         new.set_word(w);
         new.since_ns[side.index()] = now;
-        if rewrite(flows, &key, &rec, &new) {
+        if flows.rewrite(&key, rec.word, &new) {
             changes.ended.push((key, rec.word(), side));
         }
     }
+    flows.reclaim(&dead);
     report.duration = start.elapsed();
     report.visited = visited;
     report.sweeps += 1;
@@ -221,24 +212,6 @@ fn survey(leaks: &mut Leaks, report: &mut SweepReport, seen: Vec<PortEndpoint>) 
     }
     report.ports = surveys;
     leaks.labelled = labelled;
-}
-
-/// `bpf(2)` update flag: replace an existing element only (include/uapi/linux/bpf.h).
-const BPF_EXIST: u64 = 2;
-
-/// Replaces `old` with `new` if the flow's state word is still `old`'s.
-fn rewrite(flows: &mut Flows, key: &FlowKey, old: &FlowRecord, new: &FlowRecord) -> bool {
-    match flows.0.get(key, 0) {
-        Ok(cur) if cur.word == old.word => {}
-        _ => return false,
-    }
-    match flows.0.insert(key, new, BPF_EXIST) {
-        Ok(()) => true,
-        Err(e) => {
-            warn!(error = %e, "could not update a flow");
-            false
-        }
-    }
 }
 
 #[cfg(test)]

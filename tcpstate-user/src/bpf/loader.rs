@@ -14,13 +14,14 @@ use aya::{
 use tcpstate_common::{
     counters::{idx, Hook},
     flow::{FlowKey, FlowRecord},
-    maps::{self, Config, CAPACITY_SLACK},
+    maps::{self, Config},
     scope,
+    table::Seed,
 };
 use tracing::info;
 
 use crate::{
-    bpf::netif,
+    bpf::{carry, netif},
     cli::{IngressHook, Mode, XdpModeArg},
     config::RunConfig,
     error::Preflight,
@@ -157,60 +158,51 @@ fn is_bpffs(p: &Path) -> bool {
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 
-/// Refuses pinned maps whose layout or size differs from what this build would create: the kernel
-/// would otherwise run the new programs against the old layout.
+/// Refuses pinned counter maps whose size differs from what this run would create: the kernel
+/// would otherwise run the new programs against the old layout. (The flow table is looked at by
+/// [`carry::inspect`], which carries its flows over when the size differs.)
 fn check_pins(cfg: &RunConfig) -> Result<(), Preflight> {
-    let path = cfg.pin_dir.join(maps::FLOWS);
-    if !path.exists() {
-        return Ok(());
-    }
-    let incompatible = |what: String| Preflight::IncompatiblePins {
-        dir: cfg.pin_dir.clone(),
-        what,
-    };
-    let info = MapInfo::from_pin(&path).map_err(|e| match e {
-        aya::maps::MapError::SyscallError(s)
-            if matches!(s.io_error.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
-        {
-            Preflight::PinsUnreadable {
-                dir: cfg.pin_dir.clone(),
-                source: s.io_error,
-            }
-        }
-        e => incompatible(format!("cannot read {}: {e}", path.display())),
-    })?;
-    let want = (
-        size_of::<FlowKey>() as u32,
-        size_of::<FlowRecord>() as u32,
-        cfg.capacity + CAPACITY_SLACK,
-    );
-    let have = (info.key_size(), info.value_size(), info.max_entries());
-    if want != have {
-        return Err(incompatible(format!(
-            "key/value/slots {}/{}/{} where this run needs {}/{}/{}",
-            have.0, have.1, have.2, want.0, want.1, want.2
-        )));
-    }
     let counters = cfg.pin_dir.join(maps::COUNTERS);
     if let Ok(info) = MapInfo::from_pin(&counters) {
         let want = idx::COUNT * cfg.scopes();
         if info.max_entries() != want {
-            return Err(incompatible(format!(
-                "{} counter slots where this build and --containers/--max-containers need {want}",
-                info.max_entries(),
-            )));
+            return Err(Preflight::IncompatiblePins {
+                dir: cfg.pin_dir.clone(),
+                what: format!(
+                    "{} counter slots where this build and --containers/--max-containers need {want}",
+                    info.max_entries(),
+                ),
+            });
         }
     }
     Ok(())
 }
 
+/// A loaded object and what it was loaded with.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    /// The flow table's hash key.
+    pub seed: Seed,
+    /// Flows of an earlier run's table this run could not map as it was, to insert into the new
+    /// one ([`carry::Pinned::Carry`]).
+    pub carried: Vec<(FlowKey, FlowRecord)>,
+}
+
 /// Loads the object with this run's configuration, reusing maps pinned by an earlier run.
-pub fn load(cfg: &RunConfig) -> anyhow::Result<Ebpf> {
+pub fn load(cfg: &RunConfig) -> anyhow::Result<Loaded> {
     ensure_bpffs(&cfg.pin_dir)?;
     check_pins(cfg)?;
+    let slots = carry::slots_for(cfg.capacity);
+    let (seed, carried) = match carry::inspect(&cfg.pin_dir, slots)? {
+        carry::Pinned::Reuse { seed } => (seed, Vec::new()),
+        carry::Pinned::Nothing => (carry::new_seed()?, Vec::new()),
+        carry::Pinned::Carry { flows } => (carry::new_seed()?, flows),
+    };
     let scopes = cfg.scopes();
     let config = Config {
         capacity: cfg.capacity as u64,
+        slots: slots as u64,
+        seed,
         half_open_budget: cfg.half_open_budget as u64,
         log_events: u64::from(cfg.kernel_log != crate::cli::KernelLog::Off),
         scopes: scopes as u64,
@@ -218,7 +210,7 @@ pub fn load(cfg: &RunConfig) -> anyhow::Result<Ebpf> {
     };
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(&cfg.pin_dir)
-        .map_max_entries(maps::FLOWS, cfg.capacity + CAPACITY_SLACK)
+        .map_max_entries(maps::FLOWS, slots)
         // Counters and the daemon's books per scope; a container may have several veths.
         .map_max_entries(maps::COUNTERS, idx::COUNT * scopes)
         .map_max_entries(maps::USER, scopes)
@@ -228,7 +220,13 @@ pub fn load(cfg: &RunConfig) -> anyhow::Result<Ebpf> {
         // aya-log's gate in every kernel log site; 0 (off) lets the verifier drop them all.
         .override_global(aya_log::LEVEL, &(cfg.kernel_log as u8), true)
         .load(OBJECT)?;
-    Ok(ebpf)
+    let mut ebpf = ebpf;
+    crate::bpf::tables::publish_seed(&mut ebpf, &seed)?;
+    Ok(Loaded {
+        ebpf,
+        seed,
+        carried,
+    })
 }
 
 /// Whether a tcpstate's TC programs sit on the interface already. TCX stacks programs, so a second

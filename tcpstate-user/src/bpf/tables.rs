@@ -5,18 +5,16 @@ use std::path::Path;
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray};
 use tcpstate_common::{
     counters::idx,
-    flow::{FlowKey, FlowRecord},
     maps::{self, Settings, TableCounters, UserCounters},
     scope::{self, ScopeInfo},
+    table::Seed,
 };
 
 use crate::error::Preflight;
 
-/// The flow table.
-pub struct Flows(pub HashMap<MapData, FlowKey, FlowRecord>);
+pub use tcpstate_common::mapped::Flows;
 
-/// Entries per BPF_MAP_LOOKUP_BATCH call: ~400 KiB of buffers, and 250 syscalls for a million flows
-/// where the key-by-key walk (get_next_key, then lookup) needs two million.
+/// Entries per BPF_MAP_LOOKUP_BATCH call: ~400 KiB of buffers at most for the counter arrays.
 const BATCH: usize = 4096;
 /// `enum bpf_cmd` value of BPF_MAP_LOOKUP_BATCH (include/uapi/linux/bpf.h; Linux 5.6, commit
 /// cb4d03ab499d "bpf: Add generic support for lookup batch op").
@@ -34,39 +32,6 @@ struct BatchAttr {
     map_fd: u32,
     elem_flags: u64,
     flags: u64,
-}
-
-impl Flows {
-    /// Calls `f` on every flow, read in batches (aya 0.14 has no batch API, so this is the raw
-    /// bpf(2) call on the map's descriptor). Like any walk of a live hash map, a flow inserted or
-    /// deleted meanwhile may be seen or missed; every flow present throughout is seen once.
-    pub fn for_each(&self, mut f: impl FnMut(FlowKey, FlowRecord)) -> std::io::Result<u64> {
-        use std::os::fd::{AsFd, AsRawFd};
-        let fd = self.0.map().fd().as_fd().as_raw_fd();
-        lookup_batch(
-            fd,
-            size_of::<FlowKey>(),
-            size_of::<FlowRecord>(),
-            u64::MAX,
-            |k, v| {
-                // SAFETY: the kernel filled packed keys and values of exactly these sizes; both types
-                // are plain integers, valid for every bit pattern.
-                let (k, v) = unsafe {
-                    (
-                        std::ptr::read_unaligned(k.as_ptr().cast::<FlowKey>()),
-                        std::ptr::read_unaligned(v.as_ptr().cast::<FlowRecord>()),
-                    )
-                };
-                f(k, v)
-            },
-        )
-        .map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("BPF_MAP_LOOKUP_BATCH on the flow table: {e}"),
-            )
-        })
-    }
 }
 
 /// Reads a map with BPF_MAP_LOOKUP_BATCH, [`BATCH`] entries a call, handing each key and value
@@ -180,8 +145,32 @@ pub struct Scopes {
     pub info: Array<MapData, ScopeInfo>,
 }
 
-pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> anyhow::Result<(Flows, Books, Scopes)> {
-    let flows = Flows(HashMap::try_from(take(ebpf, maps::FLOWS)?)?);
+/// The flow table's hash key, from its pinned map.
+pub fn seed_from_pin(dir: &Path) -> anyhow::Result<Seed> {
+    let data = MapData::from_pin(dir.join(maps::FLOW_SEED))?;
+    let map: Array<MapData, Seed> = Array::try_from(Map::Array(data))?;
+    Ok(map.get(&0, 0)?)
+}
+
+/// Records the flow table's hash key in its map (kept with the table in the pin directory).
+pub fn publish_seed(ebpf: &mut aya::Ebpf, seed: &Seed) -> anyhow::Result<()> {
+    let map = ebpf
+        .map_mut(maps::FLOW_SEED)
+        .ok_or_else(|| anyhow::anyhow!("object has no map {}", maps::FLOW_SEED))?;
+    let mut map: Array<&mut MapData, Seed> = Array::try_from(map)?;
+    Ok(map.set(0, seed, 0)?)
+}
+
+/// The flow table of a loaded object, mapped, with the hash key it was loaded with.
+pub fn flows_from_ebpf(ebpf: &mut aya::Ebpf, seed: Seed) -> anyhow::Result<Flows> {
+    let Map::Array(data) = take(ebpf, maps::FLOWS)? else {
+        anyhow::bail!("{} is not an array map", maps::FLOWS);
+    };
+    Ok(Flows::new(data, seed)?)
+}
+
+pub fn from_ebpf(ebpf: &mut aya::Ebpf, seed: Seed) -> anyhow::Result<(Flows, Books, Scopes)> {
+    let flows = flows_from_ebpf(ebpf, seed)?;
     let books = Books {
         counters: PerCpuArray::try_from(take(ebpf, maps::COUNTERS)?)?,
         table: Array::try_from(take(ebpf, maps::TABLE)?)?,
@@ -197,8 +186,7 @@ pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> anyhow::Result<(Flows, Books, Scopes)>
 /// A second handle on the pinned flow table (a thread of the daemon's own, such as the container
 /// watcher, that seeds and purges while the sweeper walks).
 pub fn flows_from_pin(dir: &Path) -> anyhow::Result<Flows> {
-    let data = MapData::from_pin(dir.join(maps::FLOWS))?;
-    Ok(Flows(HashMap::try_from(Map::HashMap(data))?))
+    Ok(Flows::from_pins(dir)?)
 }
 
 /// A running daemon's pinned maps, for the inspection commands.
@@ -219,8 +207,12 @@ pub fn from_pins(dir: &Path) -> anyhow::Result<Pinned> {
         }
         Ok(MapData::from_pin(&p)?)
     };
+    let seed = {
+        let map: Array<MapData, Seed> = Array::try_from(Map::Array(open(maps::FLOW_SEED)?))?;
+        map.get(&0, 0)?
+    };
     Ok(Pinned {
-        flows: Flows(HashMap::try_from(Map::HashMap(open(maps::FLOWS)?))?),
+        flows: Flows::new(open(maps::FLOWS)?, seed)?,
         info: Array::try_from(Map::Array(open(scope::SCOPE_INFO)?))?,
     })
 }

@@ -618,8 +618,8 @@ impl Watcher {
         );
         let records = self.records_of(scope);
         let mut deleted = Vec::new();
-        for (key, rec) in &records {
-            if self.maps.flows.0.remove(key).is_ok() {
+        for (key, _) in &records {
+            if let Some(rec) = self.maps.flows.remove(key) {
                 deleted.push(rec.word());
             }
         }

@@ -214,6 +214,7 @@ pub fn cleanup(dir: &Path) -> anyhow::Result<()> {
 pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
     for name in [
         maps::FLOWS,
+        maps::FLOW_SEED,
         maps::COUNTERS,
         maps::TABLE,
         maps::USER,

@@ -43,6 +43,8 @@ fn table() -> Table {
             log_events: 0,
             scopes: 1,
             transit_check: 0,
+            slots: 0,
+            seed: [0; 5],
         },
         Timeouts {
             time_wait: s(60),

@@ -104,6 +104,9 @@ impl Options {
                 // A capture is replayed as tap mode sees it: one scope, no container mode.
                 scopes: 1,
                 transit_check: 0,
+                // The replay keeps its flows in a process-local hash map, not the slot table.
+                slots: 0,
+                seed: [0; 5],
             },
             timeouts: Timeouts::from_args(&a.timeouts).map_err(ReplayError::Usage)?,
             sweep_interval: positive("--sweep-interval", a.sweep_interval)?,

@@ -615,6 +615,15 @@ impl Metrics {
         self.samples.get(&series(name, labels)).copied()
     }
 
+    /// Every series of a metric, summed.
+    pub fn sum(&self, name: &str) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
     /// Non-zero `tcpstate_connections` summed over roles, per state.
     pub fn states(&self) -> BTreeMap<String, i64> {
         let mut m = BTreeMap::new();

@@ -21,6 +21,7 @@ mod restart;
 mod spoof;
 #[path = "../support/mod.rs"]
 mod support;
+mod table;
 mod walk;
 
 use std::{

@@ -1,26 +1,22 @@
-//! The table is read in batches (BPF_MAP_LOOKUP_BATCH, 4096 flows a call): a table of several
-//! batches is read whole, each flow once, by the sweep and by `tcpstate flows`.
+//! The table is walked through the daemon's mapping of it, slot by slot: a table of many flows is
+//! read whole, each flow once, by the sweep and by `tcpstate flows`.
 
 use std::{collections::BTreeSet, time::Duration};
 
-use aya::maps::{HashMap, Map, MapData};
 use tcpstate_common::{
     flow::{monotonic_ns, FlowKey, FlowRecord, FlowWord, Side},
-    maps,
+    mapped::Flows,
     state::TcpState,
 };
 
 use crate::harness::*;
 
 #[test]
-fn a_table_of_several_batches_is_read_whole_and_once() {
+fn a_table_of_many_flows_is_read_whole_and_once() {
     const FLOWS: u32 = 10_000;
     let p = Pair::new();
     let d = Daemon::host(&p, &["--sweep-interval", "100ms"]);
-    let mut table: HashMap<MapData, FlowKey, FlowRecord> = HashMap::try_from(Map::HashMap(
-        MapData::from_pin(d.pin_dir.join(maps::FLOWS)).expect("pinned flow table"),
-    ))
-    .unwrap();
+    let table = Flows::from_pins(&d.pin_dir).expect("the daemon's pinned flow table");
     let now = monotonic_ns();
     let mut ports = BTreeSet::new();
     for i in 0..FLOWS {
@@ -42,7 +38,7 @@ fn a_table_of_several_batches_is_read_whole_and_once() {
             ..FlowRecord::default()
         };
         rec.set_word(w);
-        table.insert(key, rec, 0).expect("insert");
+        table.insert(&key, &rec).expect("insert");
         ports.insert(port);
     }
     // The sweep visits all of them (and expires none: established, seen just now).

@@ -1,0 +1,327 @@
+//! The kernel's flow table, mapped into a userspace process ([`crate::table`]): the daemon's
+//! walks, deletes, inserts and rewrites go through the mapping, with no system call per flow; the
+//! inspection commands, tests and benchmarks read and fill it the same way.
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    time::Duration,
+};
+
+use crate::{
+    commit::load,
+    flow::{FlowKey, FlowRecord},
+    table::{self, status, Inserted, Seed, Slot, Slots, SLOT_SIZE},
+};
+use aya::maps::MapData;
+use memmap2::{MmapOptions, MmapRaw};
+
+/// The flow table, mapped read-write.
+pub struct Flows {
+    // Field order: the mapping goes before the map's descriptor (either keeps the table alive).
+    mem: MmapRaw,
+    map: MapData,
+    slots: u32,
+    seed: Seed,
+}
+
+// SAFETY: the mapping is shared memory every CPU writes with atomics; `Flows` only hands out
+// copies and acts through the table protocol, which is made for concurrent users.
+unsafe impl Send for Flows {}
+// SAFETY: as above.
+unsafe impl Sync for Flows {}
+
+impl Slots for Flows {
+    fn len(&self) -> u32 {
+        self.slots
+    }
+    fn get(&self, i: u32) -> Option<*mut Slot> {
+        // SAFETY: in bounds of the mapping (checked), which is page-aligned and a whole number of
+        // 128-byte slots.
+        (i < self.slots).then(|| unsafe { self.mem.as_mut_ptr().cast::<Slot>().add(i as usize) })
+    }
+}
+
+/// Why [`Flows::insert`] did not insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    Exists,
+    Full,
+    Contended,
+}
+
+impl core::fmt::Display for InsertError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            InsertError::Exists => "the flow is in the table already",
+            InsertError::Full => {
+                "no free slot in the flow's neighbourhood (the table is full there)"
+            }
+            InsertError::Contended => "another inserter held the flow's home slot",
+        })
+    }
+}
+
+impl std::error::Error for InsertError {}
+
+/// Where a flow sits: its slot and the generation of its occupant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub index: u32,
+    pub generation: u64,
+}
+
+impl Flows {
+    /// Maps the table held by `map` (an mmapable array of [`Slot`]s), hashed with `seed`.
+    pub fn new(map: MapData, seed: Seed) -> std::io::Result<Flows> {
+        let info = map.info().map_err(std::io::Error::other)?;
+        if info.value_size() as usize != SLOT_SIZE {
+            return Err(std::io::Error::other(format!(
+                "the flow table has {}-byte slots where this build uses {SLOT_SIZE}",
+                info.value_size()
+            )));
+        }
+        let slots = info.max_entries();
+        let len = slots as usize * SLOT_SIZE;
+        let mem = MmapOptions::new()
+            .len(len)
+            .map_raw(map.fd().as_fd().as_raw_fd())
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot map the flow table into memory: {e}"),
+                )
+            })?;
+        Ok(Flows {
+            mem,
+            map,
+            slots,
+            seed,
+        })
+    }
+
+    /// The table a running daemon pinned in `dir`, with the hash key pinned beside it.
+    pub fn from_pins(dir: &std::path::Path) -> std::io::Result<Flows> {
+        use aya::maps::{Array, Map};
+        let open = |name: &str| {
+            MapData::from_pin(dir.join(name)).map_err(|e| {
+                std::io::Error::other(format!("cannot open {}: {e}", dir.join(name).display()))
+            })
+        };
+        let seeds: Array<MapData, Seed> =
+            Array::try_from(Map::Array(open(crate::maps::FLOW_SEED)?))
+                .map_err(std::io::Error::other)?;
+        let seed = seeds.get(&0, 0).map_err(std::io::Error::other)?;
+        Flows::new(open(crate::maps::FLOWS)?, seed)
+    }
+
+    /// The array map the table lives in.
+    pub fn map(&self) -> &MapData {
+        &self.map
+    }
+
+    /// The key's home slot.
+    pub fn home(&self, key: &FlowKey) -> u32 {
+        table::home(table::hash(key, &self.seed), self.slots)
+    }
+
+    /// Calls `f` on every flow. A flow inserted or deleted meanwhile may be seen or missed; every
+    /// flow present throughout is seen once. Returns the flows seen.
+    pub fn for_each(&self, mut f: impl FnMut(FlowKey, FlowRecord)) -> std::io::Result<u64> {
+        Ok(self.for_each_slot(|_, k, r| f(k, r)))
+    }
+
+    /// As [`Flows::for_each`], with each flow's place.
+    pub fn for_each_slot(&self, f: impl FnMut(Place, FlowKey, FlowRecord)) -> u64 {
+        self.walk(&mut Vec::new(), f)
+    }
+
+    /// As [`Flows::for_each_slot`], also collecting the slots deleted and not yet freed into
+    /// `dead` (for [`Flows::reclaim`]).
+    pub fn walk(&self, dead: &mut Vec<u32>, mut f: impl FnMut(Place, FlowKey, FlowRecord)) -> u64 {
+        let mut seen = 0;
+        for i in 0..self.slots {
+            match table::snapshot(self, i) {
+                Some((c, k, r)) => {
+                    seen += 1;
+                    let place = Place {
+                        index: i,
+                        generation: table::generation_of(c),
+                    };
+                    f(place, k, r);
+                }
+                None => {
+                    if self.status(i) == status::DEAD {
+                        dead.push(i);
+                    }
+                }
+            }
+        }
+        seen
+    }
+
+    fn status(&self, i: u32) -> u8 {
+        self.get(i).map_or(status::FREE, |s| {
+            // SAFETY: a slot of the mapping.
+            table::status_of(unsafe { load(&raw const (*s).ctrl) })
+        })
+    }
+
+    /// The flow of `key`, where it sits and what it holds.
+    pub fn lookup(&self, key: &FlowKey) -> Option<(Place, FlowRecord)> {
+        let s = table::find(self, key, self.home(key))?;
+        let index = (s as usize - self.mem.as_mut_ptr() as usize) / SLOT_SIZE;
+        let (c, k, r) = table::snapshot(self, index as u32)?;
+        (k == *key).then_some((
+            Place {
+                index: index as u32,
+                generation: table::generation_of(c),
+            },
+            r,
+        ))
+    }
+
+    /// Inserts a flow the table does not hold (seeding, carrying a table over).
+    pub fn insert(&self, key: &FlowKey, rec: &FlowRecord) -> Result<(), InsertError> {
+        // A program holds a home's lock for well under a microsecond: a few rounds of the spin
+        // [`table::insert`] does are enough unless this thread was descheduled meanwhile.
+        for _ in 0..8 {
+            match table::insert(self, key, rec, self.home(key)) {
+                Inserted::Done(_) => return Ok(()),
+                Inserted::Exists => return Err(InsertError::Exists),
+                Inserted::Full => return Err(InsertError::Full),
+                Inserted::Contended => std::thread::yield_now(),
+            }
+        }
+        Err(InsertError::Contended)
+    }
+
+    /// Deletes the flow of `key` if its state word is still `word` (no segment moved it since the
+    /// caller decided). Returns whether it did.
+    pub fn remove_if(&self, key: &FlowKey, word: u64) -> bool {
+        self.lookup(key)
+            .is_some_and(|(p, _)| table::kill(self, p.index, p.generation, word, &self.seed))
+    }
+
+    /// Deletes the flow of `key` whatever its state, returning the record it had when deleted.
+    pub fn remove(&self, key: &FlowKey) -> Option<FlowRecord> {
+        self.remove_at(key).map(|(_, r)| r)
+    }
+
+    /// As [`Flows::remove`], also saying which slot it freed (to [`Flows::reclaim`]).
+    pub fn remove_at(&self, key: &FlowKey) -> Option<(u32, FlowRecord)> {
+        // A segment may move the flow between the read and the delete: read again and retry.
+        for _ in 0..16 {
+            let (p, rec) = self.lookup(key)?;
+            if table::kill(self, p.index, p.generation, rec.word, &self.seed) {
+                return Some((p.index, rec));
+            }
+        }
+        None
+    }
+
+    /// Replaces the record of `key` with `new` if its state word is still `old_word`.
+    pub fn rewrite(&self, key: &FlowKey, old_word: u64, new: &FlowRecord) -> bool {
+        self.lookup(key)
+            .is_some_and(|(p, _)| table::rewrite(self, p.index, p.generation, old_word, new))
+    }
+
+    /// Frees deleted slots for reuse, after an RCU grace period: every program run that could
+    /// have read one of them before it was deleted has then finished. Returns how many it freed.
+    pub fn reclaim(&self, dead: &[u32]) -> usize {
+        if dead.is_empty() {
+            return 0;
+        }
+        grace_period();
+        dead.iter().filter(|&&i| table::free(self, i)).count()
+    }
+
+    /// Frees deleted slots at once, without waiting for a grace period.
+    ///
+    /// # Safety
+    /// No program may be running on the table: only for a caller that runs the programs itself,
+    /// synchronously (a benchmark through BPF_PROG_TEST_RUN).
+    pub unsafe fn reclaim_now(&self, dead: &[u32]) -> usize {
+        dead.iter().filter(|&&i| table::free(self, i)).count()
+    }
+
+    /// Releases what a daemon that died mid-operation left held (a home's insert lock, a slot
+    /// claimed or being deleted), and deletes a published flow it died before linking to its
+    /// home. Call before this process's own threads use the table; programs may run meanwhile
+    /// (they never hold any of these across a run, so what lasts `wait` is stale). Returns how
+    /// many it released.
+    pub fn repair(&self, wait: Duration) -> usize {
+        let suspicious: Vec<(u32, Slot)> = (0..self.slots)
+            .filter_map(|i| {
+                let s = self.get(i)?;
+                // SAFETY: a slot of the mapping; plain copies of the two words.
+                let (ctrl, hop) =
+                    unsafe { (load(&raw const (*s).ctrl), load(&raw const (*s).hop)) };
+                let held = hop & table::LOCK != 0
+                    || matches!(table::status_of(ctrl), status::CLAIMED | status::DYING);
+                held.then_some((
+                    i,
+                    Slot {
+                        ctrl,
+                        hop,
+                        ..Slot::default()
+                    },
+                ))
+            })
+            .collect();
+        let mut released = 0;
+        if !suspicious.is_empty() {
+            std::thread::sleep(wait);
+            for (i, was) in &suspicious {
+                released += table::release_stale(self, *i, was) as usize;
+            }
+        }
+        // A flow published but not linked from its home's neighbourhood word is invisible to
+        // lookups: delete it (its books were never written either: the dead daemon booked an
+        // insert only after it completed).
+        let mut orphans = Vec::new();
+        self.for_each_slot(|p, k, r| {
+            let home = self.home(&k);
+            let bit = 1u64 << table::distance(home, p.index, self.slots);
+            let linked = self.get_hop(home) & bit != 0;
+            if !linked {
+                orphans.push((p, r.word));
+            }
+        });
+        if !orphans.is_empty() {
+            std::thread::sleep(wait);
+            for (p, word) in orphans {
+                let k = table::snapshot(self, p.index).map(|(_, k, _)| k);
+                let still_unlinked = k.is_some_and(|k| {
+                    let home = self.home(&k);
+                    self.get_hop(home) & (1u64 << table::distance(home, p.index, self.slots)) == 0
+                });
+                if still_unlinked && table::kill(self, p.index, p.generation, word, &self.seed) {
+                    released += 1;
+                }
+            }
+        }
+        released
+    }
+
+    fn get_hop(&self, i: u32) -> u64 {
+        self.get(i).map_or(0, |s| {
+            // SAFETY: a slot of the mapping.
+            unsafe { load(&raw const (*s).hop) }
+        })
+    }
+}
+
+/// `membarrier(2)` command that waits for an RCU grace period (synchronize_rcu) on every CPU.
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+
+/// Waits until every program run that started before the call has finished: BPF programs run
+/// inside RCU read-side sections, and `membarrier(MEMBARRIER_CMD_GLOBAL)` returns after an RCU
+/// grace period (kernel/sched/membarrier.c). Kernels booted with nohz_full refuse the command;
+/// there a pause far longer than any program run stands in for it.
+fn grace_period() {
+    // SAFETY: no pointers; flags 0.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,384 @@
+//! The flow table's protocol ([`tcpstate_common::table`]) on host memory: the same code the kernel
+//! programs and the daemon run, driven by threads standing in for CPUs.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        Arc, RwLock,
+    },
+    thread,
+};
+
+use proptest::prelude::*;
+use tcpstate_common::{
+    commit::compare_and_swap,
+    flow::{FlowKey, FlowRecord, FlowWord},
+    table::{
+        self, find, insert, kill, release_stale, rewrite, snapshot, status, Inserted, Seed, Slot,
+        Slots, DEAD_WORD, LOCK, NEIGHBOURHOOD,
+    },
+};
+
+/// A table in host memory.
+struct Mem {
+    slots: Vec<Slot>,
+}
+
+impl Mem {
+    fn new(n: u32) -> Mem {
+        Mem {
+            slots: vec![Slot::default(); n as usize],
+        }
+    }
+}
+
+impl Slots for Mem {
+    fn len(&self) -> u32 {
+        self.slots.len() as u32
+    }
+    fn get(&self, i: u32) -> Option<*mut Slot> {
+        // Shared mutable memory by design: every access goes through the table's atomics.
+        self.slots
+            .get(i as usize)
+            .map(|s| s as *const Slot as *mut Slot)
+    }
+}
+
+const SEED: Seed = [1, 2, 3, 4, 5];
+
+fn key(i: u32) -> FlowKey {
+    FlowKey::canonical(
+        FlowKey::v4_mapped(0x0a00_0000 | i),
+        40_000 + (i % 20_000) as u16,
+        FlowKey::v4_mapped(0x0a63_0001),
+        443,
+    )
+    .0
+}
+
+fn record(word: u64) -> FlowRecord {
+    FlowRecord {
+        word,
+        ..FlowRecord::default()
+    }
+}
+
+fn home_of(t: &impl Slots, k: &FlowKey) -> u32 {
+    table::home(table::hash(k, &SEED), t.len())
+}
+
+fn index_of(t: &Mem, s: *mut Slot) -> u32 {
+    ((s as usize - t.slots.as_ptr() as usize) / size_of::<Slot>()) as u32
+}
+
+fn put(t: &impl Slots, k: &FlowKey, word: u64) -> Inserted {
+    insert(t, k, &record(word), home_of(t, k))
+}
+
+fn get(t: &Mem, k: &FlowKey) -> Option<(u32, u64, FlowRecord)> {
+    let s = find(t, k, home_of(t, k))?;
+    let i = index_of(t, s);
+    let (c, _, r) = snapshot(t, i)?;
+    Some((i, table::generation_of(c), r))
+}
+
+/// Every invariant a quiet table must hold: each live key once, linked from its home by exactly
+/// its bit, every bit naming a live key of that home, no lock or transient state left.
+fn check_quiet(t: &Mem) -> usize {
+    let n = t.len();
+    let mut keys = HashMap::new();
+    for i in 0..n {
+        let s = &t.slots[i as usize];
+        assert_eq!(s.hop & LOCK, 0, "slot {i}: an insert lock left held");
+        let st = table::status_of(s.ctrl);
+        assert!(
+            matches!(st, status::FREE | status::LIVE | status::DEAD),
+            "slot {i}: transient status {st} left"
+        );
+        if st == status::LIVE {
+            assert_ne!(s.rec.word, DEAD_WORD, "slot {i}: live with a dead word");
+            assert!(keys.insert(s.key, i).is_none(), "key {:?} twice", s.key);
+            let home = home_of(t, &s.key);
+            let d = table::distance(home, i, n);
+            assert!(d < NEIGHBOURHOOD, "slot {i}: {d} from its home");
+            assert_ne!(
+                t.slots[home as usize].hop & (1 << d),
+                0,
+                "slot {i}: unlinked"
+            );
+        }
+    }
+    for h in 0..n {
+        let bits = t.slots[h as usize].hop & !LOCK;
+        for d in 0..NEIGHBOURHOOD {
+            if bits & (1 << d) != 0 {
+                let i = table::nth(h, d, n);
+                let s = &t.slots[i as usize];
+                assert_eq!(table::status_of(s.ctrl), status::LIVE, "home {h} bit {d}");
+                assert_eq!(
+                    home_of(t, &s.key),
+                    h,
+                    "home {h} bit {d}: another home's key"
+                );
+            }
+        }
+    }
+    keys.len()
+}
+
+#[test]
+fn inserted_flows_are_found_updated_deleted_and_their_slots_reused() {
+    let t = Mem::new(256);
+    for i in 0..100 {
+        assert!(matches!(put(&t, &key(i), 7), Inserted::Done(_)));
+    }
+    assert_eq!(check_quiet(&t), 100);
+    for i in 0..100 {
+        let (_, _, r) = get(&t, &key(i)).expect("found");
+        assert_eq!(r.word, 7);
+    }
+    assert!(get(&t, &key(1000)).is_none(), "never inserted");
+    // A second insert of a present key is refused, not duplicated.
+    assert_eq!(put(&t, &key(3), 9), Inserted::Exists);
+    // Delete: only as judged (the word), only the occupant judged (the generation).
+    let (i, g, _) = get(&t, &key(3)).unwrap();
+    assert!(!kill(&t, i, g, 8, &SEED), "a moved flow is kept");
+    assert_eq!(table::status_of(t.slots[i as usize].ctrl), status::LIVE);
+    assert!(
+        !kill(&t, i, g + 1, 7, &SEED),
+        "another generation is not ours"
+    );
+    assert!(kill(&t, i, g, 7, &SEED));
+    assert!(get(&t, &key(3)).is_none(), "deleted flows are not found");
+    assert!(snapshot(&t, i).is_none(), "nor walked");
+    assert_eq!(check_quiet(&t), 99);
+    // Dead until freed: an insert does not take the slot before the grace period.
+    assert!(matches!(put(&t, &key(3), 1), Inserted::Done(s) if index_of(&t, s) != i));
+    let (_, _, r) = get(&t, &key(3)).unwrap();
+    assert_eq!(r.word, 1);
+    assert!(table::free(&t, i));
+    assert_eq!(table::status_of(t.slots[i as usize].ctrl), status::FREE);
+    // Reused with the next generation: a deleter holding the old one cannot touch the new flow.
+    let k = (0..)
+        .map(key)
+        .find(|k| home_of(&t, k) == i && get(&t, k).is_none())
+        .unwrap();
+    assert!(matches!(put(&t, &k, 7), Inserted::Done(s) if index_of(&t, s) == i));
+    assert!(!kill(&t, i, g, 7, &SEED), "stale generation");
+    assert_eq!(table::generation_of(t.slots[i as usize].ctrl), g + 1);
+    assert_eq!(check_quiet(&t), 101);
+}
+
+#[test]
+fn a_full_neighbourhood_refuses_the_insert_and_evicts_nothing() {
+    let t = Mem::new(4096);
+    // Keys of one home, until its neighbourhood is full.
+    let h = 4096 - 10; // near the end: the neighbourhood wraps to slot 0
+    let same_home: Vec<FlowKey> = (0..)
+        .map(key)
+        .filter(|k| home_of(&t, k) == h)
+        .take(NEIGHBOURHOOD as usize + 1)
+        .collect();
+    for k in &same_home[..NEIGHBOURHOOD as usize] {
+        assert!(matches!(put(&t, k, 1), Inserted::Done(_)));
+    }
+    assert_eq!(
+        put(&t, &same_home[NEIGHBOURHOOD as usize], 1),
+        Inserted::Full
+    );
+    for k in &same_home[..NEIGHBOURHOOD as usize] {
+        assert!(get(&t, k).is_some(), "nothing evicted");
+    }
+    assert_eq!(t.slots[h as usize].hop, (1u64 << NEIGHBOURHOOD) - 1);
+    assert_eq!(check_quiet(&t), NEIGHBOURHOOD as usize);
+}
+
+#[test]
+fn rewrites_apply_only_to_the_word_they_judged() {
+    let t = Mem::new(128);
+    put(&t, &key(1), 5);
+    let (i, g, _) = get(&t, &key(1)).unwrap();
+    let new = FlowRecord {
+        word: 6,
+        syn_ns: 42,
+        ..FlowRecord::default()
+    };
+    assert!(!rewrite(&t, i, g, 4, &new), "moved meanwhile");
+    assert!(rewrite(&t, i, g, 5, &new));
+    let (_, _, r) = get(&t, &key(1)).unwrap();
+    assert_eq!((r.word, r.syn_ns), (6, 42));
+    assert_eq!(table::status_of(t.slots[i as usize].ctrl), status::LIVE);
+}
+
+#[test]
+fn what_a_dead_daemon_left_held_is_released() {
+    let t = Mem::new(128);
+    put(&t, &key(1), 5);
+    let (i, g, _) = get(&t, &key(1)).unwrap();
+    let h = home_of(&t, &key(1));
+    // Died holding: the home's lock, a DYING flow, a CLAIMED slot.
+    unsafe { (*t.get(h).unwrap()).hop |= LOCK };
+    let s = t.get(i).unwrap();
+    unsafe { (*s).ctrl = table::ctrl(g, status::DYING) };
+    let other = (i + 50) % 128;
+    unsafe { (*t.get(other).unwrap()).ctrl = table::ctrl(3, status::CLAIMED) };
+    let was = |j: u32| t.slots[j as usize];
+    let (wh, wi, wo) = (was(h), was(i), was(other));
+    assert!(
+        release_stale(&t, h, &wh) + release_stale(&t, i, &wi) + release_stale(&t, other, &wo) >= 3
+    );
+    assert_eq!(check_quiet(&t), 1);
+    assert!(get(&t, &key(1)).is_some());
+}
+
+/// Threads standing in for CPUs run the programs' part (insert, advance by compare-and-swap,
+/// close) on a shared set of keys while one thread runs the daemon's (delete closed flows, free
+/// after a grace period). A read-write lock models RCU: every "program run" holds it shared, and
+/// the grace period takes it exclusively.
+#[test]
+fn many_cpus_and_the_sweeper_leave_a_consistent_table() {
+    const KEYS: u32 = 600;
+    const OPS: u32 = 60_000;
+    let cpus = thread::available_parallelism()
+        .map_or(4, |n| n.get())
+        .max(4);
+    // Room for four times the keys: deleted slots wait a grace period before they are reused.
+    let t = Arc::new(Mem::new(table::slots_for(4 * KEYS)));
+    let rcu = Arc::new(RwLock::new(()));
+    let stop = Arc::new(AtomicBool::new(false));
+    // The gauge the programs and the daemon keep together: flows inserted minus flows deleted.
+    let gauge = Arc::new(AtomicI64::new(0));
+    let full = Arc::new(AtomicU64::new(0));
+    let deleted = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..cpus)
+        .map(|cpu| {
+            let (t, rcu, gauge, full) = (t.clone(), rcu.clone(), gauge.clone(), full.clone());
+            thread::spawn(move || {
+                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ cpu as u64;
+                for _ in 0..OPS {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let k = key((x % KEYS as u64) as u32);
+                    let _run = rcu.read().unwrap();
+                    match find(&*t, &k, home_of(&*t, &k)) {
+                        None => match put(&*t, &k, 1) {
+                            Inserted::Done(_) => {
+                                gauge.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Inserted::Full => {
+                                full.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // A thread holding a home's lock may be descheduled (a program
+                            // cannot be): the segment goes untracked, the table stays sound.
+                            Inserted::Contended | Inserted::Exists => {}
+                        },
+                        Some(s) => {
+                            // Advance the flow's word (1 -> 2 -> ... -> 5 "closed"), as a
+                            // transition would, unless it is being deleted.
+                            let w = unsafe { std::ptr::read_volatile(&raw const (*s).rec.word) };
+                            if w != DEAD_WORD && w < 5 {
+                                unsafe { compare_and_swap(&raw mut (*s).rec.word, w, w + 1) };
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let sweeper = {
+        let (t, rcu, stop, gauge) = (t.clone(), rcu.clone(), stop.clone(), gauge.clone());
+        let deleted = deleted.clone();
+        thread::spawn(move || {
+            let mut sweeps = 0;
+            while !stop.load(Ordering::Relaxed) || sweeps < 2 {
+                let mut dead = Vec::new();
+                for i in 0..t.len() {
+                    match snapshot(&*t, i) {
+                        Some((c, _, r)) if r.word == 5 => {
+                            if kill(&*t, i, table::generation_of(c), 5, &SEED) {
+                                gauge.fetch_sub(1, Ordering::Relaxed);
+                                deleted.fetch_add(1, Ordering::Relaxed);
+                                dead.push(i);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                drop(rcu.write().unwrap());
+                for i in dead {
+                    assert!(table::free(&*t, i));
+                }
+                sweeps += 1;
+            }
+            sweeps
+        })
+    };
+    for w in workers {
+        w.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(sweeper.join().unwrap() >= 2);
+    let live = check_quiet(&*t);
+    assert!(
+        deleted.load(Ordering::Relaxed) > u64::from(KEYS),
+        "the sweeper deleted flows while the CPUs worked (keys were reused)"
+    );
+    assert_eq!(
+        gauge.load(Ordering::Relaxed),
+        live as i64,
+        "the gauge equals a recount"
+    );
+    assert!(live <= KEYS as usize);
+    // Nothing leaked: every slot is live, or free (dead ones were all freed).
+    let free = t
+        .slots
+        .iter()
+        .filter(|s| table::status_of(s.ctrl) == status::FREE)
+        .count();
+    assert_eq!(free + live, t.len() as usize, "no slot leaked");
+    assert_eq!(
+        full.load(Ordering::Relaxed),
+        0,
+        "a table at a quarter of its capacity never runs out of room"
+    );
+}
+
+/// Keys an attacker chose to share one home of a 1024-slot table under a seed it guessed.
+static AIMED: std::sync::LazyLock<Vec<FlowKey>> = std::sync::LazyLock::new(|| {
+    let guessed: Seed = [0; 5];
+    (0..)
+        .map(key)
+        .filter(|k| table::home(table::hash(k, &guessed), 1024) == 7)
+        .take(64)
+        .collect()
+});
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Under the table's own secret seed, whatever it is, the aimed keys spread out as random
+    /// keys would (64 keys in 1024 slots: five on one home happens about once in 10^5 seeds).
+    #[test]
+    fn keys_aimed_at_one_home_without_the_seed_spread_out(seed in any::<[u64; 5]>()) {
+        let mut homes: HashMap<u32, u32> = HashMap::new();
+        for k in AIMED.iter() {
+            *homes.entry(table::home(table::hash(k, &seed), 1024)).or_default() += 1;
+        }
+        let most = homes.values().copied().max().unwrap();
+        prop_assert!(most <= 5, "{most} of 64 aimed keys share a home under the secret seed");
+    }
+}
+
+#[test]
+fn slot_counts_leave_a_quarter_free_at_capacity() {
+    for cap in [1u32, 100, 131_072, 1_000_000] {
+        let s = table::slots_for(cap);
+        assert!(u64::from(s) * 3 >= u64::from(cap) * 4, "{cap}: {s}");
+        assert_eq!(s % 32, 0, "whole pages");
+        assert!(s > NEIGHBOURHOOD);
+    }
+    // FlowWord keeps its size: DEAD_WORD is no live word.
+    let w = FlowWord::from_bits(DEAD_WORD);
+    assert!(tcpstate_common::TcpState::try_from(w.state[0]).is_err());
+}
