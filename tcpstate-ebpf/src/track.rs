@@ -377,23 +377,31 @@ fn update(scratch: &mut Scratch, now: u64, forwarded: bool) -> Found {
     // place; the word it was computed from is re-checked by `commit`.
     let ptr = unsafe { &raw mut (*slot).rec };
     let rec = unsafe { &*ptr };
-    if rec.word == DEAD_WORD {
+    // Read once: the word the step is computed from and `commit` expects.
+    // SAFETY: the record's first field, 8-byte aligned.
+    let word = unsafe { tcpstate_common::commit::load(&raw const (*ptr).word) };
+    if word == DEAD_WORD {
         // Deleted since `find`: the next attempt does not find it.
         return Found::Raced;
     }
     // Container mode: a flow counted as the host's whose segments the host turns out to forward.
-    if forwarded && FlowWord::from_bits(rec.word).counted != 0 {
+    if forwarded && FlowWord::from_bits(word).counted != 0 {
         retract_flow(ptr, scratch.base);
         // Looked up again by the caller's next attempt, which finds it counted nowhere: the
         // verifier then walks the state machine below once, not once more after a retraction.
         return Found::Raced;
     }
-    let word = rec.word;
     let st = &mut scratch.step;
     // The hot path: established data and ACKs within a coarse second change nothing, which the
     // map value itself tells (`quiet`, inside): no copy of the record, no write.
     if !update_into(st, rec, sender, &scratch.pkt.seg, now, scratch.cookie) {
         return Found::Done;
+    }
+    // The step ran on the record in place, whose word another CPU may have replaced since `word`
+    // was read. A step that writes the word is checked by `commit`'s compare-and-swap; one that
+    // does not would count the difference between the two words as its own transition.
+    if st.write & write::WORD == 0 && st.rec.word != word {
+        return Found::Raced;
     }
     precise_stamps(st, FlowWord::from_bits(word));
     // SAFETY: as above; map values are 8-byte aligned.

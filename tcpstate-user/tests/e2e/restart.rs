@@ -76,3 +76,57 @@ fn restarts_after_sigterm_and_kill_keep_flows_and_ages() {
     drop(c3);
     d.assert_matches_kernel(&p.srv, "following segments after the second restart");
 }
+
+#[test]
+fn a_restart_with_another_max_flows_carries_every_flow_and_its_age_into_the_new_table() {
+    let p = Pair::new();
+    let pins = PathBuf::from(format!("/sys/fs/bpf/{}-resize", p.srv.name));
+    let d = Daemon::host_pinned(
+        &p,
+        &["--sweep-interval", "100ms", "--max-flows", "1000"],
+        pins.clone(),
+    );
+    let l = p.listen(SERVER_V4, 8081);
+    let c1 = p.connect(SERVER_V4, 8081);
+    let (_leak, _) = l.accept().unwrap();
+    drop(c1);
+    let mut open = Vec::new();
+    for _ in 0..20 {
+        let c = p.connect(SERVER_V4, 8081);
+        let (s, _) = l.accept().unwrap();
+        open.push((c, s));
+    }
+    d.assert_matches_kernel(&p.srv, "before the restart");
+    std::thread::sleep(Duration::from_secs(1));
+    let age_before = close_wait_age(&d);
+    assert!(d.signal_keep_pins(libc::SIGTERM).success());
+
+    for max in ["5000", "900"] {
+        let d = Daemon::host_pinned(
+            &p,
+            &["--sweep-interval", "100ms", "--max-flows", max, "--no-seed"],
+            pins.clone(),
+        );
+        assert!(
+            d.log()
+                .contains("carried the earlier flow table's flows over"),
+            "--max-flows {max}: {}",
+            d.log()
+        );
+        // Not re-seeded: every flow came over from the old table, ages included.
+        d.assert_matches_kernel(&p.srv, &format!("after a restart with --max-flows {max}"));
+        assert!(close_wait_age(&d) >= age_before, "the leak kept its age");
+        assert_eq!(
+            d.metrics().get("tcpstate_flow_table_capacity", &[]),
+            max.parse::<f64>().unwrap()
+        );
+        assert!(d.signal_keep_pins(libc::SIGTERM).success());
+    }
+    let d = Daemon::host_pinned(&p, &["--max-flows", "900"], pins);
+    assert!(
+        !d.log().contains("carried"),
+        "the same size is mapped again as it is: {}",
+        d.log()
+    );
+    d.assert_matches_kernel(&p.srv, "after a restart with the same size");
+}
