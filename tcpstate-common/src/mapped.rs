@@ -31,7 +31,7 @@ unsafe impl Send for Flows {}
 unsafe impl Sync for Flows {}
 
 impl Slots for Flows {
-    fn len(&self) -> u32 {
+    fn count(&self) -> u32 {
         self.slots
     }
     fn get(&self, i: u32) -> Option<*mut Slot> {

@@ -227,6 +227,8 @@ mod tests {
         log_events: 0,
         scopes: 1,
         transit_check: 0,
+        slots: 0,
+        seed: [0; 5],
     };
 
     fn seg(flags: u8) -> Segment {

@@ -178,7 +178,7 @@ pub const fn distance(home: u32, i: u32, slots: u32) -> u32 {
 /// The memory a table lives in: the kernel's array map, or the daemon's mapping of it.
 pub trait Slots {
     /// Slots in the table.
-    fn len(&self) -> u32;
+    fn count(&self) -> u32;
     /// Slot `i`, `None` past the end.
     fn get(&self, i: u32) -> Option<*mut Slot>;
 }
@@ -213,7 +213,7 @@ unsafe fn holds(s: *mut Slot, key: &FlowKey) -> bool {
 /// The slot holding `key`, whose home is `home`, without taking any lock.
 #[inline(always)]
 pub fn find<T: Slots>(t: &T, key: &FlowKey, home: u32) -> Option<*mut Slot> {
-    let n = t.len();
+    let n = t.count();
     let h = t.get(home)?;
     // SAFETY: a slot of the table.
     let mut bits = unsafe { load(&raw const (*h).hop) } & !LOCK;
@@ -267,7 +267,7 @@ unsafe fn lock(hop: *mut u64) -> bool {
 /// the protocol; the kernel programs and the daemon's seeding both insert through here.
 #[inline(always)]
 pub fn insert<T: Slots>(t: &T, key: &FlowKey, rec: &FlowRecord, home: u32) -> Inserted {
-    let n = t.len();
+    let n = t.count();
     let Some(h) = t.get(home) else {
         return Inserted::Full;
     };
@@ -325,7 +325,7 @@ pub fn kill<T: Slots>(t: &T, i: u32, generation: u64, word: u64, seed: &Seed) ->
             return false;
         }
         publish(c, ctrl(generation, status::DEAD));
-        let n = t.len();
+        let n = t.count();
         let home = home(hash(&(*s).key, seed), n);
         if let Some(h) = t.get(home) {
             fetch_and(&raw mut (*h).hop, !(1u64 << distance(home, i, n)));

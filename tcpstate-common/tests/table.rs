@@ -34,7 +34,7 @@ impl Mem {
 }
 
 impl Slots for Mem {
-    fn len(&self) -> u32 {
+    fn count(&self) -> u32 {
         self.slots.len() as u32
     }
     fn get(&self, i: u32) -> Option<*mut Slot> {
@@ -65,7 +65,7 @@ fn record(word: u64) -> FlowRecord {
 }
 
 fn home_of(t: &impl Slots, k: &FlowKey) -> u32 {
-    table::home(table::hash(k, &SEED), t.len())
+    table::home(table::hash(k, &SEED), t.count())
 }
 
 fn index_of(t: &Mem, s: *mut Slot) -> u32 {
@@ -86,7 +86,7 @@ fn get(t: &Mem, k: &FlowKey) -> Option<(u32, u64, FlowRecord)> {
 /// Every invariant a quiet table must hold: each live key once, linked from its home by exactly
 /// its bit, every bit naming a live key of that home, no lock or transient state left.
 fn check_quiet(t: &Mem) -> usize {
-    let n = t.len();
+    let n = t.count();
     let mut keys = HashMap::new();
     for i in 0..n {
         let s = &t.slots[i as usize];
@@ -294,16 +294,14 @@ fn many_cpus_and_the_sweeper_leave_a_consistent_table() {
             let mut sweeps = 0;
             while !stop.load(Ordering::Relaxed) || sweeps < 2 {
                 let mut dead = Vec::new();
-                for i in 0..t.len() {
-                    match snapshot(&*t, i) {
-                        Some((c, _, r)) if r.word == 5 => {
-                            if kill(&*t, i, table::generation_of(c), 5, &SEED) {
-                                gauge.fetch_sub(1, Ordering::Relaxed);
-                                deleted.fetch_add(1, Ordering::Relaxed);
-                                dead.push(i);
-                            }
-                        }
-                        _ => {}
+                for i in 0..t.count() {
+                    let Some((c, _, r)) = snapshot(&*t, i) else {
+                        continue;
+                    };
+                    if r.word == 5 && kill(&*t, i, table::generation_of(c), 5, &SEED) {
+                        gauge.fetch_sub(1, Ordering::Relaxed);
+                        deleted.fetch_add(1, Ordering::Relaxed);
+                        dead.push(i);
                     }
                 }
                 drop(rcu.write().unwrap());
@@ -320,7 +318,7 @@ fn many_cpus_and_the_sweeper_leave_a_consistent_table() {
     }
     stop.store(true, Ordering::Relaxed);
     assert!(sweeper.join().unwrap() >= 2);
-    let live = check_quiet(&*t);
+    let live = check_quiet(&t);
     assert!(
         deleted.load(Ordering::Relaxed) > u64::from(KEYS),
         "the sweeper deleted flows while the CPUs worked (keys were reused)"
@@ -337,7 +335,7 @@ fn many_cpus_and_the_sweeper_leave_a_consistent_table() {
         .iter()
         .filter(|s| table::status_of(s.ctrl) == status::FREE)
         .count();
-    assert_eq!(free + live, t.len() as usize, "no slot leaked");
+    assert_eq!(free + live, t.count() as usize, "no slot leaked");
     assert_eq!(
         full.load(Ordering::Relaxed),
         0,

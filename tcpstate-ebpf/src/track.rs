@@ -45,7 +45,7 @@ struct Table;
 
 impl Slots for Table {
     #[inline(always)]
-    fn len(&self) -> u32 {
+    fn count(&self) -> u32 {
         TCPSTATE_CONFIG.load().slots as u32
     }
     #[inline(always)]

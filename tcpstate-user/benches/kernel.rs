@@ -506,7 +506,7 @@ fn main() {
         figures.push(Figure {
             name: format!(
                 "kernel memory per tracked flow at {:.0}% fill (map memlock / flows; baseline: key + record)",
-                100.0 * (clients.len() + 2) as f64 / f64::from(b.flows.len())
+                100.0 * (clients.len() + 2) as f64 / f64::from(b.flows.count())
             ),
             unit: "bytes",
             baseline: (size_of::<FlowKey>() + size_of::<FlowRecord>()) as f64,
@@ -524,7 +524,7 @@ fn main() {
 fn collision_attack(b: &mut Bench, ack4: &[u8], xdp_base: f64, figures: &mut Vec<Figure>) {
     const AIMED: usize = 5_000;
     let guessed: Seed = [0; 5];
-    let slots = b.flows.len();
+    let slots = b.flows.count();
     let (victim, _) = established(words4(CLIENT4), 40000, words4(SERVER4));
     let target = table::home(table::hash(&victim, &guessed), slots);
     let before = repeated(b.xdp("tcpstate_xdp_host"), ack4);

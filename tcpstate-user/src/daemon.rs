@@ -275,7 +275,7 @@ fn host_scope(cfg: &RunConfig) -> seed::Scope {
 }
 
 fn spawn_sweeper(
-    mut flows: Flows,
+    flows: Flows,
     syn_cookies: tables::SynCookies,
     shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
@@ -325,7 +325,7 @@ fn spawn_sweeper(
                     listening.insert(s.scope, l);
                 }
                 leaks.listeners = listening;
-                let changes = sweeper::sweep(&mut flows, &timeouts, &mut leaks, &mut report);
+                let changes = sweeper::sweep(&flows, &timeouts, &mut leaks, &mut report);
                 {
                     let mut s = shared
                         .lock()

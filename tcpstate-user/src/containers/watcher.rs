@@ -673,7 +673,7 @@ impl Watcher {
             Vec::new()
         };
         let synced = seed::sync(
-            &mut self.maps.flows,
+            &self.maps.flows,
             scope,
             &sockets,
             &seed::Scope::container(),

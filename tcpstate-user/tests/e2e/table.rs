@@ -61,7 +61,7 @@ fn recount(flows: &Flows) -> BTreeMap<String, i64> {
 
 /// The table's structural invariants; returns the flows it holds.
 fn check_sound(flows: &Flows) -> usize {
-    let n = flows.len();
+    let n = flows.count();
     let mut keys = HashSet::new();
     let (mut live, mut dead) = (0, 0);
     for i in 0..n {
@@ -148,7 +148,7 @@ fn every_cpu_churning_flows_while_the_sweeper_deletes_leaves_a_sound_table() {
                     // close; the rest the server closes first.
                     Ok((mut s, _)) => {
                         n += 1;
-                        if n % 3 == 0 {
+                        if n.is_multiple_of(3) {
                             let _ = std::io::Write::write_all(&mut s, b"bye");
                             let _ = s.shutdown(Shutdown::Write);
                             thread::spawn(move || {
@@ -178,7 +178,7 @@ fn every_cpu_churning_flows_while_the_sweeper_deletes_leaves_a_sound_table() {
                     while start.elapsed() < CHURN {
                         let mut c = TcpStream::connect(addr).expect("connect");
                         i += 1;
-                        if i % 5 == 0 {
+                        if i.is_multiple_of(5) {
                             // Some end in a reset.
                             abort(c);
                         } else {
