@@ -437,11 +437,17 @@ fn connections_per_s(p: &Pair, port: u16) -> f64 {
 
 /// Where the sockperf server listens in the server namespace.
 const SOCKPERF_PORT: u16 = 11111;
+/// The one CPU sockperf's client and server both run on (util-linux's taskset). Unpinned, the
+/// ping-pong rate swings between 12k and 60k round trips/s from run to run on a 2-vCPU machine
+/// (which CPU wakes which, and how deep it slept); on one CPU each round trip is CPU time spent
+/// on the path, the cost being compared, and runs agree within a few per cent.
+const SOCKPERF_CPU: &str = "0";
 
 /// A packet rate that GRO cannot batch away: 64-byte messages over one connection, as
 /// request/response (sockperf ping-pong: one segment each way per round trip) and one way
 /// (sockperf throughput with Nagle off: one segment per message, checked), with nothing attached,
-/// with the tracker, and with conntrack instead, in alternating runs; medians.
+/// with the tracker, and with conntrack instead, in alternating runs; medians. Client and server
+/// share one CPU (see [`SOCKPERF_CPU`]).
 fn packet_rate(figures: &mut Vec<Figure>) {
     const MODES: [Attach; 3] = [Attach::Nothing, Attach::TRACKER, Attach::Conntrack];
     let p = Pair::new();
@@ -481,7 +487,8 @@ struct SockperfServer(Child);
 impl SockperfServer {
     fn start(p: &Pair) -> SockperfServer {
         let child = Command::new("ip")
-            .args(["netns", "exec", &p.srv.name, "sockperf", "server", "--tcp"])
+            .args(["netns", "exec", &p.srv.name, "taskset", "-c", SOCKPERF_CPU])
+            .args(["sockperf", "server", "--tcp"])
             .args(["-i", SERVER_V4, "-p", &SOCKPERF_PORT.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -523,6 +530,9 @@ fn sockperf_client(p: &Pair, mode: &str, extra: &[&str]) -> String {
         "netns",
         "exec",
         &p.cli.name,
+        "taskset",
+        "-c",
+        SOCKPERF_CPU,
         "sockperf",
         mode,
         "--tcp",
