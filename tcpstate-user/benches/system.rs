@@ -56,12 +56,16 @@ fn main() {
         return hold(&args[1..]);
     }
     raise_fd_limit();
-    // TCPSTATE_BENCH_ONLY=veth|scrape|endpoint|node_exporter runs one part (while working on it).
+    // TCPSTATE_BENCH_ONLY=veth|packet_rate|scrape|endpoint|node_exporter|containers runs one part
+    // (while working on it).
     let only = std::env::var("TCPSTATE_BENCH_ONLY").ok();
     let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let mut figures = Vec::new();
     if wanted("veth") {
         veth(&mut figures);
+    }
+    if wanted("packet_rate") {
+        packet_rate(&mut figures);
     }
     if wanted("scrape") {
         scrape_against_table_size(&mut figures);
@@ -133,16 +137,21 @@ enum Attach {
     Nothing,
     PassOnly(Ingress),
     Tracker(Ingress),
+    /// Nothing of ours: the kernel's nf_conntrack, the peer the tracker is measured beside.
+    Conntrack,
 }
 
 impl Attach {
-    const ALL: [Attach; 5] = [
+    const ALL: [Attach; 6] = [
         Attach::Nothing,
         Attach::PassOnly(Ingress::Tc),
         Attach::PassOnly(Ingress::Xdp),
         Attach::Tracker(Ingress::Tc),
         Attach::Tracker(Ingress::Xdp),
+        Attach::Conntrack,
     ];
+    /// The tracker as deployed by default: what the comparisons with conntrack are about.
+    const TRACKER: Attach = Attach::Tracker(Ingress::Tc);
 
     fn name(self) -> &'static str {
         match self {
@@ -151,6 +160,7 @@ impl Attach {
             Attach::PassOnly(Ingress::Xdp) => "pass-only xdp + tc hooks",
             Attach::Tracker(Ingress::Tc) => "tracker (tc ingress, the default)",
             Attach::Tracker(Ingress::Xdp) => "tracker (--ingress-hook xdp)",
+            Attach::Conntrack => "conntrack",
         }
     }
 }
@@ -160,6 +170,7 @@ enum Attached {
     Nothing,
     Pass(#[allow(dead_code, reason = "detaches on drop")] PassOnly),
     Daemon(Daemon),
+    Conntrack(Conntrack),
 }
 
 impl Attached {
@@ -174,12 +185,133 @@ impl Attached {
                     &["--max-flows", "1000000", "--ingress-hook", hook],
                 ))
             }
+            Attach::Conntrack => Attached::Conntrack(Conntrack::enable(&p.srv)),
+        }
+    }
+
+    /// Fails unless the tracker (or conntrack) saw the traffic of the run it is said to have
+    /// carried, so that no figure silently measures a path nothing was watching.
+    fn assert_saw_traffic(&self, a: Attach) {
+        match self {
+            Attached::Daemon(d) => {
+                let m = d.metrics();
+                let hook = if a == Attach::Tracker(Ingress::Xdp) {
+                    "xdp"
+                } else {
+                    "tc_ingress"
+                };
+                let segments = m.get("tcpstate_segments_total", &[("hook", hook)]);
+                assert!(
+                    segments > 1000.0,
+                    "the tracker saw {segments} segments on {hook}"
+                );
+            }
+            Attached::Conntrack(ct) => {
+                let packets = ct.packets();
+                assert!(
+                    packets > 1000,
+                    "conntrack's `ct state` rule matched {packets} packets"
+                );
+            }
+            Attached::Nothing | Attached::Pass(_) => {}
         }
     }
 }
 
+/// nf_conntrack switched on in a namespace the way a firewall does it: an nftables rule matching
+/// `ct state` on input, which makes the kernel track every connection in that namespace (both
+/// directions: conntrack hooks prerouting and output as well). The rule counts what it matched,
+/// that is packets conntrack classified. The table goes on drop, and conntrack's hooks with it
+/// (they are registered per namespace for as long as a rule needs them).
+struct Conntrack {
+    ns: String,
+}
+
+impl Conntrack {
+    /// Not `ct`: that is a keyword in nft's grammar.
+    const TABLE: &'static str = "tcpstate_bench_ct";
+
+    fn enable(ns: &Netns) -> Conntrack {
+        let ct = Conntrack {
+            ns: ns.name.clone(),
+        };
+        ct.nft(&["add", "table", "inet", Self::TABLE]);
+        ct.nft(&[
+            "add",
+            "chain",
+            "inet",
+            Self::TABLE,
+            "input",
+            "{ type filter hook input priority 0; policy accept; }",
+        ]);
+        ct.nft(&[
+            "add",
+            "rule",
+            "inet",
+            Self::TABLE,
+            "input",
+            "ct",
+            "state",
+            "established,related,new",
+            "counter",
+            "accept",
+        ]);
+        ct
+    }
+
+    fn nft(&self, args: &[&str]) -> String {
+        let mut all = vec!["ip", "netns", "exec", &self.ns, "nft"];
+        all.extend_from_slice(args);
+        harness::sh(&all)
+    }
+
+    /// Packets the `ct state` rule's counter has seen.
+    fn packets(&self) -> u64 {
+        let out = self.nft(&["-j", "list", "table", "inet", Self::TABLE]);
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("`nft -j list table`: {e}: {out}"));
+        v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["rule"]["expr"].as_array())
+            .flatten()
+            .find_map(|e| e["counter"]["packets"].as_u64())
+            .unwrap_or_else(|| panic!("no counter in the conntrack table: {out}"))
+    }
+}
+
+impl Drop for Conntrack {
+    fn drop(&mut self) {
+        let status = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "nft", "delete", "table", "inet"])
+            .arg(Self::TABLE)
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "could not delete the conntrack table in {}: later runs may be slowed",
+                self.ns
+            );
+        }
+    }
+}
+
+/// The tracker (the default) against conntrack on the same measure, both from the same runs:
+/// `pass` when the tracker kept at least conntrack's rate, that is cost no more than it did.
+fn versus_conntrack(what: &str, unit: &'static str, tracker: f64, conntrack: f64) -> Figure {
+    Figure {
+        name: format!("{what}, {} / conntrack", Attach::TRACKER.name()),
+        unit,
+        baseline: conntrack,
+        value: tracker,
+        goal: Goal::RatioAtLeast,
+        target: Some(1.0),
+    }
+}
+
 /// Bulk throughput and short-connection rate over veth with nothing attached, with pass-only
-/// programs on the hooks, and with the daemon, in alternating runs so drift hits all alike.
+/// programs on the hooks, with the daemon, and with conntrack instead, in alternating runs so
+/// drift hits all alike.
 fn veth(figures: &mut Vec<Figure>) {
     let p = Pair::new();
     let mut bulk: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
@@ -198,20 +330,7 @@ fn veth(figures: &mut Vec<Figure>) {
                     .or_default()
                     .push(connections_per_s(&p, port + 1));
             }
-            if let Attached::Daemon(d) = &attached {
-                // The tracker must have seen the traffic it is said to have carried.
-                let m = d.metrics();
-                let hook = if a == Attach::Tracker(Ingress::Xdp) {
-                    "xdp"
-                } else {
-                    "tc_ingress"
-                };
-                let segments = m.get("tcpstate_segments_total", &[("hook", hook)]);
-                assert!(
-                    segments > 1000.0,
-                    "the tracker saw {segments} segments on {hook}"
-                );
-            }
+            attached.assert_saw_traffic(a);
         }
     }
     let bulk: BTreeMap<usize, f64> = bulk.into_iter().map(|(i, v)| (i, median(v))).collect();
@@ -237,6 +356,20 @@ fn veth(figures: &mut Vec<Figure>) {
             });
         }
     }
+    let at = |a: Attach| Attach::ALL.iter().position(|&x| x == a).unwrap();
+    let (tracker, conntrack) = (at(Attach::TRACKER), at(Attach::Conntrack));
+    figures.push(versus_conntrack(
+        "veth bulk tcp throughput",
+        "Gbit/s",
+        bulk[&tracker],
+        bulk[&conntrack],
+    ));
+    figures.push(versus_conntrack(
+        "veth short connections",
+        "connections/s",
+        conns[&tracker],
+        conns[&conntrack],
+    ));
 }
 
 /// One client streams 256 KiB writes to the server for `RUN`; Gbit/s as the server received it.
@@ -299,6 +432,205 @@ fn connections_per_s(p: &Pair, port: u16) -> f64 {
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap();
     done
+}
+
+/// Where the sockperf server listens in the server namespace.
+const SOCKPERF_PORT: u16 = 11111;
+/// The one CPU sockperf's client and server both run on (util-linux's taskset). Unpinned, the
+/// ping-pong rate swings between 12k and 60k round trips/s from run to run on a 2-vCPU machine
+/// (which CPU wakes which, and how deep it slept); on one CPU each round trip is CPU time spent
+/// on the path, the cost being compared, and runs agree within a few per cent.
+const SOCKPERF_CPU: &str = "0";
+
+/// A packet rate that GRO cannot batch away: 64-byte messages over one connection, as
+/// request/response (sockperf ping-pong: one segment each way per round trip) and one way
+/// (sockperf throughput with Nagle off: one segment per message, checked), with nothing attached,
+/// with the tracker, and with conntrack instead, in alternating runs; medians. Client and server
+/// share one CPU (see [`SOCKPERF_CPU`]).
+fn packet_rate(figures: &mut Vec<Figure>) {
+    const MODES: [Attach; 3] = [Attach::Nothing, Attach::TRACKER, Attach::Conntrack];
+    let p = Pair::new();
+    let _server = SockperfServer::start(&p);
+    let mut ping_pong: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut one_way: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    for _ in 0..ROUNDS {
+        for (i, a) in MODES.into_iter().enumerate() {
+            let attached = Attached::new(&p, a);
+            ping_pong.entry(i).or_default().push(sockperf_ping_pong(&p));
+            one_way.entry(i).or_default().push(sockperf_throughput(&p));
+            attached.assert_saw_traffic(a);
+        }
+    }
+    for (what, unit, runs) in [
+        ("sockperf 64-byte ping-pong", "round trips/s", ping_pong),
+        ("sockperf 64-byte one-way", "msg/s", one_way),
+    ] {
+        let m: Vec<f64> = runs.into_values().map(median).collect();
+        for (i, a) in MODES.into_iter().enumerate().skip(1) {
+            figures.push(Figure {
+                name: format!("{what}, {} / none", a.name()),
+                unit,
+                baseline: m[0],
+                value: m[i],
+                goal: Goal::RatioAtLeast,
+                target: None,
+            });
+        }
+        figures.push(versus_conntrack(what, unit, m[1], m[2]));
+    }
+}
+
+/// `sockperf server --tcp` in the server namespace, killed on drop.
+struct SockperfServer(Child);
+
+impl SockperfServer {
+    fn start(p: &Pair) -> SockperfServer {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &p.srv.name, "taskset", "-c", SOCKPERF_CPU])
+            .args(["sockperf", "server", "--tcp"])
+            .args(["-i", SERVER_V4, "-p", &SOCKPERF_PORT.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("sockperf: {e} (Debian package sockperf: run `cargo xtask setup`)")
+            });
+        let server = SockperfServer(child);
+        let filter = format!("sport = :{SOCKPERF_PORT}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while harness::sh(&["ip", "netns", "exec", &p.srv.name, "ss", "-Htln", &filter])
+            .trim()
+            .is_empty()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "sockperf server did not listen on port {SOCKPERF_PORT}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+}
+
+impl Drop for SockperfServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs a sockperf client subcommand against the server for `RUN` from the client namespace; its
+/// output (sockperf prints everything on stdout), colour codes removed.
+fn sockperf_client(p: &Pair, mode: &str, extra: &[&str]) -> String {
+    let secs = RUN.as_secs().to_string();
+    let port = SOCKPERF_PORT.to_string();
+    let mut args = vec![
+        "ip",
+        "netns",
+        "exec",
+        &p.cli.name,
+        "taskset",
+        "-c",
+        SOCKPERF_CPU,
+        "sockperf",
+        mode,
+        "--tcp",
+        "-i",
+        SERVER_V4,
+        "-p",
+        &port,
+        "-m",
+        "64",
+        "-t",
+        &secs,
+    ];
+    args.extend_from_slice(extra);
+    let out = harness::sh(&args);
+    strip_ansi(&out)
+}
+
+/// Round trips per second of a `sockperf ping-pong`: the messages answered over its measured
+/// window (warm-up excluded), from its `[Valid Duration]` line.
+fn sockperf_ping_pong(p: &Pair) -> f64 {
+    let out = sockperf_client(p, "ping-pong", &[]);
+    let parsed = out
+        .lines()
+        .find(|l| l.contains("[Valid Duration]"))
+        .and_then(|l| {
+            Some((
+                sockperf_field(l, "RunTime")?,
+                sockperf_field(l, "ReceivedMessages")?,
+            ))
+        });
+    let Some((secs, received)) = parsed.filter(|&(s, r)| s > 0.0 && r > 0.0) else {
+        panic!("cannot read round trips from sockperf ping-pong's output:\n{out}");
+    };
+    received / secs
+}
+
+/// Messages per second a `sockperf throughput` sent with Nagle off (`--tcp-avoid-nodelay` turns
+/// throughput mode's default of Nagle on around), from its `Message Rate` line. Fails unless the
+/// server's veth received at least one packet per two messages: with Nagle, or batched, the
+/// 64-byte messages would travel a dozen to a segment and this would be a byte rate again.
+fn sockperf_throughput(p: &Pair) -> f64 {
+    let before = rx_packets(&p.srv, &p.srv_if);
+    let out = sockperf_client(p, "throughput", &["--tcp-avoid-nodelay"]);
+    let packets = rx_packets(&p.srv, &p.srv_if) - before;
+    let rate = out
+        .lines()
+        .find_map(|l| l.split_once("Message Rate is "))
+        .and_then(|(_, r)| r.split_whitespace().next()?.parse::<f64>().ok());
+    let sent = out
+        .lines()
+        .find_map(|l| l.split_once("Total of "))
+        .and_then(|(_, r)| r.split_whitespace().next()?.parse::<f64>().ok());
+    let (Some(rate), Some(sent)) = (rate, sent) else {
+        panic!("cannot read the message rate from sockperf throughput's output:\n{out}");
+    };
+    assert!(
+        rate > 0.0 && packets as f64 >= sent / 2.0,
+        "sockperf throughput sent {sent} messages in {packets} packets: not the packet rate \
+         this figure is about\n{out}"
+    );
+    rate
+}
+
+/// The number after `key=` in a sockperf line (`RunTime=2.550 sec; SentMessages=31928; ...`).
+fn sockperf_field(line: &str, key: &str) -> Option<f64> {
+    let (_, rest) = line.split_once(&format!("{key}="))?;
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// `text` without ANSI escape sequences (sockperf colours some lines).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters, ended by a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Packets `iface` in `ns` has received (its kernel counter, one per skb as veth hands them over).
+fn rx_packets(ns: &Netns, iface: &str) -> u64 {
+    let out = ns.ip(&["-j", "-s", "link", "show", "dev", iface]);
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("`ip -j -s link`: {e}: {out}"));
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no rx packet count for {iface}: {out}"))
 }
 
 /// /metrics latency, RSS and CPU with 10k, 100k and 1M flows in the table. The flows are

@@ -14,8 +14,9 @@ use crate::status;
 /// (compared side by side) and procps (sysctl in the benchmark's namespaces); podman and runc for
 /// the container tests (crun refuses this machine kind's hybrid cgroups, so runc is named); tcpdump
 /// for the captures the e2e suite replays, and tshark, the peer `cargo xtask bench replay` is
-/// measured beside; musl-tools (musl-gcc) for ring's C code in the static build of
-/// `cargo xtask dist`.
+/// measured beside; sockperf, whose 64-byte ping-pong and throughput give `cargo xtask bench` a
+/// packet rate that GRO cannot batch away; musl-tools (musl-gcc) for ring's C code in the static
+/// build of `cargo xtask dist`.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -32,6 +33,7 @@ const PACKAGES: &[&str] = &[
     "runc",
     "tcpdump",
     "tshark",
+    "sockperf",
     "musl-tools",
 ];
 
