@@ -18,7 +18,7 @@ use std::{
 
 use tcpstate_common::{
     commit::load,
-    flow::Side,
+    flow::{FlowKey, FlowRecord, Side},
     mapped::Flows,
     table::{self, status, Slots, LOCK, NEIGHBOURHOOD},
     TcpState,
@@ -237,3 +237,201 @@ fn every_cpu_churning_flows_while_the_sweeper_deletes_leaves_a_sound_table() {
     }
     assert!(compared, "no quiet sweep to compare against in 20 tries");
 }
+
+/// Slots a lookup of the flow in slot `i` visits: the set bits of its home's neighbourhood word up
+/// to its own (the lookup compares keys in that order and stops at its own).
+fn lookup_cost(flows: &Flows, i: u32) -> u32 {
+    let (_, key, _) = table::snapshot(flows, i).expect("a flow");
+    let home = flows.home(&key);
+    let d = table::distance(home, i, flows.count());
+    // SAFETY: a slot of the mapping.
+    let hop = unsafe { load(&raw const (*flows.get(home).unwrap()).hop) } & !LOCK;
+    (hop & ((2u64 << d) - 1)).count_ones()
+}
+
+/// The established flows of the server port, and the slots a lookup of each visits.
+fn established_costs(flows: &Flows, port: u16) -> Vec<(FlowKey, u32)> {
+    let mut out = Vec::new();
+    flows.for_each_slot(|p, k, r| {
+        let w = r.word();
+        if k.port.contains(&port)
+            && w.state(Side::A) == TcpState::Established
+            && w.state(Side::B) == TcpState::Established
+        {
+            out.push((k, lookup_cost(flows, p.index)));
+        }
+    });
+    out.sort_by_key(|(k, _)| (k.addr, k.port));
+    out
+}
+
+fn open(p: &Pair, l: &std::net::TcpListener, n: usize) -> Vec<(TcpStream, TcpStream)> {
+    (0..n)
+        .map(|_| {
+            let c = p.connect(SERVER_V4, l.local_addr().unwrap().port());
+            let (s, _) = l.accept().unwrap();
+            (c, s)
+        })
+        .collect()
+}
+
+/// Tuples from TEST-NET-2 to the server's port whose home, under `seed`, is `target`.
+fn aimed_at(target: u32, seed: &table::Seed, slots: u32, port: u16, n: usize) -> Vec<(u8, u16)> {
+    let server = FlowKey::addr_words(ip(SERVER_V4));
+    let mut out = Vec::new();
+    for host in 1..=250u8 {
+        let src = FlowKey::addr_words(format!("198.51.100.{host}").parse().unwrap());
+        for sport in 1024..=65535u16 {
+            let (k, _) = FlowKey::canonical(src, sport, server, port);
+            if table::home(table::hash(&k, seed), slots) == target {
+                out.push((host, sport));
+                if out.len() == n {
+                    return out;
+                }
+            }
+        }
+    }
+    panic!("only {} tuples aimed at slot {target}", out.len());
+}
+
+/// A SYN flood from tuples an attacker chose, under the seed it has to guess (it cannot read the
+/// table's), to pile up on the homes the server's connections use. With the table's secret seed
+/// the SYNs spread over the table, and established connections opened into it cost what they cost
+/// before, within 2x. The same arithmetic with the real seed shows what the secret prevents.
+#[test]
+fn a_syn_flood_aimed_without_the_seed_leaves_established_lookups_cheap() {
+    const CONNECTIONS: usize = 40;
+    const AIMED_PER_HOME: usize = 50;
+    let p = Pair::new();
+    // A small table (5,472 slots) the aimed SYNs fill to a third; every SYN tracked.
+    let d = Daemon::host(&p, &["--max-flows", "4096", "--half-open-budget", "4096"]);
+    let port = 7200;
+    let l = p.listen(SERVER_V4, port);
+    let flows = Flows::from_pins(&d.pin_dir).expect("map the daemon's table");
+    let slots = flows.count();
+    let before_conns = open(&p, &l, CONNECTIONS);
+    d.wait_for("the first connections", |m| {
+        m.connections("server", "established") == CONNECTIONS as f64
+    });
+    let before = established_costs(&flows, port);
+    assert_eq!(before.len(), CONNECTIONS);
+
+    // The attacker aims at the homes these connections have under its guess of the seed (the
+    // next ones from the same client land nearby under any seed that ignores the port's low bits).
+    let tuples: Vec<(u8, u16)> = before
+        .iter()
+        .flat_map(|(k, _)| {
+            let target = table::home(table::hash(k, &GUESSED), slots);
+            aimed_at(target, &GUESSED, slots, port, AIMED_PER_HOME)
+        })
+        .collect();
+    // Forged sources routed back through the client namespace, which drops the SYN-ACKs.
+    p.cli.sysctl("net.ipv4.ip_forward=0");
+    p.srv
+        .ip(&["route", "add", "198.51.100.0/24", "via", CLIENT_V4]);
+    let list: Vec<String> = tuples.iter().map(|(h, s)| format!("({h},{s})")).collect();
+    scapy(
+        &p.cli,
+        &format!(
+            "from scapy.all import IP, TCP, send\n\
+             pkts = [IP(src='198.51.100.%d' % h, dst='{SERVER_V4}')/TCP(sport=s, dport={port}, flags='S', seq=7) for (h, s) in [{}]]\n\
+             send(pkts, verbose=0)",
+            list.join(",")
+        ),
+    );
+    let m = d.wait_for("the aimed SYNs tracked", |m| {
+        m.get("tcpstate_flow_table_half_open_entries", &[]) >= (tuples.len() * 9 / 10) as f64
+    });
+    assert_eq!(
+        m.sum("tcpstate_untracked_total"),
+        0.0,
+        "every aimed SYN was tracked"
+    );
+    // Connections opened into the flooded table.
+    drop(before_conns);
+    let after_conns = open(&p, &l, CONNECTIONS);
+    d.wait_for("the new connections", |m| {
+        m.connections("server", "established") == CONNECTIONS as f64
+    });
+    let after = established_costs(&flows, port);
+    assert_eq!(after.len(), CONNECTIONS);
+    let cost = |v: &[(FlowKey, u32)]| v.iter().map(|(_, c)| *c).sum::<u32>() as f64;
+    assert!(
+        cost(&after) <= 2.0 * cost(&before),
+        "lookups of established connections visit {} slots after the flood, {} before",
+        cost(&after),
+        cost(&before)
+    );
+
+    // What the secret prevents: an attacker who knew the seed aims the same number of SYNs at
+    // the new connections' homes; in a table of the same size they take the neighbourhoods
+    // first, and each connection's lookup then passes their keys.
+    let known = Mem::new(slots);
+    let real = seed_of(&d);
+    for (k, _) in &after {
+        let target = flows.home(k);
+        for (h, sport) in aimed_at(target, &real, slots, port, AIMED_PER_HOME) {
+            let src = FlowKey::addr_words(format!("198.51.100.{h}").parse().unwrap());
+            let (key, _) = FlowKey::canonical(src, sport, FlowKey::addr_words(ip(SERVER_V4)), port);
+            let _ = table::insert(&known, &key, &FlowRecord::default(), flows.home(&key));
+        }
+    }
+    let mut known_cost = 0;
+    for (k, _) in &after {
+        match table::insert(&known, k, &FlowRecord::default(), flows.home(k)) {
+            table::Inserted::Done(s) => {
+                let i =
+                    ((s as usize - known.0.as_ptr() as usize) / size_of::<table::Slot>()) as u32;
+                let hop = known.0[flows.home(k) as usize].hop;
+                known_cost +=
+                    (hop & ((2u64 << table::distance(flows.home(k), i, slots)) - 1)).count_ones();
+            }
+            // A full neighbourhood: the connection would not be tracked at all.
+            _ => known_cost += NEIGHBOURHOOD,
+        }
+    }
+    assert!(
+        f64::from(known_cost) > 2.0 * cost(&before),
+        "with the seed known the same flood would cost {known_cost} slots (bound {})",
+        2.0 * cost(&before)
+    );
+    drop(after_conns);
+}
+
+/// The daemon's table seed, read from its pin (root can; the attacker on the wire cannot).
+fn seed_of(d: &Daemon) -> table::Seed {
+    use aya::maps::{Array, Map, MapData};
+    let data = MapData::from_pin(d.pin_dir.join(tcpstate_common::maps::FLOW_SEED)).unwrap();
+    let a: Array<MapData, table::Seed> = Array::try_from(Map::Array(data)).unwrap();
+    a.get(&0, 0).unwrap()
+}
+
+/// A table in this process's memory, to replay an insert sequence.
+struct Mem(Vec<table::Slot>);
+
+impl Mem {
+    fn new(n: u32) -> Mem {
+        Mem(vec![table::Slot::default(); n as usize])
+    }
+}
+
+impl Slots for Mem {
+    fn count(&self) -> u32 {
+        self.0.len() as u32
+    }
+    fn get(&self, i: u32) -> Option<*mut table::Slot> {
+        self.0
+            .get(i as usize)
+            .map(|s| s as *const table::Slot as *mut table::Slot)
+    }
+}
+
+/// The attacker's guess at the seed: any fixed value (an all-zero seed would be a degenerate guess:
+/// NH then multiplies the port word by the zero scope word and ignores ports).
+const GUESSED: [u64; 5] = [
+    0x0123_4567_89ab_cdef,
+    0xfedc_ba98_7654_3210,
+    0x0f1e_2d3c_4b5a_6978,
+    0x8796_a5b4_c3d2_e1f0,
+    0x1357_9bdf_0246_8ace,
+];
