@@ -63,11 +63,12 @@ impl core::fmt::Display for InsertError {
 
 impl std::error::Error for InsertError {}
 
-/// Where a flow sits: its slot and the generation of its occupant.
+/// Where a flow sits: its slot, and the slot's `ctrl` (the occupant's generation, and which home
+/// links it) when it was read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Place {
     pub index: u32,
-    pub generation: u64,
+    pub ctrl: u64,
 }
 
 impl Flows {
@@ -119,9 +120,14 @@ impl Flows {
         &self.map
     }
 
-    /// The key's home slot.
-    pub fn home(&self, key: &FlowKey) -> u32 {
-        table::home(table::hash(key, &self.seed), self.slots)
+    /// The key's two home slots.
+    pub fn homes(&self, key: &FlowKey) -> table::Homes {
+        table::homes(table::hash(key, &self.seed), self.slots)
+    }
+
+    /// The home that links the flow in a slot whose `ctrl` is `c`.
+    pub fn linking_home(&self, key: &FlowKey, c: u64) -> u32 {
+        self.homes(key).linking(c)
     }
 
     /// Calls `f` on every flow. A flow inserted or deleted meanwhile may be seen or missed; every
@@ -143,10 +149,7 @@ impl Flows {
             match table::snapshot(self, i) {
                 Some((c, k, r)) => {
                     seen += 1;
-                    let place = Place {
-                        index: i,
-                        generation: table::generation_of(c),
-                    };
+                    let place = Place { index: i, ctrl: c };
                     f(place, k, r);
                 }
                 None => {
@@ -168,13 +171,13 @@ impl Flows {
 
     /// The flow of `key`, where it sits and what it holds.
     pub fn lookup(&self, key: &FlowKey) -> Option<(Place, FlowRecord)> {
-        let s = table::find(self, key, self.home(key))?;
+        let s = table::find(self, key, self.homes(key))?;
         let index = (s as usize - self.mem.as_mut_ptr() as usize) / SLOT_SIZE;
         let (c, k, r) = table::snapshot(self, index as u32)?;
         (k == *key).then_some((
             Place {
                 index: index as u32,
-                generation: table::generation_of(c),
+                ctrl: c,
             },
             r,
         ))
@@ -185,7 +188,7 @@ impl Flows {
         // A program holds a home's lock for well under a microsecond: a few rounds of the spin
         // [`table::insert`] does are enough unless this thread was descheduled meanwhile.
         for _ in 0..8 {
-            match table::insert(self, key, rec, self.home(key)) {
+            match table::insert(self, key, rec, self.homes(key)) {
                 Inserted::Done(_) => return Ok(()),
                 Inserted::Exists => return Err(InsertError::Exists),
                 Inserted::Full => return Err(InsertError::Full),
@@ -199,7 +202,7 @@ impl Flows {
     /// caller decided). Returns whether it did.
     pub fn remove_if(&self, key: &FlowKey, word: u64) -> bool {
         self.lookup(key)
-            .is_some_and(|(p, _)| table::kill(self, p.index, p.generation, word, &self.seed))
+            .is_some_and(|(p, _)| table::kill(self, p.index, p.ctrl, word, &self.seed))
     }
 
     /// Deletes the flow of `key` whatever its state, returning the record it had when deleted.
@@ -212,7 +215,7 @@ impl Flows {
         // A segment may move the flow between the read and the delete: read again and retry.
         for _ in 0..16 {
             let (p, rec) = self.lookup(key)?;
-            if table::kill(self, p.index, p.generation, rec.word, &self.seed) {
+            if table::kill(self, p.index, p.ctrl, rec.word, &self.seed) {
                 return Some((p.index, rec));
             }
         }
@@ -222,7 +225,7 @@ impl Flows {
     /// Replaces the record of `key` with `new` if its state word is still `old_word`.
     pub fn rewrite(&self, key: &FlowKey, old_word: u64, new: &FlowRecord) -> bool {
         self.lookup(key)
-            .is_some_and(|(p, _)| table::rewrite(self, p.index, p.generation, old_word, new))
+            .is_some_and(|(p, _)| table::rewrite(self, p.index, p.ctrl, old_word, new))
     }
 
     /// Frees deleted slots for reuse, after an RCU grace period: every program run that could
@@ -280,7 +283,7 @@ impl Flows {
         // insert only after it completed).
         let mut orphans = Vec::new();
         self.for_each_slot(|p, k, r| {
-            let home = self.home(&k);
+            let home = self.linking_home(&k, p.ctrl);
             let bit = 1u64 << table::distance(home, p.index, self.slots);
             let linked = self.get_hop(home) & bit != 0;
             if !linked {
@@ -292,10 +295,10 @@ impl Flows {
             for (p, word) in orphans {
                 let k = table::snapshot(self, p.index).map(|(_, k, _)| k);
                 let still_unlinked = k.is_some_and(|k| {
-                    let home = self.home(&k);
+                    let home = self.linking_home(&k, p.ctrl);
                     self.get_hop(home) & (1u64 << table::distance(home, p.index, self.slots)) == 0
                 });
-                if still_unlinked && table::kill(self, p.index, p.generation, word, &self.seed) {
+                if still_unlinked && table::kill(self, p.index, p.ctrl, word, &self.seed) {
                     released += 1;
                 }
             }

@@ -64,8 +64,8 @@ fn record(word: u64) -> FlowRecord {
     }
 }
 
-fn home_of(t: &impl Slots, k: &FlowKey) -> u32 {
-    table::home(table::hash(k, &SEED), t.count())
+fn homes_of(t: &impl Slots, k: &FlowKey) -> table::Homes {
+    table::homes(table::hash(k, &SEED), t.count())
 }
 
 fn index_of(t: &Mem, s: *mut Slot) -> u32 {
@@ -73,14 +73,14 @@ fn index_of(t: &Mem, s: *mut Slot) -> u32 {
 }
 
 fn put(t: &impl Slots, k: &FlowKey, word: u64) -> Inserted {
-    insert(t, k, &record(word), home_of(t, k))
+    insert(t, k, &record(word), homes_of(t, k))
 }
 
 fn get(t: &Mem, k: &FlowKey) -> Option<(u32, u64, FlowRecord)> {
-    let s = find(t, k, home_of(t, k))?;
+    let s = find(t, k, homes_of(t, k))?;
     let i = index_of(t, s);
     let (c, _, r) = snapshot(t, i)?;
-    Some((i, table::generation_of(c), r))
+    Some((i, c, r))
 }
 
 /// Every invariant a quiet table must hold: each live key once, linked from its home by exactly
@@ -99,7 +99,7 @@ fn check_quiet(t: &Mem) -> usize {
         if st == status::LIVE {
             assert_ne!(s.rec.word, DEAD_WORD, "slot {i}: live with a dead word");
             assert!(keys.insert(s.key, i).is_none(), "key {:?} twice", s.key);
-            let home = home_of(t, &s.key);
+            let home = homes_of(t, &s.key).linking(s.ctrl);
             let d = table::distance(home, i, n);
             assert!(d < NEIGHBOURHOOD, "slot {i}: {d} from its home");
             assert_ne!(
@@ -117,7 +117,7 @@ fn check_quiet(t: &Mem) -> usize {
                 let s = &t.slots[i as usize];
                 assert_eq!(table::status_of(s.ctrl), status::LIVE, "home {h} bit {d}");
                 assert_eq!(
-                    home_of(t, &s.key),
+                    homes_of(t, &s.key).linking(s.ctrl),
                     h,
                     "home {h} bit {d}: another home's key"
                 );
@@ -142,14 +142,15 @@ fn inserted_flows_are_found_updated_deleted_and_their_slots_reused() {
     // A second insert of a present key is refused, not duplicated.
     assert_eq!(put(&t, &key(3), 9), Inserted::Exists);
     // Delete: only as judged (the word), only the occupant judged (the generation).
-    let (i, g, _) = get(&t, &key(3)).unwrap();
-    assert!(!kill(&t, i, g, 8, &SEED), "a moved flow is kept");
+    let (i, c, _) = get(&t, &key(3)).unwrap();
+    let g = table::generation_of(c);
+    assert!(!kill(&t, i, c, 8, &SEED), "a moved flow is kept");
     assert_eq!(table::status_of(t.slots[i as usize].ctrl), status::LIVE);
     assert!(
-        !kill(&t, i, g + 1, 7, &SEED),
+        !kill(&t, i, c + (1 << 8), 7, &SEED),
         "another generation is not ours"
     );
-    assert!(kill(&t, i, g, 7, &SEED));
+    assert!(kill(&t, i, c, 7, &SEED));
     assert!(get(&t, &key(3)).is_none(), "deleted flows are not found");
     assert!(snapshot(&t, i).is_none(), "nor walked");
     assert_eq!(check_quiet(&t), 99);
@@ -162,50 +163,66 @@ fn inserted_flows_are_found_updated_deleted_and_their_slots_reused() {
     // Reused with the next generation: a deleter holding the old one cannot touch the new flow.
     let k = (0..)
         .map(key)
-        .find(|k| home_of(&t, k) == i && get(&t, k).is_none())
+        .find(|k| homes_of(&t, k).first == i && get(&t, k).is_none())
         .unwrap();
     assert!(matches!(put(&t, &k, 7), Inserted::Done(s) if index_of(&t, s) == i));
-    assert!(!kill(&t, i, g, 7, &SEED), "stale generation");
+    assert!(!kill(&t, i, c, 7, &SEED), "stale generation");
     assert_eq!(table::generation_of(t.slots[i as usize].ctrl), g + 1);
     assert_eq!(check_quiet(&t), 101);
 }
 
 #[test]
-fn a_full_neighbourhood_refuses_the_insert_and_evicts_nothing() {
+fn a_crowded_home_overflows_into_the_second_and_a_full_table_evicts_nothing() {
     let t = Mem::new(4096);
-    // Keys of one home, until its neighbourhood is full.
+    // More keys of one first home than its neighbourhood holds: the rest go to their second homes.
     let h = 4096 - 10; // near the end: the neighbourhood wraps to slot 0
-    let same_home: Vec<FlowKey> = (0..)
+    let crowd: Vec<FlowKey> = (0..)
         .map(key)
-        .filter(|k| home_of(&t, k) == h)
-        .take(NEIGHBOURHOOD as usize + 1)
+        .filter(|k| homes_of(&t, k).first == h)
+        .take(NEIGHBOURHOOD as usize + 37)
         .collect();
-    for k in &same_home[..NEIGHBOURHOOD as usize] {
+    for k in &crowd {
         assert!(matches!(put(&t, k, 1), Inserted::Done(_)));
     }
-    assert_eq!(
-        put(&t, &same_home[NEIGHBOURHOOD as usize], 1),
-        Inserted::Full
+    let second = (0..t.count())
+        .filter(|&i| table::in_second_home(t.slots[i as usize].ctrl))
+        .count();
+    assert!(second >= 37, "{second} linked from a second home");
+    assert_eq!(check_quiet(&t), crowd.len());
+
+    // A table with no free slot left: the insert is refused and nothing is evicted.
+    let t = Mem::new(64);
+    let mut inserted = Vec::new();
+    for k in (0..).map(key) {
+        match put(&t, &k, 1) {
+            Inserted::Done(_) => inserted.push(k),
+            Inserted::Full => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        inserted.len() >= NEIGHBOURHOOD as usize,
+        "{} of 64 slots used",
+        inserted.len()
     );
-    for k in &same_home[..NEIGHBOURHOOD as usize] {
+    for k in &inserted {
         assert!(get(&t, k).is_some(), "nothing evicted");
     }
-    assert_eq!(t.slots[h as usize].hop, (1u64 << NEIGHBOURHOOD) - 1);
-    assert_eq!(check_quiet(&t), NEIGHBOURHOOD as usize);
+    assert_eq!(check_quiet(&t), inserted.len());
 }
 
 #[test]
 fn rewrites_apply_only_to_the_word_they_judged() {
     let t = Mem::new(128);
     put(&t, &key(1), 5);
-    let (i, g, _) = get(&t, &key(1)).unwrap();
+    let (i, c, _) = get(&t, &key(1)).unwrap();
     let new = FlowRecord {
         word: 6,
         syn_ns: 42,
         ..FlowRecord::default()
     };
-    assert!(!rewrite(&t, i, g, 4, &new), "moved meanwhile");
-    assert!(rewrite(&t, i, g, 5, &new));
+    assert!(!rewrite(&t, i, c, 4, &new), "moved meanwhile");
+    assert!(rewrite(&t, i, c, 5, &new));
     let (_, _, r) = get(&t, &key(1)).unwrap();
     assert_eq!((r.word, r.syn_ns), (6, 42));
     assert_eq!(table::status_of(t.slots[i as usize].ctrl), status::LIVE);
@@ -215,12 +232,12 @@ fn rewrites_apply_only_to_the_word_they_judged() {
 fn what_a_dead_daemon_left_held_is_released() {
     let t = Mem::new(128);
     put(&t, &key(1), 5);
-    let (i, g, _) = get(&t, &key(1)).unwrap();
-    let h = home_of(&t, &key(1));
+    let (i, c, _) = get(&t, &key(1)).unwrap();
+    let h = homes_of(&t, &key(1)).first;
     // Died holding: the home's lock, a DYING flow, a CLAIMED slot.
     unsafe { (*t.get(h).unwrap()).hop |= LOCK };
     let s = t.get(i).unwrap();
-    unsafe { (*s).ctrl = table::ctrl(g, status::DYING) };
+    unsafe { (*s).ctrl = table::with_status(c, status::DYING) };
     let other = (i + 50) % 128;
     unsafe { (*t.get(other).unwrap()).ctrl = table::ctrl(3, status::CLAIMED) };
     let was = |j: u32| t.slots[j as usize];
@@ -262,7 +279,7 @@ fn many_cpus_and_the_sweeper_leave_a_consistent_table() {
                     x ^= x << 17;
                     let k = key((x % KEYS as u64) as u32);
                     let _run = rcu.read().unwrap();
-                    match find(&*t, &k, home_of(&*t, &k)) {
+                    match find(&*t, &k, homes_of(&*t, &k)) {
                         None => match put(&*t, &k, 1) {
                             Inserted::Done(_) => {
                                 gauge.fetch_add(1, Ordering::Relaxed);
@@ -298,7 +315,7 @@ fn many_cpus_and_the_sweeper_leave_a_consistent_table() {
                     let Some((c, _, r)) = snapshot(&*t, i) else {
                         continue;
                     };
-                    if r.word == 5 && kill(&*t, i, table::generation_of(c), 5, &SEED) {
+                    if r.word == 5 && kill(&*t, i, c, 5, &SEED) {
                         gauge.fetch_sub(1, Ordering::Relaxed);
                         deleted.fetch_add(1, Ordering::Relaxed);
                         dead.push(i);

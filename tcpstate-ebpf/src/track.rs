@@ -19,7 +19,7 @@ use tcpstate_common::{
     pipeline::{open_new, opened_deltas, retract, update_into, NotOpened},
     scope::ScopeInfo,
     state::{write, InvalidReason, Step},
-    table::{self, find, insert, Inserted, Seed, Slot, Slots, DEAD_WORD},
+    table::{self, find, insert, Homes, Inserted, Seed, Slot, Slots, DEAD_WORD},
     tcp::flags::{ACK, FIN, RST, SYN},
 };
 
@@ -52,7 +52,23 @@ impl Slots for Table {
     fn get(&self, i: u32) -> Option<*mut Slot> {
         FLOWS.get_ptr_mut(i)
     }
+    #[inline(always)]
+    fn forget(&self, v: u32) -> u32 {
+        // Through this CPU's scratch word: the verifier does not track what map memory holds.
+        let Some(p) = FORGET.get_ptr_mut(0) else {
+            return v;
+        };
+        // SAFETY: a per-CPU array value, this program's alone for the run.
+        unsafe {
+            core::ptr::write_volatile(p, v);
+            core::ptr::read_volatile(p)
+        }
+    }
 }
+
+/// One word per CPU for [`Table::forget`].
+#[map(name = "TCPSTATE_FORGET")]
+static FORGET: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// `idx::COUNT` slots per scope (the daemon sizes it for its scopes at load time).
 #[map(name = "TCPSTATE_COUNTERS")]
@@ -93,11 +109,11 @@ pub struct Scratch {
     /// False unless the TC egress program sets it for this packet.
     pub cookie: bool,
     /// The flow's key (in the segment's scope), which side sent the segment, and the key's home
-    /// slot: worked out once per segment ([`Scratch::locate`]).
+    /// slots: worked out once per segment ([`Scratch::locate`]).
     pub key: FlowKey,
     /// The sending [`Side`] as its index (see [`Scratch::sender`]).
     sender: u8,
-    pub home: u32,
+    pub homes: Homes,
 }
 
 /// A rare event worth a kernel log line (aya-log, when `--kernel-log` enables it).
@@ -188,7 +204,7 @@ impl Scratch {
         self.key = key.in_scope(self.scope);
         self.sender = sender as u8;
         let cfg = TCPSTATE_CONFIG.load();
-        self.home = table::home(table::hash(&self.key, &cfg.seed), cfg.slots as u32);
+        self.homes = table::homes(table::hash(&self.key, &cfg.seed), cfg.slots as u32);
     }
 }
 
@@ -369,9 +385,10 @@ enum Found {
 )]
 fn update(scratch: &mut Scratch, now: u64, forwarded: bool) -> Found {
     let sender = scratch.sender();
-    let Some(slot) = find(&Table, &scratch.key, scratch.home) else {
+    let slot = find_flow(&scratch.key, &scratch.homes);
+    if slot.is_null() {
         return Found::Missing;
-    };
+    }
     // SAFETY: a slot of the array, valid for the program run; it cannot be reused before the run
     // ends (the daemon frees deleted slots only after a grace period). The record is read in
     // place; the word it was computed from is re-checked by `commit`.
@@ -417,6 +434,32 @@ fn update(scratch: &mut Scratch, now: u64, forwarded: bool) -> Found {
     Found::Done
 }
 
+/// [`find`] as a BPF function of its own, returning the slot or null: the verifier walks its two
+/// neighbourhood loops once per call site, and the caller goes on from one state (a slot pointer
+/// or null) instead of one per slot the loops could have stopped at.
+#[inline(never)]
+fn find_flow(key: &FlowKey, homes: &Homes) -> *mut Slot {
+    find(&Table, key, *homes).unwrap_or(core::ptr::null_mut())
+}
+
+/// What [`insert_flow`] did, as a scalar for the same reason.
+const INSERTED: u32 = 0;
+const EXISTS: u32 = 1;
+const FULL: u32 = 2;
+const CONTENDED: u32 = 3;
+
+/// [`insert`] of the scratch record under the scratch key, as a BPF function of its own (see
+/// [`find_flow`]).
+#[inline(never)]
+fn insert_flow(scratch: &Scratch) -> u32 {
+    match insert(&Table, &scratch.key, &scratch.step.rec, scratch.homes) {
+        Inserted::Done(_) => INSERTED,
+        Inserted::Exists => EXISTS,
+        Inserted::Full => FULL,
+        Inserted::Contended => CONTENDED,
+    }
+}
+
 /// Takes a forwarded flow out of the host's gauges ([`retract`]), once: by compare-and-swap of the
 /// state word, so two CPUs retracting it cannot both move the gauges. Inlined into `update`: as a
 /// BPF function of its own it would add a frame to the deepest call chain, past the verifier's
@@ -445,7 +488,7 @@ fn retract_flow(ptr: *mut FlowRecord, base: u32) {
 )]
 pub fn lookup_only(scratch: &mut Scratch) {
     scratch.locate();
-    let found = find(&Table, &scratch.key, scratch.home).is_some();
+    let found = !find_flow(&scratch.key, &scratch.homes).is_null();
     scratch.event = if found {
         Event::None
     } else {
@@ -531,12 +574,12 @@ fn insert_new(scratch: &mut Scratch, view: View, now: u64, transit: bool) -> boo
     if st.rec.syn_ns != 0 {
         st.rec.syn_ns = precise;
     }
-    let refused = match insert(&Table, &scratch.key, &scratch.step.rec, scratch.home) {
-        Inserted::Done(_) => None,
+    let refused = match insert_flow(scratch) {
+        INSERTED => None,
         // Lost the race to another CPU: update theirs.
-        Inserted::Exists => return false,
-        Inserted::Full => Some(UntrackedReason::TableFull),
-        Inserted::Contended => Some(UntrackedReason::InsertFailed),
+        EXISTS => return false,
+        FULL => Some(UntrackedReason::TableFull),
+        _ => Some(UntrackedReason::InsertFailed),
     };
     if let Some(why) = refused {
         bump(idx::UNTRACKED + why as u32, 1);

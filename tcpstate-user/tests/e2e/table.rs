@@ -87,7 +87,7 @@ fn check_sound(flows: &Flows) -> usize {
                     "slot {i}: live with a deleted record"
                 );
                 assert!(keys.insert(key), "slot {i}: key {key:?} present twice");
-                let home = flows.home(&key);
+                let home = flows.linking_home(&key, ctrl);
                 let d = table::distance(home, i, n);
                 assert!(d < NEIGHBOURHOOD, "slot {i}: {d} slots from its home");
                 // SAFETY: as above.
@@ -105,7 +105,7 @@ fn check_sound(flows: &Flows) -> usize {
                 .unwrap_or_else(|| panic!("home {h} bit {d} names no flow"));
             assert_eq!(table::status_of(c), status::LIVE);
             assert_eq!(
-                flows.home(&k),
+                flows.linking_home(&k, c),
                 h,
                 "home {h} bit {d} names another home's flow"
             );
@@ -238,15 +238,26 @@ fn every_cpu_churning_flows_while_the_sweeper_deletes_leaves_a_sound_table() {
     assert!(compared, "no quiet sweep to compare against in 20 tries");
 }
 
-/// Slots a lookup of the flow in slot `i` visits: the set bits of its home's neighbourhood word up
-/// to its own (the lookup compares keys in that order and stops at its own).
+/// Slots a lookup of the flow in slot `i` (with homes `homes`) visits: every slot its first home
+/// names when the second links it, then the set bits of its linking home's word up to its own
+/// (the lookup compares keys in that order and stops at its own).
+fn cost_in(t: &impl Slots, homes: table::Homes, i: u32) -> u32 {
+    let n = t.count();
+    // SAFETY: slots of the table.
+    let hop = |h: u32| unsafe { load(&raw const (*t.get(h).unwrap()).hop) } & !LOCK;
+    let c = unsafe { load(&raw const (*t.get(i).unwrap()).ctrl) };
+    let home = homes.linking(c);
+    let upto = (hop(home) & ((2u64 << table::distance(home, i, n)) - 1)).count_ones();
+    if table::in_second_home(c) {
+        hop(homes.first).count_ones() + upto
+    } else {
+        upto
+    }
+}
+
 fn lookup_cost(flows: &Flows, i: u32) -> u32 {
     let (_, key, _) = table::snapshot(flows, i).expect("a flow");
-    let home = flows.home(&key);
-    let d = table::distance(home, i, flows.count());
-    // SAFETY: a slot of the mapping.
-    let hop = unsafe { load(&raw const (*flows.get(home).unwrap()).hop) } & !LOCK;
-    (hop & ((2u64 << d) - 1)).count_ones()
+    cost_in(flows, flows.homes(&key), i)
 }
 
 /// The established flows of the server port, and the slots a lookup of each visits.
@@ -369,22 +380,20 @@ fn a_syn_flood_aimed_without_the_seed_leaves_established_lookups_cheap() {
     let known = Mem::new(slots);
     let real = seed_of(&d);
     for (k, _) in &after {
-        let target = flows.home(k);
+        let target = flows.homes(k).first;
         for (h, sport) in aimed_at(target, &real, slots, port, AIMED_PER_HOME) {
             let src = FlowKey::addr_words(format!("198.51.100.{h}").parse().unwrap());
             let (key, _) = FlowKey::canonical(src, sport, FlowKey::addr_words(ip(SERVER_V4)), port);
-            let _ = table::insert(&known, &key, &FlowRecord::default(), flows.home(&key));
+            let _ = table::insert(&known, &key, &FlowRecord::default(), flows.homes(&key));
         }
     }
     let mut known_cost = 0;
     for (k, _) in &after {
-        match table::insert(&known, k, &FlowRecord::default(), flows.home(k)) {
+        match table::insert(&known, k, &FlowRecord::default(), flows.homes(k)) {
             table::Inserted::Done(s) => {
                 let i =
                     ((s as usize - known.0.as_ptr() as usize) / size_of::<table::Slot>()) as u32;
-                let hop = known.0[flows.home(k) as usize].hop;
-                known_cost +=
-                    (hop & ((2u64 << table::distance(flows.home(k), i, slots)) - 1)).count_ones();
+                known_cost += cost_in(&known, flows.homes(k), i);
             }
             // A full neighbourhood: the connection would not be tracked at all.
             _ => known_cost += NEIGHBOURHOOD,
