@@ -350,7 +350,7 @@ fn spawn_sweeper(
                 }
                 // Sleep in short steps so shutdown is prompt. A walk that took long (a huge table)
                 // stretches the pause, so sweeping never takes more than a sixtieth of one CPU.
-                let pause = sweeper::pause_after(interval, report.duration);
+                let pause = sweeper::pause_after(interval, report.cpu);
                 let mut slept = Duration::ZERO;
                 while slept < pause && !stop.load(Ordering::Relaxed) {
                     let step = Duration::from_millis(100).min(pause - slept);

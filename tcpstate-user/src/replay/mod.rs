@@ -342,6 +342,7 @@ pub fn exposition(
     let labels = ports::choose_labels(&Default::default(), &seen, port_labels);
     let sweep = SweepReport {
         duration: std::time::Duration::ZERO,
+        cpu: std::time::Duration::ZERO,
         visited: table.flows.len() as u64,
         sweeps: table.extra.sweeps,
         ports: BTreeMap::from([(

@@ -137,7 +137,8 @@ fn leaking_port_and_process_are_named_and_cleared() {
     let closed_at = clients_close(&p, 8080, 3);
     clients_close(&p, 9090, 2);
     d.assert_matches_kernel(&p.srv, "three CLOSE_WAIT on 8080, none on 9090");
-    let m = d.metrics();
+    // Labelled by the next walk (whose cadence stretches with the table's size).
+    let m = d.wait_for("a label for port 8080", |m| leaked(m, "8080").is_some());
     assert_eq!(
         leaked(&m, "8080"),
         Some(0.0),
