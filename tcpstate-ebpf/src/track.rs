@@ -434,25 +434,66 @@ fn update(scratch: &mut Scratch, now: u64, forwarded: bool) -> Found {
     Found::Done
 }
 
-/// [`find`] as a BPF function of its own, returning the slot or null: the verifier walks its two
-/// neighbourhood loops once per call site, and the caller goes on from one state (a slot pointer
-/// or null) instead of one per slot the loops could have stopped at.
-#[inline(never)]
+/// [`find`] as a BPF function of its own, returning the slot or null.
+#[inline(always)]
 fn find_flow(key: &FlowKey, homes: &Homes) -> *mut Slot {
-    find(&Table, key, *homes).unwrap_or(core::ptr::null_mut())
+    let i = tcpstate_find(key, homes.first, homes.second);
+    if i < 0 {
+        return core::ptr::null_mut();
+    }
+    FLOWS.get_ptr_mut(i as u32).unwrap_or(core::ptr::null_mut())
 }
 
-/// What [`insert_flow`] did, as a scalar for the same reason.
+/// [`find`] as a global BPF function: the verifier checks it once, on its own, instead of once
+/// per path that reaches a lookup (its two neighbourhood loops are most of what it would walk).
+/// The slot's index, or -1.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tcpstate_find(key: *const FlowKey, first: u32, second: u32) -> i64 {
+    // SAFETY: the verifier checks the pointer as 40 bytes of readable memory or null.
+    let Some(key) = (unsafe { key.as_ref() }) else {
+        return -1;
+    };
+    let Some(s) = find(&Table, key, Homes { first, second }) else {
+        return -1;
+    };
+    let Some(base) = FLOWS.get_ptr_mut(0) else {
+        return -1;
+    };
+    ((s as usize - base as usize) / core::mem::size_of::<Slot>()) as i64
+}
+
+/// What [`tcpstate_insert`] did (a global function returns a scalar).
 const INSERTED: u32 = 0;
 const EXISTS: u32 = 1;
 const FULL: u32 = 2;
 const CONTENDED: u32 = 3;
 
-/// [`insert`] of the scratch record under the scratch key, as a BPF function of its own (see
-/// [`find_flow`]).
-#[inline(never)]
+/// [`insert`] of the scratch record under the scratch key.
+#[inline(always)]
 fn insert_flow(scratch: &Scratch) -> u32 {
-    match insert(&Table, &scratch.key, &scratch.step.rec, scratch.homes) {
+    tcpstate_insert(
+        &scratch.key,
+        &scratch.step.rec,
+        scratch.homes.first,
+        scratch.homes.second,
+    )
+}
+
+/// [`insert`] as a global BPF function, verified once on its own (see [`tcpstate_find`]).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tcpstate_insert(
+    key: *const FlowKey,
+    rec: *const FlowRecord,
+    first: u32,
+    second: u32,
+) -> u32 {
+    // SAFETY: the verifier checks each pointer as readable memory of its type's size, or null.
+    let (Some(key), Some(rec)) = (unsafe { key.as_ref() }, unsafe { rec.as_ref() }) else {
+        return CONTENDED;
+    };
+    match insert(&Table, key, rec, Homes { first, second }) {
         Inserted::Done(_) => INSERTED,
         Inserted::Exists => EXISTS,
         Inserted::Full => FULL,
