@@ -146,17 +146,18 @@ impl Flows {
     pub fn walk(&self, dead: &mut Vec<u32>, mut f: impl FnMut(Place, FlowKey, FlowRecord)) -> u64 {
         let mut seen = 0;
         for i in 0..self.slots {
-            match table::snapshot(self, i) {
-                Some((c, k, r)) => {
-                    seen += 1;
-                    let place = Place { index: i, ctrl: c };
-                    f(place, k, r);
+            // Most slots are free or live: one read of `ctrl` tells, before any copy.
+            match self.status(i) {
+                status::FREE => continue,
+                status::DEAD => {
+                    dead.push(i);
+                    continue;
                 }
-                None => {
-                    if self.status(i) == status::DEAD {
-                        dead.push(i);
-                    }
-                }
+                _ => {}
+            }
+            if let Some((c, k, r)) = table::snapshot(self, i) {
+                seen += 1;
+                f(Place { index: i, ctrl: c }, k, r);
             }
         }
         seen
