@@ -57,11 +57,12 @@ impl RstDirection {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum UntrackedReason {
-    /// The flow table is at capacity.
+    /// The flow table is at capacity, or both of the flow's neighbourhoods are full.
     TableFull = 0,
     /// A SYN (or SYN-ACK) found the half-open budget spent: a SYN flood cannot crowd out the rest.
     HalfOpenBudget = 1,
-    /// The map refused the insert for another reason (kernel memory).
+    /// Another CPU held the flow's home slot (its insert lock) through every try: a burst of new
+    /// flows on one slot. The flow's next segment tries again.
     InsertFailed = 2,
     /// A segment on a container interface the daemon has not given a scope (yet, or any more):
     /// the moment between attaching and the scope map entry, or a veth being torn down.
