@@ -285,7 +285,10 @@ impl Flows {
         let mut orphans = Vec::new();
         self.for_each_slot(|p, k, r| {
             let home = self.linking_home(&k, p.ctrl);
-            let bit = 1u64 << table::distance(home, p.index, self.slots);
+            // A slot past a neighbourhood's reach can only be an orphan: no bit names it.
+            let bit = 1u64
+                .checked_shl(table::distance(home, p.index, self.slots))
+                .unwrap_or(0);
             let linked = self.get_hop(home) & bit != 0;
             if !linked {
                 orphans.push((p, r.word));
@@ -297,7 +300,8 @@ impl Flows {
                 let k = table::snapshot(self, p.index).map(|(_, k, _)| k);
                 let still_unlinked = k.is_some_and(|k| {
                     let home = self.linking_home(&k, p.ctrl);
-                    self.get_hop(home) & (1u64 << table::distance(home, p.index, self.slots)) == 0
+                    let d = table::distance(home, p.index, self.slots);
+                    self.get_hop(home) & 1u64.checked_shl(d).unwrap_or(0) == 0
                 });
                 if still_unlinked && table::kill(self, p.index, p.ctrl, word, &self.seed) {
                     released += 1;

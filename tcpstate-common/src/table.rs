@@ -466,7 +466,9 @@ pub fn kill<T: Slots>(t: &T, i: u32, live: u64, word: u64, seed: &Seed) -> bool 
         let n = t.count();
         let home = homes(hash(&(*s).key, seed), n).linking(live);
         if let Some(h) = t.get(home) {
-            fetch_and(&raw mut (*h).hop, !(1u64 << distance(home, i, n)));
+            // (Past a neighbourhood's reach no bit names the slot: nothing to clear.)
+            let bit = 1u64.checked_shl(distance(home, i, n)).unwrap_or(0);
+            fetch_and(&raw mut (*h).hop, !bit);
         }
     }
     true
