@@ -85,15 +85,30 @@ fn main() {
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate"));
 
 /// The pass-only programs attached where the daemon attaches its own: what a hook costs with no
-/// tracking at all. Detached on drop.
-struct PassOnly(#[allow(dead_code, reason = "owns the links")] aya::Ebpf);
+/// tracking at all. Detached on drop, and the maps the object pins are unpinned.
+struct PassOnly(
+    #[allow(dead_code, reason = "owns the links")] aya::Ebpf,
+    std::path::PathBuf,
+);
+
+impl Drop for PassOnly {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
 
 impl PassOnly {
     fn attach(p: &Pair, ingress: Ingress) -> PassOnly {
         use aya::programs::{tc::TcAttachType, SchedClassifier, Xdp, XdpMode};
         let iface = p.srv_if.clone();
-        PassOnly(p.srv.enter(move || {
+        // Its own pin directory: the object declares pinned maps, which would otherwise land in
+        // /sys/fs/bpf itself and outlive the benchmark.
+        let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/{}-pass", p.srv.name));
+        std::fs::create_dir_all(&pins).expect("a pin directory on bpffs");
+        let dir = pins.clone();
+        let ebpf = p.srv.enter(move || {
             let mut ebpf = aya::EbpfLoader::new()
+                .default_map_pin_directory(&dir)
                 .override_global(aya_log::LEVEL, &0u8, true)
                 .load(OBJECT)
                 .expect("load the object");
@@ -121,7 +136,8 @@ impl PassOnly {
                 }
             }
             ebpf
-        }))
+        });
+        PassOnly(ebpf, pins)
     }
 }
 
