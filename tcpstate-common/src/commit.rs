@@ -13,14 +13,21 @@ use crate::{
 };
 
 /// Writes the parts of `st.rec` that `st.write` names into `*dst`. Returns `false`, having written
-/// nothing, when the word no longer equals `expected_word` (another CPU moved the flow first): the
-/// caller reads the record again and recomputes.
+/// nothing, when the word no longer equals `expected_word`, or the step was computed from another
+/// word (another CPU moved the flow first): the caller reads the record again and recomputes.
 ///
 /// # Safety
 /// `dst` must point to a live, 8-byte-aligned `FlowRecord` (a map value, or a local in tests).
 #[inline(always)]
 pub unsafe fn commit(dst: *mut FlowRecord, expected_word: u64, st: &Step) -> bool {
     let w = st.write;
+    // A step that keeps the word is checked by no compare-and-swap: it must at least have been
+    // computed from `expected_word`. The step runs on the record in place, and another CPU may
+    // have replaced the word after the caller read it; the caller would then count the
+    // difference between the two words as this step's transition.
+    if w & write::WORD == 0 && st.rec.word != expected_word {
+        return false;
+    }
     if w & write::WORD != 0 {
         // SAFETY: the caller guarantees a live, aligned record; `word` is its first field (offset 0).
         if !unsafe {
@@ -197,5 +204,39 @@ pub unsafe fn load(p: *const u64) -> u64 {
         use core::sync::atomic::{AtomicU64, Ordering};
         // SAFETY: forwarded from the caller.
         unsafe { AtomicU64::from_ptr(p as *mut u64) }.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::FlowWord;
+
+    /// A step that keeps the word (a refresh of `last_seen`), computed from the record after
+    /// another CPU had moved its word on: committing it against the word the caller read first
+    /// would book the other CPU's transition twice, so it is refused and nothing is written.
+    #[test]
+    fn a_step_computed_from_a_newer_word_than_expected_is_refused() {
+        let old = FlowWord {
+            counted: 1,
+            ..FlowWord::default()
+        };
+        let newer = FlowWord {
+            counted: 1,
+            pending: 1,
+            ..FlowWord::default()
+        };
+        let mut dst = FlowRecord::default();
+        dst.set_word(newer);
+        let mut st = Step::EMPTY;
+        st.rec = dst;
+        st.rec.last_seen = 9;
+        st.write = write::LAST_SEEN;
+        // SAFETY: a local record.
+        assert!(!unsafe { commit(&mut dst, old.to_bits(), &st) });
+        assert_eq!(dst.last_seen, 0, "nothing written");
+        // Against the word it was computed from, it goes through.
+        assert!(unsafe { commit(&mut dst, newer.to_bits(), &st) });
+        assert_eq!(dst.last_seen, 9);
     }
 }

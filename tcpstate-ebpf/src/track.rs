@@ -414,12 +414,6 @@ fn update(scratch: &mut Scratch, now: u64, forwarded: bool) -> Found {
     if !update_into(st, rec, sender, &scratch.pkt.seg, now, scratch.cookie) {
         return Found::Done;
     }
-    // The step ran on the record in place, whose word another CPU may have replaced since `word`
-    // was read. A step that writes the word is checked by `commit`'s compare-and-swap; one that
-    // does not would count the difference between the two words as its own transition.
-    if st.write & write::WORD == 0 && st.rec.word != word {
-        return Found::Raced;
-    }
     precise_stamps(st, FlowWord::from_bits(word));
     // SAFETY: as above; map values are 8-byte aligned.
     if !unsafe { commit(ptr, word, st) } {
