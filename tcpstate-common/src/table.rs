@@ -109,6 +109,17 @@ pub const fn slots_for(capacity: u32) -> u32 {
 /// The hash key: 10 32-bit words, one per key word, chosen at random when the table is created.
 pub type Seed = [u64; 5];
 
+/// A fixed seed the tests and benchmarks use as an attacker's guess at a table's secret one (an
+/// all-zero guess would be degenerate: NH then multiplies the port word by the zero scope word and
+/// ignores ports).
+pub const GUESSED_SEED: Seed = [
+    0x0123_4567_89ab_cdef,
+    0xfedc_ba98_7654_3210,
+    0x0f1e_2d3c_4b5a_6978,
+    0x8796_a5b4_c3d2_e1f0,
+    0x1357_9bdf_0246_8ace,
+];
+
 #[inline(always)]
 pub const fn ctrl(generation: u64, st: u8) -> u64 {
     (generation << 8) | st as u64
@@ -442,22 +453,28 @@ unsafe fn claim<T: Slots>(
     Some(s)
 }
 
+/// Takes slot `i` for a daemon thread (LIVE -> DYING) if its `ctrl` is still `live`: the occupant
+/// of that generation, whose word the caller judged. Programs still update a DYING flow; the
+/// caller's compare-and-swap of the word then fails and it gives the slot back with `live`.
+#[inline(always)]
+fn hold<T: Slots>(t: &T, i: u32, live: u64) -> Option<*mut Slot> {
+    let s = t.get(i)?;
+    // SAFETY: a slot of the table; see the module comment for who writes what.
+    let held = status_of(live) == status::LIVE
+        && unsafe { compare_and_swap(&raw mut (*s).ctrl, live, with_status(live, status::DYING)) };
+    held.then_some(s)
+}
+
 /// Deletes the flow in slot `i` if its `ctrl` is still `live` (the occupant of that generation,
 /// LIVE) and its state word is still `word`; the daemon's only way to delete. Returns whether it
 /// did. The slot is DEAD until [`free`] after a grace period.
 pub fn kill<T: Slots>(t: &T, i: u32, live: u64, word: u64, seed: &Seed) -> bool {
-    let Some(s) = t.get(i) else {
+    let Some(s) = hold(t, i, live) else {
         return false;
     };
-    if status_of(live) != status::LIVE {
-        return false;
-    }
-    // SAFETY: a slot of the table; see the module comment for who writes what.
+    // SAFETY: a slot this thread holds; see the module comment for who writes what.
     unsafe {
         let c = &raw mut (*s).ctrl;
-        if !compare_and_swap(c, live, with_status(live, status::DYING)) {
-            return false;
-        }
         if !compare_and_swap(&raw mut (*s).rec.word, word, DEAD_WORD) {
             publish(c, live);
             return false;
@@ -478,18 +495,11 @@ pub fn kill<T: Slots>(t: &T, i: u32, live: u64, word: u64, seed: &Seed) -> bool 
 /// still `word`. The daemon's way to write a flow it decided about (confirming a pickup, ending an
 /// endpoint): programs may update it meanwhile, and then win.
 pub fn rewrite<T: Slots>(t: &T, i: u32, live: u64, word: u64, new: &FlowRecord) -> bool {
-    let Some(s) = t.get(i) else {
+    let Some(s) = hold(t, i, live) else {
         return false;
     };
-    if status_of(live) != status::LIVE {
-        return false;
-    }
-    // SAFETY: a slot of the table; see the module comment for who writes what.
+    // SAFETY: a slot this thread holds; see the module comment for who writes what.
     unsafe {
-        let c = &raw mut (*s).ctrl;
-        if !compare_and_swap(c, live, with_status(live, status::DYING)) {
-            return false;
-        }
         let ok = compare_and_swap(&raw mut (*s).rec.word, word, new.word);
         if ok {
             (*s).rec.seq = new.seq;
@@ -497,7 +507,7 @@ pub fn rewrite<T: Slots>(t: &T, i: u32, live: u64, word: u64, new: &FlowRecord) 
             (*s).rec.syn_ns = new.syn_ns;
             (*s).rec.last_seen = new.last_seen;
         }
-        publish(c, live);
+        publish(&raw mut (*s).ctrl, live);
         ok
     }
 }

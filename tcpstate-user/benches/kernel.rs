@@ -523,7 +523,7 @@ fn main() {
 /// then the established flow's ACK again, against the same baseline.
 fn collision_attack(b: &mut Bench, ack4: &[u8], xdp_base: f64, figures: &mut Vec<Figure>) {
     const AIMED: usize = 5_000;
-    let guessed: Seed = GUESSED;
+    let guessed: Seed = table::GUESSED_SEED;
     let slots = b.flows.count();
     let (victim, _) = established(words4(CLIENT4), 40000, words4(SERVER4));
     let target = table::home(table::hash(&victim, &guessed), slots);
@@ -579,13 +579,3 @@ fn map_memlock(b: &Bench) -> Option<u64> {
         .find_map(|l| l.strip_prefix("memlock:"))
         .and_then(|v| v.trim().parse().ok())
 }
-
-/// The attacker's guess at the seed: any fixed value (an all-zero seed would be a degenerate guess:
-/// NH then multiplies the port word by the zero scope word and ignores ports).
-const GUESSED: [u64; 5] = [
-    0x0123_4567_89ab_cdef,
-    0xfedc_ba98_7654_3210,
-    0x0f1e_2d3c_4b5a_6978,
-    0x8796_a5b4_c3d2_e1f0,
-    0x1357_9bdf_0246_8ace,
-];

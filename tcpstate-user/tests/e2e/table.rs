@@ -332,8 +332,8 @@ fn a_syn_flood_aimed_without_the_seed_leaves_established_lookups_cheap() {
     let tuples: Vec<(u8, u16)> = before
         .iter()
         .flat_map(|(k, _)| {
-            let target = table::home(table::hash(k, &GUESSED), slots);
-            aimed_at(target, &GUESSED, slots, port, AIMED_PER_HOME)
+            let target = table::home(table::hash(k, &table::GUESSED_SEED), slots);
+            aimed_at(target, &table::GUESSED_SEED, slots, port, AIMED_PER_HOME)
         })
         .collect();
     // Forged sources routed back through the client namespace, which drops the SYN-ACKs.
@@ -434,13 +434,3 @@ impl Slots for Mem {
             .map(|s| s as *const table::Slot as *mut table::Slot)
     }
 }
-
-/// The attacker's guess at the seed: any fixed value (an all-zero seed would be a degenerate guess:
-/// NH then multiplies the port word by the zero scope word and ignores ports).
-const GUESSED: [u64; 5] = [
-    0x0123_4567_89ab_cdef,
-    0xfedc_ba98_7654_3210,
-    0x0f1e_2d3c_4b5a_6978,
-    0x8796_a5b4_c3d2_e1f0,
-    0x1357_9bdf_0246_8ace,
-];
