@@ -149,7 +149,10 @@ pub fn ss_counts(out: &str, locals: Option<&[IpAddr]>) -> BTreeMap<String, i64> 
             }
         }
         let ours = match state {
-            "LISTEN" => continue,
+            // LISTEN has no gauge. UNCONN is TCP_CLOSE: a socket the kernel has finished with
+            // (its local port already released, hence `*`) that a process still holds or that
+            // the dump caught mid-teardown. The tracker's CLOSED has no gauge either.
+            "LISTEN" | "UNCONN" => continue,
             "SYN-SENT" => "syn_sent",
             "SYN-RECV" => "syn_recv",
             "ESTAB" => "established",
