@@ -141,7 +141,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
     /// How often the background walk expires flows and refreshes ages. A walk that takes long (a
-    /// huge table) stretches the pause so the walk uses at most a sixtieth of one CPU (1 s a minute).
+    /// huge table) stretches the pause so the walk uses at most an eightieth of one CPU (0.75 s a
+    /// minute).
     #[arg(long, env = "TCPSTATE_SWEEP_INTERVAL", default_value = "1s")]
     pub sweep_interval: Duration,
     /// Kernel-side log level (aya-log). Off costs nothing: the verifier prunes the log code.

@@ -349,7 +349,7 @@ fn spawn_sweeper(
                     }
                 }
                 // Sleep in short steps so shutdown is prompt. A walk that took long (a huge table)
-                // stretches the pause, so sweeping never takes more than a sixtieth of one CPU.
+                // stretches the pause, so sweeping never takes more than an eightieth of one CPU.
                 let pause = sweeper::pause_after(interval, report.cpu);
                 let mut slept = Duration::ZERO;
                 while slept < pause && !stop.load(Ordering::Relaxed) {

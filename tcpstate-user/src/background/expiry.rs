@@ -72,13 +72,14 @@ pub fn decide_with(
         }
         Some(why)
     };
-    let watched: Vec<Side> = [Side::A, Side::B]
+    // Host mode watches one endpoint. Matched without collecting the sides: this runs for every
+    // flow of every walk, and a heap allocation per flow was a fifth of a walk's time at 1M flows.
+    let only_watched = [Side::A, Side::B]
         .into_iter()
-        .filter(|&s| w.counted & s.bit() != 0)
-        .collect();
+        .find(|s| w.counted & (Side::A.bit() | Side::B.bit()) == s.bit());
     verdict(&[Side::A, Side::B]).or_else(|| {
         // Every watched endpoint is done: the others are the peer's, on another host.
-        (watched.len() == 1).then(|| verdict(&watched)).flatten()
+        only_watched.and_then(|s| verdict(&[s]))
     })
 }
 
