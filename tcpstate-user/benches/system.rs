@@ -416,25 +416,29 @@ fn bulk_gbps(p: &Pair, port: u16) -> f64 {
 
 /// One client opens, waits for the server's close, and closes connections back to back for
 /// `RUN` (a full handshake and teardown each, TIME_WAIT on the server as with HTTP/1.0).
+///
+/// Client and server share one CPU ([`BENCH_CPU`]) and the server blocks in accept: each
+/// connection is then CPU time spent on the path, the cost being compared. Unpinned, with a
+/// server that polled accept, the rate followed timer slack and which CPU woke which: conntrack
+/// read x1.09 of nothing at all in one run.
 fn connections_per_s(p: &Pair, port: u16) -> f64 {
     let listener = p.listen(SERVER_V4, port);
     let stop = Arc::new(AtomicBool::new(false));
     let stop_server = stop.clone();
-    listener.set_nonblocking(true).unwrap();
     let server = thread::spawn(move || {
-        while !stop_server.load(Ordering::Relaxed) {
-            match listener.accept() {
-                // Closing at once sends the FIN first.
-                Ok((s, _)) => drop(s),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    thread::sleep(Duration::from_micros(20))
-                }
-                Err(e) => panic!("accept: {e}"),
+        pin_to(BENCH_CPU);
+        loop {
+            // Closing at once sends the FIN first.
+            let (s, _) = listener.accept().expect("accept");
+            drop(s);
+            if stop_server.load(Ordering::Relaxed) {
+                return;
             }
         }
     });
     let addr = SocketAddr::new(SERVER_V4.parse().unwrap(), port);
     let done = p.cli.enter(move || {
+        pin_to(BENCH_CPU);
         let start = Instant::now();
         let mut n = 0u64;
         let mut byte = [0u8; 1];
@@ -443,26 +447,48 @@ fn connections_per_s(p: &Pair, port: u16) -> f64 {
             assert_eq!(s.read(&mut byte).unwrap(), 0, "the server closes");
             n += 1;
         }
-        n as f64 / start.elapsed().as_secs_f64()
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        // One more connection wakes the server's blocking accept to see `stop`.
+        stop.store(true, Ordering::Relaxed);
+        TcpStream::connect(addr).expect("connect to stop the server");
+        rate
     });
-    stop.store(true, Ordering::Relaxed);
     server.join().unwrap();
     done
 }
 
+/// The one CPU the client and server of a rate measure share: sockperf's (util-linux's taskset)
+/// and the short connections' ([`connections_per_s`]). Unpinned, the ping-pong rate swings
+/// between 12k and 60k round trips/s from run to run on a 2-vCPU machine (which CPU wakes which,
+/// and how deep it slept); on one CPU each round trip is CPU time spent on the path, the cost
+/// being compared, and runs agree within a few per cent.
+const BENCH_CPU: usize = 0;
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity(0) act on
+    // this set and on the calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Where the sockperf server listens in the server namespace.
 const SOCKPERF_PORT: u16 = 11111;
-/// The one CPU sockperf's client and server both run on (util-linux's taskset). Unpinned, the
-/// ping-pong rate swings between 12k and 60k round trips/s from run to run on a 2-vCPU machine
-/// (which CPU wakes which, and how deep it slept); on one CPU each round trip is CPU time spent
-/// on the path, the cost being compared, and runs agree within a few per cent.
-const SOCKPERF_CPU: &str = "0";
 
 /// A packet rate that GRO cannot batch away: 64-byte messages over one connection, as
 /// request/response (sockperf ping-pong: one segment each way per round trip) and one way
 /// (sockperf throughput with Nagle off: one segment per message, checked), with nothing attached,
 /// with the tracker, and with conntrack instead, in alternating runs; medians. Client and server
-/// share one CPU (see [`SOCKPERF_CPU`]).
+/// share one CPU (see [`BENCH_CPU`]).
 fn packet_rate(figures: &mut Vec<Figure>) {
     const MODES: [Attach; 3] = [Attach::Nothing, Attach::TRACKER, Attach::Conntrack];
     let p = Pair::new();
@@ -502,7 +528,14 @@ struct SockperfServer(Child);
 impl SockperfServer {
     fn start(p: &Pair) -> SockperfServer {
         let child = Command::new("ip")
-            .args(["netns", "exec", &p.srv.name, "taskset", "-c", SOCKPERF_CPU])
+            .args([
+                "netns",
+                "exec",
+                &p.srv.name,
+                "taskset",
+                "-c",
+                &BENCH_CPU.to_string(),
+            ])
             .args(["sockperf", "server", "--tcp"])
             .args(["-i", SERVER_V4, "-p", &SOCKPERF_PORT.to_string()])
             .stdout(Stdio::null())
@@ -540,6 +573,7 @@ impl Drop for SockperfServer {
 fn sockperf_client(p: &Pair, mode: &str, extra: &[&str]) -> String {
     let secs = RUN.as_secs().to_string();
     let port = SOCKPERF_PORT.to_string();
+    let cpu = BENCH_CPU.to_string();
     let mut args = vec![
         "ip",
         "netns",
@@ -547,7 +581,7 @@ fn sockperf_client(p: &Pair, mode: &str, extra: &[&str]) -> String {
         &p.cli.name,
         "taskset",
         "-c",
-        SOCKPERF_CPU,
+        &cpu,
         "sockperf",
         mode,
         "--tcp",
