@@ -33,7 +33,7 @@ mod harness;
 mod support;
 
 use benchkit::{median, monotonic_ns, quantile, report, Figure, Goal};
-use harness::{Daemon, Netns, Opts, Pair, SERVER_V4};
+use harness::{pin_to, Daemon, Netns, Opts, Pair, SERVER_V4};
 
 /// Alternating runs per mode (without, with) for the veth figures; each figure is their median.
 const ROUNDS: usize = 5;
@@ -463,23 +463,6 @@ fn connections_per_s(p: &Pair, port: u16) -> f64 {
 /// and how deep it slept); on one CPU each round trip is CPU time spent on the path, the cost
 /// being compared, and runs agree within a few per cent.
 const BENCH_CPU: usize = 0;
-
-/// Pins the calling thread to `cpu`.
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity(0) act on
-    // this set and on the calling thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(
-            rc,
-            0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
 
 /// Where the sockperf server listens in the server namespace.
 const SOCKPERF_PORT: u16 = 11111;

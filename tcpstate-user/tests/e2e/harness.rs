@@ -129,6 +129,24 @@ impl Netns {
     }
 }
 
+/// Pins the calling thread to `cpu` (client and server threads that must share one CPU, or one
+/// thread per CPU).
+pub fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity(0) act on
+    // this set and on the calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Non-LISTEN sockets per state in `ss -Htan` output, counting only those whose local address is
 /// in `locals` (when given).
 pub fn ss_counts(out: &str, locals: Option<&[IpAddr]>) -> BTreeMap<String, i64> {

@@ -26,22 +26,6 @@ use tcpstate_common::{
 
 use crate::harness::*;
 
-/// Pins the calling thread to one CPU.
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(
-            rc,
-            0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 /// Per state, the endpoints the table counts (what `tcpstate_connections` must show).
 fn recount(flows: &Flows) -> BTreeMap<String, i64> {
     let mut m = BTreeMap::new();
