@@ -282,15 +282,13 @@ impl Flows {
         // A flow published but not linked from its home's neighbourhood word is invisible to
         // lookups: delete it (its books were never written either: the dead daemon booked an
         // insert only after it completed).
+        let linked = |k: &FlowKey, p: Place| {
+            let home = self.linking_home(k, p.ctrl);
+            self.get_hop(home) & table::link_bit(home, p.index, self.slots) != 0
+        };
         let mut orphans = Vec::new();
         self.for_each_slot(|p, k, r| {
-            let home = self.linking_home(&k, p.ctrl);
-            // A slot past a neighbourhood's reach can only be an orphan: no bit names it.
-            let bit = 1u64
-                .checked_shl(table::distance(home, p.index, self.slots))
-                .unwrap_or(0);
-            let linked = self.get_hop(home) & bit != 0;
-            if !linked {
+            if !linked(&k, p) {
                 orphans.push((p, r.word));
             }
         });
@@ -298,11 +296,7 @@ impl Flows {
             std::thread::sleep(wait);
             for (p, word) in orphans {
                 let k = table::snapshot(self, p.index).map(|(_, k, _)| k);
-                let still_unlinked = k.is_some_and(|k| {
-                    let home = self.linking_home(&k, p.ctrl);
-                    let d = table::distance(home, p.index, self.slots);
-                    self.get_hop(home) & 1u64.checked_shl(d).unwrap_or(0) == 0
-                });
+                let still_unlinked = k.is_some_and(|k| !linked(&k, p));
                 if still_unlinked && table::kill(self, p.index, p.ctrl, word, &self.seed) {
                     released += 1;
                 }

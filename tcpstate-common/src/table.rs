@@ -248,6 +248,19 @@ pub const fn distance(home: u32, i: u32, slots: u32) -> u32 {
     }
 }
 
+/// The bit of `home`'s `hop` word that links slot `i`, or 0 when the slot lies past the
+/// neighbourhood's reach (an orphan no bit can name). Never [`LOCK`]: a slot 63 places on is
+/// past the reach, and clearing "its" bit must not release another inserter's lock.
+#[inline(always)]
+pub const fn link_bit(home: u32, i: u32, slots: u32) -> u64 {
+    let d = distance(home, i, slots);
+    if d < NEIGHBOURHOOD {
+        1 << d
+    } else {
+        0
+    }
+}
+
 /// The memory a table lives in: the kernel's array map, or the daemon's mapping of it.
 pub trait Slots {
     /// Slots in the table.
@@ -499,9 +512,7 @@ pub fn kill<T: Slots>(t: &T, i: u32, live: u64, word: u64, seed: &Seed) -> bool 
         let n = t.count();
         let home = homes(hash(&(*s).key, seed), n).linking(live);
         if let Some(h) = t.get(home) {
-            // (Past a neighbourhood's reach no bit names the slot: nothing to clear.)
-            let bit = 1u64.checked_shl(distance(home, i, n)).unwrap_or(0);
-            fetch_and(&raw mut (*h).hop, !bit);
+            fetch_and(&raw mut (*h).hop, !link_bit(home, i, n));
         }
     }
     true

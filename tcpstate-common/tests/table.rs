@@ -249,6 +249,42 @@ fn what_a_dead_daemon_left_held_is_released() {
     assert!(get(&t, &key(1)).is_some());
 }
 
+/// An orphan (a published flow no home's word links, which a daemon killed mid-insert can leave)
+/// may sit exactly a neighbourhood from its home, where "its" bit would be the home's insert lock.
+/// Deleting it clears no bit at all: the lock another inserter holds stays held.
+#[test]
+fn deleting_an_orphan_past_the_neighbourhood_leaves_the_homes_lock_alone() {
+    let n = 256;
+    let t = Mem::new(n);
+    let k = key(1);
+    let h = homes_of(&t, &k).first;
+    let i = table::nth(h, NEIGHBOURHOOD, n);
+    assert_eq!(
+        table::link_bit(h, table::nth(h, NEIGHBOURHOOD - 1, n), n),
+        1 << 62
+    );
+    assert_eq!(
+        table::link_bit(h, i, n),
+        0,
+        "past the reach: no bit, never LOCK"
+    );
+    let live = table::ctrl(1, status::LIVE);
+    // SAFETY: slots of this test's table, no other thread.
+    unsafe {
+        let s = t.get(i).unwrap();
+        (*s).key = k;
+        (*s).rec = record(5);
+        (*s).ctrl = live;
+        (*t.get(h).unwrap()).hop = LOCK;
+    }
+    assert!(kill(&t, i, live, 5, &SEED));
+    assert_eq!(table::status_of(t.slots[i as usize].ctrl), status::DEAD);
+    assert_eq!(
+        t.slots[h as usize].hop, LOCK,
+        "the inserter's lock is still held"
+    );
+}
+
 /// Threads standing in for CPUs run the programs' part (insert, advance by compare-and-swap,
 /// close) on a shared set of keys while one thread runs the daemon's (delete closed flows, free
 /// after a grace period). A read-write lock models RCU: every "program run" holds it shared, and
