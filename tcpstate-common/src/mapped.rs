@@ -63,6 +63,22 @@ impl core::fmt::Display for InsertError {
 
 impl std::error::Error for InsertError {}
 
+/// The pinned map `name` in `dir`.
+fn open_pin(dir: &std::path::Path, name: &str) -> std::io::Result<MapData> {
+    MapData::from_pin(dir.join(name)).map_err(|e| {
+        std::io::Error::other(format!("cannot open {}: {e}", dir.join(name).display()))
+    })
+}
+
+/// The flow table's hash key, from the map pinned beside the table in `dir`.
+pub fn seed_from_pins(dir: &std::path::Path) -> std::io::Result<Seed> {
+    use aya::maps::{Array, Map};
+    let seeds: Array<MapData, Seed> =
+        Array::try_from(Map::Array(open_pin(dir, crate::maps::FLOW_SEED)?))
+            .map_err(std::io::Error::other)?;
+    seeds.get(&0, 0).map_err(std::io::Error::other)
+}
+
 /// Where a flow sits: its slot, and the slot's `ctrl` (the occupant's generation, and which home
 /// links it) when it was read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,17 +118,12 @@ impl Flows {
 
     /// The table a running daemon pinned in `dir`, with the hash key pinned beside it.
     pub fn from_pins(dir: &std::path::Path) -> std::io::Result<Flows> {
-        use aya::maps::{Array, Map};
-        let open = |name: &str| {
-            MapData::from_pin(dir.join(name)).map_err(|e| {
-                std::io::Error::other(format!("cannot open {}: {e}", dir.join(name).display()))
-            })
-        };
-        let seeds: Array<MapData, Seed> =
-            Array::try_from(Map::Array(open(crate::maps::FLOW_SEED)?))
-                .map_err(std::io::Error::other)?;
-        let seed = seeds.get(&0, 0).map_err(std::io::Error::other)?;
-        Flows::new(open(crate::maps::FLOWS)?, seed)
+        Flows::new(open_pin(dir, crate::maps::FLOWS)?, seed_from_pins(dir)?)
+    }
+
+    /// The hash key the table was created with.
+    pub fn seed(&self) -> &Seed {
+        &self.seed
     }
 
     /// The array map the table lives in.

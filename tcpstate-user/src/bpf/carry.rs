@@ -48,7 +48,7 @@ pub fn inspect(dir: &Path, slots: u32) -> Result<Pinned, Preflight> {
         e => incompatible(format!("cannot read {}: {e}", path.display())),
     };
     let info = MapInfo::from_pin(&path).map_err(unreadable)?;
-    let seed = crate::bpf::tables::seed_from_pin(dir).ok();
+    let seed = tcpstate_common::mapped::seed_from_pins(dir).ok();
     let (flows, why) = match info.map_type() {
         Ok(MapType::Array) if info.value_size() as usize == SLOT_SIZE => {
             match seed {

@@ -145,13 +145,6 @@ pub struct Scopes {
     pub info: Array<MapData, ScopeInfo>,
 }
 
-/// The flow table's hash key, from its pinned map.
-pub fn seed_from_pin(dir: &Path) -> anyhow::Result<Seed> {
-    let data = MapData::from_pin(dir.join(maps::FLOW_SEED))?;
-    let map: Array<MapData, Seed> = Array::try_from(Map::Array(data))?;
-    Ok(map.get(&0, 0)?)
-}
-
 /// Records the flow table's hash key in its map (kept with the table in the pin directory).
 pub fn publish_seed(ebpf: &mut aya::Ebpf, seed: &Seed) -> anyhow::Result<()> {
     let map = ebpf
@@ -197,23 +190,18 @@ pub struct Pinned {
 
 /// Opens a running daemon's pinned maps (for the inspection commands).
 pub fn from_pins(dir: &Path) -> anyhow::Result<Pinned> {
-    let open = |name: &str| -> anyhow::Result<MapData> {
-        let p = dir.join(name);
-        if !p.exists() {
-            return Err(Preflight::NotRunning {
-                dir: dir.to_path_buf(),
-            }
-            .into());
+    if [maps::FLOWS, maps::FLOW_SEED, scope::SCOPE_INFO]
+        .iter()
+        .any(|name| !dir.join(name).exists())
+    {
+        return Err(Preflight::NotRunning {
+            dir: dir.to_path_buf(),
         }
-        Ok(MapData::from_pin(&p)?)
-    };
-    let seed = {
-        let map: Array<MapData, Seed> = Array::try_from(Map::Array(open(maps::FLOW_SEED)?))?;
-        map.get(&0, 0)?
-    };
+        .into());
+    }
     Ok(Pinned {
-        flows: Flows::new(open(maps::FLOWS)?, seed)?,
-        info: Array::try_from(Map::Array(open(scope::SCOPE_INFO)?))?,
+        flows: Flows::from_pins(dir)?,
+        info: Array::try_from(Map::Array(MapData::from_pin(dir.join(scope::SCOPE_INFO))?))?,
     })
 }
 

@@ -362,7 +362,7 @@ fn a_syn_flood_aimed_without_the_seed_leaves_established_lookups_cheap() {
     // the new connections' homes; in a table of the same size they take the neighbourhoods
     // first, and each connection's lookup then passes their keys.
     let known = Mem::new(slots);
-    let real = seed_of(&d);
+    let real = *flows.seed();
     for (k, _) in &after {
         let target = flows.homes(k).first;
         for (h, sport) in aimed_at(target, &real, slots, port, AIMED_PER_HOME) {
@@ -389,14 +389,6 @@ fn a_syn_flood_aimed_without_the_seed_leaves_established_lookups_cheap() {
         2.0 * cost(&before)
     );
     drop(after_conns);
-}
-
-/// The daemon's table seed, read from its pin (root can; the attacker on the wire cannot).
-fn seed_of(d: &Daemon) -> table::Seed {
-    use aya::maps::{Array, Map, MapData};
-    let data = MapData::from_pin(d.pin_dir.join(tcpstate_common::maps::FLOW_SEED)).unwrap();
-    let a: Array<MapData, table::Seed> = Array::try_from(Map::Array(data)).unwrap();
-    a.get(&0, 0).unwrap()
 }
 
 /// A table in this process's memory, to replay an insert sequence.
