@@ -16,6 +16,8 @@ pub mod commit;
 pub mod counters;
 pub mod flow;
 #[cfg(feature = "user")]
+pub mod host_table;
+#[cfg(feature = "user")]
 pub mod mapped;
 pub mod maps;
 pub mod packet;

@@ -183,16 +183,9 @@ impl Flows {
 
     /// The flow of `key`, where it sits and what it holds.
     pub fn lookup(&self, key: &FlowKey) -> Option<(Place, FlowRecord)> {
-        let s = table::find(self, key, self.homes(key))?;
-        let index = (s as usize - self.mem.as_mut_ptr() as usize) / SLOT_SIZE;
-        let (c, k, r) = table::snapshot(self, index as u32)?;
-        (k == *key).then_some((
-            Place {
-                index: index as u32,
-                ctrl: c,
-            },
-            r,
-        ))
+        let index = self.index_of(table::find(self, key, self.homes(key))?);
+        let (c, k, r) = table::snapshot(self, index)?;
+        (k == *key).then_some((Place { index, ctrl: c }, r))
     }
 
     /// Inserts a flow the table does not hold (seeding, carrying a table over).

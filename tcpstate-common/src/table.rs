@@ -274,6 +274,12 @@ pub trait Slots {
     fn forget(&self, v: u32) -> u32 {
         v
     }
+    /// The index of `s`, a slot of this table.
+    #[inline(always)]
+    fn index_of(&self, s: *mut Slot) -> u32 {
+        self.get(0)
+            .map_or(0, |base| ((s as usize - base as usize) / SLOT_SIZE) as u32)
+    }
 }
 
 /// Compares keys as five 8-byte words.

@@ -14,36 +14,12 @@ use proptest::prelude::*;
 use tcpstate_common::{
     commit::compare_and_swap,
     flow::{FlowKey, FlowRecord, FlowWord},
+    host_table::HostTable,
     table::{
-        self, find, insert, kill, release_stale, rewrite, snapshot, status, Inserted, Seed, Slot,
-        Slots, DEAD_WORD, LOCK, NEIGHBOURHOOD,
+        self, find, insert, kill, release_stale, rewrite, snapshot, status, Inserted, Seed, Slots,
+        DEAD_WORD, LOCK, NEIGHBOURHOOD,
     },
 };
-
-/// A table in host memory.
-struct Mem {
-    slots: Vec<Slot>,
-}
-
-impl Mem {
-    fn new(n: u32) -> Mem {
-        Mem {
-            slots: vec![Slot::default(); n as usize],
-        }
-    }
-}
-
-impl Slots for Mem {
-    fn count(&self) -> u32 {
-        self.slots.len() as u32
-    }
-    fn get(&self, i: u32) -> Option<*mut Slot> {
-        // Shared mutable memory by design: every access goes through the table's atomics.
-        self.slots
-            .get(i as usize)
-            .map(|s| s as *const Slot as *mut Slot)
-    }
-}
 
 const SEED: Seed = [1, 2, 3, 4, 5];
 
@@ -68,28 +44,24 @@ fn homes_of(t: &impl Slots, k: &FlowKey) -> table::Homes {
     table::homes(table::hash(k, &SEED), t.count())
 }
 
-fn index_of(t: &Mem, s: *mut Slot) -> u32 {
-    ((s as usize - t.slots.as_ptr() as usize) / size_of::<Slot>()) as u32
-}
-
 fn put(t: &impl Slots, k: &FlowKey, word: u64) -> Inserted {
     insert(t, k, &record(word), homes_of(t, k))
 }
 
-fn get(t: &Mem, k: &FlowKey) -> Option<(u32, u64, FlowRecord)> {
+fn get(t: &HostTable, k: &FlowKey) -> Option<(u32, u64, FlowRecord)> {
     let s = find(t, k, homes_of(t, k))?;
-    let i = index_of(t, s);
+    let i = t.index_of(s);
     let (c, _, r) = snapshot(t, i)?;
     Some((i, c, r))
 }
 
 /// Every invariant a quiet table must hold: each live key once, linked from its home by exactly
 /// its bit, every bit naming a live key of that home, no lock or transient state left.
-fn check_quiet(t: &Mem) -> usize {
+fn check_quiet(t: &HostTable) -> usize {
     let n = t.count();
     let mut keys = HashMap::new();
     for i in 0..n {
-        let s = &t.slots[i as usize];
+        let s = t.slot(i);
         assert_eq!(s.hop & LOCK, 0, "slot {i}: an insert lock left held");
         let st = table::status_of(s.ctrl);
         assert!(
@@ -102,19 +74,15 @@ fn check_quiet(t: &Mem) -> usize {
             let home = homes_of(t, &s.key).linking(s.ctrl);
             let d = table::distance(home, i, n);
             assert!(d < NEIGHBOURHOOD, "slot {i}: {d} from its home");
-            assert_ne!(
-                t.slots[home as usize].hop & (1 << d),
-                0,
-                "slot {i}: unlinked"
-            );
+            assert_ne!(t.slot(home).hop & (1 << d), 0, "slot {i}: unlinked");
         }
     }
     for h in 0..n {
-        let bits = t.slots[h as usize].hop & !LOCK;
+        let bits = t.slot(h).hop & !LOCK;
         for d in 0..NEIGHBOURHOOD {
             if bits & (1 << d) != 0 {
                 let i = table::nth(h, d, n);
-                let s = &t.slots[i as usize];
+                let s = t.slot(i);
                 assert_eq!(table::status_of(s.ctrl), status::LIVE, "home {h} bit {d}");
                 assert_eq!(
                     homes_of(t, &s.key).linking(s.ctrl),
@@ -129,7 +97,7 @@ fn check_quiet(t: &Mem) -> usize {
 
 #[test]
 fn inserted_flows_are_found_updated_deleted_and_their_slots_reused() {
-    let t = Mem::new(256);
+    let t = HostTable::new(256);
     for i in 0..100 {
         assert!(matches!(put(&t, &key(i), 7), Inserted::Done(_)));
     }
@@ -145,7 +113,7 @@ fn inserted_flows_are_found_updated_deleted_and_their_slots_reused() {
     let (i, c, _) = get(&t, &key(3)).unwrap();
     let g = table::generation_of(c);
     assert!(!kill(&t, i, c, 8, &SEED), "a moved flow is kept");
-    assert_eq!(table::status_of(t.slots[i as usize].ctrl), status::LIVE);
+    assert_eq!(table::status_of(t.slot(i).ctrl), status::LIVE);
     assert!(
         !kill(&t, i, c + (1 << 8), 7, &SEED),
         "another generation is not ours"
@@ -155,25 +123,25 @@ fn inserted_flows_are_found_updated_deleted_and_their_slots_reused() {
     assert!(snapshot(&t, i).is_none(), "nor walked");
     assert_eq!(check_quiet(&t), 99);
     // Dead until freed: an insert does not take the slot before the grace period.
-    assert!(matches!(put(&t, &key(3), 1), Inserted::Done(s) if index_of(&t, s) != i));
+    assert!(matches!(put(&t, &key(3), 1), Inserted::Done(s) if t.index_of(s) != i));
     let (_, _, r) = get(&t, &key(3)).unwrap();
     assert_eq!(r.word, 1);
     assert!(table::free(&t, i));
-    assert_eq!(table::status_of(t.slots[i as usize].ctrl), status::FREE);
+    assert_eq!(table::status_of(t.slot(i).ctrl), status::FREE);
     // Reused with the next generation: a deleter holding the old one cannot touch the new flow.
     let k = (0..)
         .map(key)
         .find(|k| homes_of(&t, k).first == i && get(&t, k).is_none())
         .unwrap();
-    assert!(matches!(put(&t, &k, 7), Inserted::Done(s) if index_of(&t, s) == i));
+    assert!(matches!(put(&t, &k, 7), Inserted::Done(s) if t.index_of(s) == i));
     assert!(!kill(&t, i, c, 7, &SEED), "stale generation");
-    assert_eq!(table::generation_of(t.slots[i as usize].ctrl), g + 1);
+    assert_eq!(table::generation_of(t.slot(i).ctrl), g + 1);
     assert_eq!(check_quiet(&t), 101);
 }
 
 #[test]
 fn a_crowded_home_overflows_into_the_second_and_a_full_table_evicts_nothing() {
-    let t = Mem::new(4096);
+    let t = HostTable::new(4096);
     // More keys of one first home than its neighbourhood holds: the rest go to their second homes.
     let h = 4096 - 10; // near the end: the neighbourhood wraps to slot 0
     let crowd: Vec<FlowKey> = (0..)
@@ -185,13 +153,13 @@ fn a_crowded_home_overflows_into_the_second_and_a_full_table_evicts_nothing() {
         assert!(matches!(put(&t, k, 1), Inserted::Done(_)));
     }
     let second = (0..t.count())
-        .filter(|&i| table::in_second_home(t.slots[i as usize].ctrl))
+        .filter(|&i| table::in_second_home(t.slot(i).ctrl))
         .count();
     assert!(second >= 37, "{second} linked from a second home");
     assert_eq!(check_quiet(&t), crowd.len());
 
     // A table with no free slot left: the insert is refused and nothing is evicted.
-    let t = Mem::new(64);
+    let t = HostTable::new(64);
     let mut inserted = Vec::new();
     for k in (0..).map(key) {
         match put(&t, &k, 1) {
@@ -213,7 +181,7 @@ fn a_crowded_home_overflows_into_the_second_and_a_full_table_evicts_nothing() {
 
 #[test]
 fn rewrites_apply_only_to_the_word_they_judged() {
-    let t = Mem::new(128);
+    let t = HostTable::new(128);
     put(&t, &key(1), 5);
     let (i, c, _) = get(&t, &key(1)).unwrap();
     let new = FlowRecord {
@@ -225,12 +193,12 @@ fn rewrites_apply_only_to_the_word_they_judged() {
     assert!(rewrite(&t, i, c, 5, &new));
     let (_, _, r) = get(&t, &key(1)).unwrap();
     assert_eq!((r.word, r.syn_ns), (6, 42));
-    assert_eq!(table::status_of(t.slots[i as usize].ctrl), status::LIVE);
+    assert_eq!(table::status_of(t.slot(i).ctrl), status::LIVE);
 }
 
 #[test]
 fn what_a_dead_daemon_left_held_is_released() {
-    let t = Mem::new(128);
+    let t = HostTable::new(128);
     put(&t, &key(1), 5);
     let (i, c, _) = get(&t, &key(1)).unwrap();
     let h = homes_of(&t, &key(1)).first;
@@ -240,7 +208,7 @@ fn what_a_dead_daemon_left_held_is_released() {
     unsafe { (*s).ctrl = table::with_status(c, status::DYING) };
     let other = (i + 50) % 128;
     unsafe { (*t.get(other).unwrap()).ctrl = table::ctrl(3, status::CLAIMED) };
-    let was = |j: u32| t.slots[j as usize];
+    let was = |j: u32| t.slot(j);
     let (wh, wi, wo) = (was(h), was(i), was(other));
     assert!(
         release_stale(&t, h, &wh) + release_stale(&t, i, &wi) + release_stale(&t, other, &wo) >= 3
@@ -255,7 +223,7 @@ fn what_a_dead_daemon_left_held_is_released() {
 #[test]
 fn deleting_an_orphan_past_the_neighbourhood_leaves_the_homes_lock_alone() {
     let n = 256;
-    let t = Mem::new(n);
+    let t = HostTable::new(n);
     let k = key(1);
     let h = homes_of(&t, &k).first;
     let i = table::nth(h, NEIGHBOURHOOD, n);
@@ -278,11 +246,8 @@ fn deleting_an_orphan_past_the_neighbourhood_leaves_the_homes_lock_alone() {
         (*t.get(h).unwrap()).hop = LOCK;
     }
     assert!(kill(&t, i, live, 5, &SEED));
-    assert_eq!(table::status_of(t.slots[i as usize].ctrl), status::DEAD);
-    assert_eq!(
-        t.slots[h as usize].hop, LOCK,
-        "the inserter's lock is still held"
-    );
+    assert_eq!(table::status_of(t.slot(i).ctrl), status::DEAD);
+    assert_eq!(t.slot(h).hop, LOCK, "the inserter's lock is still held");
 }
 
 /// Threads standing in for CPUs run the programs' part (insert, advance by compare-and-swap,
@@ -297,7 +262,7 @@ fn many_cpus_and_the_sweeper_leave_a_consistent_table() {
         .map_or(4, |n| n.get())
         .max(4);
     // Room for four times the keys: deleted slots wait a grace period before they are reused.
-    let t = Arc::new(Mem::new(table::slots_for(4 * KEYS)));
+    let t = Arc::new(HostTable::new(table::slots_for(4 * KEYS)));
     let rcu = Arc::new(RwLock::new(()));
     let stop = Arc::new(AtomicBool::new(false));
     // The gauge the programs and the daemon keep together: flows inserted minus flows deleted.
@@ -383,10 +348,8 @@ fn many_cpus_and_the_sweeper_leave_a_consistent_table() {
     );
     assert!(live <= KEYS as usize);
     // Nothing leaked: every slot is live, or free (dead ones were all freed).
-    let free = t
-        .slots
-        .iter()
-        .filter(|s| table::status_of(s.ctrl) == status::FREE)
+    let free = (0..t.count())
+        .filter(|&i| table::status_of(t.slot(i).ctrl) == status::FREE)
         .count();
     assert_eq!(free + live, t.count() as usize, "no slot leaked");
     assert_eq!(

@@ -448,13 +448,10 @@ pub extern "C" fn tcpstate_find(key: *const FlowKey, first: u32, second: u32) ->
     let Some(key) = (unsafe { key.as_ref() }) else {
         return -1;
     };
-    let Some(s) = find(&Table, key, Homes { first, second }) else {
-        return -1;
-    };
-    let Some(base) = FLOWS.get_ptr_mut(0) else {
-        return -1;
-    };
-    ((s as usize - base as usize) / core::mem::size_of::<Slot>()) as i64
+    match find(&Table, key, Homes { first, second }) {
+        Some(s) => i64::from(Table.index_of(s)),
+        None => -1,
+    }
 }
 
 /// What [`tcpstate_insert`] did (a global function returns a scalar).

@@ -19,6 +19,7 @@ use std::{
 use tcpstate_common::{
     commit::load,
     flow::{FlowKey, FlowRecord, Side},
+    host_table::HostTable,
     mapped::Flows,
     table::{self, status, Slots, LOCK, NEIGHBOURHOOD},
     TcpState,
@@ -361,7 +362,7 @@ fn a_syn_flood_aimed_without_the_seed_leaves_established_lookups_cheap() {
     // What the secret prevents: an attacker who knew the seed aims the same number of SYNs at
     // the new connections' homes; in a table of the same size they take the neighbourhoods
     // first, and each connection's lookup then passes their keys.
-    let known = Mem::new(slots);
+    let known = HostTable::new(slots);
     let real = *flows.seed();
     for (k, _) in &after {
         let target = flows.homes(k).first;
@@ -375,9 +376,7 @@ fn a_syn_flood_aimed_without_the_seed_leaves_established_lookups_cheap() {
     for (k, _) in &after {
         match table::insert(&known, k, &FlowRecord::default(), flows.homes(k)) {
             table::Inserted::Done(s) => {
-                let i =
-                    ((s as usize - known.0.as_ptr() as usize) / size_of::<table::Slot>()) as u32;
-                known_cost += cost_in(&known, flows.homes(k), i);
+                known_cost += cost_in(&known, flows.homes(k), known.index_of(s));
             }
             // A full neighbourhood: the connection would not be tracked at all.
             _ => known_cost += NEIGHBOURHOOD,
@@ -389,24 +388,4 @@ fn a_syn_flood_aimed_without_the_seed_leaves_established_lookups_cheap() {
         2.0 * cost(&before)
     );
     drop(after_conns);
-}
-
-/// A table in this process's memory, to replay an insert sequence.
-struct Mem(Vec<table::Slot>);
-
-impl Mem {
-    fn new(n: u32) -> Mem {
-        Mem(vec![table::Slot::default(); n as usize])
-    }
-}
-
-impl Slots for Mem {
-    fn count(&self) -> u32 {
-        self.0.len() as u32
-    }
-    fn get(&self, i: u32) -> Option<*mut table::Slot> {
-        self.0
-            .get(i as usize)
-            .map(|s| s as *const table::Slot as *mut table::Slot)
-    }
 }
