@@ -33,7 +33,7 @@ mod harness;
 mod support;
 
 use benchkit::{median, monotonic_ns, quantile, report, Figure, Goal};
-use harness::{pin_to, Daemon, Netns, Opts, Pair, SERVER_V4};
+use harness::{pin_to, Daemon, Netns, NftTable, Opts, Pair, SERVER_V4};
 
 /// Alternating runs per mode (without, with) for the veth figures; each figure is their median.
 const ROUNDS: usize = 5;
@@ -186,7 +186,7 @@ enum Attached {
     Nothing,
     Pass(#[allow(dead_code, reason = "detaches on drop")] PassOnly),
     Daemon(Daemon),
-    Conntrack(Conntrack),
+    Conntrack(NftTable),
 }
 
 impl Attached {
@@ -201,7 +201,7 @@ impl Attached {
                     &["--max-flows", "1000000", "--ingress-hook", hook],
                 ))
             }
-            Attach::Conntrack => Attached::Conntrack(Conntrack::enable(&p.srv)),
+            Attach::Conntrack => Attached::Conntrack(enable_conntrack(&p.srv)),
         }
     }
 
@@ -223,7 +223,7 @@ impl Attached {
                 );
             }
             Attached::Conntrack(ct) => {
-                let packets = ct.packets();
+                let packets = ct.counted_packets();
                 assert!(
                     packets > 1000,
                     "conntrack's `ct state` rule matched {packets} packets"
@@ -239,77 +239,20 @@ impl Attached {
 /// directions: conntrack hooks prerouting and output as well). The rule counts what it matched,
 /// that is packets conntrack classified. The table goes on drop, and conntrack's hooks with it
 /// (they are registered per namespace for as long as a rule needs them).
-struct Conntrack {
-    ns: String,
-}
-
-impl Conntrack {
-    /// Not `ct`: that is a keyword in nft's grammar.
-    const TABLE: &'static str = "tcpstate_bench_ct";
-
-    fn enable(ns: &Netns) -> Conntrack {
-        let ct = Conntrack {
-            ns: ns.name.clone(),
-        };
-        ct.nft(&["add", "table", "inet", Self::TABLE]);
-        ct.nft(&[
-            "add",
-            "chain",
-            "inet",
-            Self::TABLE,
-            "input",
-            "{ type filter hook input priority 0; policy accept; }",
-        ]);
-        ct.nft(&[
-            "add",
-            "rule",
-            "inet",
-            Self::TABLE,
-            "input",
+fn enable_conntrack(ns: &Netns) -> NftTable {
+    // Not `ct`: that is a keyword in nft's grammar.
+    NftTable::add(
+        ns,
+        "tcpstate_bench_ct",
+        "input",
+        &[
             "ct",
             "state",
             "established,related,new",
             "counter",
             "accept",
-        ]);
-        ct
-    }
-
-    fn nft(&self, args: &[&str]) -> String {
-        let mut all = vec!["ip", "netns", "exec", &self.ns, "nft"];
-        all.extend_from_slice(args);
-        harness::sh(&all)
-    }
-
-    /// Packets the `ct state` rule's counter has seen.
-    fn packets(&self) -> u64 {
-        let out = self.nft(&["-j", "list", "table", "inet", Self::TABLE]);
-        let v: serde_json::Value = serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("`nft -j list table`: {e}: {out}"));
-        v["nftables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o["rule"]["expr"].as_array())
-            .flatten()
-            .find_map(|e| e["counter"]["packets"].as_u64())
-            .unwrap_or_else(|| panic!("no counter in the conntrack table: {out}"))
-    }
-}
-
-impl Drop for Conntrack {
-    fn drop(&mut self) {
-        let status = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "nft", "delete", "table", "inet"])
-            .arg(Self::TABLE)
-            .status();
-        if !status.is_ok_and(|s| s.success()) {
-            eprintln!(
-                "could not delete the conntrack table in {}: later runs may be slowed",
-                self.ns
-            );
-        }
-    }
+        ],
+    )
 }
 
 /// The tracker (the default) against conntrack on the same measure, both from the same runs:

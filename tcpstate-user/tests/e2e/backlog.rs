@@ -1,38 +1,16 @@
 //! The half-open backlog and the accept queue, against the kernel's own view.
 
-use std::process::Command;
-
 use crate::harness::*;
 
 /// Drops every segment the client namespace sends to `port` with ACK but without SYN: its final
 /// handshake ACKs never arrive, so the server holds SYN_RECV. Removed on drop.
-struct DropFinalAcks<'a> {
-    ns: &'a Netns,
-}
-
-impl<'a> DropFinalAcks<'a> {
-    fn new(ns: &'a Netns, port: u16) -> Self {
-        let nft = |args: &[&str]| {
-            let mut all = vec!["ip", "netns", "exec", &ns.name, "nft"];
-            all.extend_from_slice(args);
-            sh(&all);
-        };
-        nft(&["add", "table", "inet", "tse2e"]);
-        nft(&[
-            "add",
-            "chain",
-            "inet",
-            "tse2e",
-            "out",
-            "{ type filter hook output priority 0 ; policy accept ; }",
-        ]);
-        let port = port.to_string();
-        nft(&[
-            "add",
-            "rule",
-            "inet",
-            "tse2e",
-            "out",
+fn drop_final_acks(ns: &Netns, port: u16) -> NftTable {
+    let port = port.to_string();
+    NftTable::add(
+        ns,
+        "tse2e",
+        "output",
+        &[
             "tcp",
             "dport",
             &port,
@@ -43,26 +21,8 @@ impl<'a> DropFinalAcks<'a> {
             "==",
             "ack",
             "drop",
-        ]);
-        DropFinalAcks { ns }
-    }
-}
-
-impl Drop for DropFinalAcks<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns.name,
-                "nft",
-                "delete",
-                "table",
-                "inet",
-                "tse2e",
-            ])
-            .status();
-    }
+        ],
+    )
 }
 
 fn backlog(m: &Metrics, port: &str) -> Option<f64> {
@@ -74,7 +34,7 @@ fn syn_backlog_counts_half_open_connections_like_the_kernel() {
     let p = Pair::new();
     let d = Daemon::host(&p, &["--sweep-interval", "100ms"]);
     let _l = p.listen(SERVER_V4, 8080);
-    let block = DropFinalAcks::new(&p.cli, 8080);
+    let block = drop_final_acks(&p.cli, 8080);
     // connect() returns once the SYN-ACK arrives; the server never sees the ACK.
     let clients: Vec<_> = (0..4).map(|_| p.connect(SERVER_V4, 8080)).collect();
     d.wait_for("four half-open on 8080", |m| {

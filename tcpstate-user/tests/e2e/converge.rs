@@ -359,54 +359,13 @@ fn in_tap_mode_a_server_fin_wait2_ends_alone_and_its_clients_close_wait_stays() 
 
 /// Drops everything the server namespace sends from `port` (nft, output hook: before TC egress,
 /// so the tracker never sees it). Removed on drop.
-struct MuteServer<'a>(&'a Netns);
-
-impl<'a> MuteServer<'a> {
-    fn new(ns: &'a Netns, port: u16) -> Self {
-        let nft = |args: &[&str]| {
-            let mut all = vec!["ip", "netns", "exec", &ns.name, "nft"];
-            all.extend_from_slice(args);
-            sh(&all);
-        };
-        nft(&["add", "table", "inet", "tse2e_mute"]);
-        nft(&[
-            "add",
-            "chain",
-            "inet",
-            "tse2e_mute",
-            "out",
-            "{ type filter hook output priority 0 ; policy accept ; }",
-        ]);
-        nft(&[
-            "add",
-            "rule",
-            "inet",
-            "tse2e_mute",
-            "out",
-            "tcp",
-            "sport",
-            &port.to_string(),
-            "drop",
-        ]);
-        MuteServer(ns)
-    }
-}
-
-impl Drop for MuteServer<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.0.name,
-                "nft",
-                "delete",
-                "table",
-                "inet",
-                "tse2e_mute",
-            ])
-            .status();
-    }
+fn mute_server(ns: &Netns, port: u16) -> NftTable {
+    NftTable::add(
+        ns,
+        "tse2e_mute",
+        "output",
+        &["tcp", "sport", &port.to_string(), "drop"],
+    )
 }
 
 #[test]
@@ -420,7 +379,7 @@ fn a_pickup_seen_from_one_side_is_confirmed_by_the_kernels_socket_table() {
     let (mut s, _) = l.accept().unwrap();
     exchange(&mut c, &mut s, b"before the daemon");
     let d = Daemon::host(&p, &["--sweep-interval", "100ms", "--no-seed"]);
-    let _mute = MuteServer::new(&p.srv, 8080);
+    let _mute = mute_server(&p.srv, 8080);
     c.write_all(b"a segment from the client only").unwrap();
     let m = d.wait_for("the pickup", |m| {
         m.get("tcpstate_flows_opened_total", &[("how", "midstream")]) == 1.0

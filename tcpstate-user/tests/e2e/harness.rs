@@ -129,6 +129,70 @@ impl Netns {
     }
 }
 
+/// A table of the test's own in a namespace's nftables: one base chain on `hook` (`input`,
+/// `output`) holding one rule. Deleted, with everything in it, on drop.
+pub struct NftTable {
+    ns: String,
+    table: &'static str,
+}
+
+impl NftTable {
+    /// Adds table `table` with `rule` (nft's words, e.g. `["tcp", "sport", "80", "drop"]`).
+    pub fn add(ns: &Netns, table: &'static str, hook: &str, rule: &[&str]) -> NftTable {
+        let t = NftTable {
+            ns: ns.name.clone(),
+            table,
+        };
+        t.nft(&["add", "table", "inet", table]);
+        let chain = format!("{{ type filter hook {hook} priority 0 ; policy accept ; }}");
+        t.nft(&["add", "chain", "inet", table, Self::CHAIN, &chain]);
+        let mut add = vec!["add", "rule", "inet", table, Self::CHAIN];
+        add.extend_from_slice(rule);
+        t.nft(&add);
+        t
+    }
+
+    /// Not a word of nft's grammar.
+    const CHAIN: &'static str = "main";
+
+    fn nft(&self, args: &[&str]) -> String {
+        let mut all = vec!["ip", "netns", "exec", &self.ns, "nft"];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
+    /// Packets the rule's `counter` has matched (fails if the rule has none).
+    #[allow(
+        dead_code,
+        reason = "the system benchmark checks its conntrack rule saw the traffic"
+    )]
+    pub fn counted_packets(&self) -> u64 {
+        let out = self.nft(&["-j", "list", "table", "inet", self.table]);
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("`nft -j list table`: {e}: {out}"));
+        v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["rule"]["expr"].as_array())
+            .flatten()
+            .find_map(|e| e["counter"]["packets"].as_u64())
+            .unwrap_or_else(|| panic!("no counter in nft table {}: {out}", self.table))
+    }
+}
+
+impl Drop for NftTable {
+    fn drop(&mut self) {
+        let status = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "nft", "delete", "table", "inet"])
+            .arg(self.table)
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            eprintln!("could not delete nft table {} in {}", self.table, self.ns);
+        }
+    }
+}
+
 /// Pins the calling thread to `cpu` (client and server threads that must share one CPU, or one
 /// thread per CPU).
 pub fn pin_to(cpu: usize) {
