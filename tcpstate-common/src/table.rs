@@ -23,9 +23,10 @@
 //!   `hop`, taken with an atomic OR, held for a few hundred nanoseconds by a program that cannot
 //!   sleep), check that the key is still absent, compare-and-swap a FREE slot to CLAIMED with the
 //!   next generation, write key and record, then publish LIVE with a full barrier (the status byte
-//!   also says which home links it) and set that home's `hop` bit. Readers follow `hop` bits, which are set only after publication, and check LIVE
-//!   before the key: no reader ever acts on a half-written key. The lock makes two CPUs that pick
-//!   up the same flow at once (its two directions on two CPUs) produce one slot, not two.
+//!   also says which home links it) and set that home's `hop` bit. Readers follow `hop` bits,
+//!   which are set only after publication, and check LIVE before the key: no reader ever acts on
+//!   a half-written key. The lock makes two CPUs that pick up the same flow at once (its two
+//!   directions on two CPUs) produce one slot, not two.
 //! - *Update* (kernel): compare-and-swap of the record's state word, as before ([`crate::commit`]).
 //! - *Delete* (daemon only): LIVE(g) -> DYING(g) by compare-and-swap, so the deleter holds exactly
 //!   the occupant of generation `g` it decided about; then the state word from the value it decided
@@ -425,9 +426,9 @@ const CLAIM_TRIES: u32 = 4;
 
 /// A FREE slot for a new flow, as its distance from its home (low six bits) and `0x40` for the
 /// second home: the nearest to the first home, the second's counted [`FIRST_HOME_REACH`] places
-/// further than they are. The first home is preferred: a flow linked from its second home costs every lookup a
-/// read of the first home's word too, a second random access to memory (and its page's TLB
-/// entry), where a slot a few places from the first home shares its page.
+/// further than they are. The first home is preferred: a flow linked from its second home costs
+/// every lookup a read of the first home's word too, a second random access to memory (and its
+/// page's TLB entry), where a slot a few places from the first home shares its page.
 #[inline(always)]
 fn nearest_free<T: Slots>(t: &T, homes: Homes) -> Option<u32> {
     let n = t.count();
