@@ -1,5 +1,7 @@
 //! Frame parser: Ethernet, up to two VLAN tags, IPv4 or IPv6 (with a bounded walk of extension
-//! headers), TCP. One small step per header, every length validated before it is used.
+//! headers), TCP. One small step per header, every length validated before it is used. Devices
+//! without a link-layer header (tun, WireGuard, IP tunnels) hand over packets that start at the IP
+//! header: [`parse_ip`] and [`could_be_tcp_ip`] take those ([`LinkLayer`]).
 //!
 //! The parser is generic over [`Packet`], a bounds-checked reader: the kernel implements it over the
 //! XDP/TC packet pointers (each read compared against `data_end`, the form the verifier needs), the
@@ -7,7 +9,19 @@
 
 use crate::tcp::{flags::SYN, Segment, WSCALE_MAX, WSCALE_NONE};
 
-/// A bounds-checked view of a frame, starting at the Ethernet header.
+/// What a device's frames start with, which decides where the parser begins. The daemon tells it
+/// from the device's link type (ARPHRD_*); the kernel programs come in one variant per link layer,
+/// so the choice costs nothing per packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkLayer {
+    /// An Ethernet header (Ethernet NICs, veth, bridges, VXLAN, `lo`, which carries a zeroed one).
+    Ethernet,
+    /// None: the packet starts at the IP header (tun in tun mode, WireGuard, ipip/sit/gre, PPP).
+    Ip,
+}
+
+/// A bounds-checked view of a frame, starting at the Ethernet header (or, for [`LinkLayer::Ip`]
+/// devices, at the IP header).
 pub trait Packet {
     /// Reads a `T` at byte offset `off`, or `None` when it does not lie wholly inside the readable
     /// part of the frame. `T` is a plain integer or integer array; the read may be unaligned.
@@ -23,7 +37,8 @@ pub trait Packet {
 pub enum SkipReason {
     /// A header runs past the end of the frame.
     Truncated = 0,
-    /// The IP version nibble does not match the EtherType.
+    /// The IP version nibble does not match the EtherType (on a device without a link-layer
+    /// header: is neither 4 nor 6).
     BadIpVersion = 1,
     /// IPv4 header length below 20 bytes.
     BadIhl = 2,
@@ -144,6 +159,41 @@ pub fn could_be_tcp<P: Packet>(p: &P) -> bool {
     }
 }
 
+/// [`could_be_tcp`] for a packet that starts at the IP header ([`LinkLayer::Ip`]): anything but
+/// IPv4 carrying another protocol goes on to the parser (which counts what is not IP).
+#[inline(always)]
+pub fn could_be_tcp_ip<P: Packet>(p: &P) -> bool {
+    // Ten bytes in one read, never one byte at offset 0: the compiler turns `data + 1 > data_end`
+    // into `data >= data_end`, a comparison from which the verifier learns no packet range.
+    match p.read::<[u8; 10]>(0) {
+        Some(h) if h[0] >> 4 == 4 => h[9] == IPPROTO_TCP,
+        _ => true,
+    }
+}
+
+/// Parses a packet that starts at the IP header ([`LinkLayer::Ip`]). There is no EtherType: the
+/// version nibble says which IP it is, and anything else is counted as a bad version, never
+/// passed over silently (such a device carries nothing but IP).
+#[inline(always)]
+pub fn parse_ip<P: Packet>(p: &P) -> Parsed {
+    // Two bytes, not one, for the verifier (see `could_be_tcp_ip`): the range it proves here also
+    // covers the IPv4 step's first one-byte read at offset 0.
+    match get!(be16(p, 0)) >> 12 {
+        4 => parse_ipv4(p, 0),
+        6 => parse_ipv6(p, 0),
+        _ => Parsed::Skip(SkipReason::BadIpVersion),
+    }
+}
+
+/// Parses a frame of either link layer.
+#[inline(always)]
+pub fn parse_link<P: Packet>(p: &P, link: LinkLayer) -> Parsed {
+    match link {
+        LinkLayer::Ethernet => parse(p),
+        LinkLayer::Ip => parse_ip(p),
+    }
+}
+
 /// Parses a frame that starts with an Ethernet header.
 #[inline(always)]
 pub fn parse<P: Packet>(p: &P) -> Parsed {
@@ -224,8 +274,20 @@ fn parse_ipv6<P: Packet>(p: &P, l3: usize) -> Parsed {
     let h = get!(p.read::<[u8; 40]>(l3));
     let payload_len = hdr16(&h, 4) as usize;
     let mut next = h[6];
-    let src = [8, 12, 16, 20].map(|o| hdr_word(&h, o));
-    let dst = [24, 28, 32, 36].map(|o| hdr_word(&h, o));
+    // Spelled out, not `[8, 12, 16, 20].map(..)`: a closure the compiler may leave uninlined keeps
+    // its bounds checks, and a panic path is a program the verifier refuses.
+    let src = [
+        hdr_word(&h, 8),
+        hdr_word(&h, 12),
+        hdr_word(&h, 16),
+        hdr_word(&h, 20),
+    ];
+    let dst = [
+        hdr_word(&h, 24),
+        hdr_word(&h, 28),
+        hdr_word(&h, 32),
+        hdr_word(&h, 36),
+    ];
     let first = l3 + 40;
     let mut off = first;
     let mut i = 0;

@@ -5,7 +5,10 @@
 
 use tcpstate_common::{
     flow::FlowKey,
-    packet::{could_be_tcp, parse, Packet, Parsed, SkipReason, SlicePacket, TcpPacket},
+    packet::{
+        could_be_tcp, could_be_tcp_ip, parse, parse_ip, parse_link, LinkLayer, Packet, Parsed,
+        SkipReason, SlicePacket, TcpPacket,
+    },
     tcp::{flags::*, Segment, WSCALE_MAX, WSCALE_NONE},
 };
 
@@ -989,5 +992,82 @@ mod conservation {
                 "{what}"
             );
         }
+    }
+}
+
+/// Devices without a link-layer header (tun, WireGuard, IP tunnels): the packet starts at the IP
+/// header, and the same IPv4/IPv6/TCP steps run from offset 0.
+mod no_link_layer {
+    use super::*;
+
+    fn ip(packet: &[u8]) -> Parsed {
+        parse_ip(&SlicePacket(packet))
+    }
+
+    #[test]
+    fn an_ipv4_packet_parses_as_the_same_frame_behind_ethernet_does() {
+        let t = Tcp::new(SYN).opts(&LINUX_SYN_OPTS).payload(3);
+        let packet = V4::new().wrap(&t.bytes());
+        assert_eq!(ip(&packet), tcp4(&t, 3, 7));
+        assert_eq!(ip(&packet), p(&eth(&[], ETH_P_IP, &packet)));
+        assert_eq!(
+            parse_link(&SlicePacket(&packet), LinkLayer::Ip),
+            ip(&packet)
+        );
+        assert!(could_be_tcp_ip(&SlicePacket(&packet)));
+    }
+
+    #[test]
+    fn an_ipv6_packet_with_extension_headers_parses_from_offset_zero() {
+        let t = Tcp::new(ACK).payload(10);
+        let mut rest = ext(IPPROTO_TCP, 0);
+        rest.extend_from_slice(&t.bytes());
+        let packet = v6(NEXT_HOP_BY_HOP, None, &rest);
+        assert_eq!(ip(&packet), tcp6(&t, 10, WSCALE_NONE));
+        assert!(could_be_tcp_ip(&SlicePacket(&packet)));
+    }
+
+    #[test]
+    fn the_same_bytes_read_as_ethernet_are_not_a_segment() {
+        // What the tracker did on tun devices before it knew their link type: the IPv4 header's
+        // bytes 12-13 (part of the source address) taken for an EtherType.
+        let t = Tcp::new(ACK);
+        let packet = V4::new().wrap(&t.bytes());
+        assert_ne!(p(&packet), tcp4(&t, 0, WSCALE_NONE));
+        assert_eq!(
+            parse_link(&SlicePacket(&packet), LinkLayer::Ethernet),
+            p(&packet)
+        );
+    }
+
+    #[test]
+    fn udp_over_ipv4_leaves_at_the_prefilter() {
+        let v4 = V4 {
+            proto: IPPROTO_UDP,
+            ..V4::new()
+        };
+        let packet = v4.wrap(&[0u8; 8]);
+        assert!(!could_be_tcp_ip(&SlicePacket(&packet)));
+        assert_eq!(ip(&packet), Parsed::NotTcp);
+    }
+
+    #[test]
+    fn a_version_that_is_neither_4_nor_6_is_counted_not_dropped_silently() {
+        let t = Tcp::new(ACK);
+        let mut packet = V4::new().wrap(&t.bytes());
+        packet[0] = 0x55;
+        assert!(
+            could_be_tcp_ip(&SlicePacket(&packet)),
+            "the prefilter lets it through so the parser can count it"
+        );
+        assert_eq!(ip(&packet), skip(SkipReason::BadIpVersion));
+    }
+
+    #[test]
+    fn an_empty_or_cut_packet_is_truncated() {
+        assert_eq!(ip(&[]), skip(SkipReason::Truncated));
+        let t = Tcp::new(ACK);
+        let packet = V4::new().wrap(&t.bytes());
+        assert_eq!(ip(&packet[..30]), skip(SkipReason::Truncated));
     }
 }

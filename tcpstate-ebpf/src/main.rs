@@ -22,13 +22,13 @@ use aya_log_ebpf::{debug, info, warn};
 use tcpstate_common::{
     counters::{idx, Hook, UntrackedReason},
     flow::FlowKey,
-    packet::{could_be_tcp, Packet, SkipReason, TcpPacket, MAX_HEADER_OFFSET},
+    packet::{LinkLayer, Packet, SkipReason, TcpPacket, MAX_HEADER_OFFSET},
     scope,
 };
 
 use crate::{
-    packet::{parse_frame, Frame, ParseStatus},
-    track::{count, logging, scope_of, track, Event, Scratch, View},
+    packet::{could_be_tcp_on, parse_frame, Frame, ParseStatus},
+    track::{count, logging, scope_of, track, Event, Owner, Scratch, View},
 };
 
 /// TCX "next": let the rest of the chain (or the stack) have the packet, as a monitor must.
@@ -41,25 +41,37 @@ const TC_PULL: u32 = (MAX_HEADER_OFFSET + 64 + 64) as u32;
 /// Host mode, ingress (with `--ingress-hook xdp`): segments arriving for local endpoints.
 #[xdp]
 pub fn tcpstate_xdp_host(ctx: XdpContext) -> u32 {
-    xdp_track(&ctx, View::HostIngress)
+    xdp_track(&ctx, View::HostIngress, LinkLayer::Ethernet)
 }
 
 /// Tap mode (with `--ingress-hook xdp`): a port that sees both directions (mirror port, `lo`).
 #[xdp]
 pub fn tcpstate_xdp_tap(ctx: XdpContext) -> u32 {
-    xdp_track(&ctx, View::Tap)
+    xdp_track(&ctx, View::Tap, LinkLayer::Ethernet)
+}
+
+/// `tcpstate_xdp_host` on a device without a link-layer header (tun, WireGuard, IP tunnels).
+#[xdp]
+pub fn tcpstate_xdp_host_l3(ctx: XdpContext) -> u32 {
+    xdp_track(&ctx, View::HostIngress, LinkLayer::Ip)
+}
+
+/// `tcpstate_xdp_tap` on a device without a link-layer header.
+#[xdp]
+pub fn tcpstate_xdp_tap_l3(ctx: XdpContext) -> u32 {
+    xdp_track(&ctx, View::Tap, LinkLayer::Ip)
 }
 
 /// The XDP programs' body: parse, track, log.
 #[inline(always)]
-fn xdp_track(ctx: &XdpContext, view: View) -> u32 {
-    if let Some((scratch, status)) = xdp_parse(ctx) {
+fn xdp_track(ctx: &XdpContext, view: View, link: LinkLayer) -> u32 {
+    if let Some((scratch, status)) = xdp_parse(ctx, link) {
         track(
             status,
             scratch,
             Hook::Xdp,
             view,
-            true,
+            Owner::Host,
             false,
             |pkt, view| local_socket(ctx, pkt, view),
         );
@@ -73,33 +85,82 @@ fn xdp_track(ctx: &XdpContext, view: View) -> u32 {
 /// The prefilter, then the parse into this CPU's scratch slot; `None` for frames that cannot be
 /// TCP (they leave at once, uncounted).
 #[inline(always)]
-fn xdp_parse(ctx: &XdpContext) -> Option<(&'static mut Scratch, ParseStatus)> {
-    if !could_be_tcp(&Frame::xdp(ctx)) {
+fn xdp_parse(ctx: &XdpContext, link: LinkLayer) -> Option<(&'static mut Scratch, ParseStatus)> {
+    if !could_be_tcp_on(&Frame::xdp(ctx), link) {
         return None;
     }
     let scratch = Scratch::get()?;
     // XDP runs on host- and tap-mode interfaces only: the host's scope.
     scratch.set_scope(scope::HOST);
-    let status = parse_frame(&Frame::xdp(ctx), &mut scratch.pkt);
+    let status = parse_frame(&Frame::xdp(ctx), &mut scratch.pkt, link);
     Some((scratch, status))
 }
 
 /// Host mode, egress: segments local endpoints send.
 #[classifier]
 pub fn tcpstate_tc_egress(ctx: TcContext) -> i32 {
-    tc_track(&ctx, Hook::TcEgress, View::HostEgress, false)
+    tc_track(
+        &ctx,
+        Hook::TcEgress,
+        View::HostEgress,
+        Owner::Host,
+        LinkLayer::Ethernet,
+    )
 }
 
 /// Host mode, ingress (the default ingress hook): segments arriving for local endpoints.
 #[classifier]
 pub fn tcpstate_tc_ingress(ctx: TcContext) -> i32 {
-    tc_track(&ctx, Hook::TcIngress, View::HostIngress, false)
+    tc_track(
+        &ctx,
+        Hook::TcIngress,
+        View::HostIngress,
+        Owner::Host,
+        LinkLayer::Ethernet,
+    )
 }
 
 /// Tap mode on TC ingress: a port that sees both directions.
 #[classifier]
 pub fn tcpstate_tc_tap(ctx: TcContext) -> i32 {
-    tc_track(&ctx, Hook::TcIngress, View::Tap, false)
+    tc_track(
+        &ctx,
+        Hook::TcIngress,
+        View::Tap,
+        Owner::Host,
+        LinkLayer::Ethernet,
+    )
+}
+
+/// `tcpstate_tc_egress` on a device without a link-layer header (tun, WireGuard, IP tunnels):
+/// TC sees its packets from the IP header on.
+#[classifier]
+pub fn tcpstate_tc_egress_l3(ctx: TcContext) -> i32 {
+    tc_track(
+        &ctx,
+        Hook::TcEgress,
+        View::HostEgress,
+        Owner::Host,
+        LinkLayer::Ip,
+    )
+}
+
+/// `tcpstate_tc_ingress` on a device without a link-layer header.
+#[classifier]
+pub fn tcpstate_tc_ingress_l3(ctx: TcContext) -> i32 {
+    tc_track(
+        &ctx,
+        Hook::TcIngress,
+        View::HostIngress,
+        Owner::Host,
+        LinkLayer::Ip,
+    )
+}
+
+/// `tcpstate_tc_tap` on a device without a link-layer header.
+#[classifier]
+pub fn tcpstate_tc_tap_l3(ctx: TcContext) -> i32 {
+    tc_track(&ctx, Hook::TcIngress, View::Tap, Owner::Host, LinkLayer::Ip)
 }
 
 /// Container mode, ingress of the host-side end of a container's veth: what the container sends
@@ -107,28 +168,41 @@ pub fn tcpstate_tc_tap(ctx: TcContext) -> i32 {
 /// local endpoint, counted in the container's scope.
 #[classifier]
 pub fn tcpstate_tc_ctr_ingress(ctx: TcContext) -> i32 {
-    tc_track(&ctx, Hook::TcIngress, View::HostEgress, true)
+    tc_track(
+        &ctx,
+        Hook::TcIngress,
+        View::HostEgress,
+        Owner::Container,
+        LinkLayer::Ethernet,
+    )
 }
 
 /// Container mode, egress of the host-side end of a container's veth: what the container receives.
 #[classifier]
 pub fn tcpstate_tc_ctr_egress(ctx: TcContext) -> i32 {
-    tc_track(&ctx, Hook::TcEgress, View::HostIngress, true)
+    tc_track(
+        &ctx,
+        Hook::TcEgress,
+        View::HostIngress,
+        Owner::Container,
+        LinkLayer::Ethernet,
+    )
 }
 
 /// The TC programs' body: parse (pulling headers into the linear area if needed), track, log.
-/// `scoped`: a container interface, whose scope the daemon put in the scope map.
+/// `owner`: whose endpoints the interface carries (a container's: the scope map names it).
+/// `link`: what the device's frames start with.
 #[inline(always)]
-fn tc_track(ctx: &TcContext, hook: Hook, view: View, scoped: bool) -> i32 {
+fn tc_track(ctx: &TcContext, hook: Hook, view: View, owner: Owner, link: LinkLayer) -> i32 {
     // Not pulled: a frame whose EtherType or IPv4 protocol is outside the linear area reads as
     // "could be" and goes through the full path below, pull included.
-    if !could_be_tcp(&Frame::tc(ctx)) {
+    if !could_be_tcp_on(&Frame::tc(ctx), link) {
         return TCX_NEXT;
     }
     let Some(scratch) = Scratch::get() else {
         return TCX_NEXT;
     };
-    if scoped {
+    if owner == Owner::Container {
         // SAFETY: the context's __sk_buff, valid for the program run.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
         match scope_of(ifindex) {
@@ -144,7 +218,7 @@ fn tc_track(ctx: &TcContext, hook: Hook, view: View, scoped: bool) -> i32 {
         scratch.set_scope(scope::HOST);
     }
     let frame = Frame::tc(ctx);
-    let mut status = parse_frame(&frame, &mut scratch.pkt);
+    let mut status = parse_frame(&frame, &mut scratch.pkt, link);
     // Headers outside the linear area (possible for locally built skbs, and for GRO aggregates
     // on ingress): pull them in and parse again. Only the parse repeats.
     if status == ParseStatus::Skip(SkipReason::Truncated) && frame.total_len() > frame.readable() {
@@ -154,17 +228,16 @@ fn tc_track(ctx: &TcContext, hook: Hook, view: View, scoped: bool) -> i32 {
             TC_PULL
         };
         if ctx.pull_data(want).is_ok() {
-            status = parse_frame(&Frame::tc(ctx), &mut scratch.pkt);
+            status = parse_frame(&Frame::tc(ctx), &mut scratch.pkt, link);
         }
     }
     // SYN cookies are the host's own: a host-mode egress program's (a container's veth carries
     // its SYN-ACKs the other way, and its namespace's cookies are not counted).
-    let host_egress = view == View::HostEgress && !scoped;
+    let host_egress = view == View::HostEgress && owner == Owner::Host;
     if host_egress {
         track::mark_syn_cookie(ctx, scratch, status);
     }
-    // Container mode: what the host only forwards is nobody's here (a load-time constant prunes
-    // this when off).
+    // What the host only forwards is nobody's here (a load-time constant prunes this when off).
     let forwarded = host_egress
         && track::transit_check()
         && track::egress_origin(ctx) == track::Origin::Forwarded;
@@ -173,7 +246,7 @@ fn tc_track(ctx: &TcContext, hook: Hook, view: View, scoped: bool) -> i32 {
         scratch,
         hook,
         view,
-        !scoped,
+        owner,
         forwarded,
         |pkt, view| {
             // Leaving the host, the skb says it; arriving, the kernel's socket tables do.
@@ -256,7 +329,7 @@ pub fn tcpstate_xdp_pass(_ctx: XdpContext) -> u32 {
 /// attached by the daemon.
 #[xdp]
 pub fn tcpstate_xdp_lookup_floor(ctx: XdpContext) -> u32 {
-    if let Some((scratch, ParseStatus::Tcp)) = xdp_parse(&ctx) {
+    if let Some((scratch, ParseStatus::Tcp)) = xdp_parse(&ctx, LinkLayer::Ethernet) {
         track::lookup_only(scratch);
     }
     xdp_action::XDP_PASS

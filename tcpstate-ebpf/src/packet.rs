@@ -2,7 +2,10 @@
 //! verifier proves safe.
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use tcpstate_common::packet::{parse, Packet, Parsed, SkipReason, TcpPacket, MAX_HEADER_OFFSET};
+use tcpstate_common::packet::{
+    could_be_tcp, could_be_tcp_ip, parse, parse_ip, LinkLayer, Packet, Parsed, SkipReason,
+    TcpPacket, MAX_HEADER_OFFSET,
+};
 
 pub struct Frame {
     data: usize,
@@ -60,13 +63,46 @@ impl Packet for Frame {
     }
 }
 
-/// Parses a frame into `out`, returning `Parsed::Tcp` with the same value or why it is not a
-/// segment. A BPF function of its own so the parser's stack frame is gone by the time the flow
-/// update runs (the verifier adds up the frames of a call chain against 512 bytes). The packet
-/// pointers reach it through `frame`; as a static function it is verified in its caller's context.
+/// The prefilter for the device's link layer (a literal at each entry point, so each program
+/// carries one).
+#[inline(always)]
+pub fn could_be_tcp_on(frame: &Frame, link: LinkLayer) -> bool {
+    match link {
+        LinkLayer::Ethernet => could_be_tcp(frame),
+        LinkLayer::Ip => could_be_tcp_ip(frame),
+    }
+}
+
+/// Parses a frame of the device's link layer into `out` (a literal at each entry point: the
+/// other parser is not in that program).
+#[inline(always)]
+pub fn parse_frame(frame: &Frame, out: &mut TcpPacket, link: LinkLayer) -> ParseStatus {
+    match link {
+        LinkLayer::Ethernet => parse_ethernet_frame(frame, out),
+        LinkLayer::Ip => parse_ip_packet(frame, out),
+    }
+}
+
+/// Parses an Ethernet frame into `out`, returning `Parsed::Tcp` with the same value or why it is
+/// not a segment. A BPF function of its own so the parser's stack frame is gone by the time the
+/// flow update runs (the verifier adds up the frames of a call chain against 512 bytes). The
+/// packet pointers reach it through `frame`; as a static function it is verified in its caller's
+/// context.
 #[inline(never)]
-pub fn parse_frame(frame: &Frame, out: &mut TcpPacket) -> ParseStatus {
-    match parse(frame) {
+fn parse_ethernet_frame(frame: &Frame, out: &mut TcpPacket) -> ParseStatus {
+    status(parse(frame), out)
+}
+
+/// [`parse_ethernet_frame`] for a device without a link-layer header: the packet starts at the
+/// IP header.
+#[inline(never)]
+fn parse_ip_packet(frame: &Frame, out: &mut TcpPacket) -> ParseStatus {
+    status(parse_ip(frame), out)
+}
+
+#[inline(always)]
+fn status(parsed: Parsed, out: &mut TcpPacket) -> ParseStatus {
+    match parsed {
         Parsed::Tcp(t) => {
             *out = t;
             ParseStatus::Tcp

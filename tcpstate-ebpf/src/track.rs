@@ -237,25 +237,30 @@ fn table_add(field: fn(*mut TableCounters) -> *mut u64) {
     }
 }
 
+/// Whose endpoints an interface carries: a literal at each entry point, so a container veth's
+/// program carries none of the host's transit logic (the verifier walks every path a program has,
+/// and the container programs are the largest).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// A host- or tap-mode interface: the host's scope.
+    Host,
+    /// The host-side end of a container's veth: the scope the daemon gave its namespace.
+    Container,
+}
+
 /// Tracks one parsed frame. Never fails the packet: every outcome is a counter.
 ///
-/// `host`: a host- or tap-mode interface (a literal at each entry point, so a container veth's
-/// program carries none of the transit logic below: the verifier walks every path a program has,
-/// and the container programs are the largest). `forwarded`: container mode, host egress: the
-/// segment leaves forwarded ([`forwarded`]). `local_socket` answers, for a flow about to be created
+/// `forwarded`: host egress with the transit check on, and the segment leaves forwarded
+/// ([`egress_origin`]). `local_socket` answers, for a flow about to be created
 /// on a host-mode interface with the transit check on, whether a socket of this host owns the
 /// local end (see [`Config::transit_check`]); it is not called otherwise.
 #[inline(always)]
-#[allow(
-    clippy::too_many_arguments,
-    reason = "literals per entry point, for the verifier"
-)]
 pub fn track(
     status: ParseStatus,
     scratch: &mut Scratch,
     hook: Hook,
     view: View,
-    host: bool,
+    owner: Owner,
     forwarded: bool,
     local_socket: impl FnOnce(&TcpPacket, View) -> bool,
 ) {
@@ -286,7 +291,7 @@ pub fn track(
             Found::Missing => {
                 // Only host-mode interfaces carry traffic the host forwards: a container's veth
                 // carries that container's own endpoints.
-                let transit = host
+                let transit = owner == Owner::Host
                     && view != View::Tap
                     && transit_check()
                     && !local_socket.take().is_some_and(|f| f(&scratch.pkt, view));

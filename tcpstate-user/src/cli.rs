@@ -100,7 +100,9 @@ pub struct PinArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Interface to watch; repeat for several. Default: the interface of the default route.
+    /// Interface to watch; repeat for several. Default: every interface of the namespace, `lo`
+    /// included, followed as interfaces come and go (a bridge's ports, a bond's members and a
+    /// VLAN or macvlan on a watched device are left to the device that sees their segments once).
     #[arg(
         long = "iface",
         short = 'i',
@@ -108,6 +110,14 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub ifaces: Vec<String>,
+    /// Interfaces never watched, as shell globs (`veth*`, `cali?*`); repeat for several. For hosts
+    /// with thousands of interfaces, or links whose traffic is not wanted.
+    #[arg(
+        long = "exclude-iface",
+        env = "TCPSTATE_EXCLUDE_IFACE",
+        value_delimiter = ','
+    )]
+    pub exclude_ifaces: Vec<String>,
     /// host: ingress + TC egress; tap: ingress only, both directions on one port. `lo` is always tap.
     #[arg(long, env = "TCPSTATE_MODE", value_enum, default_value = "host")]
     pub mode: Mode,

@@ -3,7 +3,8 @@
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time};
 
 use crate::{
-    bpf::netif,
+    background::interfaces::Selection,
+    bpf::attach::Role,
     cli::{IngressHook, Mode, RunArgs, XdpModeArg},
     error::Preflight,
 };
@@ -82,16 +83,15 @@ impl Timeouts {
     }
 }
 
-/// How one interface is watched.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attachment {
-    pub iface: String,
-    pub mode: Mode,
-}
-
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    pub attachments: Vec<Attachment>,
+    /// `--iface`: only these interfaces. Empty: every interface of the namespace, followed as
+    /// they come and go.
+    pub ifaces: Vec<String>,
+    /// `--exclude-iface`: globs of interface names never watched.
+    pub exclude_ifaces: Vec<glob::Pattern>,
+    /// Host or tap mode for every watched interface but `lo` (always tap).
+    pub mode: Mode,
     pub ingress_hook: IngressHook,
     pub xdp_mode: XdpModeArg,
     pub listen: SocketAddr,
@@ -121,6 +121,27 @@ pub struct Containers {
 }
 
 impl RunConfig {
+    /// What the interface follower watches.
+    pub fn selection(&self) -> Selection {
+        Selection {
+            only: self.ifaces.clone(),
+            exclude: self.exclude_ifaces.clone(),
+            role: match self.mode {
+                Mode::Host => Role::Host,
+                Mode::Tap => Role::Tap,
+            },
+            ingress: self.ingress_hook,
+            xdp_mode: self.xdp_mode,
+            containers: self.containers.is_some(),
+        }
+    }
+
+    /// Whether any interface but `lo` is watched in host mode (whose endpoints the kernel's socket
+    /// table can settle).
+    pub fn host_mode(&self) -> bool {
+        self.mode == Mode::Host && (self.ifaces.is_empty() || self.ifaces.iter().any(|i| i != "lo"))
+    }
+
     /// Scopes the counters have room for: the host's, and one per watched container namespace.
     pub fn scopes(&self) -> u32 {
         1 + self.containers.as_ref().map_or(0, |c| c.max)
@@ -143,22 +164,28 @@ impl RunConfig {
             .filter(|i| !i.trim().is_empty())
             .cloned()
             .collect();
-        if ifaces.is_empty() {
-            ifaces.push(
-                netif::default_route_interface()
-                    .ok_or(ConfigError::Preflight(Preflight::NoDefaultRoute))?,
-            );
-        }
+        ifaces.sort();
         ifaces.dedup();
-        let attachments = ifaces
-            .into_iter()
-            .map(|iface| {
-                // On lo every segment passes twice through the same device (out, then in): host mode
-                // would see each one on both hooks, so lo is always tap mode.
-                let mode = if iface == "lo" { Mode::Tap } else { a.mode };
-                Attachment { iface, mode }
+        let exclude_ifaces = a
+            .exclude_ifaces
+            .iter()
+            .filter(|g| !g.trim().is_empty())
+            .map(|g| {
+                glob::Pattern::new(g).map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "--exclude-iface {g:?} is not a glob ({e}): write it like veth* or cali?"
+                    ))
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(both) = ifaces
+            .iter()
+            .find(|i| exclude_ifaces.iter().any(|p| p.matches(i)))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "interface {both:?} is both named with --iface and matched by --exclude-iface: drop one"
+            )));
+        }
         if a.max_flows == 0 || a.max_flows > MAX_CAPACITY {
             return Err(ConfigError::Invalid(format!(
                 "--max-flows must be between 1 and {MAX_CAPACITY}, not {}",
@@ -179,7 +206,9 @@ impl RunConfig {
             crate::exporter::webconfig::load(path).map_err(ConfigError::Invalid)?;
         }
         Ok(RunConfig {
-            attachments,
+            ifaces,
+            exclude_ifaces,
+            mode: a.mode,
             ingress_hook: a.ingress_hook,
             xdp_mode: a.xdp_mode,
             listen: a.listen,

@@ -21,10 +21,12 @@ use crate::{
     background::{
         books::{DaemonCounters, Shared},
         expiry::Expired,
+        interfaces::Interfaces,
         ports, seed,
         sweeper::{self, SweepReport},
     },
     bpf::{
+        attach::Attached,
         kernellog, loader, netif,
         tables::{self, Flows},
     },
@@ -52,12 +54,17 @@ pub fn check(mut cfg: RunConfig) -> anyhow::Result<String> {
     cfg.pin_dir = cfg
         .pin_dir
         .with_file_name(format!("tcpstate-check-{}", std::process::id()));
-    let attempt = || -> anyhow::Result<Vec<loader::Attached>> {
+    let attempt = || -> anyhow::Result<Vec<Attached>> {
         let loader::Loaded { mut ebpf, seed, .. } = loader::load(&cfg)?;
-        let attached = loader::attach(&mut ebpf, &cfg)?;
         let (_, books, _) = tables::from_ebpf(&mut ebpf, seed)?;
         books.totals()?;
-        Ok(attached)
+        let ebpf = Arc::new(Mutex::new(ebpf));
+        let mut interfaces = Interfaces::new(ebpf.clone(), cfg.selection());
+        interfaces.start()?;
+        let attached = interfaces.published();
+        let list = attached.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        drop(interfaces);
+        Ok(list)
     };
     let result = attempt();
     if cfg.pin_dir.exists() {
@@ -102,7 +109,6 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
         seed,
         carried,
     } = loader::load(&cfg)?;
-    let attached = loader::attach(&mut ebpf, &cfg)?;
     let kernel_log = match cfg.kernel_log {
         KernelLog::Off => None,
         _ => Some(kernellog::take(&mut ebpf)?),
@@ -125,6 +131,14 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
     // The daemon's side of the books survives restarts in its pinned map.
     let mut counters = DaemonCounters::new(books.users()?);
     carry_over(&flows, carried, &mut counters);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ebpf = Arc::new(Mutex::new(ebpf));
+    // Attached before seeding, so a connection that changes meanwhile is the programs' (seeding
+    // never overwrites a flow they inserted).
+    let mut interfaces = Interfaces::new(ebpf.clone(), cfg.selection());
+    interfaces.start()?;
+    let attached = interfaces.published();
+    let follower = interfaces.spawn(stop.clone());
     if cfg.seed {
         sync_host(&cfg, &mut flows, &mut counters);
     }
@@ -142,8 +156,6 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .book(|_| {});
-    let stop = Arc::new(AtomicBool::new(false));
-    let ebpf = Arc::new(Mutex::new(ebpf));
     let watcher = match &cfg.containers {
         Some(c) => {
             let maps = Maps {
@@ -152,7 +164,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 flows: tables::flows_from_pin(&cfg.pin_dir)?,
             };
             let settings = Settings {
-                exclude: cfg.attachments.iter().map(|a| a.iface.clone()).collect(),
+                exclude: cfg.ifaces.iter().cloned().collect(),
                 resync: c.resync,
                 seed: cfg.seed,
                 level: c.level,
@@ -180,6 +192,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
     });
     stop.store(true, Ordering::Relaxed);
     let _ = sweeper.join();
+    let _ = follower.join();
     if let Some(w) = watcher {
         let _ = w.join();
     }
@@ -259,17 +272,23 @@ fn sync_host(cfg: &RunConfig, flows: &mut Flows, counters: &mut DaemonCounters) 
     );
 }
 
-/// The local addresses whose sockets the tracker sees: host-mode interfaces' (and loopback when
-/// `lo` is watched).
+/// The local addresses whose sockets the tracker sees: those of the interfaces watched in host
+/// mode (every interface's but excluded ones' by default), and loopback when `lo` is watched.
 fn host_scope(cfg: &RunConfig) -> seed::Scope {
+    let sel = cfg.selection();
+    let watched = |name: &str| {
+        name != "lo"
+            && cfg.mode == Mode::Host
+            && !sel.excludes(name)
+            && (sel.everything() || cfg.ifaces.iter().any(|i| i == name))
+    };
     seed::Scope {
-        host: cfg
-            .attachments
-            .iter()
-            .filter(|a| a.mode == Mode::Host)
-            .flat_map(|a| netif::addresses(&a.iface))
+        host: netif::all_addresses()
+            .into_iter()
+            .filter(|(name, ip)| watched(name) && !ip.is_loopback())
+            .map(|(_, ip)| ip)
             .collect::<HashSet<_>>(),
-        loopback: cfg.attachments.iter().any(|a| a.iface == "lo"),
+        loopback: !sel.excludes("lo") && (sel.everything() || cfg.ifaces.iter().any(|i| i == "lo")),
         all_but_loopback: false,
     }
 }
@@ -282,7 +301,7 @@ fn spawn_sweeper(
     cfg: &RunConfig,
 ) -> std::thread::JoinHandle<()> {
     let (interval, timeouts) = (cfg.sweep_interval, cfg.timeouts);
-    let host_mode = cfg.attachments.iter().any(|a| a.mode == Mode::Host);
+    let host_mode = cfg.host_mode();
     let mut leaks = sweeper::Leaks {
         leak_after_s: cfg.close_wait_leak_after.as_secs_f64(),
         port_labels: cfg.port_labels,
@@ -365,13 +384,17 @@ fn spawn_sweeper(
 async fn serve(
     listener: std::net::TcpListener,
     state: Arc<Mutex<Shared>>,
-    attached: Vec<loader::Attached>,
+    attached: Arc<Mutex<Vec<Attached>>>,
     cfg: &RunConfig,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     info!(listen = %cfg.listen, "serving /metrics");
     let (capacity, half_open_budget) = (cfg.capacity, cfg.half_open_budget);
     let render: server::Render = Arc::new(move |format: Format| {
+        let attached = attached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let s = state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);

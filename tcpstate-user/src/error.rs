@@ -12,8 +12,8 @@ pub enum Preflight {
     NoSuchInterface(String),
     #[error("interface {0:?} is down: bring it up with `ip link set {0} up`")]
     InterfaceDown(String),
-    #[error("no default route: pass the interface to watch with --iface")]
-    NoDefaultRoute,
+    #[error("interface {iface:?} has link type {arphrd} (ARPHRD), which has neither an Ethernet header nor none: tcpstate cannot parse it; watch the device above or below it instead")]
+    LinkType { iface: String, arphrd: u16 },
     #[error("the kernel has no BTF (/sys/kernel/btf/vmlinux missing): tcpstate needs a kernel built with CONFIG_DEBUG_INFO_BTF")]
     NoBtf,
     #[error("kernel {0} is too old: tcpstate needs Linux 6.6 or newer (TCX, bpf memory allocator, BPF atomics)")]

@@ -3,6 +3,7 @@
 
 pub mod books;
 pub mod expiry;
+pub mod interfaces;
 pub mod ports;
 pub mod seed;
 pub mod settle;

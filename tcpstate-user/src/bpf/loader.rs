@@ -1,18 +1,11 @@
-//! Loading the kernel programs, pinning their maps and attaching them to interfaces.
-//!
-//! Programs are attached through TCX (TC ingress and egress, Linux 6.6+) or bpf_link (XDP), owned by
-//! file descriptors of this process: when the daemon exits, however it exits, the kernel detaches
-//! them. The maps are pinned so that the flows (and their ages) outlive a restart.
+//! Loading the kernel programs and pinning their maps ([`crate::bpf::attach`] puts the programs on
+//! interfaces). The maps are pinned so that the flows (and their ages) outlive a restart.
 
 use std::{fs, io, path::Path};
 
-use aya::{
-    maps::MapInfo,
-    programs::{tc::TcAttachType, SchedClassifier, Xdp, XdpMode},
-    Ebpf, EbpfLoader,
-};
+use aya::{maps::MapInfo, Ebpf, EbpfLoader};
 use tcpstate_common::{
-    counters::{idx, Hook},
+    counters::idx,
     flow::{FlowKey, FlowRecord},
     maps::{self, Config},
     scope,
@@ -21,8 +14,7 @@ use tcpstate_common::{
 use tracing::info;
 
 use crate::{
-    bpf::{carry, netif},
-    cli::{IngressHook, Mode, XdpModeArg},
+    bpf::{attach, carry, links, netif},
     config::RunConfig,
     error::Preflight,
 };
@@ -31,14 +23,6 @@ use crate::{
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-/// How a program ended up attached, for the log and the `tcpstate_attachment_info` metric.
-#[derive(Clone, Debug)]
-pub struct Attached {
-    pub iface: String,
-    pub hook: &'static str,
-    pub mode: &'static str,
-}
 
 /// Checks what loading needs and says in one line what is missing.
 pub fn preflight(cfg: &RunConfig) -> Result<(), Preflight> {
@@ -59,16 +43,31 @@ pub fn preflight(cfg: &RunConfig) -> Result<(), Preflight> {
             return Err(Preflight::KernelTooOld(release.trim().to_string()));
         }
     }
-    for a in &cfg.attachments {
-        if !netif::exists(&a.iface) {
-            return Err(Preflight::NoSuchInterface(a.iface.clone()));
+    // Interfaces named with --iface must be there, up, parseable and not another daemon's; with
+    // every interface watched, such ones are logged and left out instead.
+    let listed = if cfg.ifaces.is_empty() {
+        Vec::new()
+    } else {
+        links::list().unwrap_or_default()
+    };
+    for iface in &cfg.ifaces {
+        if !netif::exists(iface) {
+            return Err(Preflight::NoSuchInterface(iface.clone()));
         }
-        if !netif::is_up(&a.iface) {
-            return Err(Preflight::InterfaceDown(a.iface.clone()));
+        if !netif::is_up(iface) {
+            return Err(Preflight::InterfaceDown(iface.clone()));
         }
-        if watched_by_tcpstate(&a.iface) {
+        if let Some(l) = listed.iter().find(|l| &l.name == iface) {
+            if attach::link_layer(l.link_type).is_none() {
+                return Err(Preflight::LinkType {
+                    iface: iface.clone(),
+                    arphrd: l.link_type,
+                });
+            }
+        }
+        if attach::watched_by_tcpstate(iface) {
             return Err(Preflight::AlreadyWatched {
-                iface: a.iface.clone(),
+                iface: iface.clone(),
             });
         }
     }
@@ -178,6 +177,21 @@ fn check_pins(cfg: &RunConfig) -> Result<(), Preflight> {
     Ok(())
 }
 
+/// Whether segments on host-mode interfaces are checked for being the host's own (see
+/// `Config::transit_check`): when the host forwards (a router, a NAT gateway, a container or VM
+/// host: its interfaces carry traffic that is nobody's here), or containers are watched.
+///
+/// Read once, at load: turning forwarding on later (a container runtime starting after the
+/// daemon) takes a restart of the daemon to be seen. Off, an inbound SYN to a closed port is
+/// counted as a refused handshake; on, it reaches no socket and counts as transit.
+fn transit_check(cfg: &RunConfig) -> bool {
+    let forwarding = netif::forwarding();
+    if forwarding {
+        info!("this namespace forwards IP: segments that reach no local socket are not counted");
+    }
+    cfg.containers.is_some() || forwarding
+}
+
 /// A loaded object and what it was loaded with.
 pub struct Loaded {
     pub ebpf: Ebpf,
@@ -206,7 +220,7 @@ pub fn load(cfg: &RunConfig) -> anyhow::Result<Loaded> {
         half_open_budget: cfg.half_open_budget as u64,
         log_events: u64::from(cfg.kernel_log != crate::cli::KernelLog::Off),
         scopes: scopes as u64,
-        transit_check: u64::from(cfg.containers.is_some()),
+        transit_check: u64::from(transit_check(cfg)),
     };
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(&cfg.pin_dir)
@@ -227,141 +241,4 @@ pub fn load(cfg: &RunConfig) -> anyhow::Result<Loaded> {
         seed,
         carried,
     })
-}
-
-/// Whether a tcpstate's TC programs sit on the interface already. TCX stacks programs, so a second
-/// daemon would attach without complaint and both would count every segment.
-fn watched_by_tcpstate(iface: &str) -> bool {
-    [TcAttachType::Ingress, TcAttachType::Egress]
-        .into_iter()
-        .filter_map(|at| SchedClassifier::query_tcx(iface, at).ok())
-        .flat_map(|(_, progs)| progs)
-        // Kernel program names are cut at 15 bytes: "tcpstate_tc_ing".
-        .any(|p| {
-            p.name_as_str()
-                .is_some_and(|n| n.starts_with("tcpstate_tc") && n != "tcpstate_tc_pas")
-        })
-}
-
-/// Attaches the programs each interface's mode needs: the ingress hook chosen (TC by default,
-/// or XDP), and in host mode TC egress.
-pub fn attach(ebpf: &mut Ebpf, cfg: &RunConfig) -> anyhow::Result<Vec<Attached>> {
-    let mut done = Vec::new();
-    for a in &cfg.attachments {
-        let attached = match (cfg.ingress_hook, a.mode) {
-            (IngressHook::Xdp, mode) => {
-                let prog = match mode {
-                    Mode::Host => "tcpstate_xdp_host",
-                    Mode::Tap => "tcpstate_xdp_tap",
-                };
-                let xdp_mode = attach_xdp(ebpf, prog, &a.iface, cfg.xdp_mode)?;
-                log_verifier_cost(ebpf, prog);
-                info!(iface = %a.iface, mode = xdp_mode, program = prog, "attached XDP");
-                Attached {
-                    iface: a.iface.clone(),
-                    hook: Hook::Xdp.name(),
-                    mode: xdp_mode,
-                }
-            }
-            (IngressHook::Tc, mode) => {
-                let prog = match mode {
-                    Mode::Host => "tcpstate_tc_ingress",
-                    Mode::Tap => "tcpstate_tc_tap",
-                };
-                attach_tc(ebpf, prog, &a.iface, TcAttachType::Ingress, Hook::TcIngress)?
-            }
-        };
-        done.push(attached);
-        if a.mode == Mode::Host {
-            done.push(attach_tc(
-                ebpf,
-                "tcpstate_tc_egress",
-                &a.iface,
-                TcAttachType::Egress,
-                Hook::TcEgress,
-            )?);
-        }
-    }
-    Ok(done)
-}
-
-/// TCX (Linux 6.6+): programs stack on the hook, so nothing another tool attached is displaced.
-fn attach_tc(
-    ebpf: &mut Ebpf,
-    prog: &str,
-    iface: &str,
-    at: TcAttachType,
-    hook: Hook,
-) -> anyhow::Result<Attached> {
-    let tc: &mut SchedClassifier = ebpf
-        .program_mut(prog)
-        .expect("object has the tc program")
-        .try_into()?;
-    if tc.fd().is_err() {
-        tc.load()?;
-    }
-    tc.attach(iface, at)?;
-    log_verifier_cost(ebpf, prog);
-    info!(
-        iface,
-        hook = hook.name(),
-        program = prog,
-        "attached TC (tcx)"
-    );
-    Ok(Attached {
-        iface: iface.to_string(),
-        hook: hook.name(),
-        mode: "tcx",
-    })
-}
-
-fn attach_xdp(
-    ebpf: &mut Ebpf,
-    prog: &str,
-    iface: &str,
-    want: XdpModeArg,
-) -> anyhow::Result<&'static str> {
-    let xdp: &mut Xdp = ebpf
-        .program_mut(prog)
-        .expect("object has xdp program")
-        .try_into()?;
-    if xdp.fd().is_err() {
-        xdp.load()?;
-    }
-    // lo has no native XDP; veth and most NIC drivers do.
-    let tries: &[(XdpMode, &'static str)] = match want {
-        XdpModeArg::Native => &[(XdpMode::Driver, "native")],
-        XdpModeArg::Generic => &[(XdpMode::Skb, "generic")],
-        XdpModeArg::Auto if iface == "lo" => &[(XdpMode::Skb, "generic")],
-        XdpModeArg::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
-    };
-    let mut last = None;
-    for &(mode, name) in tries {
-        match xdp.attach(iface, mode) {
-            Ok(_) => return Ok(name),
-            Err(e) => {
-                let busy = format!("{e:?}").contains("EBUSY")
-                    || format!("{e:?}").contains("Device or resource busy");
-                if busy {
-                    return Err(Preflight::XdpBusy {
-                        iface: iface.to_string(),
-                    }
-                    .into());
-                }
-                // Expected where the driver has no native XDP (virtio without enough queues, lo):
-                // the next mode is tried.
-                info!(iface, mode = name, error = %e, "XDP attach mode unavailable");
-                last = Some(e);
-            }
-        }
-    }
-    Err(last.expect("at least one attach mode tried").into())
-}
-
-/// The verifier's instruction count is the budget the kernel programs spend against its 1M limit;
-/// logged so a change that pushes it up is noticed before it fails on some kernel.
-pub fn log_verifier_cost(ebpf: &Ebpf, prog: &str) {
-    if let Some(info) = ebpf.program(prog).and_then(|p| p.info().ok()) {
-        tracing::debug!(program = prog, verified_insns = ?info.verified_instruction_count(), "verifier cost");
-    }
 }

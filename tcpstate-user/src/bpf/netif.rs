@@ -1,29 +1,6 @@
-//! Network interfaces: the default-route interface, existence and link state, local addresses.
+//! Network interfaces: existence and link state, local addresses, whether the namespace forwards.
 
-use std::{fs, net::IpAddr};
-
-/// The interface of the IPv4 default route, else of the IPv6 one.
-pub fn default_route_interface() -> Option<String> {
-    // /proc/net/route: Iface Destination Gateway Flags ...; destination 00000000 is the default.
-    if let Ok(t) = fs::read_to_string("/proc/net/route") {
-        for line in t.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() > 3
-                && f[1] == "00000000"
-                && u32::from_str_radix(f[3], 16).is_ok_and(|fl| fl & 1 != 0)
-            {
-                return Some(f[0].to_string());
-            }
-        }
-    }
-    // /proc/net/ipv6_route: dest, dest_len, ..., device last; ::/0 is the default.
-    let t = fs::read_to_string("/proc/net/ipv6_route").ok()?;
-    t.lines().find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        (f.len() == 10 && f[0].chars().all(|c| c == '0') && f[1] == "00" && f[9] != "lo")
-            .then(|| f[9].to_string())
-    })
-}
+use std::net::IpAddr;
 
 // Existence and flags are asked of the kernel through calls that answer for the caller's network
 // namespace: /sys/class/net shows the namespace that mounted sysfs, which `nsenter --net` keeps.
@@ -68,8 +45,18 @@ pub fn is_up(iface: &str) -> bool {
     ok && flags as i32 & libc::IFF_UP != 0
 }
 
-/// Addresses configured on `iface` (getifaddrs).
-pub fn addresses(iface: &str) -> Vec<IpAddr> {
+/// Whether this namespace forwards IPv4 or IPv6 (`/proc/sys/net` answers for the reader's
+/// namespace).
+pub fn forwarding() -> bool {
+    ["ipv4/ip_forward", "ipv6/conf/all/forwarding"]
+        .iter()
+        .any(|k| {
+            std::fs::read_to_string(format!("/proc/sys/net/{k}")).is_ok_and(|v| v.trim() != "0")
+        })
+}
+
+/// Every address of this namespace, with its interface's name (getifaddrs).
+pub fn all_addresses() -> Vec<(String, IpAddr)> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below; we only read it in between.
@@ -85,20 +72,20 @@ pub fn addresses(iface: &str) -> Vec<IpAddr> {
             continue;
         }
         // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-        if name.to_bytes() != iface.as_bytes() {
-            continue;
-        }
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
         // SAFETY: ifa_addr is non-null and its family says which sockaddr it is.
         unsafe {
             match (*ifa.ifa_addr).sa_family as i32 {
                 libc::AF_INET => {
                     let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    out.push(IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes()));
+                    let ip = IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes());
+                    out.push((name, ip));
                 }
                 libc::AF_INET6 => {
                     let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    out.push(IpAddr::from(sa.sin6_addr.s6_addr));
+                    out.push((name, IpAddr::from(sa.sin6_addr.s6_addr)));
                 }
                 _ => {}
             }

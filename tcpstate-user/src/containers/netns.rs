@@ -189,7 +189,7 @@ pub fn nsid_of(ns: &File) -> io::Result<Option<i32>> {
         NetlinkPayload::from(RouteNetlinkMessage::GetNsId(msg)),
     );
     req.finalize();
-    let reply = super::links::request(&req)?;
+    let reply = crate::bpf::links::request(&req)?;
     for m in reply {
         match m.payload {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {

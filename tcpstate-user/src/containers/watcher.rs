@@ -19,7 +19,6 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData},
-    programs::{tc::SchedClassifierLink, SchedClassifier, TcAttachType},
     Ebpf,
 };
 use tcpstate_common::{
@@ -30,7 +29,6 @@ use tcpstate_common::{
 use tracing::{debug, info, warn};
 
 use super::{
-    links::{self, Event, Link},
     naming::{LabelLevel, Labels, Overrides, Runtimes},
     netns::{self, Candidate, Netns, NetnsId},
     slots::{Full, Slots},
@@ -39,32 +37,25 @@ use super::{
 use crate::{
     background::{books::Shared, seed},
     bpf::tables::Flows,
+    bpf::{
+        attach::{self, Attachment, Plan, Role},
+        links::{self, Event, Link},
+    },
     sockets::sockdiag::{self, Diag},
 };
 
-/// The programs attached to a container's veth, and where (the host's ingress carries what the
-/// container sends).
-const PROGRAMS: [(&str, TcAttachType); 2] = [
-    ("tcpstate_tc_ctr_ingress", TcAttachType::Ingress),
-    ("tcpstate_tc_ctr_egress", TcAttachType::Egress),
-];
+/// The programs on a container's veth (the host's ingress carries what the container sends).
+const PLAN: Plan = Plan {
+    role: Role::Container,
+    ingress: crate::cli::IngressHook::Tc,
+    xdp_mode: crate::cli::XdpModeArg::Auto,
+    link: tcpstate_common::packet::LinkLayer::Ethernet,
+};
 
 /// How long one wait for link events lasts before the loop checks for shutdown and the resync.
 const EVENT_WAIT: Duration = Duration::from_millis(250);
 /// After a first event, how long the watcher lets more arrive before reconciling once for all.
 const BURST: Duration = Duration::from_millis(5);
-
-/// A container program of the object, loaded (verified) on first use.
-fn loaded<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .ok_or_else(|| anyhow::anyhow!("object has no program {name}"))?
-        .try_into()?;
-    if prog.fd().is_err() {
-        prog.load()?;
-    }
-    Ok(prog)
-}
 
 pub struct Settings {
     /// Interfaces watched in host or tap mode (`--iface`): never taken for a container's veth,
@@ -99,8 +90,8 @@ struct Watched {
 
 struct Iface {
     name: String,
-    /// Dropping a link detaches its program.
-    _links: Vec<SchedClassifierLink>,
+    /// Dropping it detaches the programs.
+    _attachment: Attachment,
 }
 
 pub struct Watcher {
@@ -144,9 +135,8 @@ impl Watcher {
         // while, and a container's first connection must not wait for it.
         {
             let mut ebpf = ebpf.lock().unwrap_or_else(|e| e.into_inner());
-            for (name, _) in PROGRAMS {
-                loaded(&mut ebpf, name)?;
-                crate::bpf::loader::log_verifier_cost(&ebpf, name);
+            for (name, _, _) in attach::programs(&PLAN) {
+                attach::load(&mut ebpf, name)?;
             }
         }
         let infos: Vec<ScopeInfo> = (0..maps.info.len())
@@ -545,37 +535,29 @@ impl Watcher {
             return;
         }
         let started = Instant::now();
-        let mut made = Vec::new();
-        let result = (|| -> anyhow::Result<()> {
+        let result = {
             let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
-            for (name, at) in PROGRAMS {
-                let prog = loaded(&mut ebpf, name)?;
-                // By name: aya resolves it to an index; checked against the event's below.
-                let id = prog.attach(&link.name, at)?;
-                made.push(prog.take_link(id)?);
-            }
-            Ok(())
-        })();
+            attach::attach(&mut ebpf, &link.name, PLAN)
+        };
+        // By name: aya resolves it to an index; checked against the event's.
         let same = crate::bpf::netif::index(&link.name) == Some(link.ifindex);
         match result {
-            Ok(()) if same => {
+            Ok(attachment) if same => {
                 debug!(iface = %link.name, scope, took_us = started.elapsed().as_micros() as u64, "attached to a container veth");
                 if let Some(w) = self.watched.get_mut(&scope) {
                     w.ifaces.insert(
                         link.ifindex,
                         Iface {
                             name: link.name.clone(),
-                            _links: made,
+                            _attachment: attachment,
                         },
                     );
                 }
             }
             outcome => {
-                drop(made);
+                let error = outcome.err().map(|e| e.to_string()).unwrap_or_default();
                 let _ = self.maps.ifaces.remove(&link.ifindex);
-                if let Err(e) = outcome {
-                    debug!(iface = %link.name, error = %e, "a container veth went away while being attached");
-                }
+                debug!(iface = %link.name, error, "a container veth went away while being attached");
             }
         }
     }

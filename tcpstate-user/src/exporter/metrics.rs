@@ -17,7 +17,7 @@ use crate::{
         ports::{PortFigures, Survey, OTHER},
         sweeper::SweepReport,
     },
-    bpf::{loader::Attached, tables::Totals},
+    bpf::{attach::Attached, tables::Totals},
     containers::ScopeView,
 };
 

@@ -1,5 +1,6 @@
 //! Network interfaces through rtnetlink (netlink-packet-route): the list of links, and the link
-//! events (RTM_NEWLINK / RTM_DELLINK) that tell the daemon a container's veth came or went.
+//! events (RTM_NEWLINK / RTM_DELLINK) that tell the daemon an interface (a container's veth, a
+//! new tunnel) came or went.
 
 use std::{io, os::fd::AsRawFd, time::Duration};
 
@@ -12,15 +13,23 @@ use netlink_packet_route::{
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-/// An interface, as far as container mode cares.
+/// An interface, as far as choosing where to attach cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
     pub ifindex: u32,
     pub name: String,
-    /// `veth`, `netkit`, ... (IFLA_INFO_KIND), empty when the kernel gave none.
+    /// `veth`, `bridge`, `vxlan`, `netkit`, ... (IFLA_INFO_KIND), empty when the kernel gave none
+    /// (physical NICs, `lo`).
     pub kind: String,
-    /// The namespace the peer end lives in, by the id this namespace gives it
-    /// (IFLA_LINK_NETNSID); `None` when the peer is here too, or the link has no peer.
+    /// The device's link type, an ARPHRD_* number (`ifi_type`): what its frames start with.
+    pub link_type: u16,
+    /// The bridge, bond, team or VRF this device is enslaved to (IFLA_MASTER).
+    pub master: Option<u32>,
+    /// The device this one is stacked on or paired with (IFLA_LINK): a VLAN's or macvlan's lower
+    /// device, a veth's peer. Its index is in the namespace `peer_netnsid` names, or in this one.
+    pub lower: Option<u32>,
+    /// The namespace the peer (or lower) end lives in, by the id this namespace gives it
+    /// (IFLA_LINK_NETNSID); `None` when it is here too, or the link has none.
     pub peer_netnsid: Option<i32>,
     pub up: bool,
 }
@@ -36,12 +45,17 @@ impl Link {
             ifindex: m.header.index,
             name: String::new(),
             kind: String::new(),
+            link_type: u16::from(m.header.link_layer_type),
+            master: None,
+            lower: None,
             peer_netnsid: None,
             up: m.header.flags.contains(LinkFlags::Up),
         };
         for a in &m.attributes {
             match a {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Controller(i) if *i != 0 => link.master = Some(*i),
+                LinkAttribute::Link(i) if *i != 0 => link.lower = Some(*i),
                 LinkAttribute::LinkNetNsId(id) if *id >= 0 => link.peer_netnsid = Some(*id),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
@@ -242,6 +256,9 @@ mod tests {
             ifindex: 7,
             name: "x".into(),
             kind: kind.into(),
+            link_type: 1,
+            master: None,
+            lower: None,
             peer_netnsid: peer,
             up: true,
         }
