@@ -32,6 +32,10 @@ pub mod state {
     /// The namespace is gone; its flows are being removed and its counters kept out of the
     /// exposition until the slot is reused.
     pub const RETIRED: u32 = 2;
+    /// Watched and counted, but not named yet: a container runtime made the namespace (and its
+    /// veth) before the container's first process, whose cgroup names it. Its series are held
+    /// back until then, so they never appear under a provisional name that is later replaced.
+    pub const PENDING: u32 = 3;
 }
 
 /// What a scope is. Written only by the daemon; byte strings are NUL-padded UTF-8.

@@ -242,3 +242,31 @@ pub fn load(cfg: &RunConfig) -> anyhow::Result<Loaded> {
         carried,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object, ObjectSymbol};
+
+    /// A bounds check the compiler could not remove leaves a call into core::panicking, which the
+    /// verifier refuses as "last insn is not an exit or jmp" when the program is loaded: on the
+    /// first interface of that kind, at run time. Caught here, on the host, instead. (It happened:
+    /// an uninlined `array::map` in the IPv6 step once the parser had a second caller.)
+    #[test]
+    fn the_kernel_object_has_no_panic_paths() {
+        let file = object::File::parse(super::OBJECT).expect("the embedded object is an ELF file");
+        let panics: Vec<String> = file
+            .symbols()
+            .filter_map(|s| s.name().ok().map(str::to_string))
+            .filter(|n| n.contains("panicking") || n.contains("panic_"))
+            .collect();
+        assert!(
+            panics.is_empty(),
+            "the kernel object calls panic paths the verifier will refuse: {panics:?}"
+        );
+        assert!(
+            file.symbols()
+                .any(|s| s.name() == Ok("tcpstate_tc_ingress_l3")),
+            "the object's symbols are readable (the check above saw them)"
+        );
+    }
+}

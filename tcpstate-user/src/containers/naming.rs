@@ -258,6 +258,23 @@ impl Runtimes {
     }
 }
 
+/// Whether a namespace's bind-mount name is one a container runtime gives a namespace it made
+/// before the container's first process: podman/netavark's `netns-UUID`, the CNI plugins'
+/// `cni-UUID` (containerd, CRI-O), Docker's 12 hex digits. Such a name is provisional: the
+/// process, when it comes, names the container. Any other name (`ip netns add NAME`) is final.
+pub fn provisional_mount(name: &str) -> bool {
+    let uuid = |s: &str| {
+        s.len() == 36
+            && s.bytes().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => b == b'-',
+                _ => b.is_ascii_hexdigit(),
+            })
+    };
+    name.strip_prefix("netns-").is_some_and(uuid)
+        || name.strip_prefix("cni-").is_some_and(uuid)
+        || (name.len() == 12 && name.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// `--container-names FILE`: labels that win over what the runtime says.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -302,16 +319,14 @@ impl Overrides {
         Ok(o)
     }
 
+    /// Whether an entry matches (the user named the namespace: nothing is provisional then).
+    pub fn matches(&self, labels: &Labels, mount_name: Option<&str>, netns_ino: u64) -> bool {
+        self.hit(labels, mount_name, netns_ino).is_some()
+    }
+
     /// Applies the first entry that matches the container id, the mount name or the inode.
     pub fn apply(&self, labels: Labels, mount_name: Option<&str>, netns_ino: u64) -> Labels {
-        let by_inode = format!("netns-{netns_ino}");
-        let hit = self.entries.iter().find(|e| {
-            let m = e.matches.trim();
-            (m.len() >= 12 && labels.container_id.starts_with(m))
-                || mount_name == Some(m)
-                || m == by_inode
-        });
-        match hit {
+        match self.hit(&labels, mount_name, netns_ino) {
             Some(e) => Labels {
                 namespace: e.namespace.clone(),
                 pod: e.pod.clone(),
@@ -320,6 +335,16 @@ impl Overrides {
             },
             None => labels,
         }
+    }
+
+    fn hit(&self, labels: &Labels, mount_name: Option<&str>, netns_ino: u64) -> Option<&Override> {
+        let by_inode = format!("netns-{netns_ino}");
+        self.entries.iter().find(|e| {
+            let m = e.matches.trim();
+            (m.len() >= 12 && labels.container_id.starts_with(m))
+                || mount_name == Some(m)
+                || m == by_inode
+        })
     }
 }
 
@@ -340,6 +365,28 @@ impl LabelLevel {
             LabelLevel::Full => (l.namespace.clone(), l.pod.clone(), l.container.clone()),
             LabelLevel::Namespace => (l.namespace.clone(), String::new(), l.container.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod provisional_tests {
+    use super::provisional_mount;
+
+    #[test]
+    fn runtime_mount_names_are_provisional_and_user_names_final() {
+        assert!(
+            provisional_mount("netns-3f2a6c1e-8b4d-4e2f-9a1b-0c2d3e4f5a6b"),
+            "podman"
+        );
+        assert!(
+            provisional_mount("cni-3f2a6c1e-8b4d-4e2f-9a1b-0c2d3e4f5a6b"),
+            "CNI"
+        );
+        assert!(provisional_mount("0123456789ab"), "docker");
+        assert!(!provisional_mount("blue"), "ip netns add blue");
+        assert!(!provisional_mount("netns-blue"));
+        assert!(!provisional_mount("cni-3f2a6c1e"), "not a whole UUID");
+        assert!(!provisional_mount("tse2e-12345-ctr"));
     }
 }
 

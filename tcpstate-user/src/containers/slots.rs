@@ -45,7 +45,7 @@ impl Slots {
         let mut s = Slots::new(infos.len() as u32);
         for (i, info) in infos.iter().enumerate().skip(1) {
             s.slots[i] = match info.state {
-                scope::state::ACTIVE => Slot::Active(NetnsId {
+                scope::state::ACTIVE | scope::state::PENDING => Slot::Active(NetnsId {
                     dev: info.netns_dev,
                     ino: info.netns_ino,
                 }),

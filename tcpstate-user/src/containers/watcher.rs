@@ -52,6 +52,12 @@ const PLAN: Plan = Plan {
     link: tcpstate_common::packet::LinkLayer::Ethernet,
 };
 
+/// How long a namespace with a runtime's provisional mount name waits for a process to name it
+/// before its series appear under the mount name: podman, CNI and Docker start the container's
+/// first process within a second of making its namespace; one that never gets a process is not a
+/// container that will be named later.
+const PENDING_LIMIT: Duration = Duration::from_secs(10);
+
 /// How long one wait for link events lasts before the loop checks for shutdown and the resync.
 const EVENT_WAIT: Duration = Duration::from_millis(250);
 /// After a first event, how long the watcher lets more arrive before reconciling once for all.
@@ -84,6 +90,9 @@ struct Watched {
     mount_name: Option<String>,
     /// Labelled from a process's cgroup (not only from the mount name or inode).
     named: bool,
+    /// Since when the namespace has waited, with a runtime's provisional mount name, for a
+    /// process to name it ([`scope::state::PENDING`]); `None` once it is named (or final).
+    pending_since: Option<Instant>,
     diag: Option<Arc<Diag>>,
     ifaces: BTreeMap<u32, Iface>,
 }
@@ -209,6 +218,12 @@ impl Watcher {
                             false
                         }
                     };
+                    // Namespaces waiting for their first process are looked at after every
+                    // wait (a quarter second at most): the process names the container, not the
+                    // next resync.
+                    if !changed && self.watched.values().any(|w| w.pending_since.is_some()) {
+                        self.name_pending();
+                    }
                     let resync = last.elapsed() >= self.settings.resync;
                     if changed || resync {
                         self.reconcile(resync);
@@ -432,6 +447,16 @@ impl Watcher {
             shared.book(|c| c.reset_scope(scope));
         }
         let (labels, named) = self.label(cand);
+        // A runtime's namespace seen before its first process: counted from now, shown once named.
+        let pending = !named
+            && cand
+                .mount_name
+                .as_deref()
+                .is_some_and(super::naming::provisional_mount)
+            && !self
+                .settings
+                .overrides
+                .matches(&labels, cand.mount_name.as_deref(), cand.id.ino);
         let diag = match netns.run(Diag::open) {
             Ok(Ok(d)) => Some(Arc::new(d)),
             Ok(Err(e)) | Err(e) => {
@@ -443,9 +468,15 @@ impl Watcher {
                 None
             }
         };
-        self.write_info(scope, cand.id, scope::state::ACTIVE, &labels);
+        let state = if pending {
+            scope::state::PENDING
+        } else {
+            scope::state::ACTIVE
+        };
+        self.write_info(scope, cand.id, state, &labels);
         info!(
             scope,
+            pending,
             netns = cand.id.ino,
             namespace = %labels.namespace,
             pod = %labels.pod,
@@ -459,6 +490,7 @@ impl Watcher {
                 labels,
                 mount_name: cand.mount_name.clone(),
                 named,
+                pending_since: pending.then(Instant::now),
                 diag,
                 ifaces: BTreeMap::new(),
             },
@@ -483,13 +515,53 @@ impl Watcher {
         (labels, named)
     }
 
+    /// Names the namespaces waiting for their first process ([`PENDING_LIMIT`]): each one whose
+    /// process is there now gets the runtime's name and its series appear; one that waited too
+    /// long appears under its mount name.
+    fn name_pending(&mut self) {
+        self.candidates = netns::candidates(self.own);
+        let pending: Vec<u32> = self
+            .watched
+            .iter()
+            .filter(|(_, w)| w.pending_since.is_some())
+            .map(|(&s, _)| s)
+            .collect();
+        let mut changed = false;
+        for scope in pending {
+            let w = &self.watched[&scope];
+            let (id, waited) = (w.netns.id, w.pending_since.map(|t| t.elapsed()));
+            let cand = self.candidates.iter().find(|c| c.id == id).cloned();
+            let (labels, named) = match &cand {
+                Some(c) => self.label(c),
+                None => (w.labels.clone(), false),
+            };
+            if !named && waited.is_some_and(|t| t < PENDING_LIMIT) {
+                continue;
+            }
+            self.write_info(scope, id, scope::state::ACTIVE, &labels);
+            let w = self.watched.get_mut(&scope).expect("listed above");
+            if named {
+                info!(scope, container = %labels.container, pod = %labels.pod, waited_ms = waited.unwrap_or_default().as_millis() as u64, "container namespace named by its first process");
+            } else {
+                info!(scope, container = %labels.container, "no process appeared in a container runtime's namespace within {}s: shown under its mount name", PENDING_LIMIT.as_secs());
+            }
+            w.labels = labels;
+            w.named = named;
+            w.pending_since = None;
+            changed = true;
+        }
+        if changed {
+            self.publish();
+        }
+    }
+
     /// Namespaces first seen before any process ran in them are labelled by their mount name;
     /// once a process is there, the runtime's name replaces it.
     fn rename_unnamed(&mut self) {
         let unnamed: Vec<u32> = self
             .watched
             .iter()
-            .filter(|(_, w)| !w.named)
+            .filter(|(_, w)| !w.named && w.pending_since.is_none())
             .map(|(&s, _)| s)
             .collect();
         for scope in unnamed {
@@ -682,9 +754,12 @@ impl Watcher {
     }
 
     fn publish(&self) {
+        // A namespace waiting for its first process is counted but not shown: its series appear
+        // once, under the name its runtime gives it.
         let scopes = self
             .watched
             .iter()
+            .filter(|(_, w)| w.pending_since.is_none())
             .map(|(&scope, w)| WatchedScope {
                 scope,
                 labels: w.labels.clone(),

@@ -160,9 +160,9 @@ fn podman_containers_are_counted_named_and_diagnosed() {
         &[
             "--iface",
             &veth.0,
+            // The users' default resync (10s): a new container must be named by its first
+            // process, not by the next resync.
             "--containers",
-            "--container-resync",
-            "1s",
             "--close-wait-leak-after",
             "1s",
             "--host-root",
@@ -178,10 +178,50 @@ fn podman_containers_are_counted_named_and_diagnosed() {
     // Seeded from its own socket table: exact from the first scrape that shows it.
     assert_matches(&d, &old, &old_labels, "a container older than the daemon");
 
-    let pod = pm.start(&pod_name);
+    // Scraped every 20 ms from before the pod starts until its series appear: podman makes the
+    // namespace and its veth before the pod's first process, and no scrape may show the pod under
+    // the provisional name (netns-UUID) its mount has until then.
+    let pod_labels = "namespace=\"shop\",pod=\"web-0\",container=\"\"";
+    let named = std::sync::atomic::AtomicBool::new(false);
+    let (pod, provisional) = std::thread::scope(|s| {
+        let watch = s.spawn(|| {
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !named.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let text = d.raw_metrics();
+                seen.extend(
+                    text.lines()
+                        .filter(|l| {
+                            l.contains("container=\"netns-") || l.contains("container=\"cni-")
+                        })
+                        .map(str::to_string),
+                );
+                if text.contains(&format!("tcpstate_container_info{{{pod_labels}")) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        });
+        let started = Instant::now();
+        let pod = pm.start(&pod_name);
+        d.wait_for_within("the pod named", Duration::from_secs(5), |m| {
+            m.text
+                .contains(&format!("tcpstate_container_info{{{pod_labels}"))
+        });
+        eprintln!(
+            "the pod's series appeared {:?} after `podman start`",
+            started.elapsed()
+        );
+        named.store(true, std::sync::atomic::Ordering::Relaxed);
+        (pod, watch.join().unwrap())
+    });
+    assert!(
+        provisional.is_empty(),
+        "series under a provisional name were exported: {provisional:?}"
+    );
     wait_listening(&pod);
     let _pod_open = leak(&pod, 2);
-    let pod_labels = "namespace=\"shop\",pod=\"web-0\",container=\"\"";
     assert_matches(&d, &pod, pod_labels, "a pod started after the daemon");
     d.wait_for("both leaks past 1 s", |m| {
         m.try_get(

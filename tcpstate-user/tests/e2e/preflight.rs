@@ -122,3 +122,46 @@ fn check_without_privileges_says_what_to_do() {
         "{err}"
     );
 }
+
+/// Every program of the object passes this kernel's verifier, those no other test attaches
+/// included (a link layer, hook or mode a test topology lacks): a program the verifier refuses
+/// would otherwise fail only when the first interface of its kind appears, at run time.
+#[test]
+fn every_program_in_the_object_verifies() {
+    require_privileges();
+    let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate"));
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/tse2e-verify-{}", std::process::id()));
+    std::fs::create_dir_all(&pins).expect("bpffs is mounted on /sys/fs/bpf");
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(pins.clone());
+    let mut ebpf = aya::EbpfLoader::new()
+        .default_map_pin_directory(&pins)
+        .load(object)
+        .expect("the object loads");
+    let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
+    assert!(
+        names.len() >= 15,
+        "every entry point is in the object: {names:?}"
+    );
+    let mut refused = Vec::new();
+    for name in &names {
+        let result = match ebpf.program_mut(name).expect("listed") {
+            aya::programs::Program::SchedClassifier(p) => p.load(),
+            aya::programs::Program::Xdp(p) => p.load(),
+            other => panic!("{name}: an unexpected program type {:?}", other.prog_type()),
+        };
+        if let Err(e) = result {
+            refused.push(format!("{name}: {e}"));
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "the verifier refused:\n{}",
+        refused.join("\n")
+    );
+}
