@@ -26,11 +26,10 @@ use crate::{
         sweeper::{self, SweepReport},
     },
     bpf::{
-        attach::Attached,
+        attach::{Attached, Role},
         kernellog, loader, netif,
         tables::{self, Flows},
     },
-    cli::{KernelLog, Mode},
     config::RunConfig,
     containers::{
         naming::{Overrides, Runtimes},
@@ -50,12 +49,12 @@ use crate::{
 /// `tcpstate run --check`: everything `run` does up to serving, then undone. Uses a private pin
 /// directory so a running daemon's maps are never touched.
 pub fn check(mut cfg: RunConfig) -> anyhow::Result<String> {
-    loader::preflight(&cfg)?;
+    loader::preflight(&cfg.pin_dir, &cfg.ifaces)?;
     cfg.pin_dir = cfg
         .pin_dir
         .with_file_name(format!("tcpstate-check-{}", std::process::id()));
     let attempt = || -> anyhow::Result<Vec<Attached>> {
-        let loader::Loaded { mut ebpf, seed, .. } = loader::load(&cfg)?;
+        let loader::Loaded { mut ebpf, seed, .. } = loader::load(&cfg.loading())?;
         let (_, books, _) = tables::from_ebpf(&mut ebpf, seed)?;
         books.totals()?;
         let ebpf = Arc::new(Mutex::new(ebpf));
@@ -90,7 +89,7 @@ pub fn check(mut cfg: RunConfig) -> anyhow::Result<String> {
 }
 
 pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
-    loader::preflight(&cfg)?;
+    loader::preflight(&cfg.pin_dir, &cfg.ifaces)?;
     // Bind first: a busy port is reported before anything is attached.
     let listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| Preflight::Listen {
         addr: cfg.listen,
@@ -108,9 +107,9 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
         mut ebpf,
         seed,
         carried,
-    } = loader::load(&cfg)?;
+    } = loader::load(&cfg.loading())?;
     let kernel_log = match cfg.kernel_log {
-        KernelLog::Off => None,
+        kernellog::Level::Off => None,
         _ => Some(kernellog::take(&mut ebpf)?),
     };
     tables::publish_settings(
@@ -278,7 +277,7 @@ fn host_scope(cfg: &RunConfig) -> seed::Scope {
     let sel = cfg.selection();
     let watched = |name: &str| {
         name != "lo"
-            && cfg.mode == Mode::Host
+            && cfg.mode == Role::Host
             && !sel.excludes(name)
             && (sel.everything() || cfg.ifaces.iter().any(|i| i == name))
     };

@@ -19,7 +19,7 @@ use clap::Parser;
 
 use crate::{
     cli::{Cli, Command},
-    config::{ConfigError, RunConfig},
+    config::ConfigError,
     error::Preflight,
 };
 
@@ -69,7 +69,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) if args.check => {
             // Preflight for deployment scripts: any failure is exit 2, one line.
-            return match RunConfig::from_args(args)
+            return match args
+                .config()
                 .map_err(anyhow::Error::from)
                 .and_then(daemon::check)
             {
@@ -83,7 +84,8 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Run(args) => RunConfig::from_args(args)
+        Command::Run(args) => args
+            .config()
             .map_err(anyhow::Error::from)
             .and_then(daemon::run),
         Command::Flows(args) => inspect::flows::flows(args),

@@ -3,7 +3,17 @@
 
 use tcpstate_common::{flow::Side, FlowRecord, TcpState};
 
-use crate::config::Timeouts;
+/// Lifetimes the sweeper enforces (the kernel programs never expire anything).
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub time_wait: std::time::Duration,
+    pub syn_sent: std::time::Duration,
+    pub syn_recv: std::time::Duration,
+    pub fin_wait2: std::time::Duration,
+    pub closing_idle: std::time::Duration,
+    pub established_idle: std::time::Duration,
+    pub closed_linger: std::time::Duration,
+}
 
 /// Why a flow was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -32,12 +32,9 @@ use aya::Ebpf;
 use tcpstate_common::packet::LinkLayer;
 use tracing::{debug, info, warn};
 
-use crate::{
-    bpf::{
-        attach::{self, Attached, Attachment, Plan, Role},
-        links::{self, Link},
-    },
-    cli::{IngressHook, XdpModeArg},
+use crate::bpf::{
+    attach::{self, Attached, Attachment, IngressHook, Plan, Role, XdpMode},
+    links::{self, Link},
 };
 
 /// What the user asked to watch.
@@ -51,7 +48,7 @@ pub struct Selection {
     /// Host or tap, for every interface but `lo` (always tap: every segment on it passes twice).
     pub role: Role,
     pub ingress: IngressHook,
-    pub xdp_mode: XdpModeArg,
+    pub xdp_mode: XdpMode,
     /// Container mode is on: container veths are the container watcher's.
     pub containers: bool,
 }
@@ -393,7 +390,7 @@ mod tests {
             exclude: Vec::new(),
             role: Role::Host,
             ingress: IngressHook::Tc,
-            xdp_mode: XdpModeArg::Auto,
+            xdp_mode: XdpMode::Auto,
             containers: false,
         }
     }

@@ -6,18 +6,31 @@
 //! however it exits, the kernel detaches what it still held.
 
 use aya::{
-    programs::{
-        tc::SchedClassifierLink, xdp::XdpLink, SchedClassifier, TcAttachType, Xdp, XdpMode,
-    },
+    programs::{tc::SchedClassifierLink, xdp::XdpLink, SchedClassifier, TcAttachType, Xdp},
     Ebpf,
 };
 use tcpstate_common::{counters::Hook, packet::LinkLayer};
 use tracing::info;
 
-use crate::{
-    cli::{IngressHook, XdpModeArg},
-    error::Preflight,
-};
+use crate::error::Preflight;
+
+/// The hook that sees arriving segments on host- and tap-mode interfaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IngressHook {
+    /// TC (TCX) ingress: after the driver built the skb; changes nothing in the datapath.
+    Tc,
+    /// XDP: before the skb exists, on every wire packet.
+    Xdp,
+}
+
+/// How an XDP program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native (driver) mode where the driver supports it, else generic.
+    Auto,
+    Native,
+    Generic,
+}
 
 /// How an interface is watched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +49,7 @@ pub enum Role {
 pub struct Plan {
     pub role: Role,
     pub ingress: IngressHook,
-    pub xdp_mode: XdpModeArg,
+    pub xdp_mode: XdpMode,
     pub link: LinkLayer,
 }
 
@@ -191,15 +204,16 @@ fn attach_xdp(
     ebpf: &mut Ebpf,
     prog: &str,
     iface: &str,
-    want: XdpModeArg,
+    want: XdpMode,
 ) -> anyhow::Result<(Link, &'static str)> {
+    use aya::programs::XdpMode as Flags;
     let xdp: &mut Xdp = ebpf.program_mut(prog).expect("loaded").try_into()?;
     // lo has no native XDP; veth and most NIC drivers do.
-    let tries: &[(XdpMode, &'static str)] = match want {
-        XdpModeArg::Native => &[(XdpMode::Driver, "native")],
-        XdpModeArg::Generic => &[(XdpMode::Skb, "generic")],
-        XdpModeArg::Auto if iface == "lo" => &[(XdpMode::Skb, "generic")],
-        XdpModeArg::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+    let tries: &[(Flags, &'static str)] = match want {
+        XdpMode::Native => &[(Flags::Driver, "native")],
+        XdpMode::Generic => &[(Flags::Skb, "generic")],
+        XdpMode::Auto if iface == "lo" => &[(Flags::Skb, "generic")],
+        XdpMode::Auto => &[(Flags::Driver, "native"), (Flags::Skb, "generic")],
     };
     let mut last = None;
     for &(mode, name) in tries {
@@ -254,7 +268,7 @@ mod tests {
         Plan {
             role,
             ingress,
-            xdp_mode: XdpModeArg::Auto,
+            xdp_mode: XdpMode::Auto,
             link,
         }
     }

@@ -5,6 +5,18 @@ use aya_log::EbpfLogger;
 use tokio::io::{unix::AsyncFd, Interest};
 use tracing::warn;
 
+/// What the kernel programs log through aya-log (rare events only: invalid segments at debug,
+/// accepted RSTs at info, untracked flows at warn). The numbers are aya-log's levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Off = 0,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
+}
+
 /// aya-log speaks the `log` crate; the daemon logs through tracing.
 pub struct ToTracing;
 

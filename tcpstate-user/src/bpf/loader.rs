@@ -1,7 +1,10 @@
 //! Loading the kernel programs and pinning their maps ([`crate::bpf::attach`] puts the programs on
 //! interfaces). The maps are pinned so that the flows (and their ages) outlive a restart.
 
-use std::{fs, io, path::Path};
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 use aya::{maps::MapInfo, Ebpf, EbpfLoader};
 use tcpstate_common::{
@@ -14,10 +17,24 @@ use tcpstate_common::{
 use tracing::info;
 
 use crate::{
-    bpf::{attach, carry, links, netif},
-    config::RunConfig,
+    bpf::{attach, carry, kernellog, links, netif},
     error::Preflight,
 };
+
+/// What loading the object needs to know.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where the maps are pinned (under bpffs).
+    pub pin_dir: PathBuf,
+    /// Flows the table holds at most, and of them half-open ones.
+    pub capacity: u32,
+    pub half_open_budget: u32,
+    /// Counter scopes: the host's, and one per container namespace watched at most.
+    pub scopes: u32,
+    pub kernel_log: kernellog::Level,
+    /// Container mode is on (the transit check is then on, whatever the namespace does).
+    pub containers: bool,
+}
 
 /// The object tcpstate-user's build.rs built with aya-build.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate"));
@@ -25,9 +42,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Checks what loading needs and says in one line what is missing.
-pub fn preflight(cfg: &RunConfig) -> Result<(), Preflight> {
+/// `ifaces`: the interfaces named with `--iface` (none: every interface is watched).
+pub fn preflight(pin_dir: &Path, ifaces: &[String]) -> Result<(), Preflight> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 && !has_bpf_capabilities(&cfg.pin_dir) {
+    if unsafe { libc::geteuid() } != 0 && !has_bpf_capabilities(pin_dir) {
         return Err(Preflight::NotPrivileged);
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -45,12 +63,12 @@ pub fn preflight(cfg: &RunConfig) -> Result<(), Preflight> {
     }
     // Interfaces named with --iface must be there, up, parseable and not another daemon's; with
     // every interface watched, such ones are logged and left out instead.
-    let listed = if cfg.ifaces.is_empty() {
+    let listed = if ifaces.is_empty() {
         Vec::new()
     } else {
         links::list().unwrap_or_default()
     };
-    for iface in &cfg.ifaces {
+    for iface in ifaces {
         if !netif::exists(iface) {
             return Err(Preflight::NoSuchInterface(iface.clone()));
         }
@@ -160,10 +178,10 @@ fn is_bpffs(p: &Path) -> bool {
 /// Refuses pinned counter maps whose size differs from what this run would create: the kernel
 /// would otherwise run the new programs against the old layout. (The flow table is looked at by
 /// [`carry::inspect`], which carries its flows over when the size differs.)
-fn check_pins(cfg: &RunConfig) -> Result<(), Preflight> {
+fn check_pins(cfg: &Settings) -> Result<(), Preflight> {
     let counters = cfg.pin_dir.join(maps::COUNTERS);
     if let Ok(info) = MapInfo::from_pin(&counters) {
-        let want = idx::COUNT * cfg.scopes();
+        let want = idx::COUNT * cfg.scopes;
         if info.max_entries() != want {
             return Err(Preflight::IncompatiblePins {
                 dir: cfg.pin_dir.clone(),
@@ -184,12 +202,12 @@ fn check_pins(cfg: &RunConfig) -> Result<(), Preflight> {
 /// Read once, at load: turning forwarding on later (a container runtime starting after the
 /// daemon) takes a restart of the daemon to be seen. Off, an inbound SYN to a closed port is
 /// counted as a refused handshake; on, it reaches no socket and counts as transit.
-fn transit_check(cfg: &RunConfig) -> bool {
+fn transit_check(cfg: &Settings) -> bool {
     let forwarding = netif::forwarding();
     if forwarding {
         info!("this namespace forwards IP: segments that reach no local socket are not counted");
     }
-    cfg.containers.is_some() || forwarding
+    cfg.containers || forwarding
 }
 
 /// A loaded object and what it was loaded with.
@@ -203,7 +221,7 @@ pub struct Loaded {
 }
 
 /// Loads the object with this run's configuration, reusing maps pinned by an earlier run.
-pub fn load(cfg: &RunConfig) -> anyhow::Result<Loaded> {
+pub fn load(cfg: &Settings) -> anyhow::Result<Loaded> {
     ensure_bpffs(&cfg.pin_dir)?;
     check_pins(cfg)?;
     let slots = carry::slots_for(cfg.capacity);
@@ -212,13 +230,13 @@ pub fn load(cfg: &RunConfig) -> anyhow::Result<Loaded> {
         carry::Pinned::Nothing => (carry::new_seed()?, Vec::new()),
         carry::Pinned::Carry { flows } => (carry::new_seed()?, flows),
     };
-    let scopes = cfg.scopes();
+    let scopes = cfg.scopes;
     let config = Config {
         capacity: cfg.capacity as u64,
         slots: slots as u64,
         seed,
         half_open_budget: cfg.half_open_budget as u64,
-        log_events: u64::from(cfg.kernel_log != crate::cli::KernelLog::Off),
+        log_events: u64::from(cfg.kernel_log != kernellog::Level::Off),
         scopes: scopes as u64,
         transit_check: u64::from(transit_check(cfg)),
     };

@@ -349,7 +349,7 @@ impl Overrides {
 }
 
 /// How much of the naming the series keep (`--container-labels`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LabelLevel {
     /// namespace, pod and container.
     Full,

@@ -47,8 +47,8 @@ use crate::{
 /// The programs on a container's veth (the host's ingress carries what the container sends).
 const PLAN: Plan = Plan {
     role: Role::Container,
-    ingress: crate::cli::IngressHook::Tc,
-    xdp_mode: crate::cli::XdpModeArg::Auto,
+    ingress: attach::IngressHook::Tc,
+    xdp_mode: attach::XdpMode::Auto,
     link: tcpstate_common::packet::LinkLayer::Ethernet,
 };
 

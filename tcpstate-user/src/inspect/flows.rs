@@ -82,7 +82,7 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
         args.state.as_deref(),
         args.port,
         args.address,
-        args.older_than,
+        args.older_than.map(|d| d.0),
     )?;
     let mut all = Vec::new();
     flows.for_each(|key, rec| {
@@ -168,7 +168,7 @@ impl Filter {
         state: Option<&str>,
         port: Option<u16>,
         address: Option<std::net::IpAddr>,
-        older_than: Option<crate::config::Duration>,
+        older_than: Option<std::time::Duration>,
     ) -> anyhow::Result<Filter> {
         let state = match state {
             Some(s) => Some(
@@ -183,7 +183,7 @@ impl Filter {
             state,
             port,
             address: address.map(FlowKey::addr_words),
-            older_than_s: older_than.map(|d| d.0.as_secs_f64()),
+            older_than_s: older_than.map(|d| d.as_secs_f64()),
         })
     }
 

@@ -14,9 +14,8 @@ use tcpstate_common::{
 };
 
 use crate::{
-    background::expiry::{self, Expired},
+    background::expiry::{self, Expired, Timeouts},
     bpf::tables::Totals,
-    config::Timeouts,
 };
 
 /// The hook a replayed segment is counted under: tap mode's, as the daemon attaches by default.

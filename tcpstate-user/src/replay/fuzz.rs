@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use tcpstate_common::maps::Config;
 
 use super::{capture::CaptureError, engine::Table, replay};
-use crate::config::Timeouts;
+use crate::background::expiry::Timeouts;
 
 fn corpus() -> Vec<Vec<u8>> {
     let root: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "captures"]

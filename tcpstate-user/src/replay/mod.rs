@@ -27,9 +27,8 @@ use tcpstate_common::{
 };
 
 use crate::{
-    background::{ports, sweeper::SweepReport},
+    background::{expiry::Timeouts, ports, sweeper::SweepReport},
     cli::ReplayArgs,
-    config::Timeouts,
     exporter::metrics::{self, Scrape},
     inspect::flows::{Filter, FlowView},
 };
@@ -61,7 +60,7 @@ enum At {
 
 fn parse_at(s: &str) -> Result<At, ReplayError> {
     if let Some(d) = s.strip_prefix('+') {
-        let d: crate::config::Duration = d
+        let d: crate::cli::Duration = d
             .parse()
             .map_err(|e| ReplayError::Usage(format!("--at {s}: {e}")))?;
         return Ok(At::After(d.0.as_nanos() as u64));
@@ -93,8 +92,8 @@ impl Options {
                 a.max_flows
             )));
         }
-        let positive = |name: &str, d: crate::config::Duration| {
-            crate::config::positive(name, d).map_err(ReplayError::Usage)
+        let positive = |name: &str, d: crate::cli::Duration| {
+            crate::cli::settings::positive(name, d).map_err(ReplayError::Usage)
         };
         Ok(Options {
             cfg: Config {
@@ -108,7 +107,7 @@ impl Options {
                 slots: 0,
                 seed: [0; 5],
             },
-            timeouts: Timeouts::from_args(&a.timeouts).map_err(ReplayError::Usage)?,
+            timeouts: a.timeouts.timeouts().map_err(ReplayError::Usage)?,
             sweep_interval: positive("--sweep-interval", a.sweep_interval)?,
         })
     }
@@ -150,7 +149,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         args.state.as_deref(),
         args.port,
         args.address,
-        args.older_than,
+        args.older_than.map(|d| d.0),
     )
     .map_err(|e| ReplayError::Usage(e.to_string()))?;
     let what = args.file.display().to_string();

@@ -1,10 +1,12 @@
-//! Command-line surface (clap). Raw arguments only: `config` validates them into a `RunConfig`.
+//! Command-line surface (clap): the raw arguments, and ([`settings`]) what they become.
+
+pub mod settings;
 
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::Duration;
+pub use settings::Duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,6 +75,16 @@ pub enum KernelLog {
     Info = 3,
     Debug = 4,
     Trace = 5,
+}
+
+/// How much of a container's naming the series keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LabelLevelArg {
+    /// namespace, pod and container.
+    Full,
+    /// Kubernetes pods folded into their namespace (pod=""); standalone containers keep their
+    /// container label.
+    Namespace,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -183,7 +195,7 @@ pub struct RunArgs {
         value_enum,
         default_value = "full"
     )]
-    pub container_labels: crate::containers::naming::LabelLevel,
+    pub container_labels: LabelLevelArg,
     /// How often container mode rereads the host's interfaces and namespaces, besides following
     /// link events (a backstop for missed events, and names for namespaces that had no process yet).
     #[arg(long, env = "TCPSTATE_CONTAINER_RESYNC", default_value = "10s")]
