@@ -6,11 +6,11 @@ use std::{net::SocketAddr, path::PathBuf, time};
 
 use crate::{
     background::interfaces::Selection,
+    background::scopes::LabelLevel,
     bpf::{
         attach::{IngressHook, Role, XdpMode},
         kernellog, loader,
     },
-    containers::naming::LabelLevel,
     error::Preflight,
 };
 

@@ -22,7 +22,9 @@ use crate::{
         books::{DaemonCounters, Shared},
         expiry::Expired,
         interfaces::Interfaces,
-        ports, seed,
+        ports,
+        scopes::ScopeView,
+        seed,
         sweeper::{self, SweepReport},
     },
     bpf::{
@@ -34,14 +36,9 @@ use crate::{
     containers::{
         naming::{Overrides, Runtimes},
         watcher::{Maps, Settings, Watcher},
-        ScopeView,
     },
     error::Preflight,
-    exporter::{
-        metrics::{self, Scrape},
-        server::{self, Format},
-        webconfig,
-    },
+    exporter::{collector::Collector, server, webconfig},
     inspect,
     sockets::sockdiag,
 };
@@ -54,14 +51,17 @@ pub fn check(mut cfg: RunConfig) -> anyhow::Result<String> {
         .pin_dir
         .with_file_name(format!("tcpstate-check-{}", std::process::id()));
     let attempt = || -> anyhow::Result<Vec<Attached>> {
-        let loader::Loaded { mut ebpf, seed, .. } = loader::load(&cfg.loading())?;
-        let (_, books, _) = tables::from_ebpf(&mut ebpf, seed)?;
-        books.totals()?;
+        let loader::Loaded { ebpf, seed, .. } = loader::load(&cfg.loading())?;
         let ebpf = Arc::new(Mutex::new(ebpf));
+        // Attached before the maps are taken out of the object: a program loads against the
+        // descriptors of the maps it uses, which must still be open.
         let mut interfaces = Interfaces::new(ebpf.clone(), cfg.selection());
         interfaces.start()?;
         let attached = interfaces.published();
         let list = attached.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (_, books, _) =
+            tables::from_ebpf(&mut ebpf.lock().unwrap_or_else(|e| e.into_inner()), seed)?;
+        books.totals()?;
         drop(interfaces);
         Ok(list)
     };
@@ -388,59 +388,13 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     info!(listen = %cfg.listen, "serving /metrics");
-    let (capacity, half_open_budget) = (cfg.capacity, cfg.half_open_budget);
-    let render: server::Render = Arc::new(move |format: Format| {
-        let attached = attached
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let s = state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Scopes past the highest one watched hold nothing to export.
-        let in_use = s
-            .scopes
-            .scopes
-            .iter()
-            .map(|w| w.scope + 1)
-            .max()
-            .unwrap_or(1);
-        let started = std::time::Instant::now();
-        let mut totals = s.books.totals_of(in_use).map_err(|e| {
-            warn!(error = %e, "cannot read counters");
-            format!("cannot read the kernel counters: {e}")
-        })?;
-        totals.user = s
-            .counters
-            .all()
-            .iter()
-            .take(in_use as usize)
-            .copied()
-            .collect();
-        let scrape = Scrape {
-            totals: &totals,
-            capacity,
-            half_open_budget,
-            sweep: &s.report,
-            attached: &attached,
-            scopes: &s.scopes,
-        };
-        let read = started.elapsed();
-        let body = match format {
-            Format::OpenMetrics => Ok(metrics::render_openmetrics(&scrape)),
-            Format::Text => metrics::render(&scrape).map_err(|e| {
-                warn!(error = %e, "cannot encode metrics");
-                format!("cannot encode metrics: {e}")
-            }),
-        };
-        tracing::debug!(
-            read_us = read.as_micros() as u64,
-            render_us = (started.elapsed() - read).as_micros() as u64,
-            scopes = in_use,
-            "scrape"
-        );
-        body
-    });
+    let render = Collector {
+        shared: state,
+        attached,
+        capacity: cfg.capacity,
+        half_open_budget: cfg.half_open_budget,
+    }
+    .into_render();
     // Validated by RunConfig already; read again here for the values in force from now on.
     let web = match &cfg.web_config {
         Some(path) => {

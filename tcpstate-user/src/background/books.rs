@@ -11,7 +11,10 @@ use std::collections::BTreeSet;
 
 use tcpstate_common::{flow::FlowWord, maps::UserCounters, scope};
 
-use crate::{background::sweeper::SweepReport, bpf::tables::Books, containers::ScopeView};
+use crate::{
+    background::{scopes::ScopeView, sweeper::SweepReport},
+    bpf::tables::Books,
+};
 
 /// What the scrape, the sweeper and the container watcher share. Each holds the lock only for a
 /// read or a booking, never across a walk of the table.

@@ -7,9 +7,9 @@ use std::{fmt, str::FromStr, time};
 
 use super::{IngressHook, KernelLog, LabelLevelArg, Mode, RunArgs, TimeoutArgs, XdpModeArg};
 use crate::{
+    background::scopes::LabelLevel,
     bpf::{attach, attach::Role, kernellog},
     config::{ConfigError, Containers, RunConfig, Timeouts},
-    containers::naming::LabelLevel,
 };
 
 /// A duration written like `500ms`, `3s`, `90s`, `2m`, `1h`, `5d`.

@@ -14,18 +14,7 @@ use std::{
 
 use serde::Deserialize;
 
-/// The labels a scope's series carry.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels {
-    /// Kubernetes namespace, empty for standalone containers.
-    pub namespace: String,
-    /// Kubernetes pod name, empty for standalone containers.
-    pub pod: String,
-    /// Standalone container's name (or 12-hex short id), empty for pods.
-    pub container: String,
-    /// Full container id when known (the pod's sandbox for Kubernetes), for `flows`/`leaks`.
-    pub container_id: String,
-}
+use crate::background::scopes::Labels;
 
 /// The container runtime a cgroup path points at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -348,26 +337,6 @@ impl Overrides {
     }
 }
 
-/// How much of the naming the series keep (`--container-labels`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LabelLevel {
-    /// namespace, pod and container.
-    Full,
-    /// Kubernetes pods folded into their namespace (pod=""); standalone containers keep their
-    /// container label.
-    Namespace,
-}
-
-impl LabelLevel {
-    /// The label values a scope's series carry at this level.
-    pub fn collapse(self, l: &Labels) -> (String, String, String) {
-        match self {
-            LabelLevel::Full => (l.namespace.clone(), l.pod.clone(), l.container.clone()),
-            LabelLevel::Namespace => (l.namespace.clone(), String::new(), l.container.clone()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod provisional_tests {
     use super::provisional_mount;
@@ -498,30 +467,5 @@ mod tests {
             ..Labels::default()
         };
         assert_eq!(o.apply(untouched.clone(), Some("netns-x"), 9), untouched);
-    }
-
-    #[test]
-    fn namespace_level_folds_pods_but_keeps_standalone_containers() {
-        let pod = Labels {
-            namespace: "shop".into(),
-            pod: "web-0".into(),
-            ..Labels::default()
-        };
-        let standalone = Labels {
-            container: "leaky".into(),
-            ..Labels::default()
-        };
-        assert_eq!(
-            LabelLevel::Namespace.collapse(&pod),
-            ("shop".into(), String::new(), String::new())
-        );
-        assert_eq!(
-            LabelLevel::Namespace.collapse(&standalone),
-            (String::new(), String::new(), "leaky".into())
-        );
-        assert_eq!(
-            LabelLevel::Full.collapse(&pod),
-            ("shop".into(), "web-0".into(), String::new())
-        );
     }
 }

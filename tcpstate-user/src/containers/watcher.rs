@@ -29,13 +29,16 @@ use tcpstate_common::{
 use tracing::{debug, info, warn};
 
 use super::{
-    naming::{LabelLevel, Labels, Overrides, Runtimes},
+    naming::{Overrides, Runtimes},
     netns::{self, Candidate, Netns, NetnsId},
     slots::{Full, Slots},
-    ScopeView, WatchedScope,
 };
 use crate::{
-    background::{books::Shared, seed},
+    background::{
+        books::Shared,
+        scopes::{LabelLevel, Labels, ScopeView, WatchedScope},
+        seed,
+    },
     bpf::tables::Flows,
     bpf::{
         attach::{self, Attachment, Plan, Role},

@@ -1,6 +1,7 @@
 //! Exporting to Prometheus: the metric families rendered from counters and the HTTP endpoint.
 
 mod auth;
+pub mod collector;
 pub mod metrics;
 pub mod openmetrics;
 pub mod server;
