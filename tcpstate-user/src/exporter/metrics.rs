@@ -13,12 +13,12 @@ use tcpstate_common::{
 };
 
 use crate::{
+    background::scopes::ScopeView,
     background::{
         ports::{PortFigures, Survey, OTHER},
         sweeper::SweepReport,
     },
     bpf::{attach::Attached, tables::Totals},
-    containers::ScopeView,
 };
 
 /// Everything one scrape renders.
@@ -316,7 +316,7 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
 
     let mut f = counter(
         "tcpstate_flows_expired_total",
-        "Flows the sweeper removed after their state's timeout.",
+        "Flows the sweeper removed: their state's timeout ran out, or (host mode) the kernel's socket table no longer held the local endpoint.",
     );
     f.sample(&[], t.books().deleted as f64);
     out.push(f);
@@ -592,10 +592,10 @@ pub fn idle<T>(containers: bool, f: impl FnOnce(&Scrape) -> T) -> T {
     let view = if containers {
         ScopeView {
             enabled: true,
-            level: Some(crate::containers::naming::LabelLevel::Full),
-            scopes: vec![crate::containers::WatchedScope {
+            level: Some(crate::background::scopes::LabelLevel::Full),
+            scopes: vec![crate::background::scopes::WatchedScope {
                 scope: 1,
-                labels: crate::containers::naming::Labels {
+                labels: crate::background::scopes::Labels {
                     container: "web".into(),
                     container_id: "0".repeat(64),
                     ..Default::default()
