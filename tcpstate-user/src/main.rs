@@ -25,14 +25,70 @@ use crate::{
 
 fn main() -> ExitCode {
     restore_sigpipe_for_inspection();
-    let argv = match configfile::complete_args(std::env::args_os().collect()) {
-        Ok(a) => a,
+    match run() {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("tcpstate: {e}");
-            return ExitCode::from(2);
+            // One line that says what to do; causes joined with ": ".
+            eprintln!("tcpstate: {e:#}");
+            ExitCode::from(failure_code(&e))
         }
-    };
+    }
+}
+
+/// The one place that decides the exit codes: 0 done (or, for `leaks`, no leak), 1 leaks found
+/// or a failure while running, 2 a usage error or a preflight that failed (bad flags or
+/// configuration, missing privilege, an unreadable capture: what the caller must change).
+fn failure_code(e: &anyhow::Error) -> u8 {
+    let usage = e.downcast_ref::<Preflight>().is_some()
+        || e.downcast_ref::<ConfigError>().is_some()
+        || e.downcast_ref::<replay::ReplayError>().is_some()
+        || e.downcast_ref::<replay::capture::CaptureError>().is_some()
+        || e.downcast_ref::<Usage>().is_some();
+    if usage {
+        2
+    } else {
+        1
+    }
+}
+
+/// An error that is the caller's to fix (exit code 2), whatever its cause.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct Usage(anyhow::Error);
+
+fn run() -> anyhow::Result<ExitCode> {
+    let argv = configfile::complete_args(std::env::args_os().collect())
+        .map_err(|e| Usage(anyhow::anyhow!(e)))?;
     let cli = Cli::parse_from(argv);
+    init_logging(&cli);
+    match &cli.command {
+        // A preflight for deployment scripts: any failure is a usage error (2), one line.
+        Command::Run(args) if args.check => {
+            let summary = args
+                .config()
+                .map_err(anyhow::Error::from)
+                .and_then(daemon::check)
+                .map_err(Usage)?;
+            println!("{summary}");
+        }
+        Command::Run(args) => daemon::run(args.config()?)?,
+        // 0: no leak, 1: leaks, 2: could not tell (no daemon running, say).
+        Command::Leaks(args) => {
+            let leaking = inspect::leaks::run(args).map_err(Usage)?;
+            return Ok(ExitCode::from(u8::from(leaking)));
+        }
+        Command::Replay(args) => replay::run(args)?,
+        Command::Flows(args) => inspect::flows::flows(args)?,
+        Command::Cleanup(args) => inspect::flows::cleanup(&args.pin_dir)?,
+        Command::DescribeMetrics(args) => {
+            let body = exporter::metrics::describe_with(args.containers)?;
+            std::io::Write::write_all(&mut std::io::stdout(), &body)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(cli: &Cli) {
     // A preflight prints one line; its progress logs would only bury it.
     let quiet = matches!(&cli.command, Command::Run(a) if a.check)
         && std::env::var_os("TCPSTATE_LOG").is_none();
@@ -43,68 +99,6 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    if let Command::Leaks(args) = &cli.command {
-        // 0: no leak, 1: leaks, 2: could not tell.
-        return match inspect::leaks::run(args) {
-            Ok(false) => ExitCode::SUCCESS,
-            Ok(true) => ExitCode::from(1),
-            Err(e) => {
-                eprintln!("tcpstate: {e:#}");
-                ExitCode::from(2)
-            }
-        };
-    }
-    if let Command::Replay(args) = &cli.command {
-        // A capture that cannot be read, or bad options: one line, exit 2.
-        return match replay::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("tcpstate: {e:#}");
-                let usage = e.downcast_ref::<replay::ReplayError>().is_some()
-                    || e.downcast_ref::<replay::capture::CaptureError>().is_some();
-                ExitCode::from(if usage { 2 } else { 1 })
-            }
-        };
-    }
-    let result = match &cli.command {
-        Command::Run(args) if args.check => {
-            // Preflight for deployment scripts: any failure is exit 2, one line.
-            return match args
-                .config()
-                .map_err(anyhow::Error::from)
-                .and_then(daemon::check)
-            {
-                Ok(summary) => {
-                    println!("{summary}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("tcpstate: {e:#}");
-                    ExitCode::from(2)
-                }
-            };
-        }
-        Command::Run(args) => args
-            .config()
-            .map_err(anyhow::Error::from)
-            .and_then(daemon::run),
-        Command::Flows(args) => inspect::flows::flows(args),
-        Command::Cleanup(args) => inspect::flows::cleanup(&args.pin_dir),
-        Command::Leaks(_) | Command::Replay(_) => unreachable!("handled above"),
-        Command::DescribeMetrics(args) => exporter::metrics::describe_with(args.containers)
-            .map_err(anyhow::Error::from)
-            .and_then(|b| Ok(std::io::Write::write_all(&mut std::io::stdout(), &b)?)),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line that says what to do; causes joined with ": ".
-            eprintln!("tcpstate: {e:#}");
-            let usage = e.downcast_ref::<Preflight>().is_some()
-                || e.downcast_ref::<ConfigError>().is_some();
-            ExitCode::from(if usage { 2 } else { 1 })
-        }
-    }
 }
 
 /// `tcpstate leaks | head` must end quietly when head closes the pipe, as command-line tools do:
