@@ -74,11 +74,11 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Run(args) => daemon::run(args.config()?)?,
         // 0: no leak, 1: leaks, 2: could not tell (no daemon running, say).
         Command::Leaks(args) => {
-            let leaking = inspect::leaks::run(args).map_err(Usage)?;
+            let leaking = inspect::leaks::run(&args.query()).map_err(Usage)?;
             return Ok(ExitCode::from(u8::from(leaking)));
         }
-        Command::Replay(args) => replay::run(args)?,
-        Command::Flows(args) => inspect::flows::flows(args)?,
+        Command::Replay(args) => replay::run(&args.request()?)?,
+        Command::Flows(args) => inspect::flows::flows(&args.query())?,
         Command::Cleanup(args) => inspect::flows::cleanup(&args.pin_dir)?,
         Command::DescribeMetrics(args) => {
             let body = exporter::metrics::describe_with(args.containers)?;

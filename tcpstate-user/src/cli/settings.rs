@@ -5,11 +5,16 @@
 
 use std::{fmt, str::FromStr, time};
 
-use super::{IngressHook, KernelLog, LabelLevelArg, Mode, RunArgs, TimeoutArgs, XdpModeArg};
+use super::{
+    FlowsArgs, IngressHook, KernelLog, LabelLevelArg, LeaksArgs, Mode, ReplayArgs, RunArgs,
+    TimeoutArgs, XdpModeArg,
+};
 use crate::{
     background::scopes::LabelLevel,
     bpf::{attach, attach::Role, kernellog},
     config::{ConfigError, Containers, RunConfig, Timeouts},
+    inspect::{flows, leaks},
+    replay::{At, Options, ReplayError, Request},
 };
 
 /// A duration written like `500ms`, `3s`, `90s`, `2m`, `1h`, `5d`.
@@ -223,6 +228,104 @@ impl RunArgs {
                 None
             },
         })
+    }
+}
+
+impl FlowsArgs {
+    /// The listing these flags ask for.
+    pub fn query(&self) -> flows::Query {
+        flows::Query {
+            pin_dir: self.pins.pin_dir.clone(),
+            json: self.json,
+            state: self.state.clone(),
+            port: self.port,
+            address: self.address,
+            older_than: self.older_than.map(|d| d.0),
+            container: self.containers.container.clone(),
+            pod: self.containers.pod.clone(),
+        }
+    }
+}
+
+impl LeaksArgs {
+    /// The report these flags ask for.
+    pub fn query(&self) -> leaks::Query {
+        leaks::Query {
+            pin_dir: self.pins.pin_dir.clone(),
+            json: self.json,
+            older_than: self.older_than.map(|d| d.0),
+            container: self.containers.container.clone(),
+            pod: self.containers.pod.clone(),
+        }
+    }
+}
+
+/// A duration as the flags write it (`500ms`, `3s`, `2m`).
+pub fn parse_duration(s: &str) -> Result<time::Duration, String> {
+    s.parse::<Duration>().map(|d| d.0)
+}
+
+impl ReplayArgs {
+    /// The replay these flags ask for.
+    pub fn request(&self) -> Result<Request, ReplayError> {
+        let a = self;
+        if a.max_flows == 0 {
+            return Err(ReplayError::Usage("--max-flows must be at least 1".into()));
+        }
+        let budget = a.half_open_budget.unwrap_or((a.max_flows / 4).max(1));
+        if budget == 0 || budget > a.max_flows {
+            return Err(ReplayError::Usage(format!(
+                "--half-open-budget must be between 1 and --max-flows ({}), not {budget}",
+                a.max_flows
+            )));
+        }
+        let positive = |name: &str, d: Duration| positive(name, d).map_err(ReplayError::Usage);
+        let options = Options {
+            cfg: tcpstate_common::maps::Config {
+                capacity: u64::from(a.max_flows),
+                half_open_budget: u64::from(budget),
+                log_events: 0,
+                // A capture is replayed as tap mode sees it: one scope, no container mode.
+                scopes: 1,
+                transit_check: 0,
+                // The replay keeps its flows in a process-local hash map, not the slot table.
+                slots: 0,
+                seed: [0; 5],
+            },
+            timeouts: a.timeouts.timeouts().map_err(ReplayError::Usage)?,
+            sweep_interval: positive("--sweep-interval", a.sweep_interval)?,
+        };
+        Ok(Request {
+            file: a.file.clone(),
+            options,
+            at: a
+                .at
+                .as_deref()
+                .map(parse_at)
+                .transpose()?
+                .unwrap_or(At::LastFrame),
+            json: a.json,
+            metrics: a.metrics,
+            state: a.state.clone(),
+            port: a.port,
+            address: a.address,
+            older_than: a.older_than.map(|d| d.0),
+            close_wait_leak_after: a.close_wait_leak_after.0,
+            port_labels: a.port_labels,
+        })
+    }
+}
+
+fn parse_at(s: &str) -> Result<At, ReplayError> {
+    if let Some(d) = s.strip_prefix('+') {
+        let d = parse_duration(d).map_err(|e| ReplayError::Usage(format!("--at {s}: {e}")))?;
+        return Ok(At::After(d.as_nanos() as u64));
+    }
+    match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(At::Absolute((secs * 1e9) as u64)),
+        _ => Err(ReplayError::Usage(format!(
+            "--at {s:?} is not a time: write Unix seconds (1764655200.5) or +DURATION after the last frame (+2m)"
+        ))),
     }
 }
 

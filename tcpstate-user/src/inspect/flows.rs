@@ -1,6 +1,9 @@
 //! `tcpstate flows` and `tcpstate cleanup`: reading (or removing) a daemon's pinned maps.
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 use tcpstate_common::flow::monotonic_ns;
 
 use serde_json::json;
@@ -11,9 +14,24 @@ use tcpstate_common::{
 
 use crate::{
     bpf::tables,
-    cli::FlowsArgs,
     inspect::scopes::{self, ScopeName},
 };
+
+/// What `tcpstate flows` lists, and how.
+pub struct Query {
+    /// The daemon's pin directory.
+    pub pin_dir: PathBuf,
+    pub json: bool,
+    /// Only flows with an endpoint in this state (its `ss`-style name), on this port, at this
+    /// address, or in its state for longer than this.
+    pub state: Option<String>,
+    pub port: Option<u16>,
+    pub address: Option<std::net::IpAddr>,
+    pub older_than: Option<std::time::Duration>,
+    /// Only endpoints in this container or pod.
+    pub container: Option<String>,
+    pub pod: Option<String>,
+}
 
 /// One tracked flow, decoded for people and scripts.
 pub(crate) struct FlowView {
@@ -73,8 +91,8 @@ impl FlowView {
     }
 }
 
-pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
-    let pinned = tables::from_pins(&args.pins.pin_dir)?;
+pub fn flows(args: &Query) -> anyhow::Result<()> {
+    let pinned = tables::from_pins(&args.pin_dir)?;
     let names = scopes::names(&pinned.info);
     let flows = pinned.flows;
     let now = monotonic_ns();
@@ -82,7 +100,7 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
         args.state.as_deref(),
         args.port,
         args.address,
-        args.older_than.map(|d| d.0),
+        args.older_than,
     )?;
     let mut all = Vec::new();
     flows.for_each(|key, rec| {
@@ -95,10 +113,7 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
             })
         }
     })?;
-    let (container, pod) = (
-        args.containers.container.as_deref(),
-        args.containers.pod.as_deref(),
-    );
+    let (container, pod) = (args.container.as_deref(), args.pod.as_deref());
     let mut views: Vec<FlowView> = all
         .into_iter()
         .filter(|v| filter.keeps(v, now) && v.scope.matches(container, pod))

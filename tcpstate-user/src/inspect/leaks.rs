@@ -3,6 +3,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
+    path::PathBuf,
     time::Duration,
 };
 use tcpstate_common::flow::monotonic_ns;
@@ -16,7 +17,6 @@ use tcpstate_common::{
 
 use crate::{
     bpf::tables,
-    cli::LeaksArgs,
     inspect::scopes::{self, ScopeName},
     sockets::{
         owners::{owners, Owner},
@@ -53,20 +53,26 @@ struct Group {
     peers: Vec<(IpAddr, usize)>,
 }
 
+/// What `tcpstate leaks` reports, and how.
+pub struct Query {
+    /// The daemon's pin directory.
+    pub pin_dir: PathBuf,
+    pub json: bool,
+    /// The CLOSE_WAIT age past which an endpoint is a leak; `None`: the daemon's.
+    pub older_than: Option<Duration>,
+    /// Only endpoints in this container or pod.
+    pub container: Option<String>,
+    pub pod: Option<String>,
+}
+
 /// Prints the report; returns whether any leak was found (exit code 1 for scripts and cron).
-pub fn run(args: &LeaksArgs) -> anyhow::Result<bool> {
-    let pinned = tables::from_pins(&args.pins.pin_dir)?;
+pub fn run(args: &Query) -> anyhow::Result<bool> {
+    let pinned = tables::from_pins(&args.pin_dir)?;
     let names = scopes::names(&pinned.info);
     let now = monotonic_ns();
-    let (threshold, source) = threshold(
-        args.older_than.map(|d| d.0),
-        tables::settings_from_pins(&args.pins.pin_dir),
-    );
+    let (threshold, source) = threshold(args.older_than, tables::settings_from_pins(&args.pin_dir));
     let threshold = threshold.as_secs_f64();
-    let (container, pod) = (
-        args.containers.container.as_deref(),
-        args.containers.pod.as_deref(),
-    );
+    let (container, pod) = (args.container.as_deref(), args.pod.as_deref());
     let mut found = Vec::new();
     pinned.flows.for_each(|key, rec| {
         let w = rec.word();

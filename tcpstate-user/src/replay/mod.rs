@@ -28,7 +28,6 @@ use tcpstate_common::{
 
 use crate::{
     background::{expiry::Timeouts, ports, sweeper::SweepReport},
-    cli::ReplayArgs,
     exporter::metrics::{self, Scrape},
     inspect::flows::{Filter, FlowView},
 };
@@ -50,27 +49,12 @@ pub enum ReplayError {
 
 /// The instant the result describes.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum At {
+pub enum At {
     LastFrame,
     /// Unix nanoseconds: frames after it are not replayed.
     Absolute(u64),
     /// Nanoseconds after the last frame.
     After(u64),
-}
-
-fn parse_at(s: &str) -> Result<At, ReplayError> {
-    if let Some(d) = s.strip_prefix('+') {
-        let d: crate::cli::Duration = d
-            .parse()
-            .map_err(|e| ReplayError::Usage(format!("--at {s}: {e}")))?;
-        return Ok(At::After(d.0.as_nanos() as u64));
-    }
-    match s.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(At::Absolute((secs * 1e9) as u64)),
-        _ => Err(ReplayError::Usage(format!(
-            "--at {s:?} is not a time: write Unix seconds (1764655200.5) or +DURATION after the last frame (+2m)"
-        ))),
-    }
 }
 
 /// Validated replay options: the daemon's table limits and timeouts.
@@ -80,37 +64,25 @@ pub struct Options {
     pub sweep_interval: std::time::Duration,
 }
 
-impl Options {
-    pub fn from_args(a: &ReplayArgs) -> Result<Options, ReplayError> {
-        if a.max_flows == 0 {
-            return Err(ReplayError::Usage("--max-flows must be at least 1".into()));
-        }
-        let budget = a.half_open_budget.unwrap_or((a.max_flows / 4).max(1));
-        if budget == 0 || budget > a.max_flows {
-            return Err(ReplayError::Usage(format!(
-                "--half-open-budget must be between 1 and --max-flows ({}), not {budget}",
-                a.max_flows
-            )));
-        }
-        let positive = |name: &str, d: crate::cli::Duration| {
-            crate::cli::settings::positive(name, d).map_err(ReplayError::Usage)
-        };
-        Ok(Options {
-            cfg: Config {
-                capacity: u64::from(a.max_flows),
-                half_open_budget: u64::from(budget),
-                log_events: 0,
-                // A capture is replayed as tap mode sees it: one scope, no container mode.
-                scopes: 1,
-                transit_check: 0,
-                // The replay keeps its flows in a process-local hash map, not the slot table.
-                slots: 0,
-                seed: [0; 5],
-            },
-            timeouts: a.timeouts.timeouts().map_err(ReplayError::Usage)?,
-            sweep_interval: positive("--sweep-interval", a.sweep_interval)?,
-        })
-    }
+/// What `tcpstate replay` does: the capture, the options the daemon would run with, the
+/// instant the result describes, which flows it shows and in which form.
+pub struct Request {
+    /// The capture file; `-` for standard input.
+    pub file: std::path::PathBuf,
+    pub options: Options,
+    /// The instant the result describes.
+    pub at: At,
+    pub json: bool,
+    pub metrics: bool,
+    /// Only flows with an endpoint in this state, on this port, at this address, or in its
+    /// state for longer than this.
+    pub state: Option<String>,
+    pub port: Option<u16>,
+    pub address: Option<std::net::IpAddr>,
+    pub older_than: Option<std::time::Duration>,
+    /// For `--metrics`: the leak threshold and how many ports get their own label.
+    pub close_wait_leak_after: std::time::Duration,
+    pub port_labels: usize,
 }
 
 /// Replays a capture into `table`: every frame, or those up to `stop_after` (Unix ns; the rest
@@ -137,19 +109,14 @@ pub fn replay(
     Ok(())
 }
 
-pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
-    let opts = Options::from_args(args)?;
-    let at = args
-        .at
-        .as_deref()
-        .map(parse_at)
-        .transpose()?
-        .unwrap_or(At::LastFrame);
+pub fn run(args: &Request) -> anyhow::Result<()> {
+    let opts = &args.options;
+    let at = args.at;
     let filter = Filter::new(
         args.state.as_deref(),
         args.port,
         args.address,
-        args.older_than.map(|d| d.0),
+        args.older_than,
     )
     .map_err(|e| ReplayError::Usage(e.to_string()))?;
     let what = args.file.display().to_string();
@@ -177,7 +144,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     if args.metrics {
         out.write_all(&exposition(
             &table,
-            args.close_wait_leak_after.0,
+            args.close_wait_leak_after,
             args.port_labels,
         )?)?;
         out.flush()?;
