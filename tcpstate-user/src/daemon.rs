@@ -39,7 +39,6 @@ use crate::{
     },
     error::Preflight,
     exporter::{collector::Collector, server, webconfig},
-    inspect,
     sockets::sockdiag,
 };
 
@@ -67,7 +66,7 @@ pub fn check(mut cfg: RunConfig) -> anyhow::Result<String> {
     };
     let result = attempt();
     if cfg.pin_dir.exists() {
-        inspect::flows::remove_pins(&cfg.pin_dir)?;
+        crate::bpf::pins::remove(&cfg.pin_dir)?;
     }
     let attached: Vec<String> = result?
         .iter()

@@ -7,4 +7,5 @@ pub mod kernellog;
 pub mod links;
 pub mod loader;
 pub mod netif;
+pub mod pins;
 pub mod tables;

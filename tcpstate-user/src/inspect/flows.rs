@@ -1,15 +1,12 @@
 //! `tcpstate flows` and `tcpstate cleanup`: reading (or removing) a daemon's pinned maps.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 use tcpstate_common::flow::monotonic_ns;
 
 use serde_json::json;
 use tcpstate_common::{
     flow::{flowflags, known, Side},
-    maps, FlowKey, FlowRecord, TcpState,
+    FlowKey, FlowRecord, TcpState,
 };
 
 use crate::{
@@ -220,30 +217,7 @@ pub fn cleanup(dir: &Path) -> anyhow::Result<()> {
         println!("nothing to clean: {} does not exist", dir.display());
         return Ok(());
     }
-    remove_pins(dir)?;
+    crate::bpf::pins::remove(dir)?;
     println!("removed {}", dir.display());
     Ok(())
-}
-
-/// Removes tcpstate's pinned maps and their directory (only ours: a stranger's file stops it).
-pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
-    for name in [
-        maps::FLOWS,
-        maps::FLOW_SEED,
-        maps::COUNTERS,
-        maps::TABLE,
-        maps::USER,
-        tcpstate_common::scope::SCOPES,
-        tcpstate_common::scope::SCOPE_INFO,
-        maps::SETTINGS,
-        maps::SYN_COOKIES,
-    ] {
-        let p = dir.join(name);
-        if p.exists() {
-            fs::remove_file(&p)
-                .map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", p.display()))?;
-        }
-    }
-    fs::remove_dir(dir)
-        .map_err(|e| anyhow::anyhow!("removed tcpstate's maps but not {}: {e}", dir.display()))
 }
