@@ -171,7 +171,9 @@ pub mod flowflags {
     pub const MIDSTREAM: u8 = 0x01;
     /// Created by a SYN and still counted against the half-open budget.
     pub const HALF_OPEN: u8 = 0x02;
-    /// Inserted by the daemon from the kernel's socket table: ages are lower bounds.
+    /// Inserted by the daemon from the kernel's socket table: ages are lower bounds, except for
+    /// states the kernel ends by a timer (TIME_WAIT, an orphaned FIN_WAIT_2, SYN_RECV), whose
+    /// entry is dated back from the timer sock_diag reports so they end when the kernel's do.
     pub const SEEDED: u8 = 0x04;
     /// Closed by an accepted RST.
     pub const RESET: u8 = 0x08;

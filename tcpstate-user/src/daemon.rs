@@ -170,6 +170,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
                     root: c.host_root.clone(),
                 },
                 overrides,
+                timeouts: cfg.timeouts,
             };
             let w = Watcher::new(ebpf.clone(), maps, shared.clone(), settings)?;
             info!(max = c.max, "container mode: watching container namespaces");
@@ -253,7 +254,10 @@ fn sync_host(cfg: &RunConfig, flows: &mut Flows, counters: &mut DaemonCounters) 
         &sockets,
         &rule,
         &existing,
-        monotonic_ns(),
+        seed::Timing {
+            now_ns: monotonic_ns(),
+            timeouts: Some(cfg.timeouts),
+        },
     );
     for w in &synced.deleted {
         counters.record_delete(scope::HOST, *w);

@@ -14,7 +14,10 @@ use tcpstate_common::{
 
 use tcpstate_common::mapped::InsertError;
 
-use crate::sockets::sockdiag::{KernelState, Socket};
+use crate::{
+    background::expiry::Timeouts,
+    sockets::sockdiag::{KernelState, Socket},
+};
 
 /// The state a peer must be in, given one endpoint's kernel state (the peer's socket is on another
 /// host, or in another namespace, so the dump does not show it).
@@ -68,6 +71,29 @@ pub struct Synced {
     pub kept: usize,
 }
 
+/// When a seed runs, and the sweeper's timeouts its timer states are back-dated against.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// CLOCK_MONOTONIC, the kernel programs' clock, taken after the dump.
+    pub now_ns: u64,
+    /// The daemon's configured timeouts. With them, an endpoint whose end a kernel timer decides
+    /// (TIME_WAIT, an orphaned FIN_WAIT_2) is seeded so that the sweeper ends it when the kernel's
+    /// timer does ([`seeded_since`]); without (`None`), it starts a whole timeout at `now_ns`,
+    /// and outlives its socket by as much of its life as had passed.
+    pub timeouts: Option<Timeouts>,
+}
+
+/// A bare instant, without the daemon's timeouts. Kept so that callers passing `monotonic_ns()`
+/// build until they pass the timeouts.
+impl From<u64> for Timing {
+    fn from(now_ns: u64) -> Timing {
+        Timing {
+            now_ns,
+            timeouts: None,
+        }
+    }
+}
+
 /// Brings one scope's records in line with its namespace's socket table: drops records a reused
 /// (pinned) table kept for connections that changed or ended while no daemon watched, then seeds
 /// every socket the table lacks. Runs after attaching, so nothing that happens meanwhile is
@@ -79,8 +105,9 @@ pub fn sync(
     sockets: &[Socket],
     rule: &Scope,
     existing: &[(FlowKey, FlowRecord)],
-    now_ns: u64,
+    at: impl Into<Timing>,
 ) -> Synced {
+    let at = at.into();
     let kernel = kernel_states(sockets, rule);
     let mut out = Synced::default();
     for (key, rec) in existing {
@@ -94,7 +121,7 @@ pub fn sync(
             out.kept += 1;
         }
     }
-    for (key, rec) in records(sockets, rule, now_ns) {
+    for (key, rec) in records(sockets, rule, &at) {
         match flows.insert(&key.in_scope(scope_id), &rec) {
             Ok(()) => out.inserted.push(rec.word()),
             Err(InsertError::Exists) => {}
@@ -104,15 +131,17 @@ pub fn sync(
     out
 }
 
-/// Builds one record per connection from the dump. `now_ns` is CLOCK_MONOTONIC, the kernel
-/// programs' clock; ages of seeded flows start there and are lower bounds (flag SEEDED).
-pub fn records(sockets: &[Socket], scope: &Scope, now_ns: u64) -> Vec<(FlowKey, FlowRecord)> {
+/// Builds one record per connection from the dump, flagged SEEDED (the dump tells no ages): each
+/// endpoint's `since_ns` is [`seeded_since`].
+pub fn records(sockets: &[Socket], scope: &Scope, at: &Timing) -> Vec<(FlowKey, FlowRecord)> {
+    let now_ns = at.now_ns;
     let listening: HashSet<u16> = sockets
         .iter()
         .filter(|s| s.state == KernelState::Listen)
         .map(|s| s.local.1)
         .collect();
-    let mut flows: HashMap<FlowKey, (FlowWord, u8)> = HashMap::new();
+    // Per flow: its word, the sides the dump holds, and each side's `since_ns`.
+    let mut flows: HashMap<FlowKey, (FlowWord, u8, [u64; 2])> = HashMap::new();
     for s in sockets {
         let KernelState::Conn(state) = s.state else {
             continue;
@@ -126,7 +155,7 @@ pub fn records(sockets: &[Socket], scope: &Scope, now_ns: u64) -> Vec<(FlowKey, 
             FlowKey::addr_words(s.remote.0),
             s.remote.1,
         );
-        let (w, from_kernel) = flows.entry(key).or_insert_with(|| {
+        let (w, from_kernel, since) = flows.entry(key).or_insert_with(|| {
             let mut w = FlowWord {
                 flags: flowflags::SEEDED | flowflags::MIDSTREAM,
                 wscale: [WSCALE_MAX, WSCALE_MAX],
@@ -139,22 +168,23 @@ pub fn records(sockets: &[Socket], scope: &Scope, now_ns: u64) -> Vec<(FlowKey, 
                 side
             };
             w.set_client(client);
-            (w, 0)
+            (w, 0, [now_ns; 2])
         });
         w.set_state(side, state);
         w.counted |= side.bit();
         *from_kernel |= side.bit();
+        since[side.index()] = seeded_since(s, at);
     }
     flows
         .into_iter()
-        .map(|(key, (mut w, from_kernel))| {
+        .map(|(key, (mut w, from_kernel, since_ns))| {
             for side in [Side::A, Side::B] {
                 if from_kernel & side.bit() == 0 {
                     w.set_state(side, peer_state(w.state(side.other())));
                 }
             }
             let mut rec = FlowRecord {
-                since_ns: [now_ns; 2],
+                since_ns,
                 last_seen: FlowRecord::seen_tick(now_ns),
                 ..FlowRecord::default()
             };
@@ -162,6 +192,42 @@ pub fn records(sockets: &[Socket], scope: &Scope, now_ns: u64) -> Vec<(FlowKey, 
             (key, rec)
         })
         .collect()
+}
+
+/// The `since_ns` a seeded endpoint gets. The dump does not say when a socket entered its state,
+/// so it is the seed's instant (its age a lower bound, flagged SEEDED), except where the dump
+/// tells how the sweeper's timeout ([`crate::background::expiry`]) must count:
+/// - TIME_WAIT and an orphaned FIN_WAIT_2, which a kernel timer ends ([`Socket::ends_in`]):
+///   back-dated to `now + ends_in - timeout`, so that the configured timeout ends the endpoint
+///   when the kernel's timer ends the socket. Its age then reads `timeout - ends_in`: the time
+///   spent in the state when the configured timeout is the kernel's (TIME_WAIT's 60 s,
+///   tcp_fin_timeout), less when it is shorter, more when it is longer.
+/// - SYN_RECV, whose SYN-ACK schedule tells its age ([`Socket::age`]): `now - age`, when its SYN
+///   came, as for a request seen from its SYN; `--syn-recv-timeout` stands for the namespace's
+///   tcp_synack_retries both ways, and host mode settles requests against the kernel anyway.
+///
+/// Never after the seed's instant (ages are not negative): a fin timer longer than
+/// `--fin-wait2-timeout` starts a whole timeout now, as if seen entering its state, and host
+/// mode's settling keeps it for as long as the kernel does ([`crate::background::settle`]).
+/// Without the daemon's timeouts (`Timing::timeouts` `None`), timer states are not back-dated.
+pub fn seeded_since(s: &Socket, at: &Timing) -> u64 {
+    let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let now = at.now_ns;
+    let KernelState::Conn(state) = s.state else {
+        return now;
+    };
+    let timeout = at.timeouts.and_then(|t| match state {
+        TcpState::TimeWait => Some(t.time_wait),
+        TcpState::FinWait2 => Some(t.fin_wait2),
+        _ => None,
+    });
+    if let (Some(ends_in), Some(timeout)) = (s.ends_in(), timeout) {
+        return now
+            .saturating_add(nanos(ends_in))
+            .saturating_sub(nanos(timeout))
+            .min(now);
+    }
+    s.age().map_or(now, |age| now.saturating_sub(nanos(age)))
 }
 
 /// The kernel's state of every in-scope socket, keyed like the flow table (canonical key and the
@@ -211,6 +277,13 @@ pub fn is_stale(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use crate::{
+        background::expiry::{decide_with, Expired},
+        sockets::sockdiag::Timer,
+    };
+
     use super::*;
 
     fn sock(state: KernelState, local: (&str, u16), remote: (&str, u16)) -> Socket {
@@ -222,6 +295,9 @@ mod tests {
             inode: 1,
             rqueue: 0,
             wqueue: 0,
+            timer: Timer::None,
+            expires: Duration::ZERO,
+            retrans: 0,
         }
     }
 
@@ -250,7 +326,7 @@ mod tests {
             host: ["192.0.2.1".parse().unwrap()].into(),
             ..Scope::default()
         };
-        let recs = records(&socks, &scope, 5_000_000_000);
+        let recs = records(&socks, &scope, &5_000_000_000.into());
         assert_eq!(recs.len(), 2);
         for (key, rec) in recs {
             let w = rec.word();
@@ -292,7 +368,7 @@ mod tests {
             host: ["192.0.2.1".parse().unwrap()].into(),
             ..Scope::default()
         };
-        let recs = records(&socks, &host, 1);
+        let recs = records(&socks, &host, &1.into());
         assert_eq!(
             recs.len(),
             1,
@@ -303,7 +379,7 @@ mod tests {
             ..Scope::default()
         };
         assert_eq!(
-            records(&socks, &loopback, 1).len(),
+            records(&socks, &loopback, &1.into()).len(),
             1,
             "mapped loopback is loopback"
         );
@@ -327,7 +403,7 @@ mod tests {
             loopback: true,
             ..Scope::default()
         };
-        let recs = records(&socks, &scope, 1);
+        let recs = records(&socks, &scope, &1.into());
         assert_eq!(recs.len(), 1);
         let w = recs[0].1.word();
         assert_eq!(w.counted, 3);
@@ -380,5 +456,139 @@ mod tests {
             !is_stale(&key, &rec_in(TcpState::Closed), &gone, &scope),
             "closed and gone agree"
         );
+    }
+
+    const NS: u64 = 1_000_000_000;
+    /// The seed's instant: an hour into the clock, so back-dating never saturates at 0.
+    const NOW: u64 = 3600 * NS;
+
+    /// The daemon's defaults (`tcpstate run --help`).
+    fn timeouts() -> Timeouts {
+        let s = Duration::from_secs;
+        Timeouts {
+            time_wait: s(60),
+            syn_sent: s(130),
+            syn_recv: s(65),
+            fin_wait2: s(60),
+            closing_idle: s(120),
+            established_idle: s(5 * 86_400),
+            closed_linger: s(10),
+        }
+    }
+
+    /// A host socket (192.0.2.1:80) in `state` with `timer` pending, `expires_s` left of it,
+    /// owned by no process (inode 0), nothing sent again.
+    fn timed(state: TcpState, timer: Timer, expires_s: u64) -> Socket {
+        Socket {
+            timer,
+            expires: Duration::from_secs(expires_s),
+            inode: 0,
+            ..sock(
+                KernelState::Conn(state),
+                ("192.0.2.1", 80),
+                ("192.0.2.2", 40000),
+            )
+        }
+    }
+
+    /// `s` seeded at [`NOW`] with the daemon's timeouts: its record, and the side of `s`.
+    fn seeded(s: Socket) -> (FlowRecord, Side) {
+        let scope = Scope {
+            host: ["192.0.2.1".parse().unwrap()].into(),
+            ..Scope::default()
+        };
+        let at = Timing {
+            now_ns: NOW,
+            timeouts: Some(timeouts()),
+        };
+        let recs = records(std::slice::from_ref(&s), &scope, &at);
+        assert_eq!(recs.len(), 1);
+        let (key, rec) = recs[0];
+        let local = if key.port[0] == 80 { Side::A } else { Side::B };
+        assert_eq!(KernelState::Conn(rec.word().state(local)), s.state);
+        (rec, local)
+    }
+
+    /// What the sweeper decides `after_s` seconds past the seed, as in host mode.
+    fn swept(rec: &FlowRecord, after_s: u64) -> Option<Expired> {
+        decide_with(rec, NOW + after_s * NS, &timeouts(), true)
+    }
+
+    #[test]
+    fn a_seeded_time_wait_ends_when_the_kernels_timer_does() {
+        // Regression (issue 18): TIME_WAITs seeded 45 s into their life lived 60 s more.
+        let (rec, local) = seeded(timed(TcpState::TimeWait, Timer::TimeWait, 15));
+        assert_eq!(swept(&rec, 14), None);
+        assert_eq!(swept(&rec, 15), Some(Expired::TimeWait));
+        assert_eq!(
+            rec.since_ns[local.index()],
+            NOW - 45 * NS,
+            "aged 60 s - 15 s: its time in TIME_WAIT under the kernel's 60 s"
+        );
+        assert_eq!(
+            rec.since_ns[local.other().index()],
+            NOW,
+            "the inferred peer is not back-dated"
+        );
+        assert!(
+            rec.word().has(flowflags::SEEDED),
+            "the age is still flagged"
+        );
+    }
+
+    #[test]
+    fn a_seeded_request_socket_is_aged_from_its_syn_ack_schedule() {
+        // The fifth SYN-ACK sent again 19 s ago (1 + 2 + 4 + 8 + 16 s of timers before it), the
+        // last timer due in 13 s: 50 s old. The kernel drops it in 13 s, at 63 s of age;
+        // --syn-recv-timeout (65 s) ends it 2 s later, as it does a request seen from its SYN.
+        let last = Socket {
+            retrans: 5,
+            ..timed(TcpState::SynRecv, Timer::Retransmit, 13)
+        };
+        let (rec, local) = seeded(last.clone());
+        assert_eq!(rec.since_ns[local.index()], NOW - 50 * NS);
+        assert_eq!(swept(&rec, 14), None);
+        assert_eq!(swept(&rec, 15), Some(Expired::Handshake));
+        // Its age is a fact of the dump: known without the daemon's timeouts too.
+        assert_eq!(seeded_since(&last, &NOW.into()), NOW - 50 * NS);
+    }
+
+    #[test]
+    fn an_orphaned_fin_wait2_ends_with_its_fin_timer_and_a_half_closed_one_is_not_back_dated() {
+        // Container scopes are not settled against the kernel: the timer alone ends them.
+        let container = |rec: &FlowRecord, after_s: u64| {
+            decide_with(rec, NOW + after_s * NS, &timeouts(), false)
+        };
+        // An orphan the kernel holds as a TIME_WAIT mini-socket in FIN_WAIT_2, or still as a full
+        // socket (no inode) on its fin timer.
+        for timer in [Timer::TimeWait, Timer::Keepalive] {
+            let (rec, local) = seeded(timed(TcpState::FinWait2, timer, 20));
+            assert_eq!(rec.since_ns[local.index()], NOW - 40 * NS, "{timer:?}");
+            assert_eq!(container(&rec, 19), None, "{timer:?}");
+            assert_eq!(container(&rec, 20), Some(Expired::Other), "{timer:?}");
+        }
+        // Shut down for writing only, by a process that still owns the socket: no timer ends it
+        // (the kernel keeps it for as long as the peer keeps its end), or sk_timer is keepalive.
+        for timer in [Timer::None, Timer::Keepalive] {
+            let owned = Socket {
+                inode: 7,
+                ..timed(TcpState::FinWait2, timer, 20)
+            };
+            let (rec, local) = seeded(owned);
+            assert_eq!(rec.since_ns[local.index()], NOW, "{timer:?}");
+        }
+    }
+
+    #[test]
+    fn seeding_never_dates_an_endpoint_after_the_seed_nor_back_dates_without_timeouts() {
+        // A fin timer longer than --fin-wait2-timeout: a whole timeout from now, not later.
+        let (rec, local) = seeded(timed(TcpState::FinWait2, Timer::TimeWait, 90));
+        assert_eq!(rec.since_ns[local.index()], NOW);
+        // Established sockets' timers (retransmission, keepalive) do not end them.
+        let (rec, local) = seeded(timed(TcpState::Established, Timer::Keepalive, 5));
+        assert_eq!(rec.since_ns[local.index()], NOW);
+        // Without the daemon's timeouts, a bare instant: nothing back-dated.
+        let tw = timed(TcpState::TimeWait, Timer::TimeWait, 15);
+        assert_eq!(seeded_since(&tw, &NOW.into()), NOW);
     }
 }

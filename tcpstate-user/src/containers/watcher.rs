@@ -75,6 +75,8 @@ pub struct Settings {
     pub level: LabelLevel,
     pub runtimes: Runtimes,
     pub overrides: Overrides,
+    /// The sweeper's timeouts, against which seeded timer states are back-dated.
+    pub timeouts: crate::background::expiry::Timeouts,
 }
 
 /// The maps the watcher writes.
@@ -735,7 +737,10 @@ impl Watcher {
             &sockets,
             &seed::Scope::container(),
             &existing,
-            monotonic_ns(),
+            seed::Timing {
+                now_ns: monotonic_ns(),
+                timeouts: Some(self.settings.timeouts),
+            },
         );
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         shared.book(|c| {
