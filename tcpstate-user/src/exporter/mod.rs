@@ -2,6 +2,8 @@
 
 mod auth;
 pub mod collector;
+mod families;
+mod family;
 pub mod metrics;
 pub mod openmetrics;
 pub mod server;

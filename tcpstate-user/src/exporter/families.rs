@@ -1,0 +1,344 @@
+//! The metric families by topic, in the order the exposition lists them. Each builder reads the
+//! scrape's counter totals and reports and appends its families; nothing here walks the table.
+
+use tcpstate_common::{
+    counters::{idx, Hook, RstDirection, UntrackedReason, HANDSHAKE_BOUNDS_NS},
+    packet::SkipReason,
+    state::{FastOpen, InvalidReason, Opening},
+    Role, TcpState,
+};
+
+use super::{
+    family::{counter, gauge, merged_ports, per_reason, Family, Group},
+    metrics::{connections, Scrape},
+};
+use crate::background::ports::{Survey, OTHER};
+
+/// The endpoint gauges: `tcpstate_connections`.
+pub fn endpoints(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
+    let t = s.totals;
+    let mut f = gauge(
+        "tcpstate_connections",
+        "TCP endpoints in each state: local endpoints on host-mode interfaces (comparable to ss -tan), both ends on tap-mode interfaces.",
+    );
+    for g in groups {
+        for role in Role::ALL {
+            for state in TcpState::OPEN {
+                let v = g.sum(|sc| connections(t, sc, role, state) as u64) as i64;
+                f.scoped_sample(
+                    g,
+                    &[("role", role.name()), ("state", state.name())],
+                    v as f64,
+                );
+            }
+        }
+    }
+    out.push(f);
+}
+
+/// What the programs examined, and the RSTs they accepted, with every reason a segment or flow was left alone.
+pub fn segments(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
+    let t = s.totals;
+    let mut f = counter(
+        "tcpstate_segments_total",
+        "TCP segments examined, by the program that saw them.",
+    );
+    for hook in Hook::ALL {
+        f.sample(
+            &[("hook", hook.name())],
+            t.slot(idx::SEGMENTS + hook as u32) as f64,
+        );
+    }
+    out.push(f);
+
+    let mut f = counter(
+        "tcpstate_resets_total",
+        "RST segments accepted, by direction relative to the counted endpoint and that endpoint's state before the RST.",
+    );
+    for g in groups {
+        for dir in RstDirection::ALL {
+            for state in std::iter::once(TcpState::Closed).chain(TcpState::OPEN) {
+                let v = g.sum(|sc| t.scoped(sc, idx::resets(dir, state)));
+                f.scoped_sample(
+                    g,
+                    &[("direction", dir.name()), ("state", state.name())],
+                    v as f64,
+                );
+            }
+        }
+    }
+    out.push(f);
+
+    out.push(per_reason(
+        "tcpstate_invalid_segments_total",
+        "Well-formed TCP segments that changed no state, by reason.",
+        InvalidReason::ALL.map(|why| (why.name(), t.slot(idx::INVALID + why as u32))),
+    ));
+    out.push(per_reason(
+        "tcpstate_skipped_packets_total",
+        "IP packets the parser could not take as a TCP segment (malformed headers, fragments), by reason. They pass untouched.",
+        SkipReason::ALL.map(|why| (why.name(), t.slot(idx::SKIPPED + why as u32))),
+    ));
+    out.push(per_reason(
+        "tcpstate_flows_untracked_total",
+        "Flows that could not be tracked, by reason.",
+        UntrackedReason::ALL.map(|why| (why.name(), t.slot(idx::UNTRACKED + why as u32))),
+    ));
+}
+
+/// Flows opened and removed.
+pub fn flows(s: &Scrape, _groups: &[Group], out: &mut Vec<Family>) {
+    let t = s.totals;
+    let mut f = counter(
+        "tcpstate_flows_opened_total",
+        "Flows that started being tracked, by how: syn, synack (SYN not seen), midstream (no SYN seen), seeded (from the kernel's socket table).",
+    );
+    for (how, o) in [
+        ("syn", Opening::Syn),
+        ("synack", Opening::SynAck),
+        ("midstream", Opening::Midstream),
+    ] {
+        f.sample(&[("how", how)], t.slot(idx::opened(o)) as f64);
+    }
+    f.sample(&[("how", "seeded")], t.books().inserted as f64);
+    out.push(f);
+
+    let mut f = counter(
+        "tcpstate_flows_expired_total",
+        "Flows the sweeper removed: their state's timeout ran out, or (host mode) the kernel's socket table no longer held the local endpoint.",
+    );
+    f.sample(&[], t.books().deleted as f64);
+    out.push(f);
+}
+
+/// Opening handshakes: outcomes, Fast Open and durations.
+pub fn handshakes(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
+    let t = s.totals;
+    let mut f = counter(
+        "tcpstate_handshakes_total",
+        "Outcome of each opening handshake.",
+    );
+    for g in groups {
+        let results = ["established", "refused", "reset"]
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (*r, g.sum(|sc| t.scoped(sc, idx::HANDSHAKES + i as u32))))
+            .chain([("timeout", g.sum(|sc| t.user(sc).handshake_timeouts))]);
+        for (result, v) in results {
+            f.scoped_sample(g, &[("result", result)], v as f64);
+        }
+    }
+    out.push(f);
+
+    let mut f = counter(
+        "tcpstate_fastopen_total",
+        "SYN-ACKs answering a SYN that carried data (TCP Fast Open): accepted (the data acknowledged with the SYN) or declined (the SYN alone).",
+    );
+    for g in groups {
+        for fo in FastOpen::ALL {
+            let v = g.sum(|sc| t.scoped(sc, idx::FASTOPEN + fo as u32 - 1));
+            f.scoped_sample(g, &[("result", fo.name())], v as f64);
+        }
+    }
+    out.push(f);
+
+    let mut f = Family::new(
+        "tcpstate_handshake_duration_seconds",
+        "Opening handshakes as seen on this host, SYN to ESTABLISHED: the client's ends with the SYN-ACK, the server's with the final ACK.",
+        prometheus::proto::MetricType::HISTOGRAM,
+    );
+    let bounds: Vec<f64> = HANDSHAKE_BOUNDS_NS
+        .iter()
+        .map(|&ns| ns as f64 / 1e9)
+        .collect();
+    for g in groups {
+        for role in Role::ALL {
+            let first = idx::HANDSHAKE_BUCKETS + role as u32 * idx::HANDSHAKE_BUCKETS_PER_ROLE;
+            let counts: Vec<u64> = (first..first + idx::HANDSHAKE_BUCKETS_PER_ROLE)
+                .map(|i| g.sum(|sc| t.scoped(sc, i)))
+                .collect();
+            let sum = g.sum(|sc| t.scoped(sc, idx::HANDSHAKE_SUM_NS + role as u32)) as f64 / 1e9;
+            if counts.iter().all(|&c| c == 0) && g.sparse() {
+                continue;
+            }
+            f.histogram(&g.with(&[("role", role.name())]), &bounds, &counts, sum);
+        }
+    }
+    out.push(f);
+}
+
+/// The flow table's fill against its capacity and half-open budget.
+pub fn table(s: &Scrape, _groups: &[Group], out: &mut Vec<Family>) {
+    let t = s.totals;
+    let (fill, half_open) = t.table.fill(&t.books());
+    let mut f = gauge(
+        "tcpstate_flow_table_entries",
+        "Flows in the kernel flow table.",
+    );
+    f.sample(&[], fill as f64);
+    out.push(f);
+    let mut f = gauge(
+        "tcpstate_flow_table_capacity",
+        "Flows the kernel flow table holds at most.",
+    );
+    f.sample(&[], s.capacity as f64);
+    out.push(f);
+    let mut f = gauge(
+        "tcpstate_flow_table_half_open_entries",
+        "Flows in the table still in their handshake, created by a SYN.",
+    );
+    f.sample(&[], half_open as f64);
+    out.push(f);
+    let mut f = gauge(
+        "tcpstate_flow_table_half_open_capacity",
+        "Half-open flows the table holds at most (the SYN flood budget).",
+    );
+    f.sample(&[], s.half_open_budget as f64);
+    out.push(f);
+}
+
+/// Per-port figures from the background walk: leaks, backlogs, accept queues, SYN cookies.
+pub fn ports(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
+    let t = s.totals;
+    let surveys: Vec<(&Group, Survey)> = groups
+        .iter()
+        .map(|g| (g, merged_ports(s.sweep, g)))
+        .collect();
+    let mut leaked = gauge(
+        "tcpstate_close_wait_leaked",
+        "Counted endpoints in CLOSE_WAIT for longer than --close-wait-leak-after, by local port (listening ports; the rest as other).",
+    );
+    let mut oldest = gauge(
+        "tcpstate_close_wait_oldest_seconds",
+        "Age of the oldest counted CLOSE_WAIT endpoint, by local port; 0 when none.",
+    );
+    let mut backlog = gauge(
+        "tcpstate_syn_backlog",
+        "Local server endpoints in SYN_RECV (half-open: SYN-ACK sent, final ACK not yet seen), by local port.",
+    );
+    let mut queue = gauge(
+        "tcpstate_accept_queue_length",
+        "Connections completed and waiting for accept() on a listening port (the kernel's accept queue).",
+    );
+    let mut queue_max = gauge(
+        "tcpstate_accept_queue_max_length",
+        "Limit of a listening port's accept queue (listen() backlog capped by net.core.somaxconn).",
+    );
+    for (g, survey) in &surveys {
+        for (port, fig) in &survey.ports {
+            let labels = g.with(&[("port", port)]);
+            leaked.sample(&labels, fig.leaked as f64);
+            oldest.sample(&labels, fig.oldest_s);
+            backlog.sample(&labels, fig.syn_backlog as f64);
+            if let Some(q) = fig.accept {
+                queue.sample(&labels, q.length as f64);
+                queue_max.sample(&labels, q.max_length as f64);
+            }
+        }
+    }
+    out.extend([leaked, oldest, backlog, queue, queue_max]);
+
+    let mut f = counter(
+        "tcpstate_syn_cookies_sent_total",
+        "SYN-ACKs a local listener sent from a SYN cookie (its SYN queue was full; the kernel keeps no state for these until the ACK returns the cookie), by local port. Host mode only: told apart on TC egress by the socket a cookie SYN-ACK lacks.",
+    );
+    // The host's own listeners only: a container's cookies leave through its veth the other way.
+    if let Some((g, survey)) = surveys.iter().find(|(g, _)| g.scopes.contains(&0)) {
+        let total = t.slot(idx::SYN_COOKIES);
+        let mut labelled = 0u64;
+        for (port, fig) in &survey.ports {
+            if port != OTHER {
+                labelled = labelled.saturating_add(fig.syn_cookies);
+                f.sample(&g.with(&[("port", port)]), fig.syn_cookies as f64);
+            }
+        }
+        f.sample(
+            &g.with(&[("port", OTHER)]),
+            total.saturating_sub(labelled) as f64,
+        );
+    }
+    out.push(f);
+}
+
+/// Container mode's own bookkeeping.
+pub fn containers(s: &Scrape, _groups: &[Group], out: &mut Vec<Family>) {
+    if s.scopes.enabled {
+        let mut f = gauge(
+            "tcpstate_container_info",
+            "Container namespaces watched, by their labels and container id (value 1).",
+        );
+        for w in &s.scopes.scopes {
+            if let Some((ns, pod, ctr)) = s.scopes.labels(w.scope) {
+                f.sample(
+                    &[
+                        ("namespace", ns.as_str()),
+                        ("pod", pod.as_str()),
+                        ("container", ctr.as_str()),
+                        ("container_id", w.labels.container_id.as_str()),
+                    ],
+                    1.0,
+                );
+            }
+        }
+        out.push(f);
+        let mut f = gauge(
+            "tcpstate_containers_watched",
+            "Container network namespaces watched (container mode).",
+        );
+        f.sample(&[], s.scopes.scopes.len() as f64);
+        out.push(f);
+        let mut f = gauge(
+            "tcpstate_container_interfaces",
+            "Host-side ends of container veths with the container programs attached.",
+        );
+        f.sample(&[], s.scopes.interfaces as f64);
+        out.push(f);
+        let mut f = counter(
+            "tcpstate_containers_refused_total",
+            "Container namespaces not watched because --max-containers were watched already.",
+        );
+        f.sample(&[], s.scopes.refused_total as f64);
+        out.push(f);
+    }
+}
+
+/// The daemon itself: the walk's cost, what is attached, the build.
+pub fn daemon(s: &Scrape, _groups: &[Group], out: &mut Vec<Family>) {
+    let mut f = gauge(
+        "tcpstate_sweep_duration_seconds",
+        "Wall time of the latest background walk of the flow table.",
+    );
+    f.sample(&[], s.sweep.duration.as_secs_f64());
+    out.push(f);
+    let mut f = gauge(
+        "tcpstate_sweep_flows_visited",
+        "Flows the latest background walk read.",
+    );
+    f.sample(&[], s.sweep.visited as f64);
+    out.push(f);
+    let mut f = counter(
+        "tcpstate_sweeps_total",
+        "Background walks of the flow table completed.",
+    );
+    f.sample(&[], s.sweep.sweeps as f64);
+    out.push(f);
+
+    let mut f = gauge(
+        "tcpstate_attachment_info",
+        "Programs attached, by interface, hook and attach mode (value 1).",
+    );
+    for a in s.attached {
+        f.sample(
+            &[("hook", a.hook), ("iface", &a.iface), ("mode", a.mode)],
+            1.0,
+        );
+    }
+    out.push(f);
+
+    let mut f = gauge(
+        "tcpstate_build_info",
+        "Version of the running tcpstate (value 1).",
+    );
+    f.sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+    out.push(f);
+}

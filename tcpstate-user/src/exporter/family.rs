@@ -1,0 +1,202 @@
+//! The building blocks of the exposition: a metric family being filled, and the groups of scopes
+//! whose figures one series sums.
+
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+
+use crate::background::{
+    ports::{PortFigures, Survey},
+    scopes::ScopeView,
+    sweeper::SweepReport,
+};
+
+/// The scopes whose figures one series sums: one per scope, or (with `--container-labels
+/// namespace`) every pod of a Kubernetes namespace together.
+pub struct Group {
+    /// `namespace`, `pod`, `container` values; `None` outside container mode (no such labels).
+    pub labels: Option<[String; 3]>,
+    pub scopes: Vec<u32>,
+}
+
+impl Group {
+    /// Whether a zero sample of this group is left out. The host's series are always all there
+    /// (and host mode's exposition is exactly what it was); a container's per-endpoint series
+    /// appear once they are non-zero, so hundreds of idle containers do not add tens of
+    /// thousands of zero series to every scrape (measured: 4.4 MiB at 500 namespaces with them).
+    pub fn sparse(&self) -> bool {
+        self.scopes.first() != Some(&tcpstate_common::scope::HOST)
+    }
+
+    /// `base` plus this group's scope labels.
+    pub fn with<'a>(&'a self, base: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut v = base.to_vec();
+        if let Some([ns, pod, ctr]) = &self.labels {
+            v.extend([
+                ("namespace", ns.as_str()),
+                ("pod", pod.as_str()),
+                ("container", ctr.as_str()),
+            ]);
+        }
+        v
+    }
+
+    /// Sum of a per-scope value over the group.
+    pub fn sum(&self, f: impl Fn(u32) -> u64) -> u64 {
+        self.scopes.iter().fold(0u64, |a, &s| a.wrapping_add(f(s)))
+    }
+}
+
+/// The host's group first, then the watched namespaces' in label order.
+pub fn groups(view: &ScopeView) -> Vec<Group> {
+    let host = tcpstate_common::scope::HOST;
+    if !view.enabled {
+        return vec![Group {
+            labels: None,
+            scopes: vec![host],
+        }];
+    }
+    let mut by_labels: std::collections::BTreeMap<[String; 3], Vec<u32>> = Default::default();
+    by_labels.insert(Default::default(), vec![host]);
+    for w in &view.scopes {
+        if let Some((ns, pod, ctr)) = view.labels(w.scope) {
+            by_labels.entry([ns, pod, ctr]).or_default().push(w.scope);
+        }
+    }
+    by_labels
+        .into_iter()
+        .map(|(labels, scopes)| Group {
+            labels: Some(labels),
+            scopes,
+        })
+        .collect()
+}
+
+/// The per-port figures of a group: its scopes' surveys merged by port label (leaks, backlogs and
+/// queues add up; the oldest age is the oldest of any).
+pub fn merged_ports(sweep: &SweepReport, g: &Group) -> Survey {
+    let mut out = Survey::default();
+    for scope in &g.scopes {
+        let Some(survey) = sweep.ports.get(scope) else {
+            continue;
+        };
+        for (port, fig) in &survey.ports {
+            let m: &mut PortFigures = out.ports.entry(port.clone()).or_default();
+            m.leaked += fig.leaked;
+            m.oldest_s = m.oldest_s.max(fig.oldest_s);
+            m.syn_backlog += fig.syn_backlog;
+            m.syn_cookies += fig.syn_cookies;
+            m.accept = match (m.accept, fig.accept) {
+                (Some(a), Some(b)) => Some(crate::background::ports::AcceptQueue {
+                    length: a.length + b.length,
+                    max_length: a.max_length + b.max_length,
+                }),
+                (a, b) => a.or(b),
+            };
+        }
+    }
+    out
+}
+
+pub struct Family(pub MetricFamily);
+
+impl Family {
+    pub fn new(name: &str, help: &str, kind: MetricType) -> Family {
+        let mut f = MetricFamily::default();
+        f.set_name(name.to_string());
+        f.set_help(help.to_string());
+        f.set_field_type(kind);
+        Family(f)
+    }
+
+    pub fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
+        let mut m = Metric::default();
+        m.set_label(label_pairs(labels));
+        match self.0.get_field_type() {
+            MetricType::COUNTER => {
+                let mut c = Counter::default();
+                c.set_value(value);
+                m.set_counter(c);
+            }
+            _ => {
+                let mut g = Gauge::default();
+                g.set_value(value);
+                m.set_gauge(g);
+            }
+        }
+        self.0.mut_metric().push(m);
+    }
+}
+
+impl Family {
+    /// A per-endpoint sample of a scope group: `labels` plus the group's scope labels, left out
+    /// when it is zero in a sparse (container) group.
+    pub fn scoped_sample(&mut self, g: &Group, labels: &[(&str, &str)], value: f64) {
+        if value == 0.0 && g.sparse() {
+            return;
+        }
+        self.sample(&g.with(labels), value);
+    }
+
+    /// A histogram sample from per-bucket (non-cumulative) counts whose last entry is +Inf.
+    pub fn histogram(
+        &mut self,
+        labels: &[(&str, &str)],
+        bounds_s: &[f64],
+        counts: &[u64],
+        sum: f64,
+    ) {
+        let mut h = Histogram::default();
+        let mut cumulative = 0u64;
+        let mut buckets = Vec::with_capacity(bounds_s.len());
+        for (&le, &n) in bounds_s.iter().zip(counts) {
+            cumulative += n;
+            let mut b = Bucket::default();
+            b.set_upper_bound(le);
+            b.set_cumulative_count(cumulative);
+            buckets.push(b);
+        }
+        // +Inf is the total, which the encoder writes from the sample count.
+        h.set_sample_count(counts.iter().sum());
+        h.set_sample_sum(sum);
+        h.set_bucket(buckets);
+        let mut m = Metric::default();
+        m.set_label(label_pairs(labels));
+        m.set_histogram(h);
+        self.0.mut_metric().push(m);
+    }
+}
+
+fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
+    labels
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name(k.to_string());
+            l.set_value(v.to_string());
+            l
+        })
+        .collect()
+}
+
+pub fn gauge(name: &str, help: &str) -> Family {
+    Family::new(name, help, MetricType::GAUGE)
+}
+
+pub fn counter(name: &str, help: &str) -> Family {
+    Family::new(name, help, MetricType::COUNTER)
+}
+
+/// A counter family with one series per reason, each read from its own slot: the shape of every
+/// "why" counter (invalid segments, skipped packets, untracked flows).
+pub fn per_reason(
+    name: &str,
+    help: &str,
+    reasons: impl IntoIterator<Item = (&'static str, u64)>,
+) -> Family {
+    let mut f = counter(name, help);
+    for (why, n) in reasons {
+        f.sample(&[("reason", why)], n as f64);
+    }
+    f
+}
