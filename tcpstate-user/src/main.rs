@@ -1,4 +1,18 @@
 //! `tcpstate`: the daemon (`run`) and the inspection commands.
+//!
+//! ```text
+//! tcpstate-user/src, in layers that import only downward:
+//!
+//!   main.rs, daemon.rs          wiring only: parse, decide the exit code, start and own the pieces
+//!   cli/                        flags (clap) -> settings (cli/settings.rs); nothing below sees a flag
+//!   config.rs                   the validated settings of `run`
+//!   replay/  inspect/  exporter/   what users read: offline replay, flows/leaks, /metrics
+//!   containers/                 container mode: veths -> namespaces -> scopes -> names
+//!   background/                 behind the scrape: the sweeper's walk, seeding, settling, the
+//!                               interface follower, the scope view the watcher writes and the
+//!                               exporter reads
+//!   bpf/  sockets/              the kernel's interfaces: load, attach, maps, links; sock_diag, /proc
+//! ```
 
 mod background;
 mod bpf;
