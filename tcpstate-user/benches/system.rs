@@ -64,6 +64,9 @@ fn main() {
     if wanted("veth") {
         veth(&mut figures);
     }
+    if wanted("loopback") {
+        loopback(&mut figures);
+    }
     if wanted("packet_rate") {
         packet_rate(&mut figures);
     }
@@ -280,14 +283,16 @@ fn veth(figures: &mut Vec<Figure>) {
         for (i, a) in Attach::ALL.into_iter().enumerate() {
             let attached = Attached::new(&p, a);
             port += 2;
-            bulk.entry(i).or_default().push(bulk_gbps(&p, port));
+            bulk.entry(i)
+                .or_default()
+                .push(bulk_gbps(Route::veth(&p), port));
             // Connection rate: with nothing and with the tracker (the hooks alone cost nothing
             // per connection that bulk does not show).
             if !matches!(a, Attach::PassOnly(_)) {
                 conns
                     .entry(i)
                     .or_default()
-                    .push(connections_per_s(&p, port + 1));
+                    .push(connections_per_s(Route::veth(&p), port + 1));
             }
             attached.assert_saw_traffic(a);
         }
@@ -331,9 +336,104 @@ fn veth(figures: &mut Vec<Figure>) {
     ));
 }
 
+/// Where a measured connection runs: the server's namespace and address, the client's namespace.
+#[derive(Clone, Copy)]
+struct Route<'a> {
+    srv: &'a Netns,
+    cli: &'a Netns,
+    addr: &'a str,
+}
+
+impl<'a> Route<'a> {
+    /// Client to server across the pair's veth.
+    fn veth(p: &'a Pair) -> Route<'a> {
+        Route {
+            srv: &p.srv,
+            cli: &p.cli,
+            addr: SERVER_V4,
+        }
+    }
+
+    /// Client and server in one namespace, over 127.0.0.1: a proxy and its app, an app and its
+    /// local database.
+    fn loopback(ns: &'a Netns) -> Route<'a> {
+        Route {
+            srv: ns,
+            cli: ns,
+            addr: "127.0.0.1",
+        }
+    }
+
+    fn listen(&self, port: u16) -> std::net::TcpListener {
+        harness::listen_in(self.srv, &format!("{}:{port}", self.addr))
+    }
+
+    fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.addr.parse().unwrap(), port)
+    }
+}
+
+/// Bulk throughput and short-connection rate over 127.0.0.1 with nothing attached and with the
+/// daemon as users run it (no interface flags: every interface, `lo` in tap mode), in alternating
+/// runs. On loopback both ends are the host's, and every segment passes the tracker once (lo's
+/// ingress).
+fn loopback(figures: &mut Vec<Figure>) {
+    let p = Pair::new();
+    let route = Route::loopback(&p.srv);
+    let (mut bulk, mut conns) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    let mut port = 6000;
+    for _ in 0..ROUNDS {
+        for (i, tracked) in [false, true].into_iter().enumerate() {
+            // Scraped from the client namespace over the veth, so the scrapes do not share lo
+            // with the measured traffic.
+            let daemon = tracked.then(|| {
+                Daemon::start(
+                    &p.srv,
+                    &["--max-flows", "1000000"],
+                    Opts {
+                        listen: &format!("{SERVER_V4}:9477"),
+                        scrape_from: Some(&p.cli),
+                        scope: None,
+                    },
+                )
+            });
+            port += 2;
+            bulk[i].push(bulk_gbps(route, port));
+            conns[i].push(connections_per_s(route, port + 1));
+            if let Some(d) = daemon {
+                let segments = d
+                    .metrics()
+                    .get("tcpstate_segments_total", &[("hook", "tc_ingress")]);
+                assert!(
+                    segments > 1000.0,
+                    "the tracker saw {segments} segments on lo"
+                );
+            }
+        }
+    }
+    let [bulk_none, bulk_tracked] = bulk.map(median);
+    let [conns_none, conns_tracked] = conns.map(median);
+    figures.push(Figure {
+        name: "loopback bulk tcp throughput, tracker (every interface, the default) / none".into(),
+        unit: "Gbit/s",
+        baseline: bulk_none,
+        value: bulk_tracked,
+        goal: Goal::RatioAtLeast,
+        target: Some(0.95),
+    });
+    figures.push(Figure {
+        name: "loopback short connections, tracker (every interface, the default) / none".into(),
+        unit: "connections/s",
+        baseline: conns_none,
+        value: conns_tracked,
+        goal: Goal::RatioAtLeast,
+        target: Some(0.90),
+    });
+}
+
 /// One client streams 256 KiB writes to the server for `RUN`; Gbit/s as the server received it.
-fn bulk_gbps(p: &Pair, port: u16) -> f64 {
-    let listener = p.listen(SERVER_V4, port);
+fn bulk_gbps(r: Route, port: u16) -> f64 {
+    let listener = r.listen(port);
     let reader = thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut buf = vec![0u8; 1 << 20];
@@ -345,7 +445,7 @@ fn bulk_gbps(p: &Pair, port: u16) -> f64 {
             }
         }
     });
-    let mut c = p.connect(SERVER_V4, port);
+    let mut c = harness::connect_in(r.cli, r.addr, port);
     let chunk = vec![0x5au8; 256 << 10];
     let start = Instant::now();
     while start.elapsed() < RUN {
@@ -364,8 +464,8 @@ fn bulk_gbps(p: &Pair, port: u16) -> f64 {
 /// connection is then CPU time spent on the path, the cost being compared. Unpinned, with a
 /// server that polled accept, the rate followed timer slack and which CPU woke which: conntrack
 /// read x1.09 of nothing at all in one run.
-fn connections_per_s(p: &Pair, port: u16) -> f64 {
-    let listener = p.listen(SERVER_V4, port);
+fn connections_per_s(r: Route, port: u16) -> f64 {
+    let listener = r.listen(port);
     let stop = Arc::new(AtomicBool::new(false));
     let stop_server = stop.clone();
     let server = thread::spawn(move || {
@@ -379,8 +479,8 @@ fn connections_per_s(p: &Pair, port: u16) -> f64 {
             }
         }
     });
-    let addr = SocketAddr::new(SERVER_V4.parse().unwrap(), port);
-    let done = p.cli.enter(move || {
+    let addr = r.addr(port);
+    let done = r.cli.enter(move || {
         pin_to(BENCH_CPU);
         let start = Instant::now();
         let mut n = 0u64;

@@ -264,6 +264,7 @@ pub struct Pair {
     pub srv: Netns,
     pub cli: Netns,
     pub srv_if: String,
+    pub cli_if: String,
 }
 
 impl Pair {
@@ -292,6 +293,7 @@ impl Pair {
             srv,
             cli,
             srv_if: s,
+            cli_if: c,
         }
     }
 
@@ -317,6 +319,75 @@ impl Pair {
 
     pub fn connect(&self, ip: &str, port: u16) -> TcpStream {
         connect_in(&self.cli, ip, port)
+    }
+}
+
+/// Tun devices joining two namespaces, `name` in each, and the relay thread of this process that
+/// carries packets between them: the path has no link-layer header anywhere (packets start at the
+/// IP header, as on WireGuard or an IP tunnel). Dropping it stops and joins the relay, which
+/// closes the descriptors and so removes both devices; declare it before the namespaces it joins.
+pub struct TunLink {
+    relay: crate::support::tun::Relay,
+}
+
+impl TunLink {
+    /// Joins `a` and `b` by tun devices called `name`, with addresses `a_addrs` and `b_addrs`
+    /// (IPv4 then IPv6, each with its prefix length), up.
+    pub fn new(
+        a: &Netns,
+        b: &Netns,
+        name: &str,
+        a_addrs: [&str; 2],
+        b_addrs: [&str; 2],
+    ) -> TunLink {
+        use crate::support::tun::{Relay, Tun};
+        let ta = Tun::create(&format!("/run/netns/{}", a.name), name);
+        let tb = Tun::create(&format!("/run/netns/{}", b.name), name);
+        // The relay owns the devices from here: a failing step below still removes them.
+        let link = TunLink {
+            relay: Relay::start(ta, tb),
+        };
+        for (ns, [v4, v6]) in [(a, a_addrs), (b, b_addrs)] {
+            ns.ip(&["addr", "add", v4, "dev", name]);
+            ns.ip(&["addr", "add", v6, "dev", name, "nodad"]);
+            ns.ip(&["link", "set", name, "up"]);
+        }
+        link
+    }
+
+    /// Packets the relay has carried, both directions.
+    pub fn relayed(&self) -> u64 {
+        self.relay.relayed()
+    }
+}
+
+/// As `Pair`, joined by tun devices (`srv_if` in both) instead of a veth, with the same addresses.
+pub struct TunPair {
+    /// First, so it is dropped first: the relay stops before the namespaces go.
+    pub link: TunLink,
+    pub srv: Netns,
+    pub cli: Netns,
+    pub srv_if: String,
+}
+
+impl TunPair {
+    pub fn new() -> TunPair {
+        let srv = Netns::new("tunsrv");
+        let cli = Netns::new("tuncli");
+        let name = "tun0";
+        let link = TunLink::new(
+            &srv,
+            &cli,
+            name,
+            [&format!("{SERVER_V4}/24"), &format!("{SERVER_V6}/64")],
+            [&format!("{CLIENT_V4}/24"), &format!("{CLIENT_V6}/64")],
+        );
+        TunPair {
+            link,
+            srv,
+            cli,
+            srv_if: name.to_string(),
+        }
     }
 }
 
@@ -405,6 +476,18 @@ impl Daemon {
             scope,
         };
         Self::start_pinned(&p.srv, &all, opts, pin_dir)
+    }
+
+    /// A host-mode daemon on the client side of `p`, scraped over the client namespace's lo.
+    pub fn host_client(p: &Pair, args: &[&str]) -> Daemon {
+        let mut all = vec!["--iface", p.cli_if.as_str()];
+        all.extend_from_slice(args);
+        let opts = Opts {
+            listen: "127.0.0.1:9477",
+            scrape_from: None,
+            scope: Some(vec![ip(CLIENT_V4), ip(CLIENT_V6)]),
+        };
+        Self::start(&p.cli, &all, opts)
     }
 
     pub fn start(ns: &Netns, args: &[&str], opts: Opts) -> Daemon {

@@ -23,6 +23,7 @@ mod spoof;
 mod support;
 mod table;
 mod walk;
+mod wholehost;
 
 use std::{
     io::{Read, Write},

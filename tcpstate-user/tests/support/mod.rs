@@ -4,6 +4,7 @@
 
 pub mod frames;
 pub mod podman;
+pub mod tun;
 
 use std::{
     io::Write,
