@@ -504,7 +504,7 @@ mod tests {
             peer_netnsid: Some(0),
             ..link(9, "mv0", "macvlan")
         };
-        let all = table(&[upper.clone()]);
+        let all = table(std::slice::from_ref(&upper));
         assert!(role(&decide(&upper, &all, &host())).is_some());
     }
 
@@ -556,7 +556,7 @@ mod tests {
             link_type: 32,
             ..link(13, "ib0", "")
         };
-        let all = table(&[ib.clone()]);
+        let all = table(std::slice::from_ref(&ib));
         assert_eq!(
             decide(&ib, &all, &host()),
             Decision::Skip(Skip::LinkType(32))
@@ -570,7 +570,7 @@ mod tests {
             lower: Some(2),
             ..link(14, "veth1234", "veth")
         };
-        let all = table(&[veth.clone()]);
+        let all = table(std::slice::from_ref(&veth));
         assert!(
             role(&decide(&veth, &all, &host())).is_some(),
             "without --containers: a host interface (its traffic to local sockets is the host's)"
