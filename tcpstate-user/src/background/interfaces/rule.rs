@@ -1,6 +1,4 @@
-//! Which interfaces of the daemon's namespace get which programs, kept in line with the links
-//! present: every interface by default (`lo` included), following link events as interfaces come,
-//! go, or join a bridge; or only those named with `--iface`.
+//! The rule: which interface gets which programs, decided from its link alone and the others'.
 //!
 //! Each segment must be observed once. A stack of devices shows a segment to several of them, so
 //! the rule ([`decide`]) attaches to one level of each stack:
@@ -19,22 +17,11 @@
 //!   otherwise it is a host interface like any other: the container's own traffic reaches no
 //!   local socket and is transit there (see `Config::transit_check`).
 
-use std::{
-    collections::BTreeMap,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
-    time::{Duration, Instant},
-};
-
-use aya::Ebpf;
-use tcpstate_common::packet::LinkLayer;
-use tracing::{debug, info, warn};
+use std::collections::BTreeMap;
 
 use crate::bpf::{
-    attach::{self, Attached, Attachment, IngressHook, Plan, Role, XdpMode},
-    links::{self, Link},
+    attach::{self, IngressHook, Plan, Role, XdpMode},
+    links::Link,
 };
 
 /// What the user asked to watch.
@@ -84,7 +71,7 @@ pub enum Skip {
 }
 
 impl Skip {
-    fn why(&self) -> String {
+    pub fn why(&self) -> String {
         match self {
             Skip::NotListed => "not named with --iface".into(),
             Skip::Excluded => "matches --exclude-iface".into(),
@@ -164,207 +151,6 @@ fn decide_at(link: &Link, all: &BTreeMap<u32, Link>, sel: &Selection, depth: u32
         }
     }
     plan(sel.role)
-}
-
-/// How often the links are listed again besides following events (a backstop for missed ones).
-const RESYNC: Duration = Duration::from_secs(30);
-/// How long one wait for link events lasts before the loop checks for shutdown.
-const EVENT_WAIT: Duration = Duration::from_millis(250);
-/// After a first event, how long more may arrive before they are handled as one batch.
-const BURST: Duration = Duration::from_millis(5);
-
-/// The interfaces watched in host or tap mode, and their programs.
-pub struct Interfaces {
-    ebpf: Arc<Mutex<Ebpf>>,
-    selection: Selection,
-    watched: BTreeMap<u32, (String, Attachment)>,
-    /// What is attached, for the scrape (`tcpstate_attachment_info`).
-    published: Arc<Mutex<Vec<Attached>>>,
-    /// Interfaces whose skip was logged, with the reason (logged again only when it changes).
-    told: BTreeMap<u32, Skip>,
-    /// Whether the hint about container veths without container mode was given.
-    hinted_containers: bool,
-}
-
-impl Interfaces {
-    pub fn new(ebpf: Arc<Mutex<Ebpf>>, selection: Selection) -> Interfaces {
-        Interfaces {
-            ebpf,
-            selection,
-            watched: BTreeMap::new(),
-            published: Arc::default(),
-            told: BTreeMap::new(),
-            hinted_containers: false,
-        }
-    }
-
-    /// What is attached now, kept current by the follower.
-    pub fn published(&self) -> Arc<Mutex<Vec<Attached>>> {
-        self.published.clone()
-    }
-
-    /// Attaches what the selection wants now. Interfaces named with `--iface` must all attach;
-    /// with every interface watched, one that fails is logged and retried at the next change.
-    pub fn start(&mut self) -> anyhow::Result<()> {
-        self.reconcile(true)
-    }
-
-    /// Follows link events (and a periodic resync) until `stop`, then detaches everything.
-    pub fn spawn(mut self, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-        std::thread::Builder::new()
-            .name("interfaces".into())
-            .spawn(move || {
-                let events = match links::Events::subscribe(EVENT_WAIT) {
-                    Ok(e) => Some(e),
-                    Err(e) => {
-                        warn!(error = %e, "no link events: new interfaces are found every {}s only", RESYNC.as_secs());
-                        None
-                    }
-                };
-                let mut last = Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    let changed = match &events {
-                        Some(ev) => match ev.next() {
-                            Ok(evs) if !evs.is_empty() => {
-                                std::thread::sleep(BURST);
-                                let _ = ev.drain();
-                                true
-                            }
-                            Ok(_) => false,
-                            Err(e) => {
-                                debug!(error = %e, "link events");
-                                std::thread::sleep(EVENT_WAIT);
-                                false
-                            }
-                        },
-                        None => {
-                            std::thread::sleep(EVENT_WAIT);
-                            false
-                        }
-                    };
-                    if changed || last.elapsed() >= RESYNC {
-                        if let Err(e) = self.reconcile(false) {
-                            warn!(error = %e, "cannot bring the attachments in line with the interfaces");
-                        }
-                        last = Instant::now();
-                    }
-                }
-                self.watched.clear();
-                self.publish();
-            })
-            .expect("spawn the interface follower thread")
-    }
-
-    /// Brings the attachments in line with the links present. `strict`: a named interface that
-    /// cannot be attached is an error (at start); otherwise it is logged.
-    fn reconcile(&mut self, strict: bool) -> anyhow::Result<()> {
-        let all: BTreeMap<u32, Link> = links::list()?.into_iter().map(|l| (l.ifindex, l)).collect();
-        let mut wanted = BTreeMap::new();
-        for link in all.values() {
-            match decide(link, &all, &self.selection) {
-                Decision::Watch(plan) => {
-                    wanted.insert(link.ifindex, (link, plan));
-                    self.told.remove(&link.ifindex);
-                }
-                Decision::Skip(Skip::NotListed) => {}
-                Decision::Skip(why) => self.tell(link, why),
-            }
-        }
-        if strict {
-            for name in &self.selection.only {
-                let found = wanted.values().any(|(l, _)| &l.name == name);
-                if !found && !self.selection.excludes(name) {
-                    if let Some(l) = all.values().find(|l| &l.name == name) {
-                        if let Decision::Skip(why) = decide(l, &all, &self.selection) {
-                            anyhow::bail!("interface {name:?} cannot be watched: {}", why.why());
-                        }
-                    }
-                    return Err(crate::error::Preflight::NoSuchInterface(name.clone()).into());
-                }
-            }
-        }
-        // Gone, or to be watched another way (joined a bridge, changed link type).
-        let stale: Vec<u32> = self
-            .watched
-            .iter()
-            .filter(|(i, (name, a))| {
-                wanted
-                    .get(i)
-                    .is_none_or(|(l, plan)| *plan != a.plan || &l.name != name)
-            })
-            .map(|(i, _)| *i)
-            .collect();
-        for i in stale {
-            if let Some((name, _)) = self.watched.remove(&i) {
-                info!(iface = %name, "detached");
-            }
-        }
-        let object = self.ebpf.clone();
-        let mut ebpf = object.lock().unwrap_or_else(|e| e.into_inner());
-        for (ifindex, (link, plan)) in wanted {
-            if self.watched.contains_key(&ifindex) {
-                continue;
-            }
-            if !strict && attach::watched_by_tcpstate(&link.name) {
-                warn!(iface = %link.name, "another tcpstate watches this interface already: left to it");
-                continue;
-            }
-            match attach::attach(&mut ebpf, &link.name, plan) {
-                // Attached by name: the index confirms it is still the interface listed.
-                Ok(a) if crate::bpf::netif::index(&link.name) == Some(ifindex) => {
-                    if plan.link == LinkLayer::Ip {
-                        info!(iface = %link.name, "no link-layer header: parsed from the IP header");
-                    }
-                    if link.is_container_veth() && !self.selection.containers {
-                        self.hint_containers(&link.name);
-                    }
-                    self.watched.insert(ifindex, (link.name.clone(), a));
-                }
-                Ok(_) => debug!(iface = %link.name, "renamed or replaced while being attached"),
-                Err(e) if strict => {
-                    return Err(e.context(format!("cannot attach to {}", link.name)))
-                }
-                Err(e) => {
-                    if crate::bpf::netif::index(&link.name) == Some(ifindex) {
-                        warn!(iface = %link.name, error = %e, "cannot attach; retried at the next change");
-                    } else {
-                        debug!(iface = %link.name, error = %e, "went away while being attached");
-                    }
-                }
-            }
-        }
-        drop(ebpf);
-        self.told.retain(|i, _| all.contains_key(i));
-        self.publish();
-        Ok(())
-    }
-
-    fn tell(&mut self, link: &Link, why: Skip) {
-        if self.told.get(&link.ifindex) == Some(&why) {
-            return;
-        }
-        match &why {
-            Skip::LinkType(_) => warn!(iface = %link.name, "not watched: {}", why.why()),
-            _ => info!(iface = %link.name, "not watched: {}", why.why()),
-        }
-        self.told.insert(link.ifindex, why);
-    }
-
-    fn hint_containers(&mut self, iface: &str) {
-        if !self.hinted_containers {
-            self.hinted_containers = true;
-            info!(iface, "a container's veth: its traffic to and from this host's sockets is counted here; the container's own endpoints are not (run with --containers to count them in the container's scope)");
-        }
-    }
-
-    fn publish(&self) {
-        let list = self
-            .watched
-            .values()
-            .flat_map(|(_, a)| a.attached.iter().cloned())
-            .collect();
-        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = list;
-    }
 }
 
 #[cfg(test)]
