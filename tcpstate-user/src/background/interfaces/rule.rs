@@ -155,6 +155,8 @@ fn decide_at(link: &Link, all: &BTreeMap<u32, Link>, sel: &Selection, depth: u32
 
 #[cfg(test)]
 mod tests {
+    use tcpstate_common::packet::LinkLayer;
+
     use super::*;
 
     fn link(ifindex: u32, name: &str, kind: &str) -> Link {
