@@ -1,8 +1,8 @@
 //! One segment through a flow table, as decisions: which segments the table must write, how a
 //! flow it does not hold may start, and which counters each outcome moves. The kernel programs
 //! (`tcpstate-ebpf/src/track.rs`) and the offline replay (`tcpstate replay`) both follow these
-//! steps; only the table itself (a BPF hash map with compare-and-swap, or a process's own map)
-//! differs between them.
+//! steps; only the table itself differs between them: the slot table of [`crate::table`], claimed
+//! and updated by compare-and-swap, or a process's own hash map.
 
 use crate::{
     counters::{for_each_delta, idx, UntrackedReason},

@@ -793,7 +793,17 @@ impl Metrics {
     }
 
     /// Non-zero `tcpstate_connections` summed over roles, per state.
+    /// Panics when the scrape has no `tcpstate_connections` series at all: the host's are always
+    /// exported (zeros included), so a missing family is a daemon that stopped exporting, never
+    /// "nothing open" (which a comparison with an idle `ss` would otherwise take it for).
     pub fn states(&self) -> BTreeMap<String, i64> {
+        assert!(
+            self.samples
+                .keys()
+                .any(|k| k.starts_with("tcpstate_connections{")),
+            "no tcpstate_connections series in the scrape:\n{}",
+            self.text
+        );
         let mut m = BTreeMap::new();
         for (k, v) in &self.samples {
             if let Some(rest) = k.strip_prefix("tcpstate_connections{") {
