@@ -1049,23 +1049,12 @@ fn scrape_times(ns: &Netns, addr: &str, n: usize) -> Vec<f64> {
     })
 }
 
-/// GET `path` over HTTP/1.1 with `Connection: close`; the body of a 200 response.
+/// GET `path`; the body of a 200 response.
 fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap();
-    let resp = String::from_utf8_lossy(&resp);
-    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
-    // node_exporter answers with chunked encoding; the sizes in between do not matter here.
-    body.to_string()
+    let r =
+        support::http::get(addr, "bench", path).unwrap_or_else(|| panic!("GET {path} from {addr}"));
+    assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+    r.body
 }
 
 /// User plus system CPU seconds `pid` used per minute, over `window`.

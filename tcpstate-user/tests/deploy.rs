@@ -12,7 +12,7 @@ use std::{
     process::{Command, Output},
 };
 
-use support::ALERTS;
+use support::{exposition, ALERTS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstate");
 
@@ -496,7 +496,7 @@ tcpstate_x_seconds_count{role="server"} 0
 
 #[test]
 fn checker_catches_unknown_metrics_labels_and_values() {
-    let families = parse_exposition(SAMPLE_EXPOSITION);
+    let families = exposition::families(SAMPLE_EXPOSITION);
     let errs = |e: &str| check(&families, &scan(e), "t");
     assert_eq!(
         errs(
@@ -529,7 +529,7 @@ fn checker_catches_unknown_metrics_labels_and_values() {
 
 #[test]
 fn checker_maps_histogram_series_to_their_family() {
-    let families = parse_exposition(SAMPLE_EXPOSITION);
+    let families = exposition::families(SAMPLE_EXPOSITION);
     assert_eq!(families["tcpstate_x_seconds"].kind, "histogram");
     assert_eq!(
         families["tcpstate_x_seconds"]
@@ -561,110 +561,20 @@ fn checker_maps_histogram_series_to_their_family() {
 // ---------------------------------------------------------------------------------------------
 // describe-metrics
 
-struct Family {
-    kind: String,
-    /// Label name -> values seen in describe-metrics.
-    labels: BTreeMap<String, BTreeSet<String>>,
-}
-
-fn exported() -> BTreeMap<String, Family> {
+fn exported() -> BTreeMap<String, exposition::Family> {
     // Container mode's exposition: every family and label either mode exports.
     let o = Command::new(BIN)
         .args(["describe-metrics", "--containers"])
         .output()
         .expect("run tcpstate describe-metrics");
     assert!(o.status.success(), "describe-metrics: {}", text(&o));
-    let families = parse_exposition(&String::from_utf8(o.stdout).unwrap());
+    let families = exposition::families(&String::from_utf8(o.stdout).unwrap());
     assert!(
         families.len() >= 20,
         "describe-metrics listed {} families",
         families.len()
     );
     families
-}
-
-/// Families of a text exposition, with every label value their samples show (`le` and
-/// `quantile` belong to the series suffixes, not to the family).
-fn parse_exposition(text: &str) -> BTreeMap<String, Family> {
-    let mut families: BTreeMap<String, Family> = BTreeMap::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
-            families.insert(
-                name.to_string(),
-                Family {
-                    kind: kind.to_string(),
-                    labels: BTreeMap::new(),
-                },
-            );
-        } else if !line.starts_with('#') && !line.is_empty() {
-            let (series, _) = line.rsplit_once(' ').expect("sample line");
-            let (name, labels) = match series.split_once('{') {
-                Some((n, l)) => (n, parse_labels(l.strip_suffix('}').expect("}"))),
-                None => (series, Vec::new()),
-            };
-            let fam = family_of(&families, name)
-                .unwrap_or_else(|| panic!("sample {name} has no # TYPE"))
-                .0
-                .to_string();
-            let f = families.get_mut(&fam).unwrap();
-            for (k, v) in labels {
-                if k != "le" && k != "quantile" {
-                    f.labels.entry(k).or_default().insert(v);
-                }
-            }
-        }
-    }
-    families
-}
-
-/// `k="v",k2="v2"` (exposition format escapes: \\, \", \n).
-fn parse_labels(s: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
-        if key.is_empty() {
-            return out;
-        }
-        assert_eq!(chars.next(), Some('"'), "label {key} in {s:?}");
-        let mut v = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => v.push(chars.next().unwrap_or('\\')),
-                '"' => break,
-                c => v.push(c),
-            }
-        }
-        out.push((key.trim().to_string(), v));
-        if chars.peek() == Some(&',') {
-            chars.next();
-        }
-    }
-}
-
-/// The family a series name belongs to, and the extra label its suffix brings (`le`, `quantile`).
-fn family_of<'a>(
-    families: &'a BTreeMap<String, Family>,
-    name: &str,
-) -> Option<(&'a str, Option<&'static str>)> {
-    if let Some((k, f)) = families.get_key_value(name) {
-        return Some((k, (f.kind == "summary").then_some("quantile")));
-    }
-    for (suffix, kinds, extra) in [
-        ("_bucket", &["histogram"][..], Some("le")),
-        ("_sum", &["histogram", "summary"][..], None),
-        ("_count", &["histogram", "summary"][..], None),
-    ] {
-        if let Some(base) = name.strip_suffix(suffix) {
-            if let Some((k, f)) = families.get_key_value(base) {
-                if kinds.contains(&f.kind.as_str()) {
-                    return Some((k, extra));
-                }
-            }
-        }
-    }
-    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -689,13 +599,13 @@ struct ExprInfo {
 impl ExprInfo {
     /// Labels a series of this expression's result may carry (an over-approximation when nothing
     /// is aggregated: the union of the selected metrics' labels).
-    fn result_labels(&self, families: &BTreeMap<String, Family>) -> BTreeSet<String> {
+    fn result_labels(&self, families: &BTreeMap<String, exposition::Family>) -> BTreeSet<String> {
         if self.has_by {
             return self.grouping.iter().cloned().collect();
         }
         let mut out: BTreeSet<String> = TARGET_LABELS.iter().map(|l| l.to_string()).collect();
         for s in &self.selectors {
-            if let Some((fam, _)) = family_of(families, &s.metric) {
+            if let Some((fam, _)) = exposition::family_of(families, &s.metric) {
                 out.extend(families[fam].labels.keys().cloned());
             }
             out.extend(s.matchers.iter().map(|(k, _, _)| k.clone()));
@@ -825,7 +735,11 @@ fn parse_matchers(c: &[char], open: usize) -> (Vec<(String, String, String)>, us
 }
 
 /// Everything wrong with an expression's selectors, prefixed by `ctx`.
-fn check(families: &BTreeMap<String, Family>, info: &ExprInfo, ctx: &str) -> Vec<String> {
+fn check(
+    families: &BTreeMap<String, exposition::Family>,
+    info: &ExprInfo,
+    ctx: &str,
+) -> Vec<String> {
     let mut errors = Vec::new();
     let mut known_labels: BTreeSet<String> = TARGET_LABELS.iter().map(|l| l.to_string()).collect();
     for s in &info.selectors {
@@ -834,7 +748,7 @@ fn check(families: &BTreeMap<String, Family>, info: &ExprInfo, ctx: &str) -> Vec
             known_labels.extend(s.matchers.iter().map(|(k, _, _)| k.clone()));
             continue;
         }
-        let Some((fam, extra)) = family_of(families, &s.metric) else {
+        let Some((fam, extra)) = exposition::family_of(families, &s.metric) else {
             errors.push(format!(
                 "{ctx}: {} is not exported (tcpstate describe-metrics)",
                 s.metric

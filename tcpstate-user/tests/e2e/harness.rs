@@ -14,10 +14,10 @@ use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-pub use crate::support::promtool_check;
+pub use crate::support::{eventually, promtool_check, try_eventually};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tcpstate");
 pub const SERVER_V4: &str = "192.0.2.1";
@@ -560,25 +560,26 @@ impl Daemon {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "tcpstate exited ({st}) before serving /metrics:\n{}",
-                    self.log()
-                );
-            }
-            // The daemon logs this once its programs are attached, just before it accepts; a
-            // daemon behind TLS or basic auth (--web-config) does not answer a plain scrape.
-            if self.log().contains("serving /metrics") || self.try_get("/metrics").is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "tcpstate did not serve /metrics within 30s:\n{}",
-            self.log()
-        );
+        eventually(
+            "tcpstate to serve /metrics",
+            Duration::from_secs(30),
+            || {
+                if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!(
+                        "tcpstate exited ({st}) before serving /metrics:\n{}",
+                        self.log()
+                    );
+                }
+                // The daemon logs this once its programs are attached, just before it accepts; a
+                // daemon behind TLS or basic auth (--web-config) does not answer a plain scrape.
+                let log = self.log();
+                if log.contains("serving /metrics") || self.try_get("/metrics").is_some() {
+                    Ok(())
+                } else {
+                    Err(format!("its log:\n{log}"))
+                }
+            },
+        )
     }
 
     /// The daemon's process id (nsenter execs it, so this is tcpstate itself).
@@ -604,19 +605,7 @@ impl Daemon {
             if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return None;
             }
-            let mut s = TcpStream::connect_timeout(&listen, Duration::from_secs(2)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            // Connection: close, as the body is read to the end of the stream (the server keeps
-            // HTTP/1.1 connections open otherwise).
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-            .ok()?;
-            let mut resp = String::new();
-            s.read_to_string(&mut resp).ok()?;
-            let (head, body) = resp.split_once("\r\n\r\n")?;
-            head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+            crate::support::http::get_ok(listen, "e2e", &path)
         })
         .join()
         .ok()
@@ -640,24 +629,25 @@ impl Daemon {
     /// 100 ms later: a checkpoint must not pass on a transient state (FIN_WAIT_1 and LAST_ACK last
     /// until the peer's ACK, often tens of milliseconds).
     pub fn assert_matches_kernel(&self, ns: &Netns, checkpoint: &str) {
-        let deadline = Instant::now() + Duration::from_secs(5);
         let mut agreed: Option<BTreeMap<String, i64>> = None;
-        loop {
+        let result = try_eventually(Duration::from_secs(5), || {
             let kernel = ns.ss_states_on(self.scope.as_deref());
             let tracker = self.metrics().states();
-            if kernel == tracker {
-                if agreed.as_ref() == Some(&kernel) {
-                    return;
-                }
-                agreed = Some(kernel);
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
+            if kernel != tracker {
+                agreed = None;
+                return Err(format!(
+                    "tracker {tracker:?} != kernel (ss -tan) {kernel:?}"
+                ));
             }
-            agreed = None;
-            if Instant::now() > deadline {
-                panic!("at {checkpoint:?}: tracker {tracker:?} != kernel (ss -tan) {kernel:?}\ndaemon log:\n{}", self.log());
+            if agreed.as_ref() == Some(&kernel) {
+                return Ok(());
             }
-            std::thread::sleep(Duration::from_millis(50));
+            agreed = Some(kernel);
+            std::thread::sleep(Duration::from_millis(100));
+            Err("agreed once; looking again".to_string())
+        });
+        if let Err(last) = result {
+            panic!("at {checkpoint:?}: {last}\ndaemon log:\n{}", self.log());
         }
     }
 
@@ -692,17 +682,14 @@ impl Daemon {
         within: Duration,
         pred: impl Fn(&Metrics) -> bool,
     ) -> Metrics {
-        let deadline = Instant::now() + within;
-        loop {
+        eventually(what, within, || {
             let m = self.metrics();
             if pred(&m) {
-                return m;
+                Ok(m)
+            } else {
+                Err(format!("metrics:\n{}", m.text))
             }
-            if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; last metrics:\n{}", m.text);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     }
 
     /// SIGTERM; the pinned maps stay (the caller checks or removes them).
@@ -750,24 +737,9 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn parse(text: &str) -> Metrics {
-        let mut samples = BTreeMap::new();
-        for line in text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-        {
-            let (series, value) = line
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad sample line {line:?}"));
-            samples.insert(
-                series.to_string(),
-                value
-                    .parse::<f64>()
-                    .unwrap_or_else(|_| panic!("bad value in {line:?}")),
-            );
-        }
         Metrics {
             text: text.to_string(),
-            samples,
+            samples: crate::support::exposition::samples(text),
         }
     }
 

@@ -3,8 +3,7 @@
 //! the DaemonSet runs it (host network, only the DaemonSet's capabilities, not privileged).
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::OnceLock,
@@ -240,19 +239,7 @@ impl Drop for Container {
 
 /// GET /metrics from inside `ns`; the body of a 200 answer.
 fn scrape(ns: &Netns, addr: SocketAddr) -> Option<String> {
-    ns.enter(move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: e2e\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).ok()?;
-        let (head, body) = resp.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-    })
+    ns.enter(move || crate::support::http::get_ok(addr, "e2e", "/metrics"))
 }
 
 /// The runtime's default seccomp profile as containerd 1.7 and Docker 23 have it: bpf(2) allowed

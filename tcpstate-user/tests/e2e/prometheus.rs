@@ -6,8 +6,6 @@
 use std::{
     collections::BTreeSet,
     fs::File,
-    io::{Read, Write},
-    net::TcpStream,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -112,23 +110,8 @@ impl Prometheus {
             if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return None;
             }
-            let mut s =
-                TcpStream::connect_timeout(&PROM_LISTEN.parse().unwrap(), Duration::from_secs(2))
-                    .ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-            // HTTP/1.0: the body is sent whole (never chunked) and the connection closed after it.
-            write!(s, "GET {path} HTTP/1.0\r\nHost: prometheus\r\n\r\n").ok()?;
-            let mut resp = String::new();
-            s.read_to_string(&mut resp).ok()?;
-            let (head, body) = resp.split_once("\r\n\r\n")?;
-            assert!(
-                !head
-                    .to_ascii_lowercase()
-                    .contains("transfer-encoding: chunked"),
-                "{head}"
-            );
-            let status = head.split_whitespace().nth(1)?.parse().ok()?;
-            Some((status, body.to_string()))
+            let r = crate::support::http::get(PROM_LISTEN.parse().unwrap(), "prometheus", &path)?;
+            Some((r.status, r.body))
         })
         .join()
         .ok()

@@ -1,15 +1,49 @@
-//! Helpers shared by the test targets of this package (`cli`, `deploy` and `e2e`).
+//! The test kit: helpers shared by the test targets and benches of this package (`cli`,
+//! `deploy`, `replay`, `e2e`, the system bench): one exposition parser, one HTTP client, one
+//! deadline loop ([`eventually`]), promtool, captures, podman, tun devices.
 // Each target uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod exposition;
 pub mod frames;
+pub mod http;
 pub mod podman;
 pub mod tun;
 
 use std::{
     io::Write,
     process::{Command, Stdio},
+    time::{Duration, Instant},
 };
+
+/// Polls `check` until it gives a value, for at most `within`, and returns it; panics naming
+/// `what` and what the last look saw when time runs out. The one deadline loop of the tests and
+/// benches.
+pub fn eventually<T, L: std::fmt::Display>(
+    what: &str,
+    within: Duration,
+    check: impl FnMut() -> Result<T, L>,
+) -> T {
+    try_eventually(within, check).unwrap_or_else(|last| {
+        panic!("timed out after {within:?} waiting for {what}; last seen: {last}")
+    })
+}
+
+/// [`eventually`] that hands the last look back instead of panicking, for a caller that has more
+/// to say (a daemon's log).
+pub fn try_eventually<T, L>(
+    within: Duration,
+    mut check: impl FnMut() -> Result<T, L>,
+) -> Result<T, L> {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(v) => return Ok(v),
+            Err(last) if Instant::now() > deadline => return Err(last),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
 
 /// `promtool check metrics` on an exposition: exit 0 and no complaints.
 pub fn promtool_check(text: &str) {
