@@ -231,11 +231,11 @@ fn tc_track(ctx: &TcContext, hook: Hook, view: View, owner: Owner, link: LinkLay
             status = parse_frame(&Frame::tc(ctx), &mut scratch.pkt, link);
         }
     }
-    // SYN cookies are the host's own: a host-mode egress program's (a container's veth carries
-    // its SYN-ACKs the other way, and its namespace's cookies are not counted).
+    // SYN cookies: what the local endpoints send (host egress, or a container veth's ingress,
+    // which carries what the container sends).
     let host_egress = view == View::HostEgress && owner == Owner::Host;
-    if host_egress {
-        track::mark_syn_cookie(ctx, scratch, status);
+    if view == View::HostEgress {
+        track::mark_syn_cookie(ctx, scratch, status, owner);
     }
     // What the host only forwards is nobody's here (a load-time constant prunes this when off).
     let forwarded = host_egress

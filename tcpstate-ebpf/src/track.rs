@@ -304,26 +304,44 @@ pub fn track(
     }
 }
 
-/// Host mode, TC egress: marks a SYN-ACK that leaves without a socket as a SYN cookie, and counts
-/// it for its local port. Linux attaches the request socket to every SYN-ACK it sends from its SYN
-/// queue (and the listener to a Fast Open one), but none to a cookie's, which it keeps no state
-/// for (net/ipv4/tcp_output.c, tcp_make_synack: TCP_SYNACK_COOKIE).
+/// Marks a SYN-ACK a local endpoint sends without a socket as a SYN cookie, and counts it in its
+/// scope (the host's also for its local port). Linux attaches the request socket to every SYN-ACK
+/// it sends from its SYN queue (and the listener to a Fast Open one), but none to a cookie's,
+/// which it keeps no state for (net/ipv4/tcp_output.c, tcp_make_synack: TCP_SYNACK_COOKIE).
+///
+/// Host mode: on TC egress. Container mode: on the ingress of the container's veth, which carries
+/// what the container sends with its socket still attached (a veth hands the skb over whole;
+/// only the IP layer orphans it, ip_rcv_core, after this hook).
 #[inline(always)]
-pub fn mark_syn_cookie(ctx: &TcContext, scratch: &mut Scratch, status: ParseStatus) {
+pub fn mark_syn_cookie(ctx: &TcContext, scratch: &mut Scratch, status: ParseStatus, owner: Owner) {
     if status != ParseStatus::Tcp || scratch.pkt.seg.flags & (SYN | ACK | RST | FIN) != SYN | ACK {
         return;
     }
-    // A SYN-ACK the host forwards (a container's, through NAT) has no socket either: only one
-    // the local stack built without a socket is a cookie.
-    if egress_origin(ctx) != Origin::LocalWithoutSocket {
+    let cookie = match owner {
+        // A SYN-ACK the host forwards (a container's, through NAT) has no socket either: only
+        // one the local stack built without a socket is a cookie.
+        Owner::Host => egress_origin(ctx) == Origin::LocalWithoutSocket,
+        // Whatever the container sends arrives here; none of it is forwarded by this host yet.
+        Owner::Container => !has_socket(ctx),
+    };
+    if !cookie {
         return;
     }
     scratch.cookie = true;
-    count(idx::SYN_COOKIES);
-    if let Some(c) = SYN_COOKIES.get_ptr_mut(scratch.pkt.sport as u32) {
-        // SAFETY: array value pointers are valid and 8-byte aligned.
-        unsafe { atomic_add(c, 1) };
+    bump(idx::in_scope(scratch.base, idx::SYN_COOKIES), 1);
+    if owner == Owner::Host {
+        if let Some(c) = SYN_COOKIES.get_ptr_mut(scratch.pkt.sport as u32) {
+            // SAFETY: array value pointers are valid and 8-byte aligned.
+            unsafe { atomic_add(c, 1) };
+        }
     }
+}
+
+/// Whether the skb carries a socket.
+#[inline(always)]
+fn has_socket(ctx: &TcContext) -> bool {
+    // SAFETY: the program's own context; `sk` is only compared with NULL.
+    unsafe { !(*ctx.skb.skb).__bindgen_anon_2.sk.is_null() }
 }
 
 /// Where a segment leaving a host-mode interface comes from, as the skb tells it.
@@ -347,7 +365,7 @@ pub fn egress_origin(ctx: &TcContext) -> Origin {
     // pointer or NULL), which is only compared with NULL here.
     unsafe {
         let skb = ctx.skb.skb;
-        if !(*skb).__bindgen_anon_2.sk.is_null() {
+        if has_socket(ctx) {
             Origin::Socket
         } else if (*skb).ingress_ifindex == 0 {
             Origin::LocalWithoutSocket

@@ -240,9 +240,9 @@ pub fn ports(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
 
     let mut f = counter(
         "tcpstate_syn_cookies_sent_total",
-        "SYN-ACKs a local listener sent from a SYN cookie (its SYN queue was full; the kernel keeps no state for these until the ACK returns the cookie), by local port. Host mode only: told apart on TC egress by the socket a cookie SYN-ACK lacks.",
+        "SYN-ACKs a local listener sent from a SYN cookie (its SYN queue was full; the kernel keeps no state for these until the ACK returns the cookie), by local port (a container's as one total under port=\"other\"). Host mode and containers: told apart by the socket a cookie SYN-ACK lacks.",
     );
-    // The host's own listeners only: a container's cookies leave through its veth the other way.
+    // The host's per port; a container's as one total (the per-port map is the host's alone).
     if let Some((g, survey)) = surveys.iter().find(|(g, _)| g.scopes.contains(&0)) {
         let total = t.slot(idx::SYN_COOKIES);
         let mut labelled = 0u64;
@@ -256,6 +256,10 @@ pub fn ports(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
             &g.with(&[("port", OTHER)]),
             total.saturating_sub(labelled) as f64,
         );
+    }
+    for (g, _) in surveys.iter().filter(|(g, _)| !g.scopes.contains(&0)) {
+        let v = g.sum(|sc| t.scoped(sc, idx::SYN_COOKIES));
+        f.scoped_sample(g, &[("port", OTHER)], v as f64);
     }
     out.push(f);
 }

@@ -732,7 +732,7 @@ impl Drop for Daemon {
 /// A parsed /metrics body: samples keyed by name and sorted label pairs.
 pub struct Metrics {
     pub text: String,
-    samples: BTreeMap<String, f64>,
+    pub samples: BTreeMap<String, f64>,
 }
 
 impl Metrics {
