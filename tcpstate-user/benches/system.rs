@@ -572,17 +572,21 @@ impl SockperfServer {
             });
         let server = SockperfServer(child);
         let filter = format!("sport = :{SOCKPERF_PORT}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while harness::sh(&["ip", "netns", "exec", &p.srv.name, "ss", "-Htln", &filter])
-            .trim()
-            .is_empty()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "sockperf server did not listen on port {SOCKPERF_PORT}"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        support::eventually(
+            &format!("the sockperf server to listen on port {SOCKPERF_PORT}"),
+            Duration::from_secs(10),
+            || {
+                let out =
+                    harness::sh(&["ip", "netns", "exec", &p.srv.name, "ss", "-Htln", &filter]);
+                if out.trim().is_empty() {
+                    Err(format!(
+                        "sockperf server did not listen on port {SOCKPERF_PORT}"
+                    ))
+                } else {
+                    Ok(())
+                }
+            },
+        );
         server
     }
 }
@@ -1116,14 +1120,17 @@ impl NodeExporter {
             });
         let ne = NodeExporter(child);
         let addr: SocketAddr = Self::ADDR.parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ns.enter(move || TcpStream::connect(addr).is_ok()) {
-            assert!(
-                Instant::now() < deadline,
-                "node_exporter did not listen on {addr}"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        support::eventually(
+            &format!("node_exporter to listen on {addr}"),
+            Duration::from_secs(10),
+            || {
+                if ns.enter(move || TcpStream::connect(addr).is_ok()) {
+                    Ok(())
+                } else {
+                    Err(format!("node_exporter did not listen on {addr}"))
+                }
+            },
+        );
         ne
     }
 
@@ -1184,15 +1191,17 @@ fn beside_node_exporter(figures: &mut Vec<Figure>) {
         );
         let ne = NodeExporter::start(&ns);
         let sockets = Holders::open(&ns, n);
-        // Agreement, once both settle (handshakes done, FINs acknowledged).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let (ours, theirs) = loop {
+        // Agreement, once both settle (handshakes done, FINs acknowledged); after 20 s, the last
+        // look is what is reported. Every 500 ms: each look scrapes both over all the sockets.
+        let (ours, theirs) = support::try_eventually(Duration::from_secs(20), || {
             let (ours, theirs) = (compared(d.metrics().states()), NodeExporter::states(&ns));
-            if ours == theirs || Instant::now() > deadline {
-                break (ours, theirs);
+            if ours == theirs {
+                return Ok((ours, theirs));
             }
             thread::sleep(Duration::from_millis(500));
-        };
+            Err((ours, theirs))
+        })
+        .unwrap_or_else(|last| last);
         let differing: i64 = ours
             .keys()
             .chain(theirs.keys())

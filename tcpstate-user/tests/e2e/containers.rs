@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::harness::{listen_in, sh, Daemon, Netns, Opts};
+use crate::harness::{listen_in, sh, try_eventually, Daemon, Netns, Opts};
 
 /// The daemon's namespace, with an interface for its host-mode attachment (a veth whose peer is
 /// in the same namespace: no container's; this kernel has no dummy driver).
@@ -60,28 +60,29 @@ fn daemon(h: &Netns, dummy: &str, extra: &[&str]) -> Daemon {
 
 /// Waits until a container's series equal `ss -tan` inside it, twice in a row.
 fn assert_container_matches(d: &Daemon, c: &Netns, checkpoint: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
     let mut agreed = None;
-    loop {
+    let result = try_eventually(Duration::from_secs(10), || {
         let kernel = c.ss_states();
         let tracker = d
             .metrics()
             .states_with(&format!("container=\"{}\"", c.name));
-        if kernel == tracker {
-            if agreed.as_ref() == Some(&kernel) {
-                return;
-            }
-            agreed = Some(kernel);
-        } else {
+        if kernel != tracker {
             agreed = None;
-            assert!(
-                Instant::now() < deadline,
-                "at {checkpoint:?}, container {}: tracker {tracker:?} != ss {kernel:?}\n{}",
-                c.name,
-                d.log()
-            );
+            return Err(format!("tracker {tracker:?} != ss {kernel:?}"));
         }
+        if agreed.as_ref() == Some(&kernel) {
+            return Ok(());
+        }
+        agreed = Some(kernel);
         std::thread::sleep(Duration::from_millis(100));
+        Err("agreed once; looking again".to_string())
+    });
+    if let Err(last) = result {
+        panic!(
+            "at {checkpoint:?}, container {}: {last}\n{}",
+            c.name,
+            d.log()
+        );
     }
 }
 
@@ -277,7 +278,7 @@ fn a_container_started_after_the_daemon_is_watched_within_a_second() {
         "ip", "link", "add", "tsvlate", "netns", &h.name, "type", "veth", "peer", "name", "eth0",
         "netns", &c.name,
     ]);
-    let attached = loop {
+    let attached = try_eventually(Duration::from_secs(10), || {
         let progs: Vec<String> = h.enter(|| {
             use aya::programs::{tc::TcAttachType, SchedClassifier};
             [TcAttachType::Ingress, TcAttachType::Egress]
@@ -296,15 +297,12 @@ fn a_container_started_after_the_daemon_is_watched_within_a_second() {
             .count()
             == 2
         {
-            break started.elapsed();
+            Ok(started.elapsed())
+        } else {
+            Err(progs)
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "not attached after 10 s: {progs:?}\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    })
+    .unwrap_or_else(|progs| panic!("not attached after 10 s: {progs:?}\n{}", d.log()));
     println!("veth created -> both container programs attached: {attached:?}");
     assert!(
         attached < Duration::from_secs(1),

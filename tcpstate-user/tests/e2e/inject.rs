@@ -201,16 +201,19 @@ fn kernel_log_reports_invalid_segments_when_asked() {
         &dev,
         vec![v4(&[], 5, 6, 0, &Tcp::new(5006, 80, SYN | FIN).bytes())],
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let want = "invalid segment 5006->80: syn_fin";
-    while !d.log().contains(want) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no kernel log line {want:?} in:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        &format!("kernel log line {want:?}"),
+        Duration::from_secs(5),
+        || {
+            let log = d.log();
+            if log.contains(want) {
+                Ok(())
+            } else {
+                Err(format!("no kernel log line {want:?} in:\n{log}"))
+            }
+        },
+    );
     assert!(d
         .log()
         .lines()

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::OnceLock,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::harness::*;
@@ -94,16 +94,18 @@ fn the_shipped_binary_is_static_and_carries_its_kernel_programs() {
 /// dpkg, retried while another process holds its lock (apt runs elsewhere on this machine).
 fn dpkg(args: &[&str]) -> Output {
     let dpkg = tool("dpkg", "dpkg");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
+    try_eventually(Duration::from_secs(300), || {
         let o = Command::new(dpkg).args(args).output().unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        if o.status.success() || !err.contains("lock") || Instant::now() > deadline {
-            assert!(o.status.success(), "dpkg {args:?} failed:\n{err}");
-            return o;
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        if o.status.success() {
+            return Ok(o);
         }
+        assert!(err.contains("lock"), "dpkg {args:?} failed:\n{err}");
+        // Looked at every 2 s, not hammered, while the other holder works.
         std::thread::sleep(Duration::from_secs(2));
-    }
+        Err(err)
+    })
+    .unwrap_or_else(|err| panic!("dpkg {args:?} failed:\n{err}"))
 }
 
 /// Purges the package if a test stops half-way, so the machine is left as it was.
@@ -349,14 +351,11 @@ fn the_image_runs_as_the_daemonset_runs_it_and_sees_a_leak() {
         .args(["--containers", "--host-root", "/host"]));
 
     let addr: SocketAddr = listen.parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while scrape(&p.srv, addr).is_none() {
-        assert!(
-            Instant::now() < deadline,
+    if try_eventually(Duration::from_secs(60), || scrape(&p.srv, addr).ok_or(())).is_err() {
+        panic!(
             "the container did not serve /metrics within 60s:\n{}",
             c.logs()
         );
-        std::thread::sleep(Duration::from_millis(200));
     }
 
     // The daemon in the container holds exactly the granted capabilities.
@@ -378,8 +377,7 @@ fn the_image_runs_as_the_daemonset_runs_it_and_sees_a_leak() {
     let client = p.connect(SERVER_V4, LEAK_PORT);
     let (_leaked, _) = listener.accept().unwrap();
     drop(client);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let leaked = try_eventually(Duration::from_secs(30), || {
         let m = Metrics::parse(&scrape(&p.srv, addr).expect("/metrics from the container"));
         let port = LEAK_PORT.to_string();
         // Container mode, as the DaemonSet runs it: the host's series carry empty scope labels.
@@ -390,15 +388,16 @@ fn the_image_runs_as_the_daemonset_runs_it_and_sees_a_leak() {
             ("container", ""),
         ];
         if m.try_get("tcpstate_close_wait_leaked", &labels) == Some(1.0) {
-            break;
+            Ok(())
+        } else {
+            Err(m.text)
         }
-        assert!(
-            Instant::now() < deadline,
-            "no leak on port {LEAK_PORT} within 30s:\n{}\n{}",
-            m.text,
+    });
+    if let Err(text) = leaked {
+        panic!(
+            "no leak on port {LEAK_PORT} within 30s:\n{text}\n{}",
             c.logs()
         );
-        std::thread::sleep(Duration::from_millis(200));
     }
     drop(c);
     let _ = std::fs::remove_dir_all(&work);

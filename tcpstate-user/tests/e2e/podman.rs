@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    harness::{sh, ss_counts, Daemon, BIN},
+    harness::{eventually, sh, ss_counts, try_eventually, Daemon, BIN},
     support::podman::{Container, Podman},
 };
 
@@ -57,22 +57,21 @@ impl Drop for TempTree {
 }
 
 fn wait_listening(c: &Container) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = std::process::Command::new("nsenter")
-            .args(["-t", &c.pid.to_string(), "-n", "ss", "-Htln"])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&out.stdout).contains(":8080") {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never listened on 8080",
-            c.name
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        &format!("{} to listen on 8080", c.name),
+        Duration::from_secs(20),
+        || {
+            let out = std::process::Command::new("nsenter")
+                .args(["-t", &c.pid.to_string(), "-n", "ss", "-Htln"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains(":8080") {
+                Ok(())
+            } else {
+                Err(format!("{} never listened on 8080", c.name))
+            }
+        },
+    );
 }
 
 /// `n` connections from the host that the host closes: CLOSE_WAIT in the container.
@@ -88,20 +87,17 @@ fn leak(c: &Container, n: usize) -> Vec<TcpStream> {
 }
 
 fn assert_matches(d: &Daemon, c: &Container, labels: &str, checkpoint: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let result = try_eventually(Duration::from_secs(10), || {
         let kernel = ss_counts(&c.ss(), None);
         let tracker = d.metrics().states_with(labels);
         if kernel == tracker && !kernel.is_empty() {
-            return;
+            Ok(())
+        } else {
+            Err(format!("tracker {tracker:?} != ss {kernel:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "at {checkpoint:?}, {}: tracker {tracker:?} != ss {kernel:?}\n{}",
-            c.name,
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    });
+    if let Err(last) = result {
+        panic!("at {checkpoint:?}, {}: {last}\n{}", c.name, d.log());
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -87,17 +87,18 @@ impl Prometheus {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
+        let ready = try_eventually(Duration::from_secs(30), || {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("prometheus exited ({st}):\n{}", self.log());
             }
-            if matches!(self.try_get("/-/ready"), Some((200, _))) {
-                return;
+            match self.try_get("/-/ready") {
+                Some((200, _)) => Ok(()),
+                _ => Err(()),
             }
-            std::thread::sleep(Duration::from_millis(100));
+        });
+        if ready.is_err() {
+            panic!("prometheus not ready within 30s:\n{}", self.log());
         }
-        panic!("prometheus not ready within 30s:\n{}", self.log());
     }
 
     /// GET `path` from inside the namespace: (status, body), `None` if nothing answers.
@@ -147,14 +148,18 @@ impl Prometheus {
     }
 
     fn wait_until(&self, what: &str, mut pred: impl FnMut(&Prometheus) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !pred(self) {
-            assert!(
-                Instant::now() < deadline,
+        let met = try_eventually(Duration::from_secs(60), || {
+            if pred(self) {
+                Ok(())
+            } else {
+                Err(())
+            }
+        });
+        if met.is_err() {
+            panic!(
                 "timed out waiting for {what}; prometheus log:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(250));
         }
     }
 }
@@ -165,10 +170,10 @@ impl Drop for Prometheus {
             // `ip netns exec` execs prometheus: the child is prometheus itself.
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            // Up to 10 s to exit on its own; killed after that.
+            let _ = try_eventually(Duration::from_secs(10), || {
+                c.try_wait().ok().flatten().map(|_| ()).ok_or(())
+            });
             let _ = c.kill();
             let _ = c.wait();
         }

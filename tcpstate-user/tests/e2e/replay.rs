@@ -8,7 +8,7 @@ use std::{
     net::Shutdown,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::harness::*;
@@ -55,18 +55,14 @@ impl Tcpdump {
             .spawn()
             .expect("run tcpdump through ip netns exec");
         // Traffic before the capture is live would be missing from it.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !std::fs::read_to_string(&err)
-            .unwrap_or_default()
-            .contains("listening on")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "tcpdump did not start: {}",
-                std::fs::read_to_string(&err).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually("tcpdump to start", Duration::from_secs(10), || {
+            let log = std::fs::read_to_string(&err).unwrap_or_default();
+            if log.contains("listening on") {
+                Ok(())
+            } else {
+                Err(format!("tcpdump did not start: {log}"))
+            }
+        });
         Tcpdump {
             child,
             file,

@@ -307,19 +307,16 @@ fn expected(host: &Netns, routes: &[Route]) -> BTreeMap<String, i64> {
 /// Waits until `ss -tan` in `ns` (on `locals`) shows `want`: the test built what it meant to
 /// before the tracker is compared with it.
 fn wait_for_ss(ns: &Netns, locals: &[IpAddr], want: &BTreeMap<String, i64>, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually(what, Duration::from_secs(5), || {
         let got = ns.ss_states_on(Some(locals));
         if &got == want {
-            return;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: ss -tan shows {got:?}, the test built {want:?}\n{}",
+        Err(format!(
+            "ss -tan shows {got:?}, the test built {want:?}\n{}",
             sh(&["ip", "netns", "exec", &ns.name, "ss", "-tan"])
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        ))
+    });
 }
 
 /// `tcpstate_attachment_info` as (iface, hook) -> mode.
@@ -475,34 +472,36 @@ fn whole_host_attaches_the_bridge_not_its_port_lo_as_tap_and_interfaces_that_com
     let late = "late0";
     let started = Instant::now();
     veth(&w.host, late, &w.peer, "late1");
-    let took = loop {
+    let took = try_eventually(Duration::from_secs(1), || {
         let att = attachments(&d.metrics());
         if hooks(&att, late) == set(&["tc_ingress", "tc_egress"]) {
-            break started.elapsed();
+            Ok(started.elapsed())
+        } else {
+            Err(att)
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
+    })
+    .unwrap_or_else(|att| {
+        panic!(
             "{late} not attached a second after it appeared: {att:?}\n{}",
             d.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        )
+    });
     println!("{late} created -> attached (by the metric): {took:?}");
     assert_eq!(tcx_programs(&w.host, late).len(), 2, "on {late}");
 
-    let removed = Instant::now();
     w.host.ip(&["link", "del", late]);
-    loop {
-        let att = attachments(&d.metrics());
-        if hooks(&att, late).is_empty() {
-            break;
-        }
-        assert!(
-            removed.elapsed() < Duration::from_secs(1),
-            "{late} still listed a second after its removal: {att:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        &format!("{late} to be unlisted a second after its removal"),
+        Duration::from_secs(1),
+        || {
+            let att = attachments(&d.metrics());
+            if hooks(&att, late).is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{late} still listed: {att:?}"))
+            }
+        },
+    );
     // Still serving, still attached everywhere else.
     let att = attachments(&d.metrics());
     assert_eq!(hooks(&att, BRIDGE), set(&["tc_ingress", "tc_egress"]));
@@ -557,23 +556,24 @@ fn whole_host_counts_each_bridged_and_vxlan_segment_once() {
     // The host's ends: CLOSE_WAIT, LAST_ACK, CLOSED; the TIME_WAITs are the clients'.
     d.assert_matches_kernel(&w.host, "every bridged and tunnelled connection closed");
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let m = d.metrics();
-        let seen = m.sum("tcpstate_segments_total") - segments_before;
-        let (rx, tx) = (input.counted_packets(), output.counted_packets());
-        if seen == (rx + tx) as f64 {
-            println!("segments: tracker {seen}, nftables {rx} in + {tx} out");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "tracker examined {seen} segments, nftables counted {rx} in + {tx} out \
-             (twice as many would mean a segment seen on two stacked devices)\n{}",
-            m.text
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (seen, rx, tx) = eventually(
+        "the tracker's segments to equal nftables' packets",
+        Duration::from_secs(5),
+        || {
+            let m = d.metrics();
+            let seen = m.sum("tcpstate_segments_total") - segments_before;
+            let (rx, tx) = (input.counted_packets(), output.counted_packets());
+            if seen == (rx + tx) as f64 {
+                return Ok((seen, rx, tx));
+            }
+            Err(format!(
+                "tracker examined {seen} segments, nftables counted {rx} in + {tx} out \
+                 (twice as many would mean a segment seen on two stacked devices)\n{}",
+                m.text
+            ))
+        },
+    );
+    println!("segments: tracker {seen}, nftables {rx} in + {tx} out");
     assert!(
         input.counted_packets() >= 4 * made as u64,
         "nftables saw the traffic"
@@ -626,27 +626,22 @@ fn whole_host_leaks_finds_a_close_wait_leak_over_loopback_without_flags() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let (stdout, row) = loop {
+    let (stdout, row) = try_eventually(Duration::from_secs(15), || {
         let (code, stdout, stderr) = leaks(&d.pin_dir);
         let row = stdout
             .lines()
             .find(|l| l.split_whitespace().next() == Some(&port.to_string()))
             .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>());
         if let (Some(1), Some(row)) = (code, row) {
-            break (stdout, row);
+            return Ok((stdout, row));
         }
         assert!(
             code == Some(0) || code == Some(1),
             "tcpstate leaks failed ({code:?}): {stdout}{stderr}"
         );
-        assert!(
-            Instant::now() < deadline,
-            "no leak on port {port} listed ({code:?}):\n{stdout}{stderr}\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        Err(format!("({code:?}):\n{stdout}{stderr}"))
+    })
+    .unwrap_or_else(|last| panic!("no leak on port {port} listed {last}\n{}", d.log()));
     println!("{stdout}");
     // PORT PID USER COMMAND COUNT OLDEST NEWEST TOP PEERS...
     assert_eq!(
