@@ -2,14 +2,14 @@
 //! flags) and handed down to the pieces that do it, each as the settings it understands. Nothing
 //! here knows of clap.
 
-use std::{net::SocketAddr, path::PathBuf, time};
+use std::{collections::HashSet, net::SocketAddr, path::PathBuf, time};
 
 use crate::{
-    background::interfaces::Selection,
     background::scopes::LabelLevel,
+    background::{interfaces::Selection, seed},
     bpf::{
         attach::{IngressHook, Role, XdpMode},
-        kernellog, loader,
+        kernellog, loader, netif,
     },
     error::Preflight,
 };
@@ -75,6 +75,28 @@ impl RunConfig {
     /// Scopes the counters have room for: the host's, and one per watched container namespace.
     pub fn scopes(&self) -> u32 {
         1 + self.containers.as_ref().map_or(0, |c| c.max)
+    }
+
+    /// The local addresses whose sockets the tracker sees: those of the interfaces watched in host
+    /// mode (every interface's but excluded ones' by default), and loopback when `lo` is watched.
+    pub fn host_locals(&self) -> seed::Scope {
+        let sel = self.selection();
+        let watched = |name: &str| {
+            name != "lo"
+                && self.mode == Role::Host
+                && !sel.excludes(name)
+                && (sel.everything() || self.ifaces.iter().any(|i| i == name))
+        };
+        seed::Scope {
+            host: netif::all_addresses()
+                .into_iter()
+                .filter(|(name, ip)| watched(name) && !ip.is_loopback())
+                .map(|(_, ip)| ip)
+                .collect::<HashSet<_>>(),
+            loopback: !sel.excludes("lo")
+                && (sel.everything() || self.ifaces.iter().any(|i| i == "lo")),
+            all_but_loopback: false,
+        }
     }
 
     /// What loading the kernel object needs.

@@ -3,7 +3,6 @@
 //! SIGTERM.
 
 use std::{
-    collections::HashSet,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -28,8 +27,8 @@ use crate::{
         sweeper::{self, SweepReport},
     },
     bpf::{
-        attach::{Attached, Role},
-        kernellog, loader, netif,
+        attach::Attached,
+        kernellog, loader,
         tables::{self, Flows},
     },
     config::RunConfig,
@@ -239,32 +238,19 @@ fn sync_host(cfg: &RunConfig, flows: &mut Flows, counters: &mut DaemonCounters) 
             return;
         }
     };
-    let rule = host_scope(cfg);
-    let mut existing = Vec::new();
-    if let Err(e) = flows.for_each(|k, r| {
-        if k.scope == scope::HOST {
-            existing.push((k, r))
-        }
-    }) {
-        warn!(error = %e, "cannot read the flow table");
-    }
+    let existing = seed::records_of(flows, scope::HOST);
     let synced = seed::sync(
         flows,
         scope::HOST,
         &sockets,
-        &rule,
+        &cfg.host_locals(),
         &existing,
         seed::Timing {
             now_ns: monotonic_ns(),
             timeouts: Some(cfg.timeouts),
         },
     );
-    for w in &synced.deleted {
-        counters.record_delete(scope::HOST, *w);
-    }
-    for w in &synced.inserted {
-        counters.record_insert(scope::HOST, *w);
-    }
+    synced.book(scope::HOST, counters);
     info!(
         kept = synced.kept,
         dropped_stale = synced.deleted.len(),
@@ -272,27 +258,6 @@ fn sync_host(cfg: &RunConfig, flows: &mut Flows, counters: &mut DaemonCounters) 
         sockets = sockets.len(),
         "flow table in line with the kernel's socket table"
     );
-}
-
-/// The local addresses whose sockets the tracker sees: those of the interfaces watched in host
-/// mode (every interface's but excluded ones' by default), and loopback when `lo` is watched.
-fn host_scope(cfg: &RunConfig) -> seed::Scope {
-    let sel = cfg.selection();
-    let watched = |name: &str| {
-        name != "lo"
-            && cfg.mode == Role::Host
-            && !sel.excludes(name)
-            && (sel.everything() || cfg.ifaces.iter().any(|i| i == name))
-    };
-    seed::Scope {
-        host: netif::all_addresses()
-            .into_iter()
-            .filter(|(name, ip)| watched(name) && !ip.is_loopback())
-            .map(|(_, ip)| ip)
-            .collect::<HashSet<_>>(),
-        loopback: !sel.excludes("lo") && (sel.everything() || cfg.ifaces.iter().any(|i| i == "lo")),
-        all_but_loopback: false,
-    }
 }
 
 fn spawn_sweeper(
@@ -313,7 +278,7 @@ fn spawn_sweeper(
         // Loopback is tap mode: both ends counted from the wire, nothing to settle.
         settle: host_mode.then(|| seed::Scope {
             loopback: false,
-            ..host_scope(cfg)
+            ..cfg.host_locals()
         }),
     };
     std::thread::Builder::new()

@@ -71,6 +71,32 @@ pub struct Synced {
     pub kept: usize,
 }
 
+impl Synced {
+    /// Books what the sync changed in `scope`: the records it dropped and those it seeded.
+    pub fn book(&self, scope: u32, c: &mut crate::background::books::DaemonCounters) {
+        for w in &self.deleted {
+            c.record_delete(scope, *w);
+        }
+        for w in &self.inserted {
+            c.record_insert(scope, *w);
+        }
+    }
+}
+
+/// The records of one scope, as a walk of the table finds them (what [`sync`] checks against the
+/// kernel); none when the table cannot be read, which is logged.
+pub fn records_of(flows: &crate::bpf::tables::Flows, scope: u32) -> Vec<(FlowKey, FlowRecord)> {
+    let mut out = Vec::new();
+    if let Err(e) = flows.for_each(|k, r| {
+        if k.scope == scope {
+            out.push((k, r))
+        }
+    }) {
+        tracing::warn!(error = %e, scope, "cannot read the flow table");
+    }
+    out
+}
+
 /// When a seed runs, and the sweeper's timeouts its timer states are back-dated against.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {

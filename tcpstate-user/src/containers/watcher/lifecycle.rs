@@ -180,7 +180,7 @@ impl Watcher {
             scope::state::RETIRED,
             &Labels::default(),
         );
-        let records = self.records_of(scope);
+        let records = seed::records_of(&self.maps.flows, scope);
         let mut deleted = Vec::new();
         for (key, _) in &records {
             if let Some(rec) = self.maps.flows.remove(key) {
@@ -195,17 +195,5 @@ impl Watcher {
         });
         shared.scopes.scopes.retain(|s| s.scope != scope);
         info!(scope, container = %labels.container, pod = %labels.pod, flows = deleted.len(), "container namespace gone");
-    }
-
-    pub(super) fn records_of(&self, scope: u32) -> Vec<(FlowKey, FlowRecord)> {
-        let mut out = Vec::new();
-        if let Err(e) = self.maps.flows.for_each(|k, r| {
-            if k.scope == scope {
-                out.push((k, r))
-            }
-        }) {
-            warn!(error = %e, scope, "cannot read the flow table");
-        }
-        out
     }
 }

@@ -29,7 +29,6 @@ use aya::{
 use tcpstate_common::{
     flow::monotonic_ns,
     scope::{self, ScopeInfo},
-    FlowKey, FlowRecord,
 };
 use tracing::{debug, info, warn};
 

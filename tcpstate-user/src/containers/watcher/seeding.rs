@@ -26,7 +26,7 @@ impl Watcher {
         // Only a scope an earlier run watched can have records already; a new one's walk of the
         // whole table would find nothing.
         let existing = if self.restored.contains(&scope) {
-            self.records_of(scope)
+            seed::records_of(&self.maps.flows, scope)
         } else {
             Vec::new()
         };
@@ -42,14 +42,7 @@ impl Watcher {
             },
         );
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        shared.book(|c| {
-            for w in &synced.deleted {
-                c.record_delete(scope, *w);
-            }
-            for w in &synced.inserted {
-                c.record_insert(scope, *w);
-            }
-        });
+        shared.book(|c| synced.book(scope, c));
         info!(
             scope,
             kept = synced.kept,
