@@ -15,6 +15,21 @@ pub struct Timeouts {
     pub closed_linger: std::time::Duration,
 }
 
+#[cfg(test)]
+impl Timeouts {
+    /// The daemon's defaults (`tcpstate run --help`; a host test holds the flags to them), for
+    /// tests: Linux's own timers where it has one.
+    pub const DEFAULTS: Timeouts = Timeouts {
+        time_wait: std::time::Duration::from_secs(60),
+        syn_sent: std::time::Duration::from_secs(130),
+        syn_recv: std::time::Duration::from_secs(65),
+        fin_wait2: std::time::Duration::from_secs(60),
+        closing_idle: std::time::Duration::from_secs(120),
+        established_idle: std::time::Duration::from_secs(5 * 86_400),
+        closed_linger: std::time::Duration::from_secs(10),
+    };
+}
+
 /// Why a flow was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expired {
@@ -217,15 +232,9 @@ mod tests {
     }
 
     fn timeouts() -> Timeouts {
-        let s = Duration::from_secs;
         Timeouts {
-            time_wait: s(60),
-            syn_sent: s(130),
-            syn_recv: s(65),
-            fin_wait2: s(60),
-            closing_idle: s(120),
-            established_idle: s(3600),
-            closed_linger: s(10),
+            established_idle: Duration::from_secs(3600),
+            ..Timeouts::DEFAULTS
         }
     }
 

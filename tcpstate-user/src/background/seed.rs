@@ -490,16 +490,7 @@ mod tests {
 
     /// The daemon's defaults (`tcpstate run --help`).
     fn timeouts() -> Timeouts {
-        let s = Duration::from_secs;
-        Timeouts {
-            time_wait: s(60),
-            syn_sent: s(130),
-            syn_recv: s(65),
-            fin_wait2: s(60),
-            closing_idle: s(120),
-            established_idle: s(5 * 86_400),
-            closed_linger: s(10),
-        }
+        Timeouts::DEFAULTS
     }
 
     /// A host socket (192.0.2.1:80) in `state` with `timer` pending, `expires_s` left of it,

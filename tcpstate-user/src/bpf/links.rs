@@ -219,6 +219,54 @@ impl Events {
     }
 }
 
+/// Link events as a following loop takes them: in batches, each call waiting at most a quarter
+/// second so the loop can look at its clock and its stop flag. Without a subscription (the
+/// socket could not be opened) it only waits, and the loop's periodic resync does all the work.
+pub struct Batches {
+    events: Option<Events>,
+}
+
+impl Batches {
+    /// How long one call waits for a first event.
+    pub const WAIT: Duration = Duration::from_millis(250);
+    /// After a first event, how long more may arrive before they are taken as one batch (a node
+    /// starting many pods makes a burst).
+    const BURST: Duration = Duration::from_millis(5);
+
+    /// Subscribes; `without` says in the log what the caller does without events.
+    pub fn subscribe(without: &str) -> Batches {
+        let events = match Events::subscribe(Self::WAIT) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "no link events: {without}");
+                None
+            }
+        };
+        Batches { events }
+    }
+
+    /// The next batch of events: empty when none came within [`Batches::WAIT`].
+    pub fn next(&self) -> Vec<Event> {
+        let Some(ev) = &self.events else {
+            std::thread::sleep(Self::WAIT);
+            return Vec::new();
+        };
+        match ev.next() {
+            Ok(mut evs) if !evs.is_empty() => {
+                std::thread::sleep(Self::BURST);
+                evs.extend(ev.drain().unwrap_or_default());
+                evs
+            }
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                tracing::debug!(error = %e, "link events");
+                std::thread::sleep(Self::WAIT);
+                Vec::new()
+            }
+        }
+    }
+}
+
 /// The link events in one datagram.
 fn parse_events(data: &[u8]) -> Vec<Event> {
     let mut out = Vec::new();

@@ -348,6 +348,24 @@ pub struct ReplayArgs {
 mod tests {
     use super::*;
 
+    /// The flags' defaults are the sweeper's named defaults (what tests and the fuzzer use).
+    #[test]
+    fn timeout_flag_defaults_are_the_sweepers_defaults() {
+        let Command::Run(run) = Cli::try_parse_from(["tcpstate", "run"]).unwrap().command else {
+            panic!("not run")
+        };
+        let t = run.timeouts.timeouts().unwrap();
+        let d = crate::background::expiry::Timeouts::DEFAULTS;
+        assert_eq!(
+            [t.time_wait, t.syn_sent, t.syn_recv, t.fin_wait2],
+            [d.time_wait, d.syn_sent, d.syn_recv, d.fin_wait2]
+        );
+        assert_eq!(
+            [t.closing_idle, t.established_idle, t.closed_linger],
+            [d.closing_idle, d.established_idle, d.closed_linger]
+        );
+    }
+
     /// A replay must expire flows as the daemon does: its timeout defaults are `run`'s.
     #[test]
     fn replay_timeout_defaults_are_the_daemons() {

@@ -103,12 +103,7 @@ pub fn flows(s: &Scrape, _groups: &[Group], out: &mut Vec<Family>) {
     f.sample(&[("how", "seeded")], t.books().inserted as f64);
     out.push(f);
 
-    let mut f = counter(
-        "tcpstate_flows_expired_total",
-        "Flows the sweeper removed: their state's timeout ran out, or (host mode) the kernel's socket table no longer held the local endpoint.",
-    );
-    f.sample(&[], t.books().deleted as f64);
-    out.push(f);
+    out.push(counter("tcpstate_flows_expired_total", "Flows the sweeper removed: their state's timeout ran out, or (host mode) the kernel's socket table no longer held the local endpoint.").of(t.books().deleted as f64));
 }
 
 /// Opening handshakes: outcomes, Fast Open and durations.
@@ -171,30 +166,34 @@ pub fn handshakes(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
 pub fn table(s: &Scrape, _groups: &[Group], out: &mut Vec<Family>) {
     let t = s.totals;
     let (fill, half_open) = t.table.fill(&t.books());
-    let mut f = gauge(
-        "tcpstate_flow_table_entries",
-        "Flows in the kernel flow table.",
+    out.push(
+        gauge(
+            "tcpstate_flow_table_entries",
+            "Flows in the kernel flow table.",
+        )
+        .of(fill as f64),
     );
-    f.sample(&[], fill as f64);
-    out.push(f);
-    let mut f = gauge(
-        "tcpstate_flow_table_capacity",
-        "Flows the kernel flow table holds at most.",
+    out.push(
+        gauge(
+            "tcpstate_flow_table_capacity",
+            "Flows the kernel flow table holds at most.",
+        )
+        .of(s.capacity as f64),
     );
-    f.sample(&[], s.capacity as f64);
-    out.push(f);
-    let mut f = gauge(
-        "tcpstate_flow_table_half_open_entries",
-        "Flows in the table still in their handshake, created by a SYN.",
+    out.push(
+        gauge(
+            "tcpstate_flow_table_half_open_entries",
+            "Flows in the table still in their handshake, created by a SYN.",
+        )
+        .of(half_open as f64),
     );
-    f.sample(&[], half_open as f64);
-    out.push(f);
-    let mut f = gauge(
-        "tcpstate_flow_table_half_open_capacity",
-        "Half-open flows the table holds at most (the SYN flood budget).",
+    out.push(
+        gauge(
+            "tcpstate_flow_table_half_open_capacity",
+            "Half-open flows the table holds at most (the SYN flood budget).",
+        )
+        .of(s.half_open_budget as f64),
     );
-    f.sample(&[], s.half_open_budget as f64);
-    out.push(f);
 }
 
 /// Per-port figures from the background walk: leaks, backlogs, accept queues, SYN cookies.
@@ -285,47 +284,53 @@ pub fn containers(s: &Scrape, _groups: &[Group], out: &mut Vec<Family>) {
             }
         }
         out.push(f);
-        let mut f = gauge(
-            "tcpstate_containers_watched",
-            "Container network namespaces watched (container mode).",
+        out.push(
+            gauge(
+                "tcpstate_containers_watched",
+                "Container network namespaces watched (container mode).",
+            )
+            .of(s.scopes.scopes.len() as f64),
         );
-        f.sample(&[], s.scopes.scopes.len() as f64);
-        out.push(f);
-        let mut f = gauge(
-            "tcpstate_container_interfaces",
-            "Host-side ends of container veths with the container programs attached.",
+        out.push(
+            gauge(
+                "tcpstate_container_interfaces",
+                "Host-side ends of container veths with the container programs attached.",
+            )
+            .of(s.scopes.interfaces as f64),
         );
-        f.sample(&[], s.scopes.interfaces as f64);
-        out.push(f);
-        let mut f = counter(
-            "tcpstate_containers_refused_total",
-            "Container namespaces not watched because --max-containers were watched already.",
+        out.push(
+            counter(
+                "tcpstate_containers_refused_total",
+                "Container namespaces not watched because --max-containers were watched already.",
+            )
+            .of(s.scopes.refused_total as f64),
         );
-        f.sample(&[], s.scopes.refused_total as f64);
-        out.push(f);
     }
 }
 
 /// The daemon itself: the walk's cost, what is attached, the build.
 pub fn daemon(s: &Scrape, _groups: &[Group], out: &mut Vec<Family>) {
-    let mut f = gauge(
-        "tcpstate_sweep_duration_seconds",
-        "Wall time of the latest background walk of the flow table.",
+    out.push(
+        gauge(
+            "tcpstate_sweep_duration_seconds",
+            "Wall time of the latest background walk of the flow table.",
+        )
+        .of(s.sweep.duration.as_secs_f64()),
     );
-    f.sample(&[], s.sweep.duration.as_secs_f64());
-    out.push(f);
-    let mut f = gauge(
-        "tcpstate_sweep_flows_visited",
-        "Flows the latest background walk read.",
+    out.push(
+        gauge(
+            "tcpstate_sweep_flows_visited",
+            "Flows the latest background walk read.",
+        )
+        .of(s.sweep.visited as f64),
     );
-    f.sample(&[], s.sweep.visited as f64);
-    out.push(f);
-    let mut f = counter(
-        "tcpstate_sweeps_total",
-        "Background walks of the flow table completed.",
+    out.push(
+        counter(
+            "tcpstate_sweeps_total",
+            "Background walks of the flow table completed.",
+        )
+        .of(s.sweep.sweeps as f64),
     );
-    f.sample(&[], s.sweep.sweeps as f64);
-    out.push(f);
 
     let mut f = gauge(
         "tcpstate_attachment_info",

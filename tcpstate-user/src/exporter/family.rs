@@ -129,6 +129,12 @@ impl Family {
 }
 
 impl Family {
+    /// The family with one unlabelled sample: a figure of the daemon or the table.
+    pub fn of(mut self, value: f64) -> Family {
+        self.sample(&[], value);
+        self
+    }
+
     /// A per-endpoint sample of a scope group: `labels` plus the group's scope labels, left out
     /// when it is zero in a sparse (container) group.
     pub fn scoped_sample(&mut self, g: &Group, labels: &[(&str, &str)], value: f64) {

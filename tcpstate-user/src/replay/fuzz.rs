@@ -46,15 +46,7 @@ fn table() -> Table {
             slots: 0,
             seed: [0; 5],
         },
-        Timeouts {
-            time_wait: s(60),
-            syn_sent: s(130),
-            syn_recv: s(65),
-            fin_wait2: s(60),
-            closing_idle: s(120),
-            established_idle: s(432_000),
-            closed_linger: s(10),
-        },
+        Timeouts::DEFAULTS,
         s(1),
     )
 }

@@ -29,10 +29,6 @@ use crate::bpf::{
 
 /// How often the links are listed again besides following events (a backstop for missed ones).
 const RESYNC: Duration = Duration::from_secs(30);
-/// How long one wait for link events lasts before the loop checks for shutdown.
-const EVENT_WAIT: Duration = Duration::from_millis(250);
-/// After a first event, how long more may arrive before they are handled as one batch.
-const BURST: Duration = Duration::from_millis(5);
 
 /// The interfaces watched in host or tap mode, and their programs.
 pub struct Interfaces {
@@ -75,34 +71,13 @@ impl Interfaces {
         std::thread::Builder::new()
             .name("interfaces".into())
             .spawn(move || {
-                let events = match links::Events::subscribe(EVENT_WAIT) {
-                    Ok(e) => Some(e),
-                    Err(e) => {
-                        warn!(error = %e, "no link events: new interfaces are found every {}s only", RESYNC.as_secs());
-                        None
-                    }
-                };
+                let events = links::Batches::subscribe(&format!(
+                    "new interfaces are found every {}s only",
+                    RESYNC.as_secs()
+                ));
                 let mut last = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
-                    let changed = match &events {
-                        Some(ev) => match ev.next() {
-                            Ok(evs) if !evs.is_empty() => {
-                                std::thread::sleep(BURST);
-                                let _ = ev.drain();
-                                true
-                            }
-                            Ok(_) => false,
-                            Err(e) => {
-                                debug!(error = %e, "link events");
-                                std::thread::sleep(EVENT_WAIT);
-                                false
-                            }
-                        },
-                        None => {
-                            std::thread::sleep(EVENT_WAIT);
-                            false
-                        }
-                    };
+                    let changed = !events.next().is_empty();
                     if changed || last.elapsed() >= RESYNC {
                         if let Err(e) = self.reconcile(false) {
                             warn!(error = %e, "cannot bring the attachments in line with the interfaces");

@@ -65,11 +65,6 @@ const PLAN: Plan = Plan {
 /// container that will be named later.
 const PENDING_LIMIT: Duration = Duration::from_secs(10);
 
-/// How long one wait for link events lasts before the loop checks for shutdown and the resync.
-const EVENT_WAIT: Duration = Duration::from_millis(250);
-/// After a first event, how long the watcher lets more arrive before reconciling once for all.
-const BURST: Duration = Duration::from_millis(5);
-
 pub struct Settings {
     /// Interfaces watched in host or tap mode (`--iface`): never taken for a container's veth,
     /// even when their peer is in another namespace.
@@ -197,36 +192,12 @@ impl Watcher {
         std::thread::Builder::new()
             .name("containers".into())
             .spawn(move || {
-                let events = match links::Events::subscribe(EVENT_WAIT) {
-                    Ok(e) => Some(e),
-                    Err(e) => {
-                        warn!(error = %e, "no link events; containers are found by the periodic resync only");
-                        None
-                    }
-                };
+                let events =
+                    links::Batches::subscribe("containers are found by the periodic resync only");
                 self.reconcile(true);
                 let mut last = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
-                    let changed = match &events {
-                        Some(ev) => match ev.next() {
-                            Ok(mut evs) if !evs.is_empty() => {
-                                // Let a burst finish arriving, then take it as one batch.
-                                std::thread::sleep(BURST);
-                                evs.extend(ev.drain().unwrap_or_default());
-                                evs.iter().any(|e| self.concerns(e))
-                            }
-                            Ok(_) => false,
-                            Err(e) => {
-                                debug!(error = %e, "link events");
-                                std::thread::sleep(EVENT_WAIT);
-                                false
-                            }
-                        },
-                        None => {
-                            std::thread::sleep(EVENT_WAIT);
-                            false
-                        }
-                    };
+                    let changed = events.next().iter().any(|e| self.concerns(e));
                     // Namespaces waiting for their first process are looked at after every
                     // wait (a quarter second at most): the process names the container, not the
                     // next resync.
