@@ -598,7 +598,12 @@ fn on_rst(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
     }
     let rs = &st.rec.seq[r.index()];
     let acceptable = if r0 == TcpState::SynSent {
-        seg.has(ACK) && old.knows(r, known::END) && seg.ack == rs.end
+        // RFC 9293 section 3.10.7.3: SND.UNA < SEG.ACK =< SND.NXT, the same range as the SYN-ACK
+        // ([`acks_syn`]). With data on the SYN (TCP Fast Open) SND.NXT is ISN + 1 + len, and
+        // Linux (tcp_rcv_synsent_state_process) takes an RST acking ISN + 1 as well as one
+        // acking the data. (Was ack == end alone: a client refused by an RST that acknowledged
+        // only its SYN stayed SYN_SENT in the mirror.)
+        seg.has(ACK) && acks_syn(&old, r, rs, seg.ack)
     } else if let Some((start, len)) = receive_window(&old, r, rs) {
         seq_in(seg.seq, start, len)
     } else {

@@ -617,6 +617,45 @@ proptest! {
             prop_assert!(allowed(rec.word().state(Side::A), rec.word().state(Side::B)));
         }
     }
+
+    /// RFC 9293 section 3.10.7.3: in SYN-SENT, an answer to the SYN is acceptable exactly when
+    /// SND.UNA < SEG.ACK =< SND.NXT, i.e. ISN < ack =< ISN + 1 + len with the SYN's data (TCP Fast
+    /// Open) counted; a SYN-ACK then establishes the client, an RST refuses the connection.
+    /// The SYN-ACK and the RST take the same range (Linux checks both in
+    /// tcp_rcv_synsent_state_process before it looks at either flag).
+    #[test]
+    fn an_answer_to_a_syn_is_acceptable_exactly_when_it_acknowledges_part_of_the_syn(
+        client_b in any::<bool>(),
+        isn in prop_oneof![any::<u32>(), (u32::MAX - 3000)..=u32::MAX],
+        len in prop_oneof![Just(0u32), 1u32..1500],
+        off in prop_oneof![3 => 0u32..1600, 1 => any::<u32>()],
+        rst in any::<bool>(),
+    ) {
+        let c = if client_b { Side::B } else { Side::A };
+        let syn = Segment { seq: isn, ack: 0, len, win: 20_000, flags: SYN, wscale: WSCALE_NONE };
+        let (_, opened) = open(c, &syn, 0b11, NS, [40_000, 80]).expect("a SYN opens");
+        let answer = Segment {
+            seq: 7,
+            ack: isn.wrapping_add(off),
+            len: 0,
+            flags: if rst { RST | ACK } else { SYN | ACK },
+            ..syn
+        };
+        let st = step(&opened.rec, c.other(), &answer, NS + MS);
+        check_step(&opened.rec, &st, c.other(), &answer, NS + MS);
+        let acceptable = (1..=1 + len).contains(&off);
+        prop_assert_eq!(st.invalid.is_none(), acceptable, "{:?}", st.invalid);
+        let w = st.rec.word();
+        if !acceptable {
+            prop_assert_eq!(w.state(c), SynSent);
+        } else if rst {
+            prop_assert!(st.rst);
+            prop_assert_eq!((w.state(c), w.state(c.other())), (Closed, Closed));
+            prop_assert_eq!(st.handshake, Handshake::Refused);
+        } else {
+            prop_assert_eq!((w.state(c), w.state(c.other())), (Established, SynRecv));
+        }
+    }
 }
 
 /// The generator is only as good as the states it reaches: every pair the mirror can show is

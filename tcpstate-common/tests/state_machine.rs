@@ -932,6 +932,112 @@ mod fast_open {
     }
 
     #[test]
+    fn rst_acking_only_the_syn_of_a_syn_with_data_is_a_refused_connection() {
+        // RFC 9293 section 3.10.7.3: in SYN-SENT an RST is acceptable when SND.UNA < SEG.ACK =<
+        // SND.NXT; with data on the SYN, SND.NXT is ISN + 1 + len and ISN + 1 is inside. Linux
+        // takes it (tcp_rcv_synsent_state_process) and the connect fails with ECONNREFUSED.
+        // Regression: the mirror required ack = ISN + 1 + len and kept the client in SYN_SENT.
+        for client in SIDES {
+            let mut c = tfo_syn_sent_on(client);
+            let st = c.s2c(RST | ACK, 0, CISN + 1, 0);
+            assert_eq!(st.invalid, None);
+            assert!(st.rst);
+            assert_eq!(st.handshake, Handshake::Refused);
+            assert!(st.half_open_released);
+            assert_eq!(c.states(), (Closed, Closed));
+            assert_eq!(
+                c.counter(idx::HANDSHAKES + Handshake::Refused as u32 - 1),
+                1
+            );
+        }
+    }
+
+    #[test]
+    fn rst_acking_part_of_the_syn_data_is_a_refused_connection() {
+        let mut c = tfo_syn_sent_on(Side::A);
+        let st = c.s2c(RST | ACK, 0, CISN + 1 + DATA / 2, 0);
+        assert_eq!(st.handshake, Handshake::Refused);
+        assert_eq!(c.states(), (Closed, Closed));
+    }
+
+    #[test]
+    fn rst_acking_the_isn_or_past_the_syn_data_is_out_of_window() {
+        // SEG.ACK =< SND.UNA (the ISN) or > SND.NXT: Linux drops it, the client stays SYN_SENT.
+        for ack in [CISN, CISN + 2 + DATA, CISN.wrapping_sub(DATA)] {
+            let mut c = tfo_syn_sent_on(Side::A);
+            let before = c.rec;
+            let st = c.s2c(RST | ACK, 0, ack, 0);
+            assert_rejected(&c, &st, &before, InvalidReason::RstOutOfWindow);
+            assert_eq!(c.states(), (SynSent, Closed));
+        }
+    }
+
+    #[test]
+    fn synack_acking_part_of_the_syn_data_establishes_the_client() {
+        // RFC 7413 section 4.2.2: the client resends whatever the SYN-ACK did not acknowledge.
+        let mut c = tfo_syn_sent_on(Side::A);
+        let st = c.s2c(SYN | ACK, SISN, CISN + 1 + DATA / 2, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(st.fastopen, FastOpen::Declined);
+        assert_eq!(c.states(), (Established, SynRecv));
+        c.c2s(ACK | PSH, CISN + 1 + DATA / 2, SISN + 1, DATA / 2);
+        assert_eq!(c.states(), (Established, Established));
+    }
+
+    #[test]
+    fn a_plain_syn_retransmitted_after_a_syn_with_data_is_the_same_attempt() {
+        // Linux retransmits a data SYN as a plain SYN (tcp_send_syn_data keeps the data apart in
+        // its retransmission queue), and sends a plain SYN at once when the data SYN could not be
+        // sent: the SYN keeps its end, the SYN-ACK to the plain SYN acknowledges ISN + 1.
+        let mut c = tfo_syn_sent_on(Side::A);
+        c.next_second();
+        let before = c.rec;
+        let st = c.c2s(SYN, CISN, 0, 0);
+        assert_eq!(st.write, write::LAST_SEEN);
+        assert_eq!(except_last_seen(c.rec), except_last_seen(before));
+        let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        assert_eq!(st.invalid, None);
+        assert_eq!(st.fastopen, FastOpen::Declined);
+        assert_eq!(c.states(), (Established, SynRecv));
+        // tcp_rcv_fastopen_synack marks the SYN's data lost and sends it again.
+        c.c2s(ACK | PSH, CISN + 1, SISN + 1, DATA);
+        c.s2c(ACK, SISN + 1, CISN + 1 + DATA, 0);
+        assert_eq!(c.states(), (Established, Established));
+    }
+
+    #[test]
+    fn rst_answering_the_plain_retransmission_of_a_syn_with_data_is_a_refused_connection() {
+        // A host with nothing listening answers the plain retransmission with ack = ISN + 1.
+        let mut c = tfo_syn_sent_on(Side::A);
+        c.c2s(SYN, CISN, 0, 0);
+        let st = c.s2c(RST | ACK, 0, CISN + 1, 0);
+        assert_eq!(st.handshake, Handshake::Refused);
+        assert_eq!(c.states(), (Closed, Closed));
+    }
+
+    #[test]
+    fn synack_with_data_acking_only_the_syn_establishes_the_client_and_its_ack_the_server() {
+        for client in SIDES {
+            let mut c = tfo_syn_sent_on(client);
+            let server = c.server();
+            let st = c.s2c(SYN | ACK | PSH, SISN, CISN + 1, 50);
+            assert_eq!(st.invalid, None);
+            assert_eq!(st.fastopen, FastOpen::Declined);
+            assert_eq!(c.states(), (Established, SynRecv));
+            assert_eq!(c.rec.seq[server.index()].end, SISN + 1 + 50);
+            // The client acknowledges the SYN-ACK's data and resends its own.
+            let st = c.c2s(ACK | PSH, CISN + 1, SISN + 1 + 50, DATA);
+            assert_eq!(st.handshake, Handshake::Established);
+            assert_eq!(c.states(), (Established, Established));
+            // A FIN after the payload is in the window and acknowledged past it.
+            c.s2c(FIN | ACK, SISN + 1 + 50, CISN + 1 + DATA, 0);
+            assert_eq!(c.states(), (CloseWait, FinWait1));
+            c.c2s(ACK, CISN + 1 + DATA, SISN + 2 + 50, 0);
+            assert_eq!(c.states(), (CloseWait, FinWait2));
+        }
+    }
+
+    #[test]
     fn a_syn_without_data_counts_no_fast_open() {
         let mut c = syn_sent();
         let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);

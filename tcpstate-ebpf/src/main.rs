@@ -10,10 +10,11 @@ mod track;
 
 use aya_ebpf::{
     bindings::{
-        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, xdp_action, BPF_F_CURRENT_NETNS,
+        bpf_fib_lookup, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, xdp_action, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_F_CURRENT_NETNS,
     },
-    helpers::{bpf_sk_release, bpf_skc_lookup_tcp},
+    helpers::{bpf_fib_lookup, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
     EbpfContext,
@@ -66,6 +67,8 @@ pub fn tcpstate_xdp_tap_l3(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn xdp_track(ctx: &XdpContext, view: View, link: LinkLayer) -> u32 {
     if let Some((scratch, status)) = xdp_parse(ctx, link) {
+        // SAFETY: the program's own context.
+        let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
         track(
             status,
             scratch,
@@ -73,7 +76,7 @@ fn xdp_track(ctx: &XdpContext, view: View, link: LinkLayer) -> u32 {
             view,
             Owner::Host,
             false,
-            |pkt, view| local_socket(ctx, pkt, view),
+            |pkt, view| owned_here(ctx, pkt, view, ifindex),
         );
         if logging() {
             log_event(ctx, scratch);
@@ -249,11 +252,13 @@ fn tc_track(ctx: &TcContext, hook: Hook, view: View, owner: Owner, link: LinkLay
         owner,
         forwarded,
         |pkt, view| {
-            // Leaving the host, the skb says it; arriving, the kernel's socket tables do.
+            // Leaving the host, the skb says it; arriving, the kernel's socket and routing
+            // tables do.
             if view == View::HostEgress {
                 !forwarded
             } else {
-                local_socket(ctx, pkt, view)
+                // SAFETY: the context's __sk_buff, valid for the program run.
+                owned_here(ctx, pkt, view, unsafe { (*ctx.skb.skb).ifindex })
             }
         },
     );
@@ -263,9 +268,54 @@ fn tc_track(ctx: &TcContext, hook: Hook, view: View, owner: Owner, link: LinkLay
     TCX_NEXT
 }
 
+/// Whether the local end of an arriving segment's flow is this host's: a socket owns it, or its
+/// destination is one of the host's own addresses (a SYN to a closed port: the host answers it
+/// with an RST, a refused handshake). The transit check, asked only when a flow is about to be
+/// created on a host-mode interface with the check on; what reaches neither is forwarded.
+#[inline(always)]
+fn owned_here<C: EbpfContext>(ctx: &C, pkt: &TcpPacket, view: View, ifindex: u32) -> bool {
+    local_socket(ctx, pkt, view) || local_destination(ctx, pkt, ifindex)
+}
+
+/// Whether the routing table takes an arriving segment for a local address: the FIB lookup
+/// (Linux 4.18, commit 87f5fc7e48dd "bpf: Provide helper to do forwarding lookups in kernel FIB
+/// table") answers NOT_FWDED for a local (or broadcast) destination, FWD_DISABLED where the
+/// arriving interface forwards nothing (so all it carries is the host's). Addresses a DNAT rule
+/// rewrites to a container are local here (the hook runs before netfilter): such a flow is
+/// counted until its first answer leaves forwarded, which takes it back (`retract`).
+///
+/// A BPF function of its own, for its 64-byte parameter block (see `local_socket`).
+#[inline(never)]
+fn local_destination<C: EbpfContext>(ctx: &C, pkt: &TcpPacket, ifindex: u32) -> bool {
+    // SAFETY: an all-zero parameter block is a valid value of this plain-integer struct.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.l4_protocol = 6;
+    params.sport = pkt.sport.to_be();
+    params.dport = pkt.dport.to_be();
+    params.ifindex = ifindex;
+    if FlowKey::words_are_v4(&pkt.src) {
+        params.family = 2; // AF_INET
+        params.__bindgen_anon_3.ipv4_src = pkt.src[3];
+        params.__bindgen_anon_4.ipv4_dst = pkt.dst[3];
+    } else {
+        params.family = 10; // AF_INET6
+        params.__bindgen_anon_3.ipv6_src = pkt.src;
+        params.__bindgen_anon_4.ipv6_dst = pkt.dst;
+    }
+    // SAFETY: a valid context pointer and parameter block of the size given.
+    let ret = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
+        )
+    };
+    ret == BPF_FIB_LKUP_RET_NOT_FWDED as i64 || ret == BPF_FIB_LKUP_RET_FWD_DISABLED as i64
+}
+
 /// Whether a socket of this host owns the local end of `pkt`'s flow (the receiver on ingress, the
-/// sender on egress): container mode's transit check, asked only when a flow is about to be
-/// created on a host-mode interface. bpf_skc_lookup_tcp searches the established, TIME-WAIT,
+/// sender on egress). bpf_skc_lookup_tcp searches the established, TIME-WAIT,
 /// request and listening sockets of the interface's namespace (Linux 5.2, commit edbf8c01de5a
 /// "bpf: add skc_lookup_tcp helper"); traffic the host forwards or NATs to a container has none.
 ///

@@ -14,6 +14,7 @@ use tcpstate_common::{
 use tracing::warn;
 
 use crate::{
+    background::expiry::Timeouts,
     background::{
         expiry::{self, Expired},
         ports::{self, AcceptQueue, PortEndpoint, Survey},
@@ -21,7 +22,6 @@ use crate::{
         settle::{self, Settled},
     },
     bpf::tables::{Flows, SynCookies},
-    config::Timeouts,
     sockets::sockdiag,
 };
 
@@ -33,6 +33,11 @@ pub struct SweepReport {
     pub cpu: Duration,
     pub visited: u64,
     pub sweeps: u64,
+    /// The last settling round ([`settle::Round::Quiet`]): when (CLOCK_MONOTONIC, 0: none yet)
+    /// and the CPU time its dumps and verdicts took, which spaces the next one
+    /// ([`settle::next_round_at`]).
+    pub round_ns: u64,
+    pub round_cpu: Duration,
     /// Per-port figures of each scope (the host's is scope 0).
     pub ports: BTreeMap<u32, Survey>,
 }
@@ -117,15 +122,25 @@ pub fn sweep(flows: &Flows, t: &Timeouts, leaks: &mut Leaks, report: &mut SweepR
     // Deleted slots the walk passes (by an earlier walk, the container watcher, or a daemon that
     // died mid-sweep): freed at the end, after a grace period.
     let mut dead = Vec::new();
+    let round = if now >= settle::next_round_at(report.round_ns, report.round_cpu) {
+        settle::Round::Quiet
+    } else {
+        settle::Round::Due
+    };
+    let rule = leaks.settle.as_ref().map(|scope| settle::Rule {
+        scope,
+        fin_wait2: t.fin_wait2,
+        round,
+    });
     flows.walk(&mut dead, |_, key, rec| {
         visited += 1;
-        let settles = leaks.settle.as_ref().filter(|_| key.scope == scope::HOST);
+        let settles = rule.as_ref().filter(|_| key.scope == scope::HOST);
         // A flow this walk expires is not in the figures it serves.
         if let Some(why) = expiry::decide_with(&rec, now, t, settles.is_some()) {
             return expired.push((key, rec, why));
         }
         if let Some(rule) = settles {
-            if settle::candidate(&key, &rec, now, rule, t.fin_wait2) {
+            if settle::candidate(&key, &rec, now, rule) {
                 return unsettled.push((key, rec));
             }
         }
@@ -134,22 +149,25 @@ pub fn sweep(flows: &Flows, t: &Timeouts, leaks: &mut Leaks, report: &mut SweepR
         }
         seen.extend(ports::endpoints(&key, &rec, now));
     });
-    if let (Some(rule), false) = (&leaks.settle, unsettled.is_empty()) {
+    let settling = thread_cpu();
+    if let (Some(rule), false) = (&rule, unsettled.is_empty()) {
         // Dumped after the walk: an endpoint the walk read that the dump lacks was let go of by
         // the kernel (every change below re-checks that no segment moved the flow meanwhile).
-        let states = unsettled
-            .iter()
-            .fold(0, |m, (_, rec)| m | settle::states_needed(rec));
+        let states = unsettled.iter().fold(0, |m, (key, rec)| {
+            m | settle::states_needed(key, rec, now, rule)
+        });
         match sockdiag::dump(states) {
             Ok(sockets) => {
-                let kernel = seed::kernel_states(&sockets, rule);
+                let kernel = seed::kernel_states(&sockets, rule.scope);
+                let mut gone = Vec::new();
                 for (key, rec) in unsettled {
-                    match settle::verdict(&key, &rec, now, &kernel, rule, t.fin_wait2) {
+                    match settle::verdict(&key, &rec, now, &kernel, rule) {
                         Settled::Keep => seen.extend(ports::endpoints(&key, &rec, now)),
-                        Settled::Gone(why) => expired.push((key, rec, why)),
+                        Settled::Gone(why) => gone.push((key, rec, why)),
                         Settled::Confirm => confirmed.push((key, rec)),
                     }
                 }
+                settle_gone(gone, now, rule, &mut expired, &mut seen);
             }
             Err(e) => {
                 warn!(error = %e, "cannot read the kernel's socket table to settle endpoints");
@@ -159,6 +177,10 @@ pub fn sweep(flows: &Flows, t: &Timeouts, leaks: &mut Leaks, report: &mut SweepR
                 }
             }
         }
+    }
+    if rule.is_some() && round == settle::Round::Quiet {
+        report.round_ns = now;
+        report.round_cpu = thread_cpu().saturating_sub(settling);
     }
     let mut changes = Changes::default();
     // Written back only when the word is still the one the walk read (compare-and-swap), so a
@@ -202,6 +224,41 @@ pub fn sweep(flows: &Flows, t: &Timeouts, leaks: &mut Leaks, report: &mut SweepR
     report.visited = visited;
     report.sweeps += 1;
     changes
+}
+
+/// Ends the flows the first dump found gone only if a second dump lacks them too: a dump that
+/// raced sockets closing may skip a live one (inet_diag_dump_icsk resumes a hash bucket by
+/// position, so a socket removed ahead of the resume point shifts the next one past it). The
+/// rest stay, counted as they stand. A second dump only when the kernel let something go.
+fn settle_gone(
+    gone: Vec<(FlowKey, FlowRecord, Expired)>,
+    now: u64,
+    rule: &settle::Rule,
+    expired: &mut Vec<(FlowKey, FlowRecord, Expired)>,
+    seen: &mut Vec<PortEndpoint>,
+) {
+    if gone.is_empty() {
+        return;
+    }
+    let states = gone.iter().fold(0, |m, (key, rec, _)| {
+        m | settle::states_needed(key, rec, now, rule)
+    });
+    let again = match sockdiag::dump(states) {
+        Ok(sockets) => seed::kernel_states(&sockets, rule.scope),
+        Err(e) => {
+            warn!(error = %e, "cannot read the kernel's socket table again to settle endpoints");
+            return seen.extend(
+                gone.iter()
+                    .flat_map(|(key, rec, _)| ports::endpoints(key, rec, now)),
+            );
+        }
+    };
+    for (key, rec, why) in gone {
+        match settle::verdict(&key, &rec, now, &again, rule) {
+            Settled::Gone(_) => expired.push((key, rec, why)),
+            Settled::Keep | Settled::Confirm => seen.extend(ports::endpoints(&key, &rec, now)),
+        }
+    }
 }
 
 /// The per-port figures of every watched scope, from the endpoints the walk counted.

@@ -200,8 +200,9 @@ fn check_pins(cfg: &Settings) -> Result<(), Preflight> {
 /// host: its interfaces carry traffic that is nobody's here), or containers are watched.
 ///
 /// Read once, at load: turning forwarding on later (a container runtime starting after the
-/// daemon) takes a restart of the daemon to be seen. Off, an inbound SYN to a closed port is
-/// counted as a refused handshake; on, it reaches no socket and counts as transit.
+/// daemon) takes a restart of the daemon to be seen. On, a flow first seen arriving is the host's
+/// when a socket owns it or its destination is a local address (the kernel programs ask the socket
+/// and routing tables), transit otherwise.
 fn transit_check(cfg: &Settings) -> bool {
     let forwarding = netif::forwarding();
     if forwarding {

@@ -315,6 +315,8 @@ pub fn exposition(
             tcpstate_common::scope::HOST,
             ports::survey(&seen, &labels, leak_after.as_secs_f64(), &BTreeMap::new()),
         )]),
+        // A replay settles nothing: no settling rounds.
+        ..SweepReport::default()
     };
     let totals = table.totals();
     Ok(metrics::render(&Scrape {

@@ -392,3 +392,88 @@ fn a_pickup_seen_from_one_side_is_confirmed_by_the_kernels_socket_table() {
     d.assert_matches_kernel(&p.srv, "confirmed against the kernel's socket table");
     assert_eq!(d.metrics().connections("server", "established"), 1.0);
 }
+
+/// Sets TCP_USER_TIMEOUT: how long sent data may stay unacknowledged before the kernel gives up
+/// on the connection (RFC 5482; net/ipv4/tcp_timer.c, tcp_write_timeout).
+fn set_user_timeout(s: &std::net::TcpStream, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let ms = timeout.as_millis() as u32;
+    // SAFETY: valid socket and option buffer.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const u32).cast(),
+            size_of::<u32>() as u32,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "TCP_USER_TIMEOUT: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+fn a_connection_the_kernel_ends_on_its_user_timeout_is_ended_within_seconds_of_ss() {
+    // The kernel ends a connection without a segment on the wire: the client's data goes
+    // unacknowledged past TCP_USER_TIMEOUT, its retransmissions are on the wire, its end is not.
+    // The tracker on the client's host (the users' default sweep interval) must settle it
+    // against the kernel's socket table once it has been quiet (settle::QUIET, 3 s), instead of
+    // keeping it ESTABLISHED for the 5-day idle timeout.
+    let p = Pair::new();
+    let d = Daemon::host_client(&p, &[]);
+    let l = p.listen(SERVER_V4, 8082);
+    let mut c = p.connect(SERVER_V4, 8082);
+    let (mut s, _) = l.accept().unwrap();
+    exchange(&mut c, &mut s, b"hello");
+    set_user_timeout(&c, Duration::from_millis(1000));
+    d.assert_matches_kernel(&p.cli, "established");
+    // The server's host goes dark: nothing from the client reaches its stack, so nothing is
+    // answered, not even with an RST.
+    let _dark = NftTable::add(
+        &p.srv,
+        "tse2e_dark",
+        "input",
+        &["ip", "saddr", CLIENT_V4, "drop"],
+    );
+    let wrote = Instant::now();
+    c.write_all(b"anyone there?").unwrap();
+    let gone = loop {
+        if p.cli.ss_states_on(Some(&[ip(CLIENT_V4)])).is_empty() {
+            break Instant::now();
+        }
+        assert!(
+            wrote.elapsed() < Duration::from_secs(10),
+            "the kernel kept the connection past its 1 s user timeout"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let m = d.wait_for_within("the tracker to end it", Duration::from_secs(15), |m| {
+        m.states().is_empty()
+    });
+    // Quiet (3 s, counted from the last-seen stamp's tick, up to 1.07 s early) after the last
+    // retransmission, which came before the kernel's end, then at most one sweep (1 s).
+    let lag = gone.elapsed();
+    eprintln!(
+        "ss: gone {:?} after the write; tracker: {lag:?} after ss",
+        gone - wrote
+    );
+    assert!(
+        lag <= Duration::from_secs(5),
+        "the tracker ended it {lag:?} after `ss` showed it gone ({:?} after the write)",
+        gone - wrote
+    );
+    d.assert_matches_kernel(&p.cli, "after the user timeout");
+    let mut buf = [0u8; 8];
+    let err = std::io::Read::read(&mut c, &mut buf).expect_err("the kernel ended the connection");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    assert_eq!(m.sum("tcpstate_resets_total"), 0.0, "no RST: not a reset");
+    assert_eq!(m.get("tcpstate_flows_expired_total", &[]), 1.0);
+    assert_eq!(
+        m.get("tcpstate_handshakes_total", &[("result", "timeout")]),
+        0.0
+    );
+}
