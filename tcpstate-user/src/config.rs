@@ -79,7 +79,7 @@ impl RunConfig {
 
     /// The local addresses whose sockets the tracker sees: those of the interfaces watched in host
     /// mode (every interface's but excluded ones' by default), and loopback when `lo` is watched.
-    pub fn host_locals(&self) -> seed::Scope {
+    pub fn host_locals(&self) -> seed::Locals {
         let sel = self.selection();
         let watched = |name: &str| {
             name != "lo"
@@ -87,7 +87,7 @@ impl RunConfig {
                 && !sel.excludes(name)
                 && (sel.everything() || self.ifaces.iter().any(|i| i == name))
         };
-        seed::Scope {
+        seed::Locals {
             host: netif::all_addresses()
                 .into_iter()
                 .filter(|(name, ip)| watched(name) && !ip.is_loopback())

@@ -276,7 +276,7 @@ fn spawn_sweeper(
         labelled: Default::default(),
         syn_cookies: Some(syn_cookies),
         // Loopback is tap mode: both ends counted from the wire, nothing to settle.
-        settle: host_mode.then(|| seed::Scope {
+        settle: host_mode.then(|| seed::Locals {
             loopback: false,
             ..cfg.host_locals()
         }),

@@ -33,9 +33,10 @@ pub fn peer_state(local: TcpState) -> TcpState {
     }
 }
 
-/// Which local addresses count: sockets on them are seeded, and their endpoints counted.
+/// Which local addresses are watched (an address filter, not a scope: a scope is a namespace):
+/// sockets on them are seeded and settled, and their endpoints counted.
 #[derive(Debug, Default)]
-pub struct Scope {
+pub struct Locals {
     /// Addresses of host-mode interfaces.
     pub host: HashSet<IpAddr>,
     /// Whether `lo` is watched (tap mode): loopback connections are seeded with both ends counted.
@@ -44,12 +45,12 @@ pub struct Scope {
     pub all_but_loopback: bool,
 }
 
-impl Scope {
+impl Locals {
     /// The sockets of a container namespace whose veth is watched.
-    pub fn container() -> Scope {
-        Scope {
+    pub fn container() -> Locals {
+        Locals {
             all_but_loopback: true,
-            ..Scope::default()
+            ..Locals::default()
         }
     }
 
@@ -129,7 +130,7 @@ pub fn sync(
     flows: &crate::bpf::tables::Flows,
     scope_id: u32,
     sockets: &[Socket],
-    rule: &Scope,
+    rule: &Locals,
     existing: &[(FlowKey, FlowRecord)],
     at: impl Into<Timing>,
 ) -> Synced {
@@ -159,7 +160,7 @@ pub fn sync(
 
 /// Builds one record per connection from the dump, flagged SEEDED (the dump tells no ages): each
 /// endpoint's `since_ns` is [`seeded_since`].
-pub fn records(sockets: &[Socket], scope: &Scope, at: &Timing) -> Vec<(FlowKey, FlowRecord)> {
+pub fn records(sockets: &[Socket], locals: &Locals, at: &Timing) -> Vec<(FlowKey, FlowRecord)> {
     let now_ns = at.now_ns;
     let listening: HashSet<u16> = sockets
         .iter()
@@ -172,7 +173,7 @@ pub fn records(sockets: &[Socket], scope: &Scope, at: &Timing) -> Vec<(FlowKey, 
         let KernelState::Conn(state) = s.state else {
             continue;
         };
-        if !scope.counts(s.local.0) {
+        if !locals.counts(s.local.0) {
             continue;
         }
         let (key, side) = FlowKey::canonical(
@@ -258,14 +259,14 @@ pub fn seeded_since(s: &Socket, at: &Timing) -> u64 {
 
 /// The kernel's state of every in-scope socket, keyed like the flow table (canonical key and the
 /// socket's side).
-pub fn kernel_states(sockets: &[Socket], scope: &Scope) -> HashMap<(FlowKey, Side), TcpState> {
+pub fn kernel_states(sockets: &[Socket], locals: &Locals) -> HashMap<(FlowKey, Side), TcpState> {
     sockets
         .iter()
         .filter_map(|s| {
             let KernelState::Conn(state) = s.state else {
                 return None;
             };
-            if !scope.counts(s.local.0) {
+            if !locals.counts(s.local.0) {
                 return None;
             }
             let (key, side) = FlowKey::canonical(
@@ -286,11 +287,11 @@ pub fn is_stale(
     key: &FlowKey,
     rec: &FlowRecord,
     kernel: &HashMap<(FlowKey, Side), TcpState>,
-    scope: &Scope,
+    locals: &Locals,
 ) -> bool {
     let w = rec.word();
     [Side::A, Side::B].into_iter().any(|side| {
-        if !w.is_counted(side) || !scope.counts(FlowKey::words_addr(key.addr[side.index()])) {
+        if !w.is_counted(side) || !locals.counts(FlowKey::words_addr(key.addr[side.index()])) {
             return false;
         }
         let kernel = kernel
@@ -348,11 +349,11 @@ mod tests {
                 ("127.0.0.1", 6000),
             ),
         ];
-        let scope = Scope {
+        let locals = Locals {
             host: ["192.0.2.1".parse().unwrap()].into(),
-            ..Scope::default()
+            ..Locals::default()
         };
-        let recs = records(&socks, &scope, &5_000_000_000.into());
+        let recs = records(&socks, &locals, &5_000_000_000.into());
         assert_eq!(recs.len(), 2);
         for (key, rec) in recs {
             let w = rec.word();
@@ -390,9 +391,9 @@ mod tests {
                 ("::ffff:127.0.0.1", 41000),
             ),
         ];
-        let host = Scope {
+        let host = Locals {
             host: ["192.0.2.1".parse().unwrap()].into(),
-            ..Scope::default()
+            ..Locals::default()
         };
         let recs = records(&socks, &host, &1.into());
         assert_eq!(
@@ -400,9 +401,9 @@ mod tests {
             1,
             "the host address, however the socket spells it"
         );
-        let loopback = Scope {
+        let loopback = Locals {
             loopback: true,
-            ..Scope::default()
+            ..Locals::default()
         };
         assert_eq!(
             records(&socks, &loopback, &1.into()).len(),
@@ -425,11 +426,11 @@ mod tests {
                 ("127.0.0.1", 50000),
             ),
         ];
-        let scope = Scope {
+        let locals = Locals {
             loopback: true,
-            ..Scope::default()
+            ..Locals::default()
         };
-        let recs = records(&socks, &scope, &1.into());
+        let recs = records(&socks, &locals, &1.into());
         assert_eq!(recs.len(), 1);
         let w = recs[0].1.word();
         assert_eq!(w.counted, 3);
@@ -440,9 +441,9 @@ mod tests {
 
     #[test]
     fn records_that_disagree_with_the_kernel_are_stale() {
-        let scope = Scope {
+        let locals = Locals {
             host: ["192.0.2.1".parse().unwrap()].into(),
-            ..Scope::default()
+            ..Locals::default()
         };
         let live = sock(
             KernelState::Conn(TcpState::CloseWait),
@@ -464,22 +465,22 @@ mod tests {
             r.set_word(w);
             r
         };
-        let kernel = kernel_states(std::slice::from_ref(&live), &scope);
+        let kernel = kernel_states(std::slice::from_ref(&live), &locals);
         assert!(
-            !is_stale(&key, &rec_in(TcpState::CloseWait), &kernel, &scope),
+            !is_stale(&key, &rec_in(TcpState::CloseWait), &kernel, &locals),
             "same state: kept, with its age"
         );
         assert!(
-            is_stale(&key, &rec_in(TcpState::Established), &kernel, &scope),
+            is_stale(&key, &rec_in(TcpState::Established), &kernel, &locals),
             "moved on while no daemon watched"
         );
         let gone = HashMap::new();
         assert!(
-            is_stale(&key, &rec_in(TcpState::CloseWait), &gone, &scope),
+            is_stale(&key, &rec_in(TcpState::CloseWait), &gone, &locals),
             "socket gone"
         );
         assert!(
-            !is_stale(&key, &rec_in(TcpState::Closed), &gone, &scope),
+            !is_stale(&key, &rec_in(TcpState::Closed), &gone, &locals),
             "closed and gone agree"
         );
     }
@@ -510,15 +511,15 @@ mod tests {
 
     /// `s` seeded at [`NOW`] with the daemon's timeouts: its record, and the side of `s`.
     fn seeded(s: Socket) -> (FlowRecord, Side) {
-        let scope = Scope {
+        let locals = Locals {
             host: ["192.0.2.1".parse().unwrap()].into(),
-            ..Scope::default()
+            ..Locals::default()
         };
         let at = Timing {
             now_ns: NOW,
             timeouts: Some(timeouts()),
         };
-        let recs = records(std::slice::from_ref(&s), &scope, &at);
+        let recs = records(std::slice::from_ref(&s), &locals, &at);
         assert_eq!(recs.len(), 1);
         let (key, rec) = recs[0];
         let local = if key.port[0] == 80 { Side::A } else { Side::B };

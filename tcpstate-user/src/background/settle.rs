@@ -23,7 +23,7 @@ use tcpstate_common::{
     TcpState,
 };
 
-use crate::background::{expiry::Expired, seed::Scope};
+use crate::background::{expiry::Expired, seed::Locals};
 
 /// An endpoint younger than this is left alone: the kernel has just created it, and the walk and
 /// the dump are not one instant.
@@ -71,7 +71,7 @@ pub enum Round {
 /// How a walk settles: the local addresses, the FIN_WAIT_2 timeout, and the round.
 #[derive(Clone, Copy, Debug)]
 pub struct Rule<'a> {
-    pub scope: &'a Scope,
+    pub locals: &'a Locals,
     pub fin_wait2: Duration,
     pub round: Round,
 }
@@ -140,9 +140,13 @@ impl Ask {
 }
 
 /// The local endpoints of a flow (watched, on a host-mode address).
-fn locals<'a>(key: &'a FlowKey, w: FlowWord, scope: &'a Scope) -> impl Iterator<Item = Side> + 'a {
+fn local_sides<'a>(
+    key: &'a FlowKey,
+    w: FlowWord,
+    locals: &'a Locals,
+) -> impl Iterator<Item = Side> + 'a {
     [Side::A, Side::B].into_iter().filter(move |&side| {
-        w.counted & side.bit() != 0 && scope.counts(FlowKey::words_addr(key.addr[side.index()]))
+        w.counted & side.bit() != 0 && locals.counts(FlowKey::words_addr(key.addr[side.index()]))
     })
 }
 
@@ -168,12 +172,12 @@ fn ask(rec: &FlowRecord, side: Side, now_ns: u64, rule: &Rule) -> Option<Ask> {
 /// [`GRACE`], in FIN_WAIT_2 for longer than `fin_wait2`, a pending pickup older than [`GRACE`],
 /// or, in a [`Round::Quiet`], any other open local endpoint [`QUIET`] for as long.
 pub fn candidate(key: &FlowKey, rec: &FlowRecord, now_ns: u64, rule: &Rule) -> bool {
-    locals(key, rec.word(), rule.scope).any(|side| ask(rec, side, now_ns, rule).is_some())
+    local_sides(key, rec.word(), rule.locals).any(|side| ask(rec, side, now_ns, rule).is_some())
 }
 
 /// The sock_diag state bits (1 << TCP_*) a dump needs to settle this flow.
 pub fn states_needed(key: &FlowKey, rec: &FlowRecord, now_ns: u64, rule: &Rule) -> u32 {
-    locals(key, rec.word(), rule.scope)
+    local_sides(key, rec.word(), rule.locals)
         .filter_map(|side| ask(rec, side, now_ns, rule))
         .fold(0, |mask, a| mask | a.states())
 }
@@ -193,7 +197,7 @@ pub fn verdict(
     rule: &Rule,
 ) -> Settled {
     let w = rec.word();
-    for side in locals(key, w, rule.scope) {
+    for side in local_sides(key, w, rule.locals) {
         let Some(why) = ask(rec, side, now_ns, rule) else {
             continue;
         };
@@ -236,10 +240,10 @@ mod tests {
     const LOCAL: &str = "192.0.2.1";
     const FW2: Duration = Duration::from_secs(60);
 
-    fn scope() -> Scope {
-        Scope {
+    fn locals() -> Locals {
+        Locals {
             host: HashSet::from([LOCAL.parse::<IpAddr>().unwrap()]),
-            ..Scope::default()
+            ..Locals::default()
         }
     }
 
@@ -278,17 +282,17 @@ mod tests {
         (key, rec, side)
     }
 
-    /// A settling round's rule (every candidate asked about) over `scope`.
-    fn rule(scope: &Scope) -> Rule<'_> {
+    /// A settling round's rule (every candidate asked about) over `locals`.
+    fn rule(locals: &Locals) -> Rule<'_> {
         Rule {
-            scope,
+            locals,
             fin_wait2: FW2,
             round: Round::Quiet,
         }
     }
 
     fn asked(key: &FlowKey, rec: &FlowRecord, now_ns: u64) -> bool {
-        candidate(key, rec, now_ns, &rule(&scope()))
+        candidate(key, rec, now_ns, &rule(&locals()))
     }
 
     fn settle(
@@ -301,11 +305,11 @@ mod tests {
             .map(|(side, s)| ((*key, side), s))
             .into_iter()
             .collect();
-        verdict(key, rec, now_s * NS, &kernel, &rule(&scope()))
+        verdict(key, rec, now_s * NS, &kernel, &rule(&locals()))
     }
 
     fn needed(key: &FlowKey, rec: &FlowRecord, now_s: u64) -> u32 {
-        states_needed(key, rec, now_s * NS, &rule(&scope()))
+        states_needed(key, rec, now_s * NS, &rule(&locals()))
     }
 
     #[test]
@@ -387,7 +391,7 @@ mod tests {
         assert!(!asked(&key, &rec, 20 * NS));
         assert_eq!(settle(&key, &rec, 20, None), Settled::Keep);
         let (key, rec, _) = flow(TcpState::SynRecv, TcpState::Established, 10);
-        let elsewhere = Scope::default();
+        let elsewhere = Locals::default();
         assert!(!candidate(&key, &rec, 20 * NS, &rule(&elsewhere)));
     }
 
@@ -436,14 +440,14 @@ mod tests {
     #[test]
     fn quiet_endpoints_are_asked_about_only_in_a_settling_round() {
         let (key, rec, _) = flow(TcpState::Established, TcpState::Established, 10);
-        let scope = scope();
+        let locals = locals();
         let due = Rule {
             round: Round::Due,
-            ..rule(&scope)
+            ..rule(&locals)
         };
         assert!(!candidate(&key, &rec, 20 * NS, &due));
         assert_eq!(states_needed(&key, &rec, 20 * NS, &due), 0);
-        assert!(candidate(&key, &rec, 20 * NS, &rule(&scope)));
+        assert!(candidate(&key, &rec, 20 * NS, &rule(&locals)));
         // What a kernel timer makes due is asked about every walk.
         let (key, rec, _) = flow(TcpState::SynRecv, TcpState::Established, 10);
         assert!(candidate(&key, &rec, 20 * NS, &due));

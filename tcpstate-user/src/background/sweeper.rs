@@ -60,7 +60,7 @@ pub struct Leaks {
     /// Host mode: the local addresses whose endpoints are settled against the host's socket
     /// table ([`settle`]); `None` in tap mode, where the kernel's sockets are not the endpoints.
     /// Container namespaces' endpoints are not settled: their timeouts decide.
-    pub settle: Option<seed::Scope>,
+    pub settle: Option<seed::Locals>,
 }
 
 /// What a walk changed, for the caller to book in each flow's scope.
@@ -127,8 +127,8 @@ pub fn sweep(flows: &Flows, t: &Timeouts, leaks: &mut Leaks, report: &mut SweepR
     } else {
         settle::Round::Due
     };
-    let rule = leaks.settle.as_ref().map(|scope| settle::Rule {
-        scope,
+    let rule = leaks.settle.as_ref().map(|locals| settle::Rule {
+        locals,
         fin_wait2: t.fin_wait2,
         round,
     });
@@ -158,7 +158,7 @@ pub fn sweep(flows: &Flows, t: &Timeouts, leaks: &mut Leaks, report: &mut SweepR
         });
         match sockdiag::dump(states) {
             Ok(sockets) => {
-                let kernel = seed::kernel_states(&sockets, rule.scope);
+                let kernel = seed::kernel_states(&sockets, rule.locals);
                 let mut gone = Vec::new();
                 for (key, rec) in unsettled {
                     match settle::verdict(&key, &rec, now, &kernel, rule) {
@@ -244,7 +244,7 @@ fn settle_gone(
         m | settle::states_needed(key, rec, now, rule)
     });
     let again = match sockdiag::dump(states) {
-        Ok(sockets) => seed::kernel_states(&sockets, rule.scope),
+        Ok(sockets) => seed::kernel_states(&sockets, rule.locals),
         Err(e) => {
             warn!(error = %e, "cannot read the kernel's socket table again to settle endpoints");
             return seen.extend(

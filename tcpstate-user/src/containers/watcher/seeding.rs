@@ -34,7 +34,7 @@ impl Watcher {
             &self.maps.flows,
             scope,
             &sockets,
-            &seed::Scope::container(),
+            &seed::Locals::container(),
             &existing,
             seed::Timing {
                 now_ns: monotonic_ns(),
