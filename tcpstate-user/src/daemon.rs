@@ -19,12 +19,11 @@ use tracing::{info, warn};
 use crate::{
     background::{
         books::{DaemonCounters, Shared},
-        expiry::Expired,
         interfaces::Interfaces,
-        ports,
         scopes::ScopeView,
         seed,
-        sweeper::{self, SweepReport},
+        sweeper::{PortInputs, SweepReport},
+        sweeping::Sweeper,
     },
     bpf::{
         attach::Attached,
@@ -177,7 +176,25 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let sweeper = spawn_sweeper(flows, syn_cookies, shared.clone(), stop.clone(), &cfg);
+    let sweeper = Sweeper {
+        flows,
+        timeouts: cfg.timeouts,
+        interval: cfg.sweep_interval,
+        ports: PortInputs {
+            leak_after_s: cfg.close_wait_leak_after.as_secs_f64(),
+            port_labels: cfg.port_labels,
+            listeners: Default::default(),
+            labelled: Default::default(),
+            syn_cookies: Some(syn_cookies),
+        },
+        // Loopback is tap mode: both ends counted from the wire, nothing to settle.
+        settle: cfg.host_mode().then(|| seed::Locals {
+            loopback: false,
+            ..cfg.host_locals()
+        }),
+        shared: shared.clone(),
+    }
+    .spawn(stop.clone());
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -260,94 +277,6 @@ fn sync_host(cfg: &RunConfig, flows: &mut Flows, counters: &mut DaemonCounters) 
     );
 }
 
-fn spawn_sweeper(
-    flows: Flows,
-    syn_cookies: tables::SynCookies,
-    shared: Arc<Mutex<Shared>>,
-    stop: Arc<AtomicBool>,
-    cfg: &RunConfig,
-) -> std::thread::JoinHandle<()> {
-    let (interval, timeouts) = (cfg.sweep_interval, cfg.timeouts);
-    let host_mode = cfg.host_mode();
-    let mut leaks = sweeper::Leaks {
-        leak_after_s: cfg.close_wait_leak_after.as_secs_f64(),
-        port_labels: cfg.port_labels,
-        listeners: Default::default(),
-        labelled: Default::default(),
-        syn_cookies: Some(syn_cookies),
-        // Loopback is tap mode: both ends counted from the wire, nothing to settle.
-        settle: host_mode.then(|| seed::Locals {
-            loopback: false,
-            ..cfg.host_locals()
-        }),
-    };
-    std::thread::Builder::new()
-        .name("sweeper".into())
-        .spawn(move || {
-            let mut report = SweepReport::default();
-            while !stop.load(Ordering::Relaxed) {
-                // Port labels go to listening ports; each namespace's kernel knows which they are.
-                let view = shared
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .scopes
-                    .clone();
-                let mut listening = std::collections::BTreeMap::new();
-                let host = if host_mode {
-                    sockdiag::dump_listening()
-                        .map(|l| listeners(&l))
-                        .unwrap_or_default()
-                } else {
-                    Default::default()
-                };
-                listening.insert(scope::HOST, host);
-                for s in &view.scopes {
-                    let l = s
-                        .diag
-                        .as_ref()
-                        .and_then(|d| d.dump_listening().ok())
-                        .map(|l| listeners(&l))
-                        .unwrap_or_default();
-                    listening.insert(s.scope, l);
-                }
-                leaks.listeners = listening;
-                let changes = sweeper::sweep(&flows, &timeouts, &mut leaks, &mut report);
-                {
-                    let mut s = shared
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    s.report = report.clone();
-                    if !changes.is_empty() {
-                        s.book(|c| {
-                            for (key, rec, why) in &changes.removed {
-                                c.record_delete(key.scope, rec.word());
-                                if *why == Expired::Handshake {
-                                    c.handshake_timeout(key.scope);
-                                }
-                            }
-                            for (key, w) in &changes.confirmed {
-                                c.record_confirm(key.scope, *w);
-                            }
-                            for (key, w, side) in &changes.ended {
-                                c.record_end(key.scope, *w, *side);
-                            }
-                        });
-                    }
-                }
-                // Sleep in short steps so shutdown is prompt. A walk that took long (a huge table)
-                // stretches the pause, so sweeping never takes more than an eightieth of one CPU.
-                let pause = sweeper::pause_after(interval, report.cpu);
-                let mut slept = Duration::ZERO;
-                while slept < pause && !stop.load(Ordering::Relaxed) {
-                    let step = Duration::from_millis(100).min(pause - slept);
-                    std::thread::sleep(step);
-                    slept += step;
-                }
-            }
-        })
-        .expect("spawn sweeper thread")
-}
-
 async fn serve(
     listener: std::net::TcpListener,
     state: Arc<Mutex<Shared>>,
@@ -374,17 +303,6 @@ async fn serve(
     };
     server::serve(listener, render, web, shutdown_signal()).await;
     Ok(())
-}
-
-/// Accept queues by port, summed over a port's listeners (IPv4 and IPv6, SO_REUSEPORT groups).
-fn listeners(sockets: &[sockdiag::Socket]) -> std::collections::BTreeMap<u16, ports::AcceptQueue> {
-    let mut m = std::collections::BTreeMap::new();
-    for s in sockets {
-        let q: &mut ports::AcceptQueue = m.entry(s.local.1).or_default();
-        q.length += s.rqueue as u64;
-        q.max_length += s.wqueue as u64;
-    }
-    m
 }
 
 async fn shutdown_signal() {

@@ -9,3 +9,4 @@ pub mod scopes;
 pub mod seed;
 pub mod settle;
 pub mod sweeper;
+pub mod sweeping;

@@ -42,8 +42,9 @@ pub struct SweepReport {
     pub ports: BTreeMap<u32, Survey>,
 }
 
-/// What the walk needs besides the timeouts.
-pub struct Leaks {
+/// What the per-port figures need besides the walk: the leak threshold, how many ports get a label,
+/// each scope's listeners and the labels they had, and the host's SYN cookie counts.
+pub struct PortInputs {
     pub leak_after_s: f64,
     /// Port labels per scope at most.
     pub port_labels: usize,
@@ -57,10 +58,6 @@ pub struct Leaks {
     pub labelled: BTreeMap<u32, BTreeSet<u16>>,
     /// The kernel's SYN cookie counts by port (the host's), read for the labelled ports.
     pub syn_cookies: Option<SynCookies>,
-    /// Host mode: the local addresses whose endpoints are settled against the host's socket
-    /// table ([`settle`]); `None` in tap mode, where the kernel's sockets are not the endpoints.
-    /// Container namespaces' endpoints are not settled: their timeouts decide.
-    pub settle: Option<seed::Locals>,
 }
 
 /// What a walk changed, for the caller to book in each flow's scope.
@@ -106,7 +103,17 @@ pub fn pause_after(interval: Duration, last_walk: Duration) -> Duration {
 }
 
 /// One walk. Returns what it changed in the table, for the caller to book.
-pub fn sweep(flows: &Flows, t: &Timeouts, leaks: &mut Leaks, report: &mut SweepReport) -> Changes {
+///
+/// `settle`: host mode's local addresses, whose endpoints are settled against the host's socket
+/// table ([`settle`]); `None` in tap mode, where the kernel's sockets are not the endpoints.
+/// Container namespaces' endpoints are not settled: their timeouts decide.
+pub fn sweep(
+    flows: &Flows,
+    t: &Timeouts,
+    inputs: &mut PortInputs,
+    settle: Option<&seed::Locals>,
+    report: &mut SweepReport,
+) -> Changes {
     let start = Instant::now();
     let cpu_start = thread_cpu();
     let now = monotonic_ns();
@@ -127,7 +134,7 @@ pub fn sweep(flows: &Flows, t: &Timeouts, leaks: &mut Leaks, report: &mut SweepR
     } else {
         settle::Round::Due
     };
-    let rule = leaks.settle.as_ref().map(|locals| settle::Rule {
+    let rule = settle.map(|locals| settle::Rule {
         locals,
         fin_wait2: t.fin_wait2,
         round,
@@ -196,7 +203,7 @@ pub fn sweep(flows: &Flows, t: &Timeouts, leaks: &mut Leaks, report: &mut SweepR
             seen.extend(ports::endpoints(&key, &new, now));
         }
     }
-    survey(leaks, report, seen);
+    survey(inputs, report, seen);
     for (key, rec, why) in expired {
         // A segment may have moved the flow since the walk read it: then it stays for the next
         // walk to judge again.
@@ -262,23 +269,23 @@ fn settle_gone(
 }
 
 /// The per-port figures of every watched scope, from the endpoints the walk counted.
-fn survey(leaks: &mut Leaks, report: &mut SweepReport, seen: Vec<PortEndpoint>) {
+fn survey(inputs: &mut PortInputs, report: &mut SweepReport, seen: Vec<PortEndpoint>) {
     let mut by_scope: BTreeMap<u32, Vec<PortEndpoint>> = BTreeMap::new();
     for e in seen {
         by_scope.entry(e.scope).or_default().push(e);
     }
     let mut surveys = BTreeMap::new();
     let mut labelled = BTreeMap::new();
-    for (&sc, listeners) in &leaks.listeners {
+    for (&sc, listeners) in &inputs.listeners {
         let seen = by_scope.remove(&sc).unwrap_or_default();
         let candidates: BTreeSet<u16> = listeners
             .keys()
-            .chain(leaks.labelled.get(&sc).into_iter().flatten())
+            .chain(inputs.labelled.get(&sc).into_iter().flatten())
             .copied()
             .collect();
-        let labels = ports::choose_labels(&candidates, &seen, leaks.port_labels);
-        let mut survey = ports::survey(&seen, &labels, leaks.leak_after_s, listeners);
-        if let (scope::HOST, Some(cookies)) = (sc, &leaks.syn_cookies) {
+        let labels = ports::choose_labels(&candidates, &seen, inputs.port_labels);
+        let mut survey = ports::survey(&seen, &labels, inputs.leak_after_s, listeners);
+        if let (scope::HOST, Some(cookies)) = (sc, &inputs.syn_cookies) {
             for (label, fig) in survey.ports.iter_mut() {
                 if let Ok(port) = label.parse::<u16>() {
                     fig.syn_cookies = cookies.get(port);
@@ -289,7 +296,7 @@ fn survey(leaks: &mut Leaks, report: &mut SweepReport, seen: Vec<PortEndpoint>) 
         labelled.insert(sc, labels);
     }
     report.ports = surveys;
-    leaks.labelled = labelled;
+    inputs.labelled = labelled;
 }
 
 #[cfg(test)]

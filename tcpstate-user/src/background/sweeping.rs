@@ -1,0 +1,139 @@
+//! The sweeper's thread: before each walk it refreshes every watched namespace's listeners, then
+//! walks the table ([`sweeper::sweep`]), books what the walk changed and publishes its report for
+//! the scrape, and pauses so that walking stays within its share of a CPU.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::Duration,
+};
+
+use tcpstate_common::scope;
+
+use crate::{
+    background::{
+        books::Shared,
+        expiry::{Expired, Timeouts},
+        ports::AcceptQueue,
+        seed,
+        sweeper::{self, PortInputs, SweepReport},
+    },
+    bpf::tables::Flows,
+    sockets::sockdiag,
+};
+
+/// The sweeper and what it works with.
+pub struct Sweeper {
+    pub flows: Flows,
+    pub timeouts: Timeouts,
+    /// The pause between walks (stretched when a walk is long, see [`sweeper::pause_after`]).
+    pub interval: Duration,
+    pub ports: PortInputs,
+    /// Host mode's local addresses, settled against the host's socket table; `None` in tap mode.
+    pub settle: Option<seed::Locals>,
+    /// What the scrape and the watcher share with the sweeper.
+    pub shared: Arc<Mutex<Shared>>,
+}
+
+impl Sweeper {
+    /// Walks until `stop`.
+    pub fn spawn(mut self, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("sweeper".into())
+            .spawn(move || {
+                let mut report = SweepReport::default();
+                while !stop.load(Ordering::Relaxed) {
+                    self.refresh_listeners();
+                    let rounds_before = report.round_ns;
+                    let changes = sweeper::sweep(
+                        &self.flows,
+                        &self.timeouts,
+                        &mut self.ports,
+                        self.settle.as_ref(),
+                        &mut report,
+                    );
+                    let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+                    s.report = report.clone();
+                    if !changes.is_empty() {
+                        s.book(|c| {
+                            for (key, rec, why) in &changes.removed {
+                                c.record_delete(key.scope, rec.word());
+                                if *why == Expired::Handshake {
+                                    c.handshake_timeout(key.scope);
+                                }
+                            }
+                            for (key, w) in &changes.confirmed {
+                                c.record_confirm(key.scope, *w);
+                            }
+                            for (key, w, side) in &changes.ended {
+                                c.record_end(key.scope, *w, *side);
+                            }
+                        });
+                    }
+                    drop(s);
+                    // A settling round spaces itself (settle::next_round_at): its CPU time is not
+                    // the walk's, which alone stretches the pause.
+                    let walk_cpu = if report.round_ns != rounds_before {
+                        report.cpu.saturating_sub(report.round_cpu)
+                    } else {
+                        report.cpu
+                    };
+                    sleep_unless_stopped(sweeper::pause_after(self.interval, walk_cpu), &stop);
+                }
+            })
+            .expect("spawn sweeper thread")
+    }
+
+    /// Port labels go to listening ports; each namespace's kernel knows which they are.
+    fn refresh_listeners(&mut self) {
+        let view = self
+            .shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .scopes
+            .clone();
+        let mut listening = BTreeMap::new();
+        let host = if self.settle.is_some() {
+            sockdiag::dump_listening()
+                .map(|l| accept_queues(&l))
+                .unwrap_or_default()
+        } else {
+            Default::default()
+        };
+        listening.insert(scope::HOST, host);
+        for s in &view.scopes {
+            let l = s
+                .diag
+                .as_ref()
+                .and_then(|d| d.dump_listening().ok())
+                .map(|l| accept_queues(&l))
+                .unwrap_or_default();
+            listening.insert(s.scope, l);
+        }
+        self.ports.listeners = listening;
+    }
+}
+
+/// Sleeps in short steps so shutdown is prompt.
+fn sleep_unless_stopped(pause: Duration, stop: &AtomicBool) {
+    let mut slept = Duration::ZERO;
+    while slept < pause && !stop.load(Ordering::Relaxed) {
+        let step = Duration::from_millis(100).min(pause - slept);
+        std::thread::sleep(step);
+        slept += step;
+    }
+}
+
+/// Accept queues by port, summed over a port's listeners (IPv4 and IPv6, SO_REUSEPORT groups).
+fn accept_queues(sockets: &[sockdiag::Socket]) -> BTreeMap<u16, AcceptQueue> {
+    let mut m = BTreeMap::new();
+    for s in sockets {
+        let q: &mut AcceptQueue = m.entry(s.local.1).or_default();
+        q.length += s.rqueue as u64;
+        q.max_length += s.wqueue as u64;
+    }
+    m
+}
