@@ -5,7 +5,7 @@
 
 use core::net::{IpAddr, Ipv6Addr};
 
-use crate::state::TcpState;
+use crate::tcp::TcpState;
 
 /// One side of a flow. Side 0 is the endpoint with the lower `(address, port)`, so both directions
 /// of a connection, seen by either hook, find the same key.

@@ -1,4 +1,5 @@
-//! TCP header vocabulary: flag bits, sequence-number arithmetic and the parsed segment.
+//! TCP vocabulary: flag bits, sequence-number arithmetic, the parsed segment and the connection
+//! states (RFC 9293 section 3.3.2).
 
 /// TCP flag bits as they sit in byte 13 of the header (RFC 9293 section 3.1).
 pub mod flags {
@@ -126,5 +127,109 @@ mod tests {
         assert_eq!(check_flags(FIN), Err(BadFlags::Other));
         assert_eq!(check_flags(FIN | PSH | URG), Err(BadFlags::Other));
         assert_eq!(check_flags(RST | FIN | ACK), Err(BadFlags::Other));
+    }
+}
+
+/// RFC 9293 connection states. LISTEN is not tracked: a server endpoint that has not answered a
+/// SYN yet is `Closed` in the mirror (it has no connection state of its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum TcpState {
+    Closed = 0,
+    SynSent = 1,
+    SynRecv = 2,
+    Established = 3,
+    FinWait1 = 4,
+    FinWait2 = 5,
+    CloseWait = 6,
+    Closing = 7,
+    LastAck = 8,
+    TimeWait = 9,
+}
+
+impl TcpState {
+    pub const COUNT: usize = 10;
+    /// Every state a live endpoint can be in (all but `Closed`), in RFC order.
+    pub const OPEN: [TcpState; 9] = [
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::Established,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::CloseWait,
+        TcpState::Closing,
+        TcpState::LastAck,
+        TcpState::TimeWait,
+    ];
+
+    /// Decodes a state byte from a map; bytes no version of this code writes read as `Closed`.
+    #[inline(always)]
+    pub const fn from_u8_lossy(v: u8) -> TcpState {
+        match v {
+            1 => TcpState::SynSent,
+            2 => TcpState::SynRecv,
+            3 => TcpState::Established,
+            4 => TcpState::FinWait1,
+            5 => TcpState::FinWait2,
+            6 => TcpState::CloseWait,
+            7 => TcpState::Closing,
+            8 => TcpState::LastAck,
+            9 => TcpState::TimeWait,
+            _ => TcpState::Closed,
+        }
+    }
+
+    /// The `state` label of `tcpstate_connections`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TcpState::Closed => "closed",
+            TcpState::SynSent => "syn_sent",
+            TcpState::SynRecv => "syn_recv",
+            TcpState::Established => "established",
+            TcpState::FinWait1 => "fin_wait1",
+            TcpState::FinWait2 => "fin_wait2",
+            TcpState::CloseWait => "close_wait",
+            TcpState::Closing => "closing",
+            TcpState::LastAck => "last_ack",
+            TcpState::TimeWait => "time_wait",
+        }
+    }
+
+    /// The state as `ss -tan` prints it.
+    pub const fn ss_name(self) -> &'static str {
+        match self {
+            TcpState::Closed => "CLOSED",
+            TcpState::SynSent => "SYN-SENT",
+            TcpState::SynRecv => "SYN-RECV",
+            TcpState::Established => "ESTAB",
+            TcpState::FinWait1 => "FIN-WAIT-1",
+            TcpState::FinWait2 => "FIN-WAIT-2",
+            TcpState::CloseWait => "CLOSE-WAIT",
+            TcpState::Closing => "CLOSING",
+            TcpState::LastAck => "LAST-ACK",
+            TcpState::TimeWait => "TIME-WAIT",
+        }
+    }
+
+    /// Still opening: counted against the half-open budget, subject to the handshake timeouts.
+    #[inline(always)]
+    pub const fn is_handshake(self) -> bool {
+        matches!(self, TcpState::SynSent | TcpState::SynRecv)
+    }
+
+    /// Done with this connection: a SYN may start a new one on the same key (port reuse).
+    #[inline(always)]
+    pub const fn is_finished(self) -> bool {
+        matches!(self, TcpState::Closed | TcpState::TimeWait)
+    }
+}
+
+impl TryFrom<u8> for TcpState {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        if v as usize >= Self::COUNT {
+            return Err(v);
+        }
+        Ok(Self::from_u8_lossy(v))
     }
 }

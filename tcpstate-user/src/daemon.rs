@@ -20,9 +20,10 @@ use crate::{
     background::{
         books::{DaemonCounters, Shared},
         interfaces::Interfaces,
+        report::SweepReport,
         scopes::ScopeView,
         seed,
-        sweeper::{PortInputs, SweepReport},
+        sweeper::PortInputs,
         sweeping::Sweeper,
     },
     bpf::{

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use tcpstate_common::{flow::FlowWord, maps::UserCounters, scope};
 
 use crate::{
-    background::{scopes::ScopeView, sweeper::SweepReport},
+    background::{report::SweepReport, scopes::ScopeView},
     bpf::tables::Books,
 };
 

@@ -5,6 +5,7 @@ pub mod books;
 pub mod expiry;
 pub mod interfaces;
 pub mod ports;
+pub mod report;
 pub mod scopes;
 pub mod seed;
 pub mod settle;

@@ -14,33 +14,16 @@ use tcpstate_common::{
 use tracing::warn;
 
 use crate::{
-    background::expiry::Timeouts,
     background::{
-        expiry::{self, Expired},
-        ports::{self, AcceptQueue, PortEndpoint, Survey},
+        expiry::{self, Expired, Timeouts},
+        ports::{self, AcceptQueue, PortEndpoint},
+        report::SweepReport,
         seed,
         settle::{self, Settled},
     },
     bpf::tables::{Flows, SynCookies},
     sockets::sockdiag,
 };
-
-#[derive(Clone, Debug, Default)]
-pub struct SweepReport {
-    pub duration: Duration,
-    /// CPU time the sweep took on its thread (the walk, the socket dumps, the deletes), which
-    /// [`pause_after`] bounds.
-    pub cpu: Duration,
-    pub visited: u64,
-    pub sweeps: u64,
-    /// The last settling round ([`settle::Round::Quiet`]): when (CLOCK_MONOTONIC, 0: none yet)
-    /// and the CPU time its dumps and verdicts took, which spaces the next one
-    /// ([`settle::next_round_at`]).
-    pub round_ns: u64,
-    pub round_cpu: Duration,
-    /// Per-port figures of each scope (the host's is scope 0).
-    pub ports: BTreeMap<u32, Survey>,
-}
 
 /// What the per-port figures need besides the walk: the leak threshold, how many ports get a label,
 /// each scope's listeners and the labels they had, and the host's SYN cookie counts.

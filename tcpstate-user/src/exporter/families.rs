@@ -8,10 +8,7 @@ use tcpstate_common::{
     Role, TcpState,
 };
 
-use super::{
-    family::{counter, gauge, merged_ports, per_reason, Family, Group},
-    metrics::{connections, Scrape},
-};
+use super::family::{connections, counter, gauge, merged_ports, per_reason, Family, Group, Scrape};
 use crate::background::ports::{Survey, OTHER};
 
 /// The endpoint gauges: `tcpstate_connections`.

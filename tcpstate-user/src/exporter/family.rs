@@ -1,14 +1,19 @@
-//! The building blocks of the exposition: a metric family being filled, and the groups of scopes
-//! whose figures one series sums.
+//! The building blocks of the exposition: what a scrape reads, a metric family being filled, and
+//! the groups of scopes whose figures one series sums.
 
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 
-use crate::background::{
-    ports::{PortFigures, Survey},
-    scopes::ScopeView,
-    sweeper::SweepReport,
+use tcpstate_common::{counters::idx, Role, TcpState};
+
+use crate::{
+    background::{
+        ports::{PortFigures, Survey},
+        report::SweepReport,
+        scopes::ScopeView,
+    },
+    bpf::{attach::Attached, tables::Totals},
 };
 
 /// The scopes whose figures one series sums: one per scope, or (with `--container-labels
@@ -205,4 +210,24 @@ pub fn per_reason(
         f.sample(&[("reason", why)], n as f64);
     }
     f
+}
+
+/// Everything one scrape renders.
+pub struct Scrape<'a> {
+    pub totals: &'a Totals,
+    pub capacity: u32,
+    pub half_open_budget: u32,
+    pub sweep: &'a SweepReport,
+    pub attached: &'a [Attached],
+    /// The watched container namespaces; in container mode every per-endpoint family carries
+    /// `namespace`, `pod` and `container` (empty for the host).
+    pub scopes: &'a ScopeView,
+}
+
+/// Connection gauge for one (role, state) of a scope: the kernel's deltas plus the daemon's
+/// (seeding, expiry), read as signed.
+pub fn connections(t: &Totals, scope: u32, role: Role, state: TcpState) -> i64 {
+    let slot = idx::conn(role, state);
+    let user = t.user(scope).conn[(slot - idx::CONN) as usize];
+    t.scoped(scope, slot).wrapping_add(user) as i64
 }

@@ -2,36 +2,16 @@
 //! table: a scrape reads per-CPU counters and the sweeper's latest report, O(1) in flows.
 
 use prometheus::{proto::MetricFamily, Encoder, TextEncoder};
-use tcpstate_common::{counters::idx, Role, TcpState};
 
+pub use super::family::Scrape;
 use super::{
     families,
     family::{groups, Family},
 };
 use crate::{
-    background::{scopes::ScopeView, sweeper::SweepReport},
+    background::{report::SweepReport, scopes::ScopeView},
     bpf::{attach::Attached, tables::Totals},
 };
-
-/// Everything one scrape renders.
-pub struct Scrape<'a> {
-    pub totals: &'a Totals,
-    pub capacity: u32,
-    pub half_open_budget: u32,
-    pub sweep: &'a SweepReport,
-    pub attached: &'a [Attached],
-    /// The watched container namespaces; in container mode every per-endpoint family carries
-    /// `namespace`, `pod` and `container` (empty for the host).
-    pub scopes: &'a ScopeView,
-}
-
-/// Connection gauge for one (role, state) of a scope: the kernel's deltas plus the daemon's
-/// (seeding, expiry), read as signed.
-pub fn connections(t: &Totals, scope: u32, role: Role, state: TcpState) -> i64 {
-    let slot = idx::conn(role, state);
-    let user = t.user(scope).conn[(slot - idx::CONN) as usize];
-    t.scoped(scope, slot).wrapping_add(user) as i64
-}
 
 pub fn families(s: &Scrape) -> Vec<MetricFamily> {
     let groups = groups(s.scopes);

@@ -16,7 +16,42 @@ use rustls::{
 };
 use tracing::warn;
 
-use super::webconfig::RawTls;
+use serde::Deserialize;
+
+/// `tls_server_config` of the web config, as exporter-toolkit names its fields.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    #[serde(default)]
+    pub cert_file: String,
+    #[serde(default)]
+    pub key_file: String,
+    /// Inline PEM, the alternative to cert_file / key_file / client_ca_file.
+    #[serde(default)]
+    pub cert: String,
+    #[serde(default)]
+    pub key: String,
+    #[serde(default)]
+    pub client_ca: String,
+    #[serde(default)]
+    pub client_auth_type: String,
+    #[serde(default)]
+    pub client_ca_file: String,
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+    #[serde(default)]
+    pub curve_preferences: Vec<String>,
+    #[serde(default)]
+    pub min_version: Option<String>,
+    #[serde(default)]
+    pub max_version: Option<String>,
+    /// rustls always picks by the server's preference order, which is what `true` (the
+    /// default) asks for; `false` is accepted and has no effect.
+    #[serde(default)]
+    pub prefer_server_cipher_suites: Option<bool>,
+    #[serde(default)]
+    pub client_allowed_sans: Option<Vec<String>>,
+}
 
 /// exporter-toolkit's `IsEnabled`: any TLS field set turns TLS on (and then must be complete).
 pub(super) fn is_enabled(t: &RawTls) -> bool {

@@ -18,7 +18,10 @@ use hyper::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use super::{auth::Users, tls};
+use super::{
+    auth::Users,
+    tls::{self, RawTls},
+};
 
 /// The file as exporter-toolkit defines it (web/tls_config.go, `Config`).
 #[derive(Debug, Default, Deserialize)]
@@ -33,40 +36,6 @@ struct Raw {
     /// exporter-toolkit's request rate limiter; refused below rather than silently ignored.
     #[serde(default)]
     rate_limit: Option<serde::de::IgnoredAny>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawTls {
-    #[serde(default)]
-    pub cert_file: String,
-    #[serde(default)]
-    pub key_file: String,
-    /// Inline PEM, the alternative to cert_file / key_file / client_ca_file.
-    #[serde(default)]
-    pub cert: String,
-    #[serde(default)]
-    pub key: String,
-    #[serde(default)]
-    pub client_ca: String,
-    #[serde(default)]
-    pub client_auth_type: String,
-    #[serde(default)]
-    pub client_ca_file: String,
-    #[serde(default)]
-    pub cipher_suites: Vec<String>,
-    #[serde(default)]
-    pub curve_preferences: Vec<String>,
-    #[serde(default)]
-    pub min_version: Option<String>,
-    #[serde(default)]
-    pub max_version: Option<String>,
-    /// rustls always picks by the server's preference order, which is what `true` (the
-    /// default) asks for; `false` is accepted and has no effect.
-    #[serde(default)]
-    pub prefer_server_cipher_suites: Option<bool>,
-    #[serde(default)]
-    pub client_allowed_sans: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -27,7 +27,7 @@ use tcpstate_common::{
 };
 
 use crate::{
-    background::{expiry::Timeouts, ports, sweeper::SweepReport},
+    background::{expiry::Timeouts, ports, report::SweepReport},
     exporter::metrics::{self, Scrape},
     inspect::flows::{Filter, FlowView},
 };

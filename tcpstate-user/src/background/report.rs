@@ -1,0 +1,24 @@
+//! What the latest walk of the flow table found and cost: the scrape's per-port figures and the
+//! walk's own figures. The sweeper writes it, the books hold it, the exporter reads it.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use crate::background::ports::Survey;
+
+/// The latest walk's report.
+#[derive(Clone, Debug, Default)]
+pub struct SweepReport {
+    pub duration: Duration,
+    /// CPU time the sweep took on its thread (the walk, the socket dumps, the deletes), which
+    /// [`crate::background::sweeper::pause_after`] bounds.
+    pub cpu: Duration,
+    pub visited: u64,
+    pub sweeps: u64,
+    /// The last settling round ([`crate::background::settle::Round::Quiet`]): when (CLOCK_MONOTONIC, 0: none yet)
+    /// and the CPU time its dumps and verdicts took, which spaces the next one
+    /// ([`crate::background::settle::next_round_at`]).
+    pub round_ns: u64,
+    pub round_cpu: Duration,
+    /// Per-port figures of each scope (the host's is scope 0).
+    pub ports: BTreeMap<u32, Survey>,
+}
