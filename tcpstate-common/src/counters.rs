@@ -7,7 +7,7 @@
 use crate::{
     flow::{FlowWord, Role, Side},
     packet::SkipReason,
-    state::{FastOpen, Handshake, InvalidReason, Opening, Step, TcpState},
+    state::{FastOpen, Handshake, InvalidReason, Opening, Retransmit, Step, TcpState},
 };
 
 /// Which program saw the segment. The `hook` label of `tcpstate_segments_total`.
@@ -118,7 +118,11 @@ pub mod idx {
     /// SYN-ACKs local listeners sent from SYN cookies, all ports (host mode, TC egress); the
     /// per-port counts are in their own map (`maps::SYN_COOKIES`).
     pub const SYN_COOKIES: u32 = FASTOPEN + 2;
-    pub const COUNT: u32 = SYN_COOKIES + 1;
+    /// `[Retransmit - 1]`: SYNs sent again to, and SYN-ACKs sent again by, a counted server
+    /// endpoint (listener drops, [`retransmitted`]), all ports; the host's per-port counts are
+    /// in their own map (`maps::RETRANSMITS`). (Appended: slots above keep their numbers.)
+    pub const RETRANSMITS: u32 = SYN_COOKIES + 1;
+    pub const COUNT: u32 = RETRANSMITS + 2;
 
     /// Whether a slot belongs to a scope's own set (per-endpoint figures: connection gauges,
     /// RSTs, handshakes and their durations) or to the one global set that lives in the host
@@ -149,6 +153,10 @@ pub mod idx {
     #[inline(always)]
     pub const fn resets(dir: RstDirection, state: TcpState) -> u32 {
         RESETS + dir as u32 * STATES + state as u32
+    }
+    #[inline(always)]
+    pub const fn retransmits(r: Retransmit) -> u32 {
+        RETRANSMITS + r as u32 - 1
     }
     #[inline(always)]
     pub const fn opened(o: Opening) -> u32 {
@@ -219,6 +227,24 @@ pub fn for_each_delta(old: FlowWord, st: &Step, sender: Side, mut bump: impl FnM
     match st.fastopen {
         FastOpen::None => {}
         f => bump(idx::FASTOPEN + f as u32 - 1, 1),
+    }
+    if let Some(r) = retransmitted(st) {
+        bump(idx::retransmits(r), 1);
+    }
+}
+
+/// The retransmission [`Step::retransmit`] reports, when the server's endpoint is counted here:
+/// host mode counts only local servers (a local client's SYN sent again to a remote listener is
+/// that listener's drop, not ours), tap mode every server. The server is the side that did not
+/// send the first SYN ([`FlowWord::client`]): the receiver of a SYN, the sender of a SYN-ACK.
+/// Its port is the `port` label of the per-port counts.
+#[inline(always)]
+pub fn retransmitted(st: &Step) -> Option<Retransmit> {
+    let w = st.rec.word();
+    match st.retransmit {
+        Retransmit::None => None,
+        r if w.is_counted(w.client().other()) => Some(r),
+        _ => None,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::{
     counters::UntrackedReason,
-    state::{classify_opening, Opening},
+    state::{classify_opening, Opening, Retransmit},
     tcp::Segment,
 };
 
@@ -18,6 +18,20 @@ pub const SETTINGS: &str = "TCPSTATE_SETTINGS";
 pub const SYN_COOKIES: &str = "TCPSTATE_SYN_COOKIES";
 /// Slots of [`SYN_COOKIES`]: one per port.
 pub const SYN_COOKIE_PORTS: u32 = 1 << 16;
+/// SYNs and SYN-ACKs sent again to and by local servers, by server port
+/// ([`crate::counters::retransmitted`]): `u64` slots, one per port for each
+/// [`Retransmit`] kind ([`retransmit_slot`]), 1 MiB, updated with atomic adds. The host's only;
+/// a container's are in its scope's counter slots.
+pub const RETRANSMITS: &str = "TCPSTATE_RETRANSMITS";
+/// Slots of [`RETRANSMITS`].
+pub const RETRANSMIT_SLOTS: u32 = 2 << 16;
+
+/// The slot of [`RETRANSMITS`] counting `kind` for server port `port`.
+#[inline(always)]
+pub const fn retransmit_slot(kind: Retransmit, port: u16) -> u32 {
+    ((kind as u32).wrapping_sub(1) & 1) << 16 | port as u32
+}
+
 /// Name of the [`Config`] global.
 pub const CONFIG: &str = "TCPSTATE_CONFIG";
 /// The flow table's hash key ([`crate::table::Seed`]), pinned with the table.

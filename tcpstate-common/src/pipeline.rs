@@ -10,7 +10,7 @@ use crate::{
     maps::Config,
     state::{
         classify_opening, cookie_synack_into, open_into, quiet, step_into, InvalidReason, Opening,
-        Step,
+        Retransmit, Step,
     },
     tcp::Segment,
 };
@@ -40,7 +40,9 @@ impl View {
 
 /// Runs the state machine on a segment of a flow the table holds. `false` when there is nothing
 /// to write or count: the quiet path (established data within the coarse second, decided on the
-/// record itself) and steps that change nothing. On `true`, `st` holds what to write back (see
+/// record itself) and steps that change nothing. A retransmitted SYN or SYN-ACK changes nothing
+/// but is counted ([`Step::retransmit`]): `true`, with nothing (or only the last-seen stamp) to
+/// write. On `true`, `st` holds what to write back (see
 /// [`crate::commit::commit`]) and [`for_each_delta`] of the old word gives the counters.
 /// `cookie`: the segment is a SYN-ACK the local stack sent from a SYN cookie (host mode's TC
 /// egress knows; a capture never does).
@@ -61,7 +63,7 @@ pub fn update_into(
     if !(cookie && cookie_synack_into(st, rec, sender, seg, now)) {
         step_into(st, rec, sender, seg, now);
     }
-    st.write != 0 || st.invalid.is_some()
+    st.write != 0 || st.invalid.is_some() || st.retransmit != Retransmit::None
 }
 
 /// Why a segment of an untracked flow does not start one.
@@ -330,5 +332,31 @@ mod tests {
             false
         ));
         assert_eq!(st.rec.word().state(Side::A), TcpState::FinWait1);
+    }
+
+    #[test]
+    fn a_retransmitted_syn_is_reported_with_nothing_to_write() {
+        let mut st = Step::EMPTY;
+        let syn = seg(SYN, 100, 0);
+        open_new(
+            &mut st,
+            &CFG,
+            || Some((0, 0)),
+            View::Tap,
+            Side::A,
+            &syn,
+            5,
+            [1, 2],
+        )
+        .unwrap();
+        let rec = st.rec;
+        let mut st = Step::EMPTY;
+        // The same SYN again within the coarse second: no write, but an event to count.
+        assert!(update_into(&mut st, &rec, Side::A, &syn, 6, false));
+        assert_eq!(st.write, 0);
+        assert_eq!(st.retransmit, Retransmit::Syn);
+        let mut v = Vec::new();
+        for_each_delta(rec.word(), &st, Side::A, |i, d| v.push((i, d)));
+        assert_eq!(v, [(idx::retransmits(Retransmit::Syn), 1)]);
     }
 }

@@ -129,6 +129,30 @@ pub struct Step {
     pub half_open_released: bool,
     /// What a SYN-ACK answered to a SYN that carried data (TCP Fast Open, RFC 7413).
     pub fastopen: FastOpen,
+    /// The segment was the client's SYN or the server's SYN-ACK sent again. Reported even though
+    /// a retransmission changes nothing in the record (it may come with no write at all).
+    pub retransmit: Retransmit,
+}
+
+/// A handshake segment sent again: what a listener that drops what it receives makes its peers
+/// and itself do (RFC 9293 section 3.8.1, RFC 6298 section 2.1: the SYN's and the SYN-ACK's
+/// retransmission timers, 1 s at first). The kernel counts such drops host-wide only
+/// (TcpExtListenOverflows, ListenDrops); counted per server port here:
+/// `tcpstate_syn_retransmits_total`, `tcpstate_synack_retransmits_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Retransmit {
+    None = 0,
+    /// The client's SYN again (same ISN), the server having sent no SYN-ACK since: the SYN was
+    /// lost on its way or dropped by the listener (SYN queue or accept queue full,
+    /// net/ipv4/tcp_input.c tcp_conn_request).
+    Syn = 1,
+    /// The server's SYN-ACK again (same ISN): the SYN-ACK or the final ACK was lost, or the
+    /// listener dropped the final ACK because its accept queue was full (tcp_check_req's
+    /// listen_overflow, net/ipv4/tcp_minisocks.c: with tcp_abort_on_overflow off the request
+    /// socket stays, and its timer resends the SYN-ACK, reqsk_timer_handler), or the client
+    /// resent its SYN and the server answered it again (tcp_check_req, inet_rtx_syn_ack).
+    SynAck = 2,
 }
 
 /// The server's answer to a SYN carrying data (TCP Fast Open, RFC 7413 section 4.2), decided by
@@ -194,6 +218,7 @@ impl Step {
         handshake: Handshake::None,
         half_open_released: false,
         fastopen: FastOpen::None,
+        retransmit: Retransmit::None,
     };
 
     /// Starts a step from `rec`, in place (the kernel keeps its `Step` in a per-CPU scratch slot,
@@ -207,6 +232,7 @@ impl Step {
         self.handshake = Handshake::None;
         self.half_open_released = false;
         self.fastopen = FastOpen::None;
+        self.retransmit = Retransmit::None;
         let tick = FlowRecord::seen_tick(now_ns);
         if tick != rec.last_seen {
             self.rec.last_seen = tick;
@@ -357,11 +383,13 @@ pub fn cookie_synack_into(
 #[inline(never)]
 fn on_cookie_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
     let r = s.other();
-    // The same cookie again (the client resent its SYN within the cookie's minute): nothing new.
+    // The same cookie again (the client resent its SYN within the cookie's minute): nothing new
+    // but a SYN-ACK sent again.
     if old.has(flowflags::SYN_COOKIE)
         && old.knows(s, known::ISN)
         && st.rec.seq[s.index()].isn == seg.seq
     {
+        st.retransmit = Retransmit::SynAck;
         return;
     }
     let mut w = old;
@@ -532,6 +560,13 @@ fn on_syn(st: &mut Step, old: FlowWord, s: Side, seg: &Segment, now_ns: u64) {
         && old.client() as u8 == s as u8
         && !s0.is_finished()
     {
+        // A listener drop only while the server has answered nothing: no SYN-ACK (its ISN
+        // unknown, a cookie's included) between the two SYNs. A SYN the server did answer was
+        // not dropped by it; Linux answers it with its SYN-ACK again (tcp_check_req), which is
+        // counted as that.
+        if s0 == TcpState::SynSent && r0 == TcpState::Closed && !old.knows(r, known::ISN) {
+            st.retransmit = Retransmit::Syn;
+        }
         return;
     }
     let mut w = old;
@@ -605,6 +640,13 @@ fn on_syn_ack(st: &mut Step, old: FlowWord, s: Side, seg: &Segment) {
         // simultaneous open it also completes the receiver, which is still SYN-RECEIVED, whether
         // the sender is too or was itself completed by the other side's SYN-ACK first. (Requiring
         // the sender in SYN-RECEIVED left the second side stuck there when the SYN-ACKs crossed.)
+        //
+        // Counted as sent again when the server sent it, and sent a SYN-ACK before (its receive
+        // side is known from that one): in a simultaneous open each side's first SYN-ACK comes
+        // this way too, after its own SYN.
+        if old.client() as u8 != s as u8 && old.knows(s, known::ACK) {
+            st.retransmit = Retransmit::SynAck;
+        }
         if r0 == TcpState::SynRecv && acks_syn(&old, r, &rs, seg.ack) {
             let mut w = old;
             w.set_state(r, TcpState::Established);

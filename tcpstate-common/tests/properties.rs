@@ -15,8 +15,8 @@ use tcpstate_common::{
     counters::{for_each_delta, idx},
     flow::{flowflags, FlowRecord, FlowWord, Role, Side},
     state::{
-        open, quiet, step, step_cookie_into, write, Handshake, InvalidReason, Opening, Step,
-        TcpState,
+        open, quiet, step, step_cookie_into, write, Handshake, InvalidReason, Opening, Retransmit,
+        Step, TcpState,
     },
     tcp::{check_flags, flags::*, seq_ge, Segment, WSCALE_MAX, WSCALE_NONE},
 };
@@ -425,6 +425,26 @@ fn check_step(old: &FlowRecord, st: &Step, s: Side, seg: &Segment, now: u64) {
             "quiet, yet step acts: {seg:?}"
         );
         assert_eq!(st.rec, *old);
+        assert_eq!(st.retransmit, Retransmit::None);
+    }
+    // A handshake segment sent again: the client's SYN or the server's SYN-ACK, with the ISN the
+    // record already holds for its sender, never rejected. A SYN sent again changes nothing.
+    let ow = old.word();
+    match st.retransmit {
+        Retransmit::None => {}
+        Retransmit::Syn => {
+            assert_eq!(seg.flags & (SYN | ACK | RST), SYN);
+            assert_eq!(ow.client(), s, "only the client's SYN");
+            assert_eq!(old.seq[s.index()].isn, seg.seq);
+            assert_eq!(st.invalid, None);
+            assert_eq!(except_last_seen(st.rec), except_last_seen(*old));
+        }
+        Retransmit::SynAck => {
+            assert_eq!(seg.flags & (SYN | ACK | RST), SYN | ACK);
+            assert_ne!(ow.client(), s, "only the server's SYN-ACK");
+            assert_eq!(old.seq[s.index()].isn, seg.seq);
+            assert_eq!(st.invalid, None);
+        }
     }
     let r = s.other();
     let (ow, nw) = (old.word(), st.rec.word());

@@ -15,11 +15,11 @@ use std::collections::BTreeMap;
 
 use tcpstate_common::{
     commit::commit,
-    counters::{for_each_delta, handshake_bucket, idx, RstDirection},
+    counters::{for_each_delta, handshake_bucket, idx, retransmitted, RstDirection},
     flow::{flowflags, FlowRecord, FlowWord, Role, Side},
     state::{
         open, quiet, step, step_cookie_into, write, FastOpen, Handshake, InvalidReason, Opening,
-        Step, TcpState,
+        Retransmit, Step, TcpState,
     },
     tcp::{flags::*, Segment, WSCALE_MAX, WSCALE_NONE},
 };
@@ -236,6 +236,14 @@ impl Conn {
     fn next_second(&mut self) {
         self.now = (self.now / NS + 1) * NS;
     }
+}
+
+/// The counted retransmissions so far: (SYNs, SYN-ACKs).
+fn retransmits(c: &Conn) -> (u64, u64) {
+    (
+        c.counter(idx::retransmits(Retransmit::Syn)),
+        c.counter(idx::retransmits(Retransmit::SynAck)),
+    )
 }
 
 /// Ports with the client's the higher (ephemeral) one.
@@ -595,6 +603,34 @@ mod syn_sent {
     use super::*;
 
     #[test]
+    fn a_syn_sent_again_before_any_synack_is_a_syn_retransmission() {
+        // The listener dropped it (its SYN queue or accept queue full) or it was lost: the
+        // client's timer sends it again with the same ISN. Nothing in the record changes, within
+        // the coarse second not even the last-seen stamp, and yet the step reports it.
+        for client in SIDES {
+            let mut c = syn_sent_on(client);
+            let before = c.rec;
+            let st = c.c2s(SYN, CISN, 0, 0);
+            assert_eq!(st.retransmit, Retransmit::Syn);
+            assert_eq!(st.invalid, None);
+            assert_eq!(st.write, 0, "no flow write");
+            assert_eq!(c.rec, before);
+            c.next_second();
+            let st = c.c2s(SYN, CISN, 0, 0);
+            assert_eq!(st.write, write::LAST_SEEN);
+            assert_eq!(retransmits(&c), (2, 0));
+        }
+    }
+
+    #[test]
+    fn a_syn_with_another_isn_is_a_new_attempt_not_a_retransmission() {
+        let mut c = syn_sent();
+        let st = c.c2s(SYN, CISN + 777, 0, 0);
+        assert_eq!(st.retransmit, Retransmit::None);
+        assert_eq!(retransmits(&c), (0, 0));
+    }
+
+    #[test]
     fn synack_acking_the_isn_establishes_the_client_and_puts_the_server_in_syn_recv() {
         for client in SIDES {
             let mut c = syn_sent_on(client);
@@ -732,6 +768,37 @@ mod syn_sent {
 
 mod simultaneous_open {
     use super::*;
+
+    #[test]
+    fn each_sides_first_synack_is_no_retransmission_and_the_servers_second_is_one() {
+        for client in SIDES {
+            for client_synack_first in [true, false] {
+                let mut c = simultaneous_syn_recv_on(client);
+                // Each side's first SYN-ACK comes after its own SYN, with the same ISN: sent
+                // once, not again.
+                let (a, b) = if client_synack_first {
+                    let a = c.c2s(SYN | ACK, CISN, SISN + 1, 0);
+                    (a, c.s2c(SYN | ACK, SISN, CISN + 1, 0))
+                } else {
+                    let b = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+                    (c.c2s(SYN | ACK, CISN, SISN + 1, 0), b)
+                };
+                assert_eq!(a.retransmit, Retransmit::None);
+                assert_eq!(b.retransmit, Retransmit::None);
+                // The side that did not send the first SYN stands as the server: only its own
+                // SYN-ACK sent again counts.
+                assert_eq!(
+                    c.c2s(SYN | ACK, CISN, SISN + 1, 0).retransmit,
+                    Retransmit::None
+                );
+                assert_eq!(
+                    c.s2c(SYN | ACK, SISN, CISN + 1, 0).retransmit,
+                    Retransmit::SynAck
+                );
+                assert_eq!(retransmits(&c), (0, 1));
+            }
+        }
+    }
 
     #[test]
     fn both_synacks_establish_both_sides_in_either_order() {
@@ -1063,6 +1130,20 @@ mod fast_open {
 mod syn_cookies {
     use super::*;
 
+    #[test]
+    fn a_cookie_synack_sent_again_is_a_synack_retransmission_and_the_syn_before_it_is_not() {
+        let mut c = flooded_server_on(Side::A);
+        assert_eq!(c.c2s(SYN, CISN, 0, 0).retransmit, Retransmit::Syn);
+        c.send_with(Side::B, seg(SYN | ACK, SISN, CISN + 1, 0), true);
+        // The cookie SYN-ACK was lost: the client sends its SYN again, which the server did
+        // answer (a SYN-ACK came between), and the stack answers it with the same cookie.
+        let st = c.c2s(SYN, CISN, 0, 0);
+        assert_eq!(st.retransmit, Retransmit::None);
+        let st = c.send_with(Side::B, seg(SYN | ACK, SISN, CISN + 1, 0), true);
+        assert_eq!(st.retransmit, Retransmit::SynAck);
+        assert_eq!(retransmits(&c), (1, 1));
+    }
+
     /// Host mode on the server: only the server's endpoint is counted.
     fn flooded_server_on(client: Side) -> Conn {
         let (_, c) = Conn::open(
@@ -1151,6 +1232,43 @@ mod syn_cookies {
 
 mod syn_recv {
     use super::*;
+
+    #[test]
+    fn a_synack_sent_again_is_a_synack_retransmission() {
+        for client in SIDES {
+            let mut c = syn_recv_on(client);
+            let before = c.rec;
+            let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+            assert_eq!(st.retransmit, Retransmit::SynAck);
+            assert_eq!(st.invalid, None);
+            assert_eq!(st.write, 0, "no flow write");
+            assert_eq!(c.rec, before);
+            assert_eq!(retransmits(&c), (0, 1));
+        }
+    }
+
+    #[test]
+    fn a_syn_sent_again_after_the_synack_is_not_a_syn_retransmission() {
+        // "A client SYN seen again with no SYN-ACK between": here the server answered, so its
+        // listener dropped nothing; the SYN-ACK was lost beyond the observer or is late. Linux
+        // answers such a SYN with its SYN-ACK again (tcp_check_req: inet_rtx_syn_ack), and that
+        // one counts, as a SYN-ACK retransmission.
+        for client in SIDES {
+            let mut c = syn_recv_on(client);
+            let st = c.c2s(SYN, CISN, 0, 0);
+            assert_eq!(st.retransmit, Retransmit::None);
+            c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+            assert_eq!(retransmits(&c), (0, 1));
+        }
+    }
+
+    #[test]
+    fn a_synack_with_another_isn_is_not_a_retransmission() {
+        let mut c = syn_recv();
+        let st = c.s2c(SYN | ACK, SISN + 5, CISN + 1, 0);
+        assert_eq!(st.retransmit, Retransmit::None);
+        assert_eq!(retransmits(&c), (0, 0));
+    }
 
     #[test]
     fn final_ack_establishes_the_server_and_completes_the_handshake() {
@@ -1262,6 +1380,37 @@ mod syn_recv {
 
 mod established {
     use super::*;
+
+    #[test]
+    fn a_synack_sent_again_after_the_final_ack_is_a_synack_retransmission() {
+        // The listener's accept queue was full: it dropped the final ACK the observer saw
+        // (tcp_check_req's listen_overflow) and its request socket's timer resends the SYN-ACK.
+        for client in SIDES {
+            let mut c = established_on(client);
+            let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+            assert_eq!(st.retransmit, Retransmit::SynAck);
+            assert_eq!(c.states(), (Established, Established));
+            assert_eq!(retransmits(&c), (0, 1));
+        }
+    }
+
+    #[test]
+    fn data_and_acks_are_never_retransmissions() {
+        let mut c = established();
+        assert_eq!(
+            c.c2s(ACK, CISN + 1, SISN + 1, 100).retransmit,
+            Retransmit::None
+        );
+        assert_eq!(
+            c.c2s(ACK, CISN + 1, SISN + 1, 100).retransmit,
+            Retransmit::None
+        );
+        assert_eq!(
+            c.s2c(ACK, SISN + 1, CISN + 101, 0).retransmit,
+            Retransmit::None
+        );
+        assert_eq!(retransmits(&c), (0, 0));
+    }
 
     #[test]
     fn quiet_says_yes_exactly_for_the_kernels_shortcut_case() {
@@ -1869,6 +2018,19 @@ mod time_wait {
     use super::*;
 
     #[test]
+    fn a_syn_reusing_the_port_is_a_new_connection_not_a_retransmission() {
+        for isn in [CISN + 100_000, CISN] {
+            let mut c = time_wait();
+            let st = c.c2s(SYN, isn, 0, 0);
+            assert_eq!(c.states(), (SynSent, Closed));
+            assert_eq!(st.retransmit, Retransmit::None, "ISN {isn}");
+            // The new connection's own SYN sent again is one.
+            assert_eq!(c.c2s(SYN, isn, 0, 0).retransmit, Retransmit::Syn);
+            assert_eq!(retransmits(&c), (1, 0));
+        }
+    }
+
+    #[test]
     fn fin_resent_after_a_lost_final_ack_revives_last_ack_and_restarts_time_wait() {
         for client in SIDES {
             let mut c = time_wait_on(client);
@@ -2131,6 +2293,30 @@ mod window_scale {
 
 mod counters {
     use super::*;
+
+    #[test]
+    fn only_a_counted_server_counts_its_handshakes_sent_again() {
+        // Host mode on the client: its SYN sent again to a remote listener, and that listener's
+        // SYN-ACK sent again, are the remote server's drops, not a local listener's.
+        let (_, mut c) = Conn::open(Side::A, Side::A.bit(), seg(SYN, CISN, 0, 0), ports(Side::A));
+        let st = c.c2s(SYN, CISN, 0, 0);
+        assert_eq!(
+            st.retransmit,
+            Retransmit::Syn,
+            "the state machine reports it"
+        );
+        assert_eq!(retransmitted(&st), None, "the counters leave it out");
+        c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        assert_eq!(retransmits(&c), (0, 0));
+        // Host mode on the server counts both.
+        let (_, mut c) = Conn::open(Side::A, Side::B.bit(), seg(SYN, CISN, 0, 0), ports(Side::A));
+        c.c2s(SYN, CISN, 0, 0);
+        c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        let st = c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        assert_eq!(retransmitted(&st), Some(Retransmit::SynAck));
+        assert_eq!(retransmits(&c), (1, 1));
+    }
 
     fn conn(role: Role, state: TcpState, d: i64) -> (u32, i64) {
         (idx::conn(role, state), d)

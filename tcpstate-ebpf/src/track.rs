@@ -12,13 +12,16 @@ use aya_ebpf::{
 };
 use tcpstate_common::{
     commit::{atomic_add, commit, compare_and_swap},
-    counters::{for_each_delta, idx, Hook, UntrackedReason},
+    counters::{for_each_delta, idx, retransmitted, Hook, UntrackedReason},
     flow::{flowflags, FlowKey, FlowRecord, FlowWord, Side},
-    maps::{Config, Settings, TableCounters, UserCounters, SYN_COOKIE_PORTS},
+    maps::{
+        retransmit_slot, Config, Settings, TableCounters, UserCounters, RETRANSMIT_SLOTS,
+        SYN_COOKIE_PORTS,
+    },
     packet::TcpPacket,
     pipeline::{open_new, opened_deltas, retract, update_into, NotOpened},
-    scope::ScopeInfo,
-    state::{write, InvalidReason, Step},
+    scope::{self, ScopeInfo},
+    state::{write, InvalidReason, Retransmit, Step},
     table::{self, find, insert, Homes, Inserted, Seed, Slot, Slots, DEAD_WORD},
     tcp::flags::{ACK, FIN, RST, SYN},
 };
@@ -127,6 +130,10 @@ pub enum Event {
 
 #[map(name = "TCPSTATE_SYN_COOKIES")]
 static SYN_COOKIES: Array<u64> = Array::pinned(SYN_COOKIE_PORTS, 0);
+
+/// The host's retransmitted SYNs and SYN-ACKs by server port ([`count_retransmit`]).
+#[map(name = "TCPSTATE_RETRANSMITS")]
+static RETRANSMITS: Array<u64> = Array::pinned(RETRANSMIT_SLOTS, 0);
 
 #[map(name = "TCPSTATE_SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -448,7 +455,28 @@ fn update(scratch: &mut Scratch, now: u64, forwarded: bool) -> Found {
         _ => Event::None,
     };
     account(FlowWord::from_bits(word), st, sender, scratch.base);
+    count_retransmit(scratch);
     Found::Done
+}
+
+/// A SYN or SYN-ACK sent again to or by a counted server endpoint of the host: its port's count,
+/// by atomic add (the scope's total is a counter slot, bumped by [`account`]). A container's
+/// have no per-port map: its total is its `port="other"`. The server's port without indexing by
+/// side: the receiver's of a SYN, the sender's of a SYN-ACK.
+#[inline(always)]
+fn count_retransmit(scratch: &Scratch) {
+    if scratch.scope != scope::HOST {
+        return;
+    }
+    let (kind, port) = match retransmitted(&scratch.step) {
+        Some(k @ Retransmit::Syn) => (k, scratch.pkt.dport),
+        Some(k @ Retransmit::SynAck) => (k, scratch.pkt.sport),
+        None | Some(Retransmit::None) => return,
+    };
+    if let Some(c) = RETRANSMITS.get_ptr_mut(retransmit_slot(kind, port)) {
+        // SAFETY: array value pointers are valid and 8-byte aligned.
+        unsafe { atomic_add(c, 1) };
+    }
 }
 
 /// [`find`] as a BPF function of its own, returning the slot or null.

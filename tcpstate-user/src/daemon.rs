@@ -23,7 +23,7 @@ use crate::{
         report::SweepReport,
         scopes::ScopeView,
         seed,
-        sweeper::PortInputs,
+        sweeper::{PortInputs, Settling},
         sweeping::Sweeper,
     },
     bpf::{
@@ -117,6 +117,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
         },
     )?;
     let syn_cookies = tables::SynCookies::from_ebpf(&mut ebpf)?;
+    let retransmits = tables::Retransmits::from_ebpf(&mut ebpf)?;
     let (mut flows, books, scope_maps) = tables::from_ebpf(&mut ebpf, seed)?;
     let released = flows.repair(Duration::from_millis(20));
     if released > 0 {
@@ -187,12 +188,18 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
             listeners: Default::default(),
             labelled: Default::default(),
             syn_cookies: Some(syn_cookies),
+            retransmits: Some(retransmits),
+            destinations: Default::default(),
+            port_ranges: Default::default(),
         },
-        // Loopback is tap mode: both ends counted from the wire, nothing to settle.
-        settle: cfg.host_mode().then(|| seed::Locals {
-            loopback: false,
-            ..cfg.host_locals()
-        }),
+        settling: Settling {
+            // Loopback is tap mode: both ends counted from the wire, nothing to settle.
+            host: cfg.host_mode().then(|| seed::Locals {
+                loopback: false,
+                ..cfg.host_locals()
+            }),
+            containers: Default::default(),
+        },
         shared: shared.clone(),
     }
     .spawn(stop.clone());

@@ -118,6 +118,8 @@ fn describe_metrics_lists_the_contract_and_passes_promtool() {
         "tcpstate_fastopen_total",
         "tcpstate_close_wait_leaked",
         "tcpstate_close_wait_oldest_seconds",
+        "tcpstate_client_ports_in_use",
+        "tcpstate_client_port_range_size",
     ] {
         assert!(
             text.contains(&format!("# TYPE {name} ")),
@@ -170,6 +172,12 @@ fn describe_metrics_in_container_mode_labels_every_per_endpoint_family() {
         );
     }
     assert!(text.contains("tcpstate_container_info{namespace=\"\",pod=\"\",container=\"web\""));
+    // Client ports by destination, and the port range, carry the scope labels too.
+    assert!(text.contains(
+        "tcpstate_client_ports_in_use{destination=\"0.0.0.0:0\",namespace=\"\",pod=\"\",container=\"\"} 0"
+    ));
+    assert!(text
+        .contains("tcpstate_client_port_range_size{namespace=\"\",pod=\"\",container=\"web\"} 0"));
     // Tracker-wide families carry no scope labels.
     assert!(text
         .lines()

@@ -188,6 +188,8 @@ fn rule_expressions_use_only_exported_metrics_and_labels() {
         "tcpstate_resets_total",
         "tcpstate_flow_table_entries",
         "tcpstate_flow_table_capacity",
+        "tcpstate_client_ports_in_use",
+        "tcpstate_client_port_range_size",
     ];
     for m in want {
         assert!(used.contains(m), "the rules never use {m}: {used:?}");
@@ -261,7 +263,11 @@ fn dashboard_expressions_use_only_exported_metrics_and_labels() {
         "tcpstate_skipped_packets_total",
         "tcpstate_syn_backlog",
         "tcpstate_syn_cookies_sent_total",
+        "tcpstate_syn_retransmits_total",
+        "tcpstate_synack_retransmits_total",
         "tcpstate_fastopen_total",
+        "tcpstate_client_ports_in_use",
+        "tcpstate_client_port_range_size",
     ];
     for m in want {
         assert!(used.contains(m), "no dashboard panel uses {m}: {used:?}");
@@ -362,6 +368,7 @@ fn dashboard_is_well_formed() {
         "Segments by hook",
         "Invalid segments and skipped packets by reason",
         "SYN cookies by port and Fast Open",
+        "Client ports in use by destination",
     ] {
         assert!(titles.contains(want), "no panel {want:?} in {titles:?}");
     }

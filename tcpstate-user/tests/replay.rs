@@ -427,3 +427,76 @@ fn bad_files_get_one_line_and_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr_line(&o).contains("cannot read /nonexistent/capture.pcap"));
 }
+
+#[test]
+fn client_ports_in_use_are_counted_per_destination_time_wait_included() {
+    // close_client_first.pcap leaves the client in TIME_WAIT: it still holds its source port.
+    let o = run(&["--metrics", &capture("close_client_first.pcap")]);
+    assert!(o.status.success());
+    let text = String::from_utf8(o.stdout).unwrap();
+    for line in [
+        "tcpstate_client_ports_in_use{destination=\"192.0.2.1:8080\"} 1",
+        "tcpstate_client_ports_in_use{destination=\"other\"} 0",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    // The capturing host's port range is unknown to a replay.
+    assert!(
+        !text.contains("# TYPE tcpstate_client_port_range_size"),
+        "{text}"
+    );
+    support::promtool_check(&text);
+    let o = run(&["--metrics", &capture("fmt_ipv6.pcap")]);
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        text.contains("tcpstate_client_ports_in_use{destination=\"[2001:db8::1]:8080\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn destination_keeps_the_flows_whose_client_connects_there() {
+    for (dest, kept) in [
+        ("192.0.2.1", 1),
+        ("192.0.2.1:8080", 1),
+        ("192.0.2.1:40000", 0), // the client's own port is not a destination
+        ("192.0.2.2", 0),       // nor is the client's address
+        ("192.0.2.9:8080", 0),
+    ] {
+        let f = flows("close_client_first.pcap", &["--destination", dest]);
+        assert_eq!(f.len(), kept, "--destination {dest}");
+    }
+    assert_eq!(
+        flows("fmt_ipv6.pcap", &["--destination", "[2001:db8::1]:8080"]).len(),
+        1
+    );
+    assert_eq!(
+        flows("fmt_ipv6.pcap", &["--destination", "2001:db8::1"]).len(),
+        1
+    );
+    let o = run(&[
+        "--json",
+        &capture("fmt_ipv6.pcap"),
+        "--destination",
+        "2001:db8::1:8080:x",
+    ]);
+    assert!(!o.status.success(), "a malformed destination is refused");
+}
+
+#[test]
+fn handshakes_sent_again_are_counted_on_the_listening_port() {
+    // listener_drops.pcap: on 8080 a SYN sent twice more before any SYN-ACK and a SYN-ACK sent
+    // twice more after the final ACK; on 9090 nothing sent again, and a SYN with a new ISN.
+    let o = run(&["--metrics", &capture("listener_drops.pcap")]);
+    assert!(o.status.success());
+    let text = String::from_utf8(o.stdout).unwrap();
+    for line in [
+        "tcpstate_syn_retransmits_total{port=\"8080\"} 2",
+        "tcpstate_syn_retransmits_total{port=\"other\"} 0",
+        "tcpstate_synack_retransmits_total{port=\"8080\"} 2",
+        "tcpstate_synack_retransmits_total{port=\"other\"} 0",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    support::promtool_check(&text);
+}

@@ -2,6 +2,7 @@
 //! the flow table from the kernel's socket table.
 
 pub mod books;
+pub mod destinations;
 pub mod expiry;
 pub mod interfaces;
 pub mod ports;

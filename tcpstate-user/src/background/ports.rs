@@ -69,6 +69,11 @@ pub struct PortFigures {
     /// SYN-ACKs sent from SYN cookies since the maps were created (host mode), for numbered
     /// labels; `other`'s is the total less these, computed at scrape time.
     pub syn_cookies: u64,
+    /// SYNs sent again to a local server on this port with no SYN-ACK between, and SYN-ACKs it
+    /// sent again, since the maps were created (the host's, for numbered labels; `other`'s is
+    /// the total less these, computed at scrape time, as for `syn_cookies`).
+    pub syn_retransmits: u64,
+    pub synack_retransmits: u64,
 }
 
 /// Label of a port: its number, or "other".

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use crate::background::ports::Survey;
+use crate::background::{destinations::ClientPorts, ports::Survey};
 
 /// The latest walk's report.
 #[derive(Clone, Debug, Default)]
@@ -21,4 +21,6 @@ pub struct SweepReport {
     pub round_cpu: Duration,
     /// Per-port figures of each scope (the host's is scope 0).
     pub ports: BTreeMap<u32, Survey>,
+    /// Client endpoints per destination, and the port range, of each scope.
+    pub clients: BTreeMap<u32, ClientPorts>,
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::sockets::sockdiag::Diag;
+use crate::sockets::{portrange::PortRange, sockdiag::Diag};
 
 /// The labels a scope's series carry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,6 +47,8 @@ pub struct WatchedScope {
     pub labels: Labels,
     /// A sock_diag socket opened inside the namespace: its listeners, for the per-port figures.
     pub diag: Option<Arc<Diag>>,
+    /// Its ephemeral port range's sysctl files, opened inside the namespace.
+    pub port_range: Option<Arc<PortRange>>,
 }
 
 /// The watched namespaces and the bookkeeping exported about them.

@@ -573,8 +573,9 @@ mod tests {
 
     #[test]
     fn an_orphaned_fin_wait2_ends_with_its_fin_timer_and_a_half_closed_one_is_not_back_dated() {
-        // Container scopes are not settled against the kernel: the timer alone ends them.
-        let container = |rec: &FlowRecord, after_s: u64| {
+        // Where nothing settles against the kernel (a namespace without a sock_diag socket of
+        // its own), the timer alone ends them.
+        let unsettled = |rec: &FlowRecord, after_s: u64| {
             decide_with(rec, NOW + after_s * NS, &timeouts(), false)
         };
         // An orphan the kernel holds as a TIME_WAIT mini-socket in FIN_WAIT_2, or still as a full
@@ -582,8 +583,8 @@ mod tests {
         for timer in [Timer::TimeWait, Timer::Keepalive] {
             let (rec, local) = seeded(timed(TcpState::FinWait2, timer, 20));
             assert_eq!(rec.since_ns[local.index()], NOW - 40 * NS, "{timer:?}");
-            assert_eq!(container(&rec, 19), None, "{timer:?}");
-            assert_eq!(container(&rec, 20), Some(Expired::Other), "{timer:?}");
+            assert_eq!(unsettled(&rec, 19), None, "{timer:?}");
+            assert_eq!(unsettled(&rec, 20), Some(Expired::Other), "{timer:?}");
         }
         // Shut down for writing only, by a process that still owns the socket: no timer ends it
         // (the kernel keeps it for as long as the peer keeps its end), or sk_timer is keepalive.

@@ -130,8 +130,15 @@ impl Ask {
             Ask::Request => bit(TcpState::SynRecv) | (1 << 12),
             Ask::FinWait2 => bit(TcpState::FinWait2),
             Ask::Pending => u32::MAX,
+            // A server the mirror saw established may still be a request socket: its listener
+            // dropped the final ACK for a full accept queue (tcp_check_req, listen_overflow),
+            // keeps the request and resends its SYN-ACK, whose retransmissions must still find
+            // the flow (`tcpstate_synack_retransmits_total`).
             Ask::Quiet(TcpState::Established) => {
-                bit(TcpState::Established) | bit(TcpState::FinWait1)
+                bit(TcpState::Established)
+                    | bit(TcpState::FinWait1)
+                    | bit(TcpState::SynRecv)
+                    | (1 << 12)
             }
             Ask::Quiet(TcpState::CloseWait) => bit(TcpState::CloseWait) | bit(TcpState::LastAck),
             Ask::Quiet(state) => bit(state),
@@ -351,6 +358,15 @@ mod tests {
     }
 
     #[test]
+    fn a_quiet_established_server_the_kernel_holds_as_a_request_stays() {
+        // Its listener dropped the final ACK (accept queue full) and keeps the request socket,
+        // which resends its SYN-ACK: the flow must stay to see those counted.
+        let (key, rec, local) = flow(TcpState::Established, TcpState::Established, 10);
+        let held = Some((local, TcpState::SynRecv));
+        assert_eq!(settle(&key, &rec, 20, held), Settled::Keep);
+    }
+
+    #[test]
     fn the_dump_asks_only_for_the_states_to_settle() {
         let (key, rec, _) = flow(TcpState::SynRecv, TcpState::Established, 10);
         assert_eq!(needed(&key, &rec, 12), (1 << 3) | (1 << 12));
@@ -360,8 +376,9 @@ mod tests {
         assert_eq!(needed(&key, &rec, 11), 0, "segments moved it a second ago");
         assert_eq!(
             needed(&key, &rec, 20),
-            (1 << 1) | (1 << 4),
-            "ESTABLISHED, or FIN_WAIT_1 with its FIN queued behind unsent data"
+            (1 << 1) | (1 << 4) | (1 << 3) | (1 << 12),
+            "ESTABLISHED, or FIN_WAIT_1 with its FIN queued behind unsent data, or a request \
+             socket whose final ACK its listener dropped"
         );
         let (key, rec2, _) = flow(TcpState::CloseWait, TcpState::FinWait2, 10);
         assert_eq!(needed(&key, &rec2, 20), (1 << 8) | (1 << 9));

@@ -4,25 +4,29 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use tcpstate_common::{
     flow::{monotonic_ns, Side},
-    scope, FlowKey, FlowRecord, FlowWord, TcpState,
+    scope,
+    state::Retransmit,
+    FlowKey, FlowRecord, FlowWord, TcpState,
 };
 use tracing::warn;
 
 use crate::{
     background::{
+        destinations::{self, ClientPorts, Destination, Tally},
         expiry::{self, Expired, Timeouts},
         ports::{self, AcceptQueue, PortEndpoint},
         report::SweepReport,
         seed,
         settle::{self, Settled},
     },
-    bpf::tables::{Flows, SynCookies},
-    sockets::sockdiag,
+    bpf::tables::{Flows, Retransmits, SynCookies},
+    sockets::sockdiag::{self, Diag},
 };
 
 /// What the per-port figures need besides the walk: the leak threshold, how many ports get a label,
@@ -41,6 +45,35 @@ pub struct PortInputs {
     pub labelled: BTreeMap<u32, BTreeSet<u16>>,
     /// The kernel's SYN cookie counts by port (the host's), read for the labelled ports.
     pub syn_cookies: Option<SynCookies>,
+    /// The kernel's retransmitted SYN and SYN-ACK counts by server port (the host's), read for
+    /// the labelled ports.
+    pub retransmits: Option<Retransmits>,
+    /// Destinations labelled by the previous walk, per scope: they keep their label while they
+    /// stay among the busiest `port_labels` (the same bound as ports), reading 0 once idle.
+    pub destinations: BTreeMap<u32, BTreeSet<Destination>>,
+    /// Each scope's ephemeral port range less its reserved ports, refreshed by the caller (at
+    /// most once a minute); a scope absent here has no known range.
+    pub port_ranges: BTreeMap<u32, u32>,
+}
+
+/// Where endpoints are settled against a kernel's socket table: the host's (host mode: its local
+/// addresses; `None` in tap mode, where the kernel's sockets are not the endpoints), and each
+/// watched container namespace that has a sock_diag socket of its own (every endpoint there but
+/// loopback crosses its veth).
+#[derive(Debug, Default)]
+pub struct Settling {
+    pub host: Option<seed::Locals>,
+    pub containers: BTreeMap<u32, Arc<Diag>>,
+}
+
+impl Settling {
+    /// The scope's socket table, asked for the sockets in `states`.
+    fn dump(&self, scope: u32, states: u32) -> std::io::Result<Vec<sockdiag::Socket>> {
+        match self.containers.get(&scope) {
+            Some(diag) => diag.dump(states),
+            None => sockdiag::dump(states),
+        }
+    }
 }
 
 /// What a walk changed, for the caller to book in each flow's scope.
@@ -87,14 +120,12 @@ pub fn pause_after(interval: Duration, last_walk: Duration) -> Duration {
 
 /// One walk. Returns what it changed in the table, for the caller to book.
 ///
-/// `settle`: host mode's local addresses, whose endpoints are settled against the host's socket
-/// table ([`settle`]); `None` in tap mode, where the kernel's sockets are not the endpoints.
-/// Container namespaces' endpoints are not settled: their timeouts decide.
+/// `settling`: whose endpoints are settled against their kernel's socket table ([`settle`]).
 pub fn sweep(
     flows: &Flows,
     t: &Timeouts,
     inputs: &mut PortInputs,
-    settle: Option<&seed::Locals>,
+    settling: &Settling,
     report: &mut SweepReport,
 ) -> Changes {
     let start = Instant::now();
@@ -102,10 +133,12 @@ pub fn sweep(
     let now = monotonic_ns();
     let mut expired: Vec<(FlowKey, FlowRecord, Expired)> = Vec::new();
     let mut seen: Vec<PortEndpoint> = Vec::new();
+    // Client endpoints per destination: every flow `seen` takes, whatever its state.
+    let mut clients = Tally::default();
     let mut visited = 0u64;
-    // Host mode: host flows with a local endpoint the kernel may have let go of silently, or a
-    // pending midstream pickup, settled against the kernel's socket table below.
-    let mut unsettled: Vec<(FlowKey, FlowRecord)> = Vec::new();
+    // Flows with a local endpoint the kernel may have let go of silently, or a pending midstream
+    // pickup, settled against their namespace's socket table below, by scope.
+    let mut unsettled: BTreeMap<u32, Vec<(FlowKey, FlowRecord)>> = BTreeMap::new();
     // Tap mode: endpoints whose own timeout ran out while their peer's did not.
     let mut ended: Vec<(FlowKey, FlowRecord, Side)> = Vec::new();
     let mut confirmed: Vec<(FlowKey, FlowRecord)> = Vec::new();
@@ -117,60 +150,93 @@ pub fn sweep(
     } else {
         settle::Round::Due
     };
-    let rule = settle.map(|locals| settle::Rule {
+    let container_locals = seed::Locals::container();
+    let rule_for = |locals| settle::Rule {
         locals,
         fin_wait2: t.fin_wait2,
         round,
-    });
+    };
+    let host_rule = settling.host.as_ref().map(rule_for);
+    let container_rule = rule_for(&container_locals);
+    let rule_of = |scope: u32| {
+        if scope == scope::HOST {
+            host_rule.as_ref()
+        } else if settling.containers.contains_key(&scope) {
+            Some(&container_rule)
+        } else {
+            None
+        }
+    };
     flows.walk(&mut dead, |_, key, rec| {
         visited += 1;
-        let settles = rule.as_ref().filter(|_| key.scope == scope::HOST);
+        let settles = rule_of(key.scope);
         // A flow this walk expires is not in the figures it serves.
         if let Some(why) = expiry::decide_with(&rec, now, t, settles.is_some()) {
             return expired.push((key, rec, why));
         }
         if let Some(rule) = settles {
             if settle::candidate(&key, &rec, now, rule) {
-                return unsettled.push((key, rec));
+                return unsettled.entry(key.scope).or_default().push((key, rec));
             }
         }
         if let Some(side) = expiry::ended_side(&rec, now, t) {
             ended.push((key, rec, side));
         }
         seen.extend(ports::endpoints(&key, &rec, now));
+        clients.add(&key, &rec);
     });
-    let settling = thread_cpu();
-    if let (Some(rule), false) = (&rule, unsettled.is_empty()) {
+    let settle_started = thread_cpu();
+    for (scope, flows_of) in unsettled {
+        let Some(rule) = rule_of(scope) else {
+            continue;
+        };
         // Dumped after the walk: an endpoint the walk read that the dump lacks was let go of by
         // the kernel (every change below re-checks that no segment moved the flow meanwhile).
-        let states = unsettled.iter().fold(0, |m, (key, rec)| {
+        let states = flows_of.iter().fold(0, |m, (key, rec)| {
             m | settle::states_needed(key, rec, now, rule)
         });
-        match sockdiag::dump(states) {
+        match settling.dump(scope, states) {
             Ok(sockets) => {
                 let kernel = seed::kernel_states(&sockets, rule.locals);
                 let mut gone = Vec::new();
-                for (key, rec) in unsettled {
-                    match settle::verdict(&key, &rec, now, &kernel, rule) {
-                        Settled::Keep => seen.extend(ports::endpoints(&key, &rec, now)),
+                for (key, rec) in flows_of {
+                    // The kernel's table knows no scopes: a container's keys are compared as the
+                    // host's (seed::kernel_states keys them so).
+                    let unscoped = key.in_scope(scope::HOST);
+                    match settle::verdict(&unscoped, &rec, now, &kernel, rule) {
+                        Settled::Keep => {
+                            seen.extend(ports::endpoints(&key, &rec, now));
+                            clients.add(&key, &rec);
+                        }
                         Settled::Gone(why) => gone.push((key, rec, why)),
                         Settled::Confirm => confirmed.push((key, rec)),
                     }
                 }
-                settle_gone(gone, now, rule, &mut expired, &mut seen);
+                let again = |states| settling.dump(scope, states);
+                settle_gone(
+                    gone,
+                    now,
+                    rule,
+                    again,
+                    &mut expired,
+                    &mut seen,
+                    &mut clients,
+                );
             }
             Err(e) => {
-                warn!(error = %e, "cannot read the kernel's socket table to settle endpoints");
+                warn!(error = %e, scope, "cannot read the kernel's socket table to settle endpoints");
                 // Unsettled this time: counted as they stand.
-                for (key, rec) in unsettled {
+                for (key, rec) in flows_of {
                     seen.extend(ports::endpoints(&key, &rec, now));
+                    clients.add(&key, &rec);
                 }
             }
         }
     }
-    if rule.is_some() && round == settle::Round::Quiet {
+    let settles_any = settling.host.is_some() || !settling.containers.is_empty();
+    if settles_any && round == settle::Round::Quiet {
         report.round_ns = now;
-        report.round_cpu = thread_cpu().saturating_sub(settling);
+        report.round_cpu = thread_cpu().saturating_sub(settle_started);
     }
     let mut changes = Changes::default();
     // Written back only when the word is still the one the walk read (compare-and-swap), so a
@@ -184,9 +250,11 @@ pub fn sweep(
         if flows.rewrite(&key, rec.word, &new) {
             changes.confirmed.push((key, w));
             seen.extend(ports::endpoints(&key, &new, now));
+            clients.add(&key, &new);
         }
     }
     survey(inputs, report, seen);
+    survey_clients(inputs, report, clients);
     for (key, rec, why) in expired {
         // A segment may have moved the flow since the walk read it: then it stays for the next
         // walk to judge again.
@@ -224,8 +292,10 @@ fn settle_gone(
     gone: Vec<(FlowKey, FlowRecord, Expired)>,
     now: u64,
     rule: &settle::Rule,
+    dump: impl FnOnce(u32) -> std::io::Result<Vec<sockdiag::Socket>>,
     expired: &mut Vec<(FlowKey, FlowRecord, Expired)>,
     seen: &mut Vec<PortEndpoint>,
+    clients: &mut Tally,
 ) {
     if gone.is_empty() {
         return;
@@ -233,10 +303,13 @@ fn settle_gone(
     let states = gone.iter().fold(0, |m, (key, rec, _)| {
         m | settle::states_needed(key, rec, now, rule)
     });
-    let again = match sockdiag::dump(states) {
+    let again = match dump(states) {
         Ok(sockets) => seed::kernel_states(&sockets, rule.locals),
         Err(e) => {
             warn!(error = %e, "cannot read the kernel's socket table again to settle endpoints");
+            for (key, rec, _) in &gone {
+                clients.add(key, rec);
+            }
             return seen.extend(
                 gone.iter()
                     .flat_map(|(key, rec, _)| ports::endpoints(key, rec, now)),
@@ -244,9 +317,12 @@ fn settle_gone(
         }
     };
     for (key, rec, why) in gone {
-        match settle::verdict(&key, &rec, now, &again, rule) {
+        match settle::verdict(&key.in_scope(scope::HOST), &rec, now, &again, rule) {
             Settled::Gone(_) => expired.push((key, rec, why)),
-            Settled::Keep | Settled::Confirm => seen.extend(ports::endpoints(&key, &rec, now)),
+            Settled::Keep | Settled::Confirm => {
+                seen.extend(ports::endpoints(&key, &rec, now));
+                clients.add(&key, &rec);
+            }
         }
     }
 }
@@ -275,11 +351,41 @@ fn survey(inputs: &mut PortInputs, report: &mut SweepReport, seen: Vec<PortEndpo
                 }
             }
         }
+        if let (scope::HOST, Some(counts)) = (sc, &inputs.retransmits) {
+            for (label, fig) in survey.ports.iter_mut() {
+                if let Ok(port) = label.parse::<u16>() {
+                    fig.syn_retransmits = counts.get(Retransmit::Syn, port);
+                    fig.synack_retransmits = counts.get(Retransmit::SynAck, port);
+                }
+            }
+        }
         surveys.insert(sc, survey);
         labelled.insert(sc, labels);
     }
     report.ports = surveys;
     inputs.labelled = labelled;
+}
+
+/// Client endpoints per destination of every watched scope, with its port range.
+fn survey_clients(inputs: &mut PortInputs, report: &mut SweepReport, clients: Tally) {
+    let mut clients = clients.by_scope();
+    let mut out = BTreeMap::new();
+    let mut labelled = BTreeMap::new();
+    for &sc in inputs.listeners.keys() {
+        let counts = clients.remove(&sc).unwrap_or_default();
+        let kept = inputs.destinations.remove(&sc).unwrap_or_default();
+        let labels = destinations::choose_labels(&kept, &counts, inputs.port_labels);
+        out.insert(
+            sc,
+            ClientPorts {
+                in_use: destinations::in_use(&counts, &labels),
+                range_size: inputs.port_ranges.get(&sc).copied(),
+            },
+        );
+        labelled.insert(sc, labels);
+    }
+    report.clients = out;
+    inputs.destinations = labelled;
 }
 
 #[cfg(test)]

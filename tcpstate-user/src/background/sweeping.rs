@@ -1,4 +1,5 @@
-//! The sweeper's thread: before each walk it refreshes every watched namespace's listeners, then
+//! The sweeper's thread: before each walk it refreshes every watched namespace's listeners (and,
+//! once a minute, its ephemeral port range), then
 //! walks the table ([`sweeper::sweep`]), books what the walk changed and publishes its report for
 //! the scrape, and pauses so that walking stays within its share of a CPU.
 
@@ -8,10 +9,11 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, PoisonError,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tcpstate_common::scope;
+use tracing::debug;
 
 use crate::{
     background::{
@@ -19,11 +21,10 @@ use crate::{
         expiry::{Expired, Timeouts},
         ports::AcceptQueue,
         report::SweepReport,
-        seed,
-        sweeper::{self, PortInputs},
+        sweeper::{self, PortInputs, Settling},
     },
     bpf::tables::Flows,
-    sockets::sockdiag,
+    sockets::{portrange::PortRange, sockdiag},
 };
 
 /// The sweeper and what it works with.
@@ -33,8 +34,9 @@ pub struct Sweeper {
     /// The pause between walks (stretched when a walk is long, see [`sweeper::pause_after`]).
     pub interval: Duration,
     pub ports: PortInputs,
-    /// Host mode's local addresses, settled against the host's socket table; `None` in tap mode.
-    pub settle: Option<seed::Locals>,
+    /// Whose endpoints are settled against their kernel's socket table: the host's local
+    /// addresses (host mode), and each watched container namespace (kept current each walk).
+    pub settling: Settling,
     /// What the scrape and the watcher share with the sweeper.
     pub shared: Arc<Mutex<Shared>>,
 }
@@ -46,14 +48,16 @@ impl Sweeper {
             .name("sweeper".into())
             .spawn(move || {
                 let mut report = SweepReport::default();
+                let mut range_reads = RangeReads::default();
                 while !stop.load(Ordering::Relaxed) {
                     self.refresh_listeners();
+                    self.refresh_port_ranges(&mut range_reads);
                     let rounds_before = report.round_ns;
                     let changes = sweeper::sweep(
                         &self.flows,
                         &self.timeouts,
                         &mut self.ports,
-                        self.settle.as_ref(),
+                        &self.settling,
                         &mut report,
                     );
                     let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
@@ -97,7 +101,7 @@ impl Sweeper {
             .scopes
             .clone();
         let mut listening = BTreeMap::new();
-        let host = if self.settle.is_some() {
+        let host = if self.settling.host.is_some() {
             sockdiag::dump_listening()
                 .map(|l| accept_queues(&l))
                 .unwrap_or_default()
@@ -105,6 +109,11 @@ impl Sweeper {
             Default::default()
         };
         listening.insert(scope::HOST, host);
+        self.settling.containers = view
+            .scopes
+            .iter()
+            .filter_map(|s| Some((s.scope, s.diag.clone()?)))
+            .collect();
         for s in &view.scopes {
             let l = s
                 .diag
@@ -116,7 +125,62 @@ impl Sweeper {
         }
         self.ports.listeners = listening;
     }
+
+    /// Each namespace's ephemeral port range (tcpstate_client_port_range_size), read when the
+    /// namespace is new and then at most once every [`PORT_RANGE_EVERY`]. The host's is the
+    /// daemon's own namespace's, in host mode only (a tap port's endpoints are other hosts').
+    fn refresh_port_ranges(&mut self, reads: &mut RangeReads) {
+        let mut scopes: Vec<(u32, Option<Arc<PortRange>>)> = Vec::new();
+        if self.settling.host.is_some() {
+            scopes.push((scope::HOST, None));
+        }
+        scopes.extend(
+            self.shared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .scopes
+                .scopes
+                .iter()
+                .filter_map(|s| Some((s.scope, Some(s.port_range.clone()?)))),
+        );
+        let now = Instant::now();
+        let live: std::collections::BTreeSet<u32> = scopes.iter().map(|(s, _)| *s).collect();
+        reads.0.retain(|sc, _| live.contains(sc));
+        let ranges = &mut self.ports.port_ranges;
+        ranges.retain(|sc, _| live.contains(sc));
+        for (sc, files) in scopes {
+            if reads
+                .0
+                .get(&sc)
+                .is_some_and(|t| now.duration_since(*t) < PORT_RANGE_EVERY)
+            {
+                continue;
+            }
+            reads.0.insert(sc, now);
+            let size = match files {
+                Some(f) => f.size(),
+                None => PortRange::open().and_then(|f| f.size()),
+            };
+            match size {
+                Ok(n) => {
+                    ranges.insert(sc, n);
+                }
+                Err(e) => {
+                    debug!(error = %e, scope = sc, "cannot read the ephemeral port range");
+                    ranges.remove(&sc);
+                }
+            }
+        }
+    }
 }
+
+/// How often a namespace's port range is read again: it changes only when someone writes the
+/// sysctl, and a walk runs every second.
+const PORT_RANGE_EVERY: Duration = Duration::from_secs(60);
+
+/// When each scope's port range was last read.
+#[derive(Default)]
+struct RangeReads(BTreeMap<u32, Instant>);
 
 /// Sleeps in short steps so shutdown is prompt.
 fn sleep_unless_stopped(pause: Duration, stop: &AtomicBool) {

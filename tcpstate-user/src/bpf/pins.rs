@@ -17,6 +17,7 @@ pub fn remove(dir: &Path) -> anyhow::Result<()> {
         tcpstate_common::scope::SCOPE_INFO,
         maps::SETTINGS,
         maps::SYN_COOKIES,
+        maps::RETRANSMITS,
     ] {
         let p = dir.join(name);
         if p.exists() {

@@ -7,6 +7,7 @@ use tcpstate_common::{
     counters::idx,
     maps::{self, Settings, TableCounters, UserCounters},
     scope::{self, ScopeInfo},
+    state::Retransmit,
     table::Seed,
 };
 
@@ -293,5 +294,25 @@ impl SynCookies {
     /// One lookup per port asked for: the sweeper asks for the labelled ones only.
     pub fn get(&self, port: u16) -> u64 {
         self.0.get(&u32::from(port), 0).unwrap_or(0)
+    }
+}
+
+/// SYNs and SYN-ACKs sent again to and by local servers, by server port (the kernel's per-port
+/// counts; the host's only).
+pub struct Retransmits(Array<MapData, u64>);
+
+impl Retransmits {
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> anyhow::Result<Retransmits> {
+        Ok(Retransmits(Array::try_from(take(
+            ebpf,
+            maps::RETRANSMITS,
+        )?)?))
+    }
+
+    /// One lookup per port and kind asked for: the sweeper asks for the labelled ports only.
+    pub fn get(&self, kind: Retransmit, port: u16) -> u64 {
+        self.0
+            .get(&maps::retransmit_slot(kind, port), 0)
+            .unwrap_or(0)
     }
 }

@@ -157,7 +157,8 @@ pub struct RunArgs {
     /// CLOSE_WAIT age past which an endpoint counts as leaked (tcpstate_close_wait_leaked).
     #[arg(long, env = "TCPSTATE_CLOSE_WAIT_LEAK_AFTER", default_value = "60s")]
     pub close_wait_leak_after: Duration,
-    /// Most ports given their own `port` label; the others are reported as port="other".
+    /// Most ports given their own `port` label, and most destinations their own `destination`
+    /// label (per namespace); the others are reported as port="other" / destination="other".
     #[arg(long, env = "TCPSTATE_PORT_LABELS", default_value_t = 32)]
     pub port_labels: usize,
     #[command(flatten)]
@@ -262,6 +263,10 @@ pub struct FlowsArgs {
     /// Only flows with an endpoint in its state for longer than this (e.g. 5m).
     #[arg(long)]
     pub older_than: Option<Duration>,
+    /// Only flows whose client connects to this address, and port if given (ADDR, ADDR:PORT,
+    /// [IPV6]:PORT): the connections behind one tcpstate_client_ports_in_use series.
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub destination: Option<crate::inspect::flows::Destination>,
     #[command(flatten)]
     pub containers: ContainerFilter,
     #[command(flatten)]
@@ -324,6 +329,9 @@ pub struct ReplayArgs {
     /// Only flows with an endpoint in its state for longer than this (e.g. 5m).
     #[arg(long)]
     pub older_than: Option<Duration>,
+    /// Only flows whose client connects to this address, and port if given (as `flows`).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub destination: Option<crate::inspect::flows::Destination>,
     /// Flows the table holds at most (as `run --max-flows`).
     #[arg(long, default_value_t = 131_072)]
     pub max_flows: u32,
@@ -333,7 +341,7 @@ pub struct ReplayArgs {
     /// CLOSE_WAIT age past which an endpoint counts as leaked (in --metrics).
     #[arg(long, default_value = "60s")]
     pub close_wait_leak_after: Duration,
-    /// Most ports given their own `port` label (in --metrics).
+    /// Most ports (and destinations) given their own label (in --metrics).
     #[arg(long, default_value_t = 32)]
     pub port_labels: usize,
     /// The daemon's timeouts, applied in capture time (same names and defaults as `run`).

@@ -241,6 +241,7 @@ impl FlowsArgs {
             port: self.port,
             address: self.address,
             older_than: self.older_than.map(|d| d.0),
+            destination: self.destination,
             container: self.containers.container.clone(),
             pod: self.containers.pod.clone(),
         }
@@ -310,6 +311,7 @@ impl ReplayArgs {
             port: a.port,
             address: a.address,
             older_than: a.older_than.map(|d| d.0),
+            destination: a.destination,
             close_wait_leak_after: a.close_wait_leak_after.0,
             port_labels: a.port_labels,
         })

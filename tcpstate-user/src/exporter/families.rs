@@ -4,12 +4,14 @@
 use tcpstate_common::{
     counters::{idx, Hook, RstDirection, UntrackedReason, HANDSHAKE_BOUNDS_NS},
     packet::SkipReason,
-    state::{FastOpen, InvalidReason, Opening},
+    state::{FastOpen, InvalidReason, Opening, Retransmit},
     Role, TcpState,
 };
 
-use super::family::{connections, counter, gauge, merged_ports, per_reason, Family, Group, Scrape};
-use crate::background::ports::{Survey, OTHER};
+use super::family::{
+    connections, counter, gauge, merged_clients, merged_ports, per_reason, Family, Group, Scrape,
+};
+use crate::background::ports::{PortFigures, Survey, OTHER};
 
 /// The endpoint gauges: `tcpstate_connections`.
 pub fn endpoints(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
@@ -193,9 +195,9 @@ pub fn table(s: &Scrape, _groups: &[Group], out: &mut Vec<Family>) {
     );
 }
 
-/// Per-port figures from the background walk: leaks, backlogs, accept queues, SYN cookies.
+/// Per-port figures from the background walk: leaks, backlogs, accept queues, SYN cookies,
+/// handshakes sent again.
 pub fn ports(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
-    let t = s.totals;
     let surveys: Vec<(&Group, Survey)> = groups
         .iter()
         .map(|g| (g, merged_ports(s.sweep, g)))
@@ -238,14 +240,55 @@ pub fn ports(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
         "tcpstate_syn_cookies_sent_total",
         "SYN-ACKs a local listener sent from a SYN cookie (its SYN queue was full; the kernel keeps no state for these until the ACK returns the cookie), by local port (a container's as one total under port=\"other\"). Host mode and containers: told apart by the socket a cookie SYN-ACK lacks.",
     );
-    // The host's per port; a container's as one total (the per-port map is the host's alone).
+    kernel_per_port(&mut f, s, &surveys, idx::SYN_COOKIES, |fig| fig.syn_cookies);
+    out.push(f);
+
+    let mut f = counter(
+        "tcpstate_syn_retransmits_total",
+        "SYNs a client sent again (same ISN) to a local server with no SYN-ACK between: the listener dropped them (SYN queue or accept queue full) or they were lost on the way, by local port (a container's as one total under port=\"other\").",
+    );
+    kernel_per_port(
+        &mut f,
+        s,
+        &surveys,
+        idx::retransmits(Retransmit::Syn),
+        |fig| fig.syn_retransmits,
+    );
+    out.push(f);
+    let mut f = counter(
+        "tcpstate_synack_retransmits_total",
+        "SYN-ACKs a local server sent again (same ISN): the listener dropped the final ACK (accept queue full), or the SYN-ACK or the final ACK was lost, or the client resent its SYN, by local port (a container's as one total under port=\"other\").",
+    );
+    kernel_per_port(
+        &mut f,
+        s,
+        &surveys,
+        idx::retransmits(Retransmit::SynAck),
+        |fig| fig.synack_retransmits,
+    );
+    out.push(f);
+}
+
+/// A counter the kernel keeps per port for the host (a per-port map, read by the walk for the
+/// labelled ports) and per scope in counter `slot`: the host's labelled ports, its `other` as
+/// the total less those; a container's as one total under `port="other"` (the per-port maps are
+/// the host's alone).
+fn kernel_per_port(
+    f: &mut Family,
+    s: &Scrape,
+    surveys: &[(&Group, Survey)],
+    slot: u32,
+    value: impl Fn(&PortFigures) -> u64,
+) {
+    let t = s.totals;
     if let Some((g, survey)) = surveys.iter().find(|(g, _)| g.scopes.contains(&0)) {
-        let total = t.slot(idx::SYN_COOKIES);
+        let total = t.slot(slot);
         let mut labelled = 0u64;
         for (port, fig) in &survey.ports {
             if port != OTHER {
-                labelled = labelled.saturating_add(fig.syn_cookies);
-                f.sample(&g.with(&[("port", port)]), fig.syn_cookies as f64);
+                let v = value(fig);
+                labelled = labelled.saturating_add(v);
+                f.sample(&g.with(&[("port", port)]), v as f64);
             }
         }
         f.sample(
@@ -254,10 +297,32 @@ pub fn ports(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
         );
     }
     for (g, _) in surveys.iter().filter(|(g, _)| !g.scopes.contains(&0)) {
-        let v = g.sum(|sc| t.scoped(sc, idx::SYN_COOKIES));
+        let v = g.sum(|sc| t.scoped(sc, slot));
         f.scoped_sample(g, &[("port", OTHER)], v as f64);
     }
-    out.push(f);
+}
+
+/// Ephemeral port pressure from the background walk: client endpoints per destination, and each
+/// scope's port range to compare them with.
+pub fn clients(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
+    let mut in_use = gauge(
+        "tcpstate_client_ports_in_use",
+        "Local client endpoints in any state (TIME_WAIT included), each holding a source port, by destination address and port (the busiest destinations, as many as --port-labels; the rest summed as other). connect() to a destination fails with EADDRNOTAVAIL once its count reaches tcpstate_client_port_range_size.",
+    );
+    let mut range = gauge(
+        "tcpstate_client_port_range_size",
+        "Source ports connect() picks from in the namespace: net.ipv4.ip_local_port_range less net.ipv4.ip_local_reserved_ports (IPv6 uses the same range), read at most once a minute. Host mode and container namespaces.",
+    );
+    for g in groups {
+        let (by_destination, size) = merged_clients(s.sweep, g);
+        for (dest, n) in &by_destination {
+            in_use.scoped_sample(g, &[("destination", dest)], *n as f64);
+        }
+        if let Some(size) = size {
+            range.sample(&g.with(&[]), size as f64);
+        }
+    }
+    out.extend([in_use, range]);
 }
 
 /// Container mode's own bookkeeping.

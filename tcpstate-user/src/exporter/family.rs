@@ -91,6 +91,8 @@ pub fn merged_ports(sweep: &SweepReport, g: &Group) -> Survey {
             m.oldest_s = m.oldest_s.max(fig.oldest_s);
             m.syn_backlog += fig.syn_backlog;
             m.syn_cookies += fig.syn_cookies;
+            m.syn_retransmits += fig.syn_retransmits;
+            m.synack_retransmits += fig.synack_retransmits;
             m.accept = match (m.accept, fig.accept) {
                 (Some(a), Some(b)) => Some(crate::background::ports::AcceptQueue {
                     length: a.length + b.length,
@@ -101,6 +103,26 @@ pub fn merged_ports(sweep: &SweepReport, g: &Group) -> Survey {
         }
     }
     out
+}
+
+/// The client endpoints per destination of a group, summed by destination label, and its port
+/// range: the sum of its scopes' known ranges (each pod has its own source address and range, so
+/// a group's capacity towards one destination is their sum), `None` when none is known.
+pub fn merged_clients(
+    sweep: &SweepReport,
+    g: &Group,
+) -> (std::collections::BTreeMap<String, u64>, Option<u64>) {
+    let mut in_use = std::collections::BTreeMap::new();
+    let mut range: Option<u64> = None;
+    for c in g.scopes.iter().filter_map(|sc| sweep.clients.get(sc)) {
+        for (dest, n) in &c.in_use {
+            *in_use.entry(dest.clone()).or_insert(0) += n;
+        }
+        if let Some(size) = c.range_size {
+            range = Some(range.unwrap_or(0) + u64::from(size));
+        }
+    }
+    (in_use, range)
 }
 
 pub struct Family(pub MetricFamily);

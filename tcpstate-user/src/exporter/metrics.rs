@@ -23,6 +23,7 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
         families::handshakes,
         families::table,
         families::ports,
+        families::clients,
         families::containers,
         families::daemon,
     ] {
@@ -78,6 +79,19 @@ pub fn idle<T>(containers: bool, f: impl FnOnce(&Scrape) -> T) -> T {
             Default::default(),
         );
     }
+    // One destination and a port range, so the client port families appear with their labels.
+    for scope in 0..scopes {
+        let mut in_use = std::collections::BTreeMap::new();
+        in_use.insert("0.0.0.0:0".to_string(), 0);
+        in_use.insert(crate::background::ports::OTHER.to_string(), 0);
+        sweep.clients.insert(
+            scope,
+            crate::background::destinations::ClientPorts {
+                in_use,
+                range_size: Some(0),
+            },
+        );
+    }
     let attached = [Attached {
         iface: "eth0".into(),
         hook: "tc_ingress",
@@ -95,6 +109,7 @@ pub fn idle<T>(containers: bool, f: impl FnOnce(&Scrape) -> T) -> T {
                     ..Default::default()
                 },
                 diag: None,
+                port_range: None,
             }],
             refused_total: 0,
             interfaces: 1,

@@ -25,6 +25,8 @@ pub struct Query {
     pub port: Option<u16>,
     pub address: Option<std::net::IpAddr>,
     pub older_than: Option<std::time::Duration>,
+    /// Only flows whose client connects to this address (and port).
+    pub destination: Option<Destination>,
     /// Only endpoints in this container or pod.
     pub container: Option<String>,
     pub pod: Option<String>,
@@ -98,6 +100,7 @@ pub fn flows(args: &Query) -> anyhow::Result<()> {
         args.port,
         args.address,
         args.older_than,
+        args.destination,
     )?;
     let mut all = Vec::new();
     flows.for_each(|key, rec| {
@@ -167,12 +170,56 @@ pub fn flows(args: &Query) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `--state/--port/--address/--older-than` filters of `tcpstate flows` (and `replay`).
+/// `--destination ADDR[:PORT]`: where a flow's client connects to (the server's end), as
+/// `tcpstate_client_ports_in_use` labels it. IPv6 with a port in brackets: `[2001:db8::1]:443`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub addr: std::net::IpAddr,
+    pub port: Option<u16>,
+}
+
+impl std::str::FromStr for Destination {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Destination, String> {
+        let bad = || format!("{s:?} is not ADDR or ADDR:PORT (IPv6 as [ADDR]:PORT)");
+        // A bare address (IPv6 has colons of its own), then [v6] or [v6]:port, then v4:port.
+        if let Ok(addr) = s.parse() {
+            return Ok(Destination { addr, port: None });
+        }
+        if let Some(rest) = s.strip_prefix('[') {
+            let (addr, after) = rest.split_once(']').ok_or_else(bad)?;
+            let addr = addr.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .and_then(|p| p.parse().ok())
+                        .ok_or_else(bad)?,
+                ),
+            };
+            return Ok(Destination {
+                addr: addr.into(),
+                port,
+            });
+        }
+        let (addr, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        Ok(Destination {
+            addr: std::net::IpAddr::V4(addr.parse().map_err(|_| bad())?),
+            port: Some(port.parse().map_err(|_| bad())?),
+        })
+    }
+}
+
+/// The `--state/--port/--address/--older-than/--destination` filters of `tcpstate flows` (and
+/// `replay`).
 pub(crate) struct Filter {
     state: Option<TcpState>,
     port: Option<u16>,
     address: Option<[u32; 4]>,
     older_than_s: Option<f64>,
+    /// The server end's address words and port, if given.
+    destination: Option<([u32; 4], Option<u16>)>,
 }
 
 impl Filter {
@@ -181,6 +228,7 @@ impl Filter {
         port: Option<u16>,
         address: Option<std::net::IpAddr>,
         older_than: Option<std::time::Duration>,
+        destination: Option<Destination>,
     ) -> anyhow::Result<Filter> {
         let state = match state {
             Some(s) => Some(
@@ -196,6 +244,7 @@ impl Filter {
             port,
             address: address.map(FlowKey::addr_words),
             older_than_s: older_than.map(|d| d.as_secs_f64()),
+            destination: destination.map(|d| (FlowKey::addr_words(d.addr), d.port)),
         })
     }
 
@@ -209,6 +258,10 @@ impl Filter {
             && self
                 .older_than_s
                 .is_none_or(|d| [Side::A, Side::B].iter().any(|&s| v.age_s(s, now) > d))
+            && self.destination.is_none_or(|(addr, port)| {
+                let server = w.client().other().index();
+                v.key.addr[server] == addr && port.is_none_or(|p| v.key.port[server] == p)
+            })
     }
 }
 
@@ -220,4 +273,58 @@ pub fn cleanup(dir: &Path) -> anyhow::Result<()> {
     crate::bpf::pins::remove(dir)?;
     println!("removed {}", dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_read_as_the_client_ports_labels_write_them() {
+        let d = |s: &str| s.parse::<Destination>();
+        let v4: std::net::IpAddr = "10.96.0.10".parse().unwrap();
+        let v6: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            d("10.96.0.10:443"),
+            Ok(Destination {
+                addr: v4,
+                port: Some(443)
+            })
+        );
+        assert_eq!(
+            d("10.96.0.10"),
+            Ok(Destination {
+                addr: v4,
+                port: None
+            })
+        );
+        assert_eq!(
+            d("[2001:db8::1]:443"),
+            Ok(Destination {
+                addr: v6,
+                port: Some(443)
+            })
+        );
+        // A bare IPv6 address has colons of its own: no port.
+        for s in ["2001:db8::1", "[2001:db8::1]"] {
+            assert_eq!(
+                d(s),
+                Ok(Destination {
+                    addr: v6,
+                    port: None
+                }),
+                "{s}"
+            );
+        }
+        for bad in [
+            "",
+            "10.96.0.10:",
+            "10.96.0.10:70000",
+            "[2001:db8::1]443",
+            "host:80",
+            "[10.0.0.1]:80",
+        ] {
+            assert!(d(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

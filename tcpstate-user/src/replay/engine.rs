@@ -3,12 +3,12 @@
 //! the sweeper's expiry rules applied as that clock advances.
 
 use tcpstate_common::{
-    counters::{for_each_delta, idx, Hook},
+    counters::{for_each_delta, idx, retransmitted, Hook},
     flow::{flowflags, FlowKey, FlowRecord},
     maps::{Config, TableCounters, UserCounters},
     packet::{Parsed, TcpPacket},
     pipeline::{open_new, opened_deltas, update_into, NotOpened, View},
-    state::{Handshake, Step},
+    state::{Handshake, Retransmit, Step},
     tcp::{flags::*, Segment},
     Role,
 };
@@ -113,11 +113,21 @@ pub struct Extra {
     pub peak_flows: u64,
 }
 
+/// Retransmitted handshake segments of one server port ([`Table::retransmits`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRetransmits {
+    pub syn: u64,
+    pub synack: u64,
+}
+
 /// The table, its counters and its clock.
 pub struct Table {
     pub flows: foldhash::HashMap<FlowKey, Entry>,
     /// The kernel's counter slots, summed (one CPU).
     pub slots: Vec<u64>,
+    /// Retransmitted SYNs and SYN-ACKs by server port, as the kernel's per-port map counts them
+    /// for the host (`maps::RETRANSMITS`).
+    pub retransmits: std::collections::BTreeMap<u16, PortRetransmits>,
     pub table: TableCounters,
     pub user: UserCounters,
     pub extra: Extra,
@@ -135,6 +145,7 @@ impl Table {
         Table {
             flows: foldhash::HashMap::default(),
             slots: vec![0; idx::COUNT as usize],
+            retransmits: Default::default(),
             table: TableCounters::default(),
             user: UserCounters::default(),
             extra: Extra::default(),
@@ -239,6 +250,16 @@ impl Table {
                 e.handshake = st.handshake;
             }
             for_each_delta(old, st, sender, |i, d| bump(slots, i, d));
+            if let Some(kind) = retransmitted(st) {
+                // The server's port: the side that did not send the first SYN.
+                let port = key.port[new.client().other().index()];
+                let n = self.retransmits.entry(port).or_default();
+                match kind {
+                    Retransmit::Syn => n.syn += 1,
+                    Retransmit::SynAck => n.synack += 1,
+                    Retransmit::None => {}
+                }
+            }
             if st.half_open_released {
                 self.table.half_open_released += 1;
             }

@@ -27,9 +27,9 @@ use tcpstate_common::{
 };
 
 use crate::{
-    background::{expiry::Timeouts, ports, report::SweepReport},
+    background::{destinations, expiry::Timeouts, ports, report::SweepReport},
     exporter::metrics::{self, Scrape},
-    inspect::flows::{Filter, FlowView},
+    inspect::flows::{Destination, Filter, FlowView},
 };
 
 use self::{
@@ -80,6 +80,7 @@ pub struct Request {
     pub port: Option<u16>,
     pub address: Option<std::net::IpAddr>,
     pub older_than: Option<std::time::Duration>,
+    pub destination: Option<Destination>,
     /// For `--metrics`: the leak threshold and how many ports get their own label.
     pub close_wait_leak_after: std::time::Duration,
     pub port_labels: usize,
@@ -117,6 +118,7 @@ pub fn run(args: &Request) -> anyhow::Result<()> {
         args.port,
         args.address,
         args.older_than,
+        args.destination,
     )
     .map_err(|e| ReplayError::Usage(e.to_string()))?;
     let what = args.file.display().to_string();
@@ -305,15 +307,43 @@ pub fn exposition(
         .iter()
         .flat_map(|(k, e)| ports::endpoints(k, &e.rec, now))
         .collect();
-    let labels = ports::choose_labels(&Default::default(), &seen, port_labels);
+    // A capture has no listeners to ask: the ports whose handshakes were sent again stand in
+    // for them, so they get a label of their own as a daemon's listening ports do.
+    let candidates = table.retransmits.keys().copied().collect();
+    let labels = ports::choose_labels(&candidates, &seen, port_labels);
+    let mut survey = ports::survey(&seen, &labels, leak_after.as_secs_f64(), &BTreeMap::new());
+    for (label, fig) in survey.ports.iter_mut() {
+        if let Some(n) = label
+            .parse::<u16>()
+            .ok()
+            .and_then(|p| table.retransmits.get(&p))
+        {
+            fig.syn_retransmits = n.syn;
+            fig.synack_retransmits = n.synack;
+        }
+    }
+    let mut clients = destinations::Tally::default();
+    for (k, e) in &table.flows {
+        clients.add(k, &e.rec);
+    }
+    let counts = clients
+        .by_scope()
+        .remove(&tcpstate_common::scope::HOST)
+        .unwrap_or_default();
+    let chosen = destinations::choose_labels(&Default::default(), &counts, port_labels);
     let sweep = SweepReport {
         duration: std::time::Duration::ZERO,
         cpu: std::time::Duration::ZERO,
         visited: table.flows.len() as u64,
         sweeps: table.extra.sweeps,
-        ports: BTreeMap::from([(
+        ports: BTreeMap::from([(tcpstate_common::scope::HOST, survey)]),
+        // The capturing host's port range is unknown: no tcpstate_client_port_range_size.
+        clients: BTreeMap::from([(
             tcpstate_common::scope::HOST,
-            ports::survey(&seen, &labels, leak_after.as_secs_f64(), &BTreeMap::new()),
+            destinations::ClientPorts {
+                in_use: destinations::in_use(&counts, &chosen),
+                range_size: None,
+            },
         )]),
         // A replay settles nothing: no settling rounds.
         ..SweepReport::default()

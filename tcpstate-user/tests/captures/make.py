@@ -197,6 +197,28 @@ def scenarios():
     write("timeouts.pcap", pkts)
 
 
+def listener_drops():
+    # A listener that drops connections, seen from the packets: on 8080 one client's SYN sent
+    # twice more before any SYN-ACK (its listener dropped them), another connection's SYN-ACK
+    # sent twice more after the final ACK (the listener dropped that ACK); on 9090 a connection
+    # with nothing sent again, and a client that tries once more with a new ISN (a new attempt).
+    a = Conv(cport=40001)
+    a.seg("c", "S")
+    a.seg("c", "S", seq=a.nxt["c"] - 1, dt=1.0)
+    a.seg("c", "S", seq=a.nxt["c"] - 1, dt=2.0)
+    a.seg("s", "SA"); a.seg("c", "A")
+    b = Conv(cport=40002, cisn=7000, sisn=9000).handshake()
+    b.seg("s", "SA", seq=b.nxt["s"] - 1, ack=b.nxt["c"], dt=1.0)
+    b.seg("s", "SA", seq=b.nxt["s"] - 1, ack=b.nxt["c"], dt=2.0)
+    c = Conv(cport=40003, sport=9090).handshake().data("c")
+    d = Conv(cport=40004, sport=9090, cisn=100)
+    d.seg("c", "S")
+    d.nxt["c"] += 5000
+    d.seg("c", "S", dt=1.0)
+    pkts = sorted(a.pkts + b.pkts + c.pkts + d.pkts, key=lambda p: p.time)
+    write("listener_drops.pcap", pkts)
+
+
 def formats():
     """The close_client_first connection in every link type and format; the closing FIN carries
     1000 bytes, so a reader that took the captured length for the payload would miss the ACK of
@@ -284,5 +306,6 @@ def pcapng_by_hand():
 
 if __name__ == "__main__":
     scenarios()
+    listener_drops()
     formats()
     pcapng_by_hand()

@@ -528,3 +528,53 @@ fn flapping_veths_leave_nothing_behind() {
     let warnings = log.lines().filter(|l| l.contains("WARN")).count();
     assert!(warnings <= 2, "warnings piled up:\n{log}");
 }
+
+/// Client ports per destination and the port range are each container's own: the range is read
+/// inside the container's namespace (narrowed in one, the default in the other), and the client
+/// endpoints in TIME_WAIT are counted in the container that holds them, equal to `ss` there.
+#[test]
+fn client_ports_and_port_ranges_are_each_containers_own() {
+    use crate::clientports::{churn, ss_clients_to};
+    let (h, dummy) = host();
+    bridge(&h, "tsbr1", None);
+    let c = container(&h, "c", "tsvc1", "tsbr1", "192.0.2.2/24");
+    let p = container(&h, "p", "tsvp1", "tsbr1", "192.0.2.1/24");
+    c.sysctl("net.ipv4.ip_local_port_range=40000 40499");
+    p.sysctl("net.ipv4.ip_local_port_range=32768 60999");
+    p.sysctl("net.ipv4.ip_local_reserved_ports=50000-50009");
+    let d = daemon(&h, &dummy, &[]);
+    wait_attached(&d, 2.0);
+    let _open = churn(&p, &c, "192.0.2.1:8090".parse().unwrap(), 120, 5);
+    let want = ss_clients_to(&c, "192.0.2.1:8090");
+    assert_eq!(want, 125);
+    fn series(ctr: &str) -> [(&str, &str); 3] {
+        [("namespace", ""), ("pod", ""), ("container", ctr)]
+    }
+    let m = d.wait_for_within(
+        "c's client ports to match ss",
+        Duration::from_secs(15),
+        |m| {
+            let [ns, pod, ctr] = series(&c.name);
+            m.try_get(
+                "tcpstate_client_ports_in_use",
+                &[("destination", "192.0.2.1:8090"), ns, pod, ctr],
+            ) == Some(want as f64)
+        },
+    );
+    assert_eq!(
+        m.get("tcpstate_client_port_range_size", &series(&c.name)),
+        500.0
+    );
+    assert_eq!(
+        m.get("tcpstate_client_port_range_size", &series(&p.name)),
+        (60999 - 32768 + 1 - 10) as f64,
+        "p's range less its reserved ports"
+    );
+    // The server container holds no client endpoint: its (zero) series are left out.
+    assert!(!m
+        .text
+        .lines()
+        .any(|l| l.starts_with("tcpstate_client_ports_in_use{")
+            && l.contains(&format!("container=\"{}\"", p.name))));
+    crate::harness::promtool_check(&d.raw_metrics());
+}

@@ -477,3 +477,69 @@ fn a_connection_the_kernel_ends_on_its_user_timeout_is_ended_within_seconds_of_s
         0.0
     );
 }
+
+/// The same silent end inside a container (container mode): its endpoints are settled against
+/// the container's own socket table, read through the sock_diag socket the daemon opened in its
+/// namespace. Two "containers" on a host bridge: the client's and the server's, whose namespace
+/// then drops everything from the client.
+#[test]
+fn a_containers_connection_the_kernel_ends_silently_is_settled_against_its_own_socket_table() {
+    let bridged = BridgedHost::new("10.98.0.1/24");
+    let attach = |tag: &str, host_if: &str, addr: &str| bridged.container(tag, host_if, addr);
+    let client = attach("client", "tscli0", "10.98.0.2/24");
+    let server = attach("server", "tssrv0", "10.98.0.3/24");
+    let d = bridged.daemon(&["--containers"]);
+    let label = format!("container=\"{}\"", client.name);
+    d.wait_for("the client's namespace watched", |m| {
+        m.text.contains(&label)
+    });
+    let l = listen_in(&server, "10.98.0.3:8083");
+    let mut c = connect_in(&client, "10.98.0.3", 8083);
+    let (mut s, _) = l.accept().unwrap();
+    exchange(&mut c, &mut s, b"hello");
+    set_user_timeout(&c, Duration::from_millis(1000));
+    // A second connection, idle and alive, that settling must keep (its socket is in the
+    // container's table, which knows no scopes: the flow key's scope is not the socket's).
+    let idle_l = listen_in(&server, "10.98.0.3:8084");
+    let _idle = connect_in(&client, "10.98.0.3", 8084);
+    let _idle_s = idle_l.accept().unwrap();
+    let tracked = |m: &Metrics| m.states_with(&label);
+    d.wait_for("the container's connections established", |m| {
+        tracked(m) == client.ss_states()
+    });
+    let _dark = NftTable::add(
+        &server,
+        "tse2e_dark",
+        "input",
+        &["ip", "saddr", "10.98.0.2", "drop"],
+    );
+    c.write_all(b"anyone there?").unwrap();
+    let gone = eventually(
+        "the container's kernel to end it on its user timeout",
+        Duration::from_secs(10),
+        || {
+            // The idle connection stays: one ESTABLISHED socket left.
+            let ss = client.ss_states();
+            if ss.values().sum::<i64>() == 1 {
+                Ok(Instant::now())
+            } else {
+                Err(format!("{ss:?}"))
+            }
+        },
+    );
+    d.wait_for_within(
+        "the tracker to end it in the container's scope",
+        Duration::from_secs(15),
+        |m| tracked(m).values().sum::<i64>() == 1,
+    );
+    let lag = gone.elapsed();
+    assert!(
+        lag <= Duration::from_secs(5),
+        "the tracker ended it {lag:?} after `ss` in the container showed it gone"
+    );
+    // Past a settling round of quiet endpoints: the idle one is still there, as in the kernel.
+    std::thread::sleep(Duration::from_secs(5));
+    let m = d.metrics();
+    assert_eq!(tracked(&m), client.ss_states(), "the idle connection kept");
+    assert_eq!(tracked(&m).get("established"), Some(&1));
+}

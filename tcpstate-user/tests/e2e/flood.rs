@@ -165,10 +165,15 @@ struct SmallListener(std::process::Child);
 
 impl SmallListener {
     fn start(ns: &Netns) -> SmallListener {
+        SmallListener::on(ns, 8080, SYN_QUEUE)
+    }
+
+    /// A listener on `port` with a listen() backlog of `backlog` that never calls accept().
+    fn on(ns: &Netns, port: u16, backlog: usize) -> SmallListener {
         use std::io::BufRead;
         let script = format!(
             "import socket, sys\n\
-             l = socket.socket(); l.bind(('0.0.0.0', 8080)); l.listen({SYN_QUEUE})\n\
+             l = socket.socket(); l.bind(('0.0.0.0', {port})); l.listen({backlog})\n\
              print('ready', flush=True); sys.stdin.read()"
         );
         let mut child = std::process::Command::new("ip")
@@ -327,23 +332,8 @@ fn connections_completed_by_a_syn_cookie_are_established_with_their_handshake() 
 /// forwarding), as the client namespace does above.
 #[test]
 fn a_containers_backlog_equals_its_syn_queue_under_a_flood_with_cookies() {
-    let h = Netns::new("host");
-    h.sysctl("net.ipv4.ip_forward=0");
-    h.ip(&["link", "add", "br0", "type", "bridge"]);
-    h.ip(&["addr", "add", "10.99.0.1/24", "dev", "br0"]);
-    h.ip(&["link", "set", "br0", "up"]);
-    let attach = |tag: &str, host_if: &str, addr: &str| {
-        let ns = Netns::new(tag);
-        sh(&[
-            "ip", "link", "add", host_if, "netns", &h.name, "type", "veth", "peer", "name", "eth0",
-            "netns", &ns.name,
-        ]);
-        h.ip(&["link", "set", host_if, "master", "br0", "up"]);
-        ns.ip(&["addr", "add", addr, "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    };
+    let bridged = BridgedHost::new("10.99.0.1/24");
+    let attach = |tag: &str, host_if: &str, addr: &str| bridged.container(tag, host_if, addr);
     let victim = attach("victim", "tsvic0", "10.99.0.2/24");
     let attacker = attach("attacker", "tsatt0", "10.99.0.3/24");
     attacker.sysctl("net.ipv4.ip_forward=0");
@@ -355,15 +345,7 @@ fn a_containers_backlog_equals_its_syn_queue_under_a_flood_with_cookies() {
         "10.99.0.3",
     ]);
     victim.sysctl("net.ipv4.tcp_syncookies=1");
-    let d = Daemon::start(
-        &h,
-        &["--containers"],
-        Opts {
-            listen: "127.0.0.1:9477",
-            scrape_from: None,
-            scope: None,
-        },
-    );
+    let d = bridged.daemon(&["--containers"]);
     let label = format!("container=\"{}\"", victim.name);
     d.wait_for("the victim watched", |m| m.text.contains(&label));
     let _listener = SmallListener::start(&victim);
@@ -425,4 +407,201 @@ fn a_containers_backlog_equals_its_syn_queue_under_a_flood_with_cookies() {
         .map(|(_, v)| *v)
         .sum::<f64>();
     assert_eq!(host_cookies, 0.0, "none of them is the host's");
+}
+
+/// Clients in `ns` connecting at once to `ip`:`port` (non-blocking, never waiting for the
+/// handshake), holding their sockets until dropped. Each delays its final ACK (TCP_QUICKACK off
+/// before connect(): tcp_rcv_synsent_state_process sends it with the delayed-ACK timer), so the
+/// SYNs all reach the listener before the first handshake completes: over a veth a handshake
+/// otherwise completes before the script sends its next SYN.
+struct ConnectingClients(std::process::Child);
+
+impl ConnectingClients {
+    fn start(ns: &Netns, ip: &str, port: u16, count: usize) -> ConnectingClients {
+        use std::io::BufRead;
+        let script = format!(
+            "import socket, sys\n\
+             socks = []\n\
+             for _ in range({count}):\n\
+             \x20   s = socket.socket(); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)\n\
+             \x20   s.setblocking(False); s.connect_ex(('{ip}', {port})); socks.append(s)\n\
+             print('ready', flush=True); sys.stdin.read()"
+        );
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        ConnectingClients(child)
+    }
+}
+
+impl Drop for ConnectingClients {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A listener with a listen() backlog of `backlog` that never accepts, `waiting` connections in
+/// its accept queue, and 20 clients connecting to it at once: the kernel drops what its full
+/// queues cannot take (ListenOverflows, ListenDrops), the clients send their SYNs again and the
+/// listener its SYN-ACKs for the final ACKs it dropped. Both counters must equal the
+/// retransmissions the two kernels counted (TcpExt TCPSynRetrans: the clients' SYNs, the server's
+/// SYN-ACKs) on that port, and stay 0 on every other: a listener on another port that accepts its
+/// connections has none. Returns (SYNs, SYN-ACKs) sent again.
+fn a_dropping_listener(backlog: usize, waiting: usize) -> (f64, f64) {
+    let p = Pair::new();
+    // Without cookies a full SYN queue drops SYNs too, as a full accept queue always does
+    // (tcp_conn_request): every client the listener turns away retries.
+    p.srv.sysctl("net.ipv4.tcp_syncookies=0");
+    let d = Daemon::host(&p, &["--sweep-interval", "100ms"]);
+    let full = SmallListener::on(&p.srv, 8080, backlog);
+    let busy = p.listen(SERVER_V4, 9090);
+    let mut served = Vec::new();
+    for i in 0..5u8 {
+        let mut c = p.connect(SERVER_V4, 9090);
+        let (mut s, _) = busy.accept().unwrap();
+        exchange(&mut c, &mut s, &[i; 10]);
+        served.push((c, s));
+    }
+    let kernel = || {
+        (
+            tcp_ext(&p.cli, "TCPSynRetrans"),
+            tcp_ext(&p.srv, "TCPSynRetrans"),
+        )
+    };
+    let (syn0, synack0) = kernel();
+    let (overflows0, drops0) = (
+        tcp_ext(&p.srv, "ListenOverflows"),
+        tcp_ext(&p.srv, "ListenDrops"),
+    );
+    let first: Vec<_> = (0..waiting).map(|_| p.connect(SERVER_V4, 8080)).collect();
+    let clients = ConnectingClients::start(&p.cli, SERVER_V4, 8080, 20);
+    // Linux resends a SYN after 1, 2, 3, 4 and 6 s (tcp_syn_linear_timeouts=4, then doubling),
+    // a SYN-ACK after 1, 3 and 7 s. Both ends stop before 10 s: the host forgets a SYN it never
+    // answered --closed-linger (10 s) after it came, and a SYN sent again after that opens a new
+    // flow rather than counting as one sent again.
+    std::thread::sleep(std::time::Duration::from_millis(8_000));
+    // The listener first: its request sockets stop resending SYN-ACKs (reqsk_timer_handler
+    // drops them once their listener is closed); then the clients.
+    drop(full);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(clients);
+    drop(first);
+    assert!(
+        tcp_ext(&p.srv, "ListenOverflows") > overflows0 && tcp_ext(&p.srv, "ListenDrops") > drops0,
+        "the listener dropped connections"
+    );
+    let m = d.wait_for("the retransmissions the kernels counted, on 8080", |m| {
+        let (syn, synack) = kernel();
+        m.try_get("tcpstate_syn_retransmits_total", &[("port", "8080")]) == Some(syn - syn0)
+            && m.try_get("tcpstate_synack_retransmits_total", &[("port", "8080")])
+                == Some(synack - synack0)
+    });
+    for port in ["9090", "other"] {
+        for family in [
+            "tcpstate_syn_retransmits_total",
+            "tcpstate_synack_retransmits_total",
+        ] {
+            assert_eq!(m.get(family, &[("port", port)]), 0.0, "{family} {port}");
+        }
+    }
+    drop(served);
+    (
+        m.get("tcpstate_syn_retransmits_total", &[("port", "8080")]),
+        m.get("tcpstate_synack_retransmits_total", &[("port", "8080")]),
+    )
+}
+
+#[test]
+fn a_listener_with_a_backlog_of_one_shows_the_syns_it_dropped_on_its_port_only() {
+    // One connection waits in the accept queue, the next fills it: every later SYN is dropped.
+    let (syn, synack) = a_dropping_listener(1, 1);
+    assert!(syn >= 18.0, "turned-away clients retried: {syn}");
+    eprintln!("backlog 1: {syn} SYNs, {synack} SYN-ACKs sent again");
+}
+
+#[test]
+fn a_full_accept_queue_drops_final_acks_and_the_listener_resends_its_synacks() {
+    // Eight connections wait in an accept queue with room for nine: the SYN queue takes
+    // handshakes the accept queue has no room for when their final ACKs come, and the listener
+    // drops those ACKs (tcp_check_req, listen_overflow) and resends its SYN-ACKs.
+    let (syn, synack) = a_dropping_listener(8, 8);
+    assert!(
+        synack >= 1.0,
+        "final ACKs dropped, SYN-ACKs sent again: {synack}"
+    );
+    assert!(syn >= 1.0, "SYNs dropped too: {syn}");
+    eprintln!("backlog 8: {syn} SYNs, {synack} SYN-ACKs sent again");
+}
+
+/// The same in a container (container mode): its handshakes sent again are counted in its scope,
+/// as one total under `port="other"` with its labels, equal to what its kernel and its clients'
+/// counted; the host's series stay 0.
+#[test]
+fn a_containers_dropping_listener_is_counted_in_its_scope() {
+    let bridged = BridgedHost::new("10.99.0.1/24");
+    let attach = |tag: &str, host_if: &str, addr: &str| bridged.container(tag, host_if, addr);
+    let server = attach("server", "tssrv0", "10.99.0.2/24");
+    let clients_ns = attach("clients", "tscli0", "10.99.0.3/24");
+    server.sysctl("net.ipv4.tcp_syncookies=0");
+    let d = bridged.daemon(&["--containers", "--sweep-interval", "100ms"]);
+    let label = format!("container=\"{}\"", server.name);
+    d.wait_for("the server watched", |m| m.text.contains(&label));
+    let listener = SmallListener::on(&server, 8080, 1);
+    let kernel = || {
+        (
+            tcp_ext(&clients_ns, "TCPSynRetrans"),
+            tcp_ext(&server, "TCPSynRetrans"),
+        )
+    };
+    let (syn0, synack0) = kernel();
+    let first = connect_in(&clients_ns, "10.99.0.2", 8080);
+    let clients = ConnectingClients::start(&clients_ns, "10.99.0.2", 8080, 20);
+    // Stopped before the flows of unanswered SYNs are forgotten (see a_dropping_listener).
+    std::thread::sleep(std::time::Duration::from_millis(8_000));
+    drop(listener);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(clients);
+    drop(first);
+    let scoped = |m: &Metrics, family: &str, container: &str| -> f64 {
+        m.samples
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with(&format!("{family}{{"))
+                    && k.contains(&format!("container=\"{container}\""))
+            })
+            .map(|(_, v)| *v)
+            .sum()
+    };
+    let m = d.wait_for(
+        "the container's retransmissions as its kernels counted",
+        |m| {
+            let (syn, synack) = kernel();
+            scoped(m, "tcpstate_syn_retransmits_total", &server.name) == syn - syn0
+                && scoped(m, "tcpstate_synack_retransmits_total", &server.name) == synack - synack0
+        },
+    );
+    let syn = scoped(&m, "tcpstate_syn_retransmits_total", &server.name);
+    assert!(syn >= 18.0, "turned-away clients retried: {syn}");
+    assert!(
+        m.text.contains(&format!(
+            "tcpstate_syn_retransmits_total{{port=\"other\",namespace=\"\",pod=\"\",{label}}}"
+        )),
+        "one total under port=\"other\" with the container's labels:\n{}",
+        m.text
+    );
+    for family in [
+        "tcpstate_syn_retransmits_total",
+        "tcpstate_synack_retransmits_total",
+    ] {
+        assert_eq!(scoped(&m, family, ""), 0.0, "none of them is the host's");
+    }
 }

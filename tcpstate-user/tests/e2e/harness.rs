@@ -259,6 +259,64 @@ impl Drop for Netns {
     }
 }
 
+/// A "host" namespace with a bridge `br0` holding `addr` (CIDR), and "containers" joined to it as
+/// Docker, podman and CNI join theirs: each a namespace whose eth0 is the peer of a veth that is a
+/// port of the bridge. Forwarding is off in the host, so what reaches it for no local address is
+/// dropped without an answer.
+pub struct BridgedHost {
+    pub host: Netns,
+}
+
+impl BridgedHost {
+    pub fn new(addr: &str) -> BridgedHost {
+        let host = Netns::new("host");
+        host.sysctl("net.ipv4.ip_forward=0");
+        host.ip(&["link", "add", "br0", "type", "bridge"]);
+        host.ip(&["addr", "add", addr, "dev", "br0"]);
+        host.ip(&["link", "set", "br0", "up"]);
+        BridgedHost { host }
+    }
+
+    /// A container on the bridge: `host_if` on the host's side, eth0 with `addr` (CIDR) inside.
+    pub fn container(&self, tag: &str, host_if: &str, addr: &str) -> Netns {
+        let ns = Netns::new(tag);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            host_if,
+            "netns",
+            &self.host.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns.name,
+        ]);
+        self.host
+            .ip(&["link", "set", host_if, "master", "br0", "up"]);
+        ns.ip(&["addr", "add", addr, "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A daemon in the host namespace with `args`, scraped over the host's lo.
+    pub fn daemon(&self, args: &[&str]) -> Daemon {
+        Daemon::start(
+            &self.host,
+            args,
+            Opts {
+                listen: "127.0.0.1:9477",
+                scrape_from: None,
+                scope: None,
+            },
+        )
+    }
+}
+
 /// Two namespaces, `srv` and `cli`, joined by a veth pair with IPv4 and IPv6 addresses.
 pub struct Pair {
     pub srv: Netns,

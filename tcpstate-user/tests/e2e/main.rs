@@ -5,6 +5,7 @@
 //! Needs root. Run with `cargo xtask test` (one test thread).
 
 mod backlog;
+mod clientports;
 mod containers;
 mod converge;
 mod fastopen;

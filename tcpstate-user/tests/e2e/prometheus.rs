@@ -224,6 +224,11 @@ fn prometheus_scrapes_the_leak_and_evaluates_the_rules_and_dashboard() {
     let client = p.connect(SERVER_V4, LEAK_PORT);
     let (_leaked, _) = listener.accept().unwrap();
     drop(client);
+    // A connection the daemon's namespace opens itself (to a listener in the client namespace):
+    // a client endpoint, so the client ports panel has a destination to show.
+    let outbound = listen_in(&p.cli, &format!("{CLIENT_V4}:5432"));
+    let _out = connect_in(&p.srv, CLIENT_V4, 5432);
+    let (_out_peer, _) = outbound.accept().unwrap();
 
     let port = LEAK_PORT.to_string();
     prom.wait_until("up{job=\"tcpstate\"} == 1", |pr| {

@@ -96,6 +96,8 @@ pub const ALERTS: &[&str] = &[
     "TcpstateSynQueueNearLimit",
     "TcpstateAcceptQueueNearLimit",
     "TcpstateSynCookiesSent",
+    "TcpstateListenerDrops",
+    "TcpstateClientPortsNearExhaustion",
     "TcpstateResetSpike",
     "TcpstateFlowTableNearFull",
     "TcpstateFlowsUntracked",

@@ -11,6 +11,8 @@
 //!   upper device demultiplexes them, and the parser reads VLAN tags.
 //! - **VRF: the enslaved devices.** What leaves through a VRF crosses the VRF device and then
 //!   the enslaved one.
+//! - **IFB: never.** An IFB device carries what a tc action redirected to it from another
+//!   interface (for shaping), where the segment was seen already.
 //! - **Encapsulation (VXLAN, GRE, WireGuard, IPsec) is no stack here:** the tunnel device carries
 //!   the inner TCP, the device below it only UDP, GRE or ESP, which the parser leaves alone.
 //! - **A container's veth** (its peer in another namespace) is container mode's when that is on;
@@ -62,6 +64,9 @@ pub enum Skip {
     Port { master: String },
     /// A VRF device: the devices enslaved to it see the host's segments.
     Vrf,
+    /// An IFB device: it only carries what a tc action redirected to it from another interface,
+    /// where the segment was seen already.
+    Redirect,
     /// A VLAN, macvlan or ipvlan device whose lower device is watched and sees its segments.
     Upper { lower: String },
     /// A container's veth, watched by container mode in the container's scope.
@@ -77,6 +82,10 @@ impl Skip {
             Skip::Excluded => "matches --exclude-iface".into(),
             Skip::Port { master } => format!("a port of {master}, which is watched instead"),
             Skip::Vrf => "a VRF device: its enslaved devices are watched instead".into(),
+            Skip::Redirect => {
+                "an IFB device: what tc redirects to it is seen on the interface it came from"
+                    .into()
+            }
             Skip::Upper { lower } => format!("stacked on {lower}, which is watched instead"),
             Skip::ContainerVeth => "a container's veth: container mode watches it".into(),
             Skip::LinkType(t) => format!(
@@ -136,6 +145,9 @@ fn decide_at(link: &Link, all: &BTreeMap<u32, Link>, sel: &Selection, depth: u32
         }
         if link.kind == "vrf" {
             return Decision::Skip(Skip::Vrf);
+        }
+        if link.kind == "ifb" {
+            return Decision::Skip(Skip::Redirect);
         }
         if STACKED.contains(&link.kind.as_str()) && link.peer_netnsid.is_none() && depth < 8 {
             if let Some(lower) = link.lower.and_then(|l| all.get(&l)) {
@@ -282,6 +294,13 @@ mod tests {
             sel.exclude.push(glob::Pattern::new("eth*").unwrap());
             assert!(role(&decide(&upper, &all, &sel)).is_some(), "{kind}");
         }
+    }
+
+    #[test]
+    fn an_ifb_device_is_left_to_the_interface_its_traffic_was_redirected_from() {
+        let ifb = link(15, "ifb0", "ifb");
+        let all = table(std::slice::from_ref(&ifb));
+        assert_eq!(decide(&ifb, &all, &host()), Decision::Skip(Skip::Redirect));
     }
 
     #[test]

@@ -58,6 +58,13 @@ impl Watcher {
                 None
             }
         };
+        let port_range = match netns.run(PortRange::open) {
+            Ok(Ok(r)) => Some(Arc::new(r)),
+            Ok(Err(e)) | Err(e) => {
+                debug!(error = %e, scope, "cannot open the namespace's port range sysctls: no tcpstate_client_port_range_size for it");
+                None
+            }
+        };
         let state = if pending {
             scope::state::PENDING
         } else {
@@ -82,6 +89,7 @@ impl Watcher {
                 named,
                 pending_since: pending.then(Instant::now),
                 diag,
+                port_range,
                 ifaces: BTreeMap::new(),
             },
         );

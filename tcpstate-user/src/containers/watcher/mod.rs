@@ -48,7 +48,10 @@ use crate::{
         attach::{self, Attachment, Plan, Role},
         links::{self, Event, Link},
     },
-    sockets::sockdiag::{self, Diag},
+    sockets::{
+        portrange::PortRange,
+        sockdiag::{self, Diag},
+    },
 };
 
 /// The programs on a container's veth (the host's ingress carries what the container sends).
@@ -98,6 +101,8 @@ struct Watched {
     /// process to name it ([`scope::state::PENDING`]); `None` once it is named (or final).
     pending_since: Option<Instant>,
     diag: Option<Arc<Diag>>,
+    /// The namespace's port range sysctls, opened inside it.
+    port_range: Option<Arc<PortRange>>,
     ifaces: BTreeMap<u32, Iface>,
 }
 
@@ -249,6 +254,7 @@ impl Watcher {
                 scope,
                 labels: w.labels.clone(),
                 diag: w.diag.clone(),
+                port_range: w.port_range.clone(),
             })
             .collect();
         let interfaces = self.watched.values().map(|w| w.ifaces.len() as u64).sum();
