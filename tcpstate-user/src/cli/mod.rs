@@ -251,6 +251,17 @@ pub struct FlowsArgs {
     /// Print JSON, one array of flows.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub filter: FlowFilter,
+    #[command(flatten)]
+    pub containers: ContainerFilter,
+    #[command(flatten)]
+    pub pins: PinArgs,
+}
+
+/// Which flows `flows` and `replay` list.
+#[derive(Debug, Args)]
+pub struct FlowFilter {
     /// Only flows with an endpoint in this state (e.g. close_wait, time_wait).
     #[arg(long)]
     pub state: Option<String>,
@@ -267,10 +278,6 @@ pub struct FlowsArgs {
     /// [IPV6]:PORT): the connections behind one tcpstate_client_ports_in_use series.
     #[arg(long, value_name = "ADDR[:PORT]")]
     pub destination: Option<crate::inspect::flows::Destination>,
-    #[command(flatten)]
-    pub containers: ContainerFilter,
-    #[command(flatten)]
-    pub pins: PinArgs,
 }
 
 /// Filters by container or pod (container mode).
@@ -317,21 +324,8 @@ pub struct ReplayArgs {
     /// frame (+2m, to let timeouts run). Frames after it are not replayed. Default: the last frame.
     #[arg(long)]
     pub at: Option<String>,
-    /// Only flows with an endpoint in this state (e.g. close_wait, time_wait).
-    #[arg(long)]
-    pub state: Option<String>,
-    /// Only flows with an endpoint on this port.
-    #[arg(long)]
-    pub port: Option<u16>,
-    /// Only flows with an endpoint at this address.
-    #[arg(long)]
-    pub address: Option<std::net::IpAddr>,
-    /// Only flows with an endpoint in its state for longer than this (e.g. 5m).
-    #[arg(long)]
-    pub older_than: Option<Duration>,
-    /// Only flows whose client connects to this address, and port if given (as `flows`).
-    #[arg(long, value_name = "ADDR[:PORT]")]
-    pub destination: Option<crate::inspect::flows::Destination>,
+    #[command(flatten)]
+    pub filter: FlowFilter,
     /// Flows the table holds at most (as `run --max-flows`).
     #[arg(long, default_value_t = 131_072)]
     pub max_flows: u32,
