@@ -2,51 +2,11 @@
 //! the kernel drops without a segment on the wire, and strays of connections it no longer has.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    process::{Child, Command, Stdio},
+    io::Write,
     time::{Duration, Instant},
 };
 
 use crate::harness::*;
-
-/// A Python process in a namespace that says "ready" and is killed on drop.
-struct Py(Child);
-
-impl Py {
-    fn start(ns: &Netns, script: &str, args: &[&str]) -> Py {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "python3", "-c", script])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut p = Py(child);
-        assert_eq!(p.line(), "ready");
-        p
-    }
-
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        BufReader::new(self.0.stdout.as_mut().unwrap())
-            .read_line(&mut l)
-            .unwrap();
-        l.trim().to_string()
-    }
-
-    fn say(&mut self, what: &str) {
-        let stdin = self.0.stdin.as_mut().unwrap();
-        writeln!(stdin, "{what}").unwrap();
-        stdin.flush().unwrap();
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Accepts, reads the request, then closes (orphaning the socket: FIN_WAIT_2 once the client
 /// acknowledges) or, for port `half`, only shuts down for writing and keeps it.

@@ -161,7 +161,7 @@ const SYN_QUEUE: usize = 16;
 
 /// A listener on 8080 with a SYN queue of [`SYN_QUEUE`] that never calls accept(), killed on
 /// drop.
-struct SmallListener(std::process::Child);
+struct SmallListener(#[allow(dead_code, reason = "killed on drop")] Py);
 
 impl SmallListener {
     fn start(ns: &Netns) -> SmallListener {
@@ -170,31 +170,12 @@ impl SmallListener {
 
     /// A listener on `port` with a listen() backlog of `backlog` that never calls accept().
     fn on(ns: &Netns, port: u16, backlog: usize) -> SmallListener {
-        use std::io::BufRead;
         let script = format!(
             "import socket, sys\n\
              l = socket.socket(); l.bind(('0.0.0.0', {port})); l.listen({backlog})\n\
              print('ready', flush=True); sys.stdin.read()"
         );
-        let mut child = std::process::Command::new("ip")
-            .args(["netns", "exec", &ns.name, "python3", "-c", &script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
-        SmallListener(child)
-    }
-}
-
-impl Drop for SmallListener {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        SmallListener(Py::start(ns, &script, &[]))
     }
 }
 
@@ -414,11 +395,10 @@ fn a_containers_backlog_equals_its_syn_queue_under_a_flood_with_cookies() {
 /// before connect(): tcp_rcv_synsent_state_process sends it with the delayed-ACK timer), so the
 /// SYNs all reach the listener before the first handshake completes: over a veth a handshake
 /// otherwise completes before the script sends its next SYN.
-struct ConnectingClients(std::process::Child);
+struct ConnectingClients(#[allow(dead_code, reason = "killed on drop")] Py);
 
 impl ConnectingClients {
     fn start(ns: &Netns, ip: &str, port: u16, count: usize) -> ConnectingClients {
-        use std::io::BufRead;
         let script = format!(
             "import socket, sys\n\
              socks = []\n\
@@ -427,25 +407,7 @@ impl ConnectingClients {
              \x20   s.setblocking(False); s.connect_ex(('{ip}', {port})); socks.append(s)\n\
              print('ready', flush=True); sys.stdin.read()"
         );
-        let mut child = std::process::Command::new("ip")
-            .args(["netns", "exec", &ns.name, "python3", "-c", &script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
-        ConnectingClients(child)
-    }
-}
-
-impl Drop for ConnectingClients {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        ConnectingClients(Py::start(ns, &script, &[]))
     }
 }
 

@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    io::{Read, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
     path::PathBuf,
@@ -256,6 +256,46 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+    }
+}
+
+/// A Python process in a namespace that says "ready" once set up, talks over its stdin and stdout,
+/// and is killed on drop: the servers and clients scripted for a scenario.
+pub struct Py(Child);
+
+impl Py {
+    pub fn start(ns: &Netns, script: &str, args: &[&str]) -> Py {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c", script])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut p = Py(child);
+        assert_eq!(p.line(), "ready");
+        p
+    }
+
+    pub fn line(&mut self) -> String {
+        let mut l = String::new();
+        BufReader::new(self.0.stdout.as_mut().unwrap())
+            .read_line(&mut l)
+            .unwrap();
+        l.trim().to_string()
+    }
+
+    pub fn say(&mut self, what: &str) {
+        let stdin = self.0.stdin.as_mut().unwrap();
+        writeln!(stdin, "{what}").unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
