@@ -60,30 +60,13 @@ fn daemon(h: &Netns, dummy: &str, extra: &[&str]) -> Daemon {
 
 /// Waits until a container's series equal `ss -tan` inside it, twice in a row.
 fn assert_container_matches(d: &Daemon, c: &Netns, checkpoint: &str) {
-    let mut agreed = None;
-    let result = try_eventually(Duration::from_secs(10), || {
-        let kernel = c.ss_states();
-        let tracker = d
-            .metrics()
-            .states_with(&format!("container=\"{}\"", c.name));
-        if kernel != tracker {
-            agreed = None;
-            return Err(format!("tracker {tracker:?} != ss {kernel:?}"));
-        }
-        if agreed.as_ref() == Some(&kernel) {
-            return Ok(());
-        }
-        agreed = Some(kernel);
-        std::thread::sleep(Duration::from_millis(100));
-        Err("agreed once; looking again".to_string())
-    });
-    if let Err(last) = result {
-        panic!(
-            "at {checkpoint:?}, container {}: {last}\n{}",
-            c.name,
-            d.log()
-        );
-    }
+    let label = format!("container=\"{}\"", c.name);
+    d.assert_agrees(
+        &format!("{checkpoint}, container {}", c.name),
+        Duration::from_secs(10),
+        || c.ss_states(),
+        |m| m.states_with(&label),
+    );
 }
 
 /// Connects from a fixed source port, so two namespaces can hold the very same 5-tuple.

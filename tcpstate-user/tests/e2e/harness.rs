@@ -727,10 +727,29 @@ impl Daemon {
     /// 100 ms later: a checkpoint must not pass on a transient state (FIN_WAIT_1 and LAST_ACK last
     /// until the peer's ACK, often tens of milliseconds).
     pub fn assert_matches_kernel(&self, ns: &Netns, checkpoint: &str) {
+        self.assert_agrees(
+            checkpoint,
+            Duration::from_secs(5),
+            || ns.ss_states_on(self.scope.as_deref()),
+            |m| m.states(),
+        );
+    }
+
+    /// Waits until the tracker's per-state counts (`tracker`, read from a scrape) equal the
+    /// kernel's (`kernel`, from `ss`), and still do 100 ms later; panics with both and the
+    /// daemon's log after `within`. The one comparison every checkpoint uses (the host's, a
+    /// container's series against `ss` inside it).
+    pub fn assert_agrees(
+        &self,
+        checkpoint: &str,
+        within: Duration,
+        kernel: impl Fn() -> BTreeMap<String, i64>,
+        tracker: impl Fn(&Metrics) -> BTreeMap<String, i64>,
+    ) {
         let mut agreed: Option<BTreeMap<String, i64>> = None;
-        let result = try_eventually(Duration::from_secs(5), || {
-            let kernel = ns.ss_states_on(self.scope.as_deref());
-            let tracker = self.metrics().states();
+        let result = try_eventually(within, || {
+            let kernel = kernel();
+            let tracker = tracker(&self.metrics());
             if kernel != tracker {
                 agreed = None;
                 return Err(format!(

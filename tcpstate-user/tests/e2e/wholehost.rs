@@ -667,6 +667,26 @@ fn whole_host_leaks_finds_a_close_wait_leak_over_loopback_without_flags() {
 /// The tun relay alone, no daemon: TCP between two namespaces over tun devices (link type none,
 /// no link-layer header), both families, many packets, every state the tests use, as `ss` sees
 /// it; dropped, it leaves neither namespace behind.
+/// Connections over a tun pair both ways: the `srv` side serves over IPv4 and connects over IPv6.
+fn tun_routes(t: &TunPair) -> [Route<'_>; 2] {
+    [
+        Route {
+            what: "tun IPv4, srv side serves",
+            server: &t.srv,
+            client: &t.cli,
+            addr: SERVER_V4,
+            port: 7001,
+        },
+        Route {
+            what: "tun IPv6, srv side connects",
+            server: &t.cli,
+            client: &t.srv,
+            addr: CLIENT_V6,
+            port: 7002,
+        },
+    ]
+}
+
 #[test]
 fn tun_pair_carries_tcp_between_two_namespaces() {
     require_privileges();
@@ -677,22 +697,7 @@ fn tun_pair_carries_tcp_between_two_namespaces() {
         link[0]["link_type"], "none",
         "a tun device has no link-layer header: {link}"
     );
-    let routes = [
-        Route {
-            what: "tun IPv4",
-            server: &t.srv,
-            client: &t.cli,
-            addr: SERVER_V4,
-            port: 7001,
-        },
-        Route {
-            what: "tun IPv6",
-            server: &t.cli,
-            client: &t.srv,
-            addr: CLIENT_V6,
-            port: 7002,
-        },
-    ];
+    let routes = tun_routes(&t);
     let mut mixes: Vec<Mix> = routes.iter().map(open_mix).collect();
     let locals = [ip(SERVER_V4), ip(SERVER_V6)];
     wait_for_ss(
@@ -745,22 +750,7 @@ fn tun_only_daemon_matches_ss_and_skips_nothing() {
         set(&["tc_ingress", "tc_egress"]),
         "{att:?}"
     );
-    let routes = [
-        Route {
-            what: "tun IPv4, monitored side serves",
-            server: &t.srv,
-            client: &t.cli,
-            addr: SERVER_V4,
-            port: 7001,
-        },
-        Route {
-            what: "tun IPv6, monitored side connects",
-            server: &t.cli,
-            client: &t.srv,
-            addr: CLIENT_V6,
-            port: 7002,
-        },
-    ];
+    let routes = tun_routes(&t);
     let mut mixes: Vec<Mix> = routes.iter().map(open_mix).collect();
     let locals = [ip(SERVER_V4), ip(SERVER_V6)];
     wait_for_ss(&t.srv, &locals, &expected(&t.srv, &routes), "over tun");
