@@ -968,3 +968,555 @@ fn grafana_to_promql(expr: &str) -> String {
     expr.replace("$__rate_interval", "4m")
         .replace("$instance", ".*")
 }
+
+// ---------------------------------------------------------------------------------------------
+// systemd: the unit rules container mode out, its drop-in lifts exactly what container mode needs
+
+/// `key=value` lines of a unit file's [Service] section, in order (comments and other sections
+/// left out).
+fn service_settings(unit: &str) -> Vec<(String, String)> {
+    let mut section = "";
+    let mut out = Vec::new();
+    for line in unit.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+        } else if section == "[Service]" && !line.is_empty() && !line.starts_with('#') {
+            let (k, v) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not key=value: {line}"));
+            out.push((k.to_string(), v.to_string()));
+        }
+    }
+    out
+}
+
+/// The capabilities (without CAP_) a list of settings leaves in `key`, as systemd merges them:
+/// each non-empty assignment adds to the set, an empty one resets it.
+fn merged_caps(settings: &[(String, String)], key: &str) -> BTreeSet<String> {
+    let mut set = BTreeSet::new();
+    for (k, v) in settings.iter().filter(|(k, _)| k == key) {
+        assert!(!v.starts_with('~'), "{k}={v}: an inverted list");
+        if v.is_empty() {
+            set.clear();
+        }
+        set.extend(v.split_whitespace().map(|c| {
+            c.strip_prefix("CAP_")
+                .unwrap_or_else(|| panic!("{k}: {c}"))
+                .to_string()
+        }));
+    }
+    set
+}
+
+/// The namespace types RestrictNamespaces= leaves allowed (None: no restriction), as systemd
+/// merges its assignments: yes allows none, no or empty lifts the restriction, a list adds.
+fn allowed_namespaces(settings: &[(String, String)]) -> Option<BTreeSet<String>> {
+    let mut allowed: Option<BTreeSet<String>> = None;
+    for (_, v) in settings.iter().filter(|(k, _)| k == "RestrictNamespaces") {
+        match v.as_str() {
+            "yes" | "true" => allowed = Some(BTreeSet::new()),
+            "" | "no" | "false" => allowed = None,
+            list => {
+                assert!(
+                    !list.starts_with('~'),
+                    "RestrictNamespaces={list}: inverted"
+                );
+                allowed
+                    .get_or_insert_with(BTreeSet::new)
+                    .extend(list.split_whitespace().map(str::to_string));
+            }
+        }
+    }
+    allowed
+}
+
+const DROP_IN: &str = "systemd/tcpstate.service.d/containers.conf";
+
+#[test]
+fn the_unit_rules_out_container_mode_and_its_drop_in_lifts_exactly_that() {
+    let unit = service_settings(&read("systemd/tcpstate.service"));
+    let drop_in = service_settings(&read(DROP_IN));
+    let kernel: BTreeSet<String> = KERNEL_CAPS.iter().map(|c| c.to_string()).collect();
+    let container: BTreeSet<String> = CONTAINER_CAPS.iter().map(|c| c.to_string()).collect();
+
+    // The unit alone: no setns(2) (every namespace type forbidden), neither CAP_SYS_ADMIN nor
+    // CAP_SYS_PTRACE even in the bounding set.
+    assert_eq!(allowed_namespaces(&unit), Some(BTreeSet::new()));
+    for key in ["CapabilityBoundingSet", "AmbientCapabilities"] {
+        assert_eq!(merged_caps(&unit, key), kernel, "the unit's {key}");
+    }
+
+    // The drop-in touches only these, so it can lift nothing else unnoticed.
+    let allowed_keys = [
+        "Environment",
+        "AmbientCapabilities",
+        "CapabilityBoundingSet",
+        "RestrictNamespaces",
+    ];
+    for (k, v) in &drop_in {
+        assert!(
+            allowed_keys.contains(&k.as_str()),
+            "the drop-in sets {k}={v}"
+        );
+    }
+    assert!(
+        drop_in
+            .iter()
+            .any(|(k, v)| k == "Environment" && v == "TCPSTATE_CONTAINERS=true"),
+        "the drop-in does not turn container mode on: {drop_in:?}"
+    );
+    // Unit and drop-in, merged as systemd does: the kernel's set and container mode's, network
+    // namespaces only.
+    let merged: Vec<(String, String)> = unit.iter().chain(&drop_in).cloned().collect();
+    for key in ["CapabilityBoundingSet", "AmbientCapabilities"] {
+        assert_eq!(
+            merged_caps(&merged, key),
+            &kernel | &container,
+            "{key} with the drop-in"
+        );
+    }
+    assert_eq!(
+        allowed_namespaces(&merged),
+        Some(BTreeSet::from(["net".to_string()]))
+    );
+    // The flag the drop-in sets through the environment is the binary's.
+    let help = Command::new(BIN).args(["run", "--help"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("TCPSTATE_CONTAINERS"),
+        "`tcpstate run` takes no TCPSTATE_CONTAINERS"
+    );
+}
+
+/// A scratch unit directory with the repository's unit (ExecStart pointing at the test's
+/// binary, which systemd-analyze checks exists) and, if `drop_in`, the drop-in.
+fn unit_dir(name: &str, drop_in: Option<&str>) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tcpstate-units-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("tcpstate.service.d")).unwrap();
+    let unit = read("systemd/tcpstate.service").replace("/usr/local/bin/tcpstate", BIN);
+    std::fs::write(dir.join("tcpstate.service"), unit).unwrap();
+    if let Some(d) = drop_in {
+        std::fs::write(dir.join("tcpstate.service.d/containers.conf"), d).unwrap();
+    }
+    dir
+}
+
+fn systemd_analyze(dir: &Path, args: &[&str]) -> Output {
+    let found = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .any(|d| Path::new(d).join("systemd-analyze").is_file());
+    assert!(
+        found,
+        "systemd-analyze is missing: install the Debian package systemd"
+    );
+    Command::new("systemd-analyze")
+        .args(args)
+        .arg(dir.join("tcpstate.service"))
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.display()))
+        .output()
+        .expect("run systemd-analyze")
+}
+
+/// systemd's own reading of a unit: `systemd-analyze security --offline`, check name -> whether
+/// the unit passes it (e.g. `CapabilityBoundingSet=~CAP_SYS_ADMIN` true: not in the set).
+fn security(dir: &Path) -> BTreeMap<String, bool> {
+    let o = systemd_analyze(
+        dir,
+        &["security", "--offline=true", "--json=short", "--no-pager"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("systemd-analyze security: {e}: {}", text(&o)));
+    v.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["set"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn systemd_reads_the_drop_in_as_lifting_container_modes_restrictions() {
+    let alone = unit_dir("alone", None);
+    let with = unit_dir("containers", Some(&read(DROP_IN)));
+    // --man=no: the man pages the unit's Documentation= names are the .deb's (the e2e test of
+    // the package verifies the installed unit with them).
+    for dir in [&alone, &with] {
+        let o = systemd_analyze(dir, &["verify", "--man=no"]);
+        assert!(
+            o.status.success() && text(&o).trim().is_empty(),
+            "systemd-analyze verify {}:\n{}",
+            dir.display(),
+            text(&o)
+        );
+    }
+    // The check sees the drop-in: a bad key in it is reported.
+    let bad = unit_dir("bad", Some(&format!("{}\nNoSuchKey=1\n", read(DROP_IN))));
+    let o = systemd_analyze(&bad, &["verify", "--man=no"]);
+    assert!(text(&o).contains("NoSuchKey"), "{}", text(&o));
+
+    let (a, w) = (security(&alone), security(&with));
+    let _ = [alone, with, bad].map(std::fs::remove_dir_all);
+    // Lifted by the drop-in, in place without it.
+    for check in [
+        "CapabilityBoundingSet=~CAP_SYS_ADMIN",
+        "CapabilityBoundingSet=~CAP_SYS_PTRACE",
+        "CapabilityBoundingSet=~CAP_(DAC_*|FOWNER|IPC_OWNER)",
+        "RestrictNamespaces=~net",
+    ] {
+        assert_eq!(a.get(check), Some(&true), "the unit alone: {check}");
+        assert_eq!(w.get(check), Some(&false), "with the drop-in: {check}");
+    }
+    // Everything else as the unit has it.
+    let changed: Vec<&String> = a
+        .keys()
+        .filter(|k| a.get(*k) != w.get(*k))
+        .filter(|k| !k.starts_with("CapabilityBoundingSet=") && *k != "RestrictNamespaces=~net")
+        .filter(|k| *k != "AmbientCapabilities=")
+        .collect();
+    assert!(changed.is_empty(), "the drop-in also changes {changed:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The .deb's maintainer scripts, run against stand-ins of the tools they call
+
+/// Runs a maintainer script with `args`, with stand-ins for every command it may call (each
+/// logs its arguments) and `/run/systemd/system` pointed at a directory that exists (a system
+/// booted with systemd). Returns the calls, one line each.
+fn maintainer_script(script: &str, args: &[&str]) -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "tcpstate-maint-{script}-{}-{}",
+        args.join("_"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(bin.join("../run-systemd")).unwrap();
+    let log = dir.join("calls");
+    for tool in [
+        "systemctl",
+        "deb-systemd-helper",
+        "deb-systemd-invoke",
+        "getent",
+        "useradd",
+        "userdel",
+        "tcpstate",
+        "rmdir",
+    ] {
+        let p = bin.join(tool);
+        std::fs::write(
+            &p,
+            format!("#!/bin/sh\necho \"{tool} $*\" >> '{}'\n", log.display()),
+        )
+        .unwrap();
+        let mut perm = std::fs::metadata(&p).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&p, perm).unwrap();
+    }
+    let body = read(&format!("debian/{script}"))
+        .replace(
+            "/run/systemd/system",
+            &dir.join("run-systemd").display().to_string(),
+        )
+        .replace(
+            "/usr/bin/deb-systemd-helper",
+            &bin.join("deb-systemd-helper").display().to_string(),
+        );
+    let path = dir.join(script);
+    std::fs::write(&path, body).unwrap();
+    let o = Command::new("sh")
+        .arg(&path)
+        .args(args)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .env_remove("DPKG_ROOT")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{script} {args:?}: {}", text(&o));
+    let calls = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    calls
+}
+
+#[test]
+fn maintainer_scripts_restart_a_running_daemon_on_upgrade_only() {
+    let restart = "deb-systemd-invoke try-restart tcpstate.service";
+    // A first install: the unit is neither started nor restarted.
+    let install = maintainer_script("postinst", &["configure"]);
+    assert!(
+        install.contains("systemctl --system daemon-reload"),
+        "{install}"
+    );
+    assert!(
+        install.contains("deb-systemd-helper update-state tcpstate.service"),
+        "{install}"
+    );
+    assert!(!install.contains("deb-systemd-invoke"), "{install}");
+    // An upgrade from an earlier version: restarted if it runs (try-restart), never started.
+    let upgrade = maintainer_script("postinst", &["configure", "0.0.9-1"]);
+    assert!(upgrade.contains(restart), "{upgrade}");
+    assert!(!upgrade.contains(" start "), "{upgrade}");
+    // No systemctl but daemon-reload (lintian's maintainer-script-calls-systemctl).
+    for script in ["postinst", "prerm", "postrm"] {
+        for line in read(&format!("debian/{script}")).lines() {
+            let l = line.trim();
+            assert!(
+                l.starts_with('#') || !l.contains("systemctl ") || l.contains("daemon-reload"),
+                "{script}: {l}"
+            );
+        }
+    }
+    // The old version's prerm on an upgrade leaves the daemon running; on removal it stops,
+    // disables and cleans up.
+    assert_eq!(maintainer_script("prerm", &["upgrade", "0.2.0-1"]), "");
+    let remove = maintainer_script("prerm", &["remove"]);
+    for call in [
+        "deb-systemd-invoke stop tcpstate.service",
+        "deb-systemd-helper disable tcpstate.service",
+        "tcpstate cleanup",
+    ] {
+        assert!(remove.contains(call), "prerm remove: no {call}:\n{remove}");
+    }
+    let purge = maintainer_script("postrm", &["purge"]);
+    assert!(
+        purge.contains("deb-systemd-helper purge tcpstate.service"),
+        "{purge}"
+    );
+    assert!(purge.contains("userdel tcpstate"), "{purge}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The man pages and completions `cargo xtask dist` packages (`tcpstate generate`)
+
+#[test]
+fn generated_man_pages_render_and_completions_parse() {
+    let dir = std::env::temp_dir().join(format!("tcpstate-generate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = Command::new(BIN)
+        .args(["generate", "man"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "tcpstate generate man: {}", text(&o));
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    pages.sort();
+    assert!(pages.len() >= 7, "{pages:?}");
+    for page in &pages {
+        // groff's own parse, every warning on: nothing may be said.
+        let o = Command::new("groff")
+            .args(["-man", "-z", "-ww", "-Tutf8"])
+            .arg(page)
+            .output()
+            .expect("groff (Debian package groff-base: `cargo xtask setup`)");
+        assert!(
+            o.status.success() && text(&o).trim().is_empty(),
+            "{}: {}",
+            page.display(),
+            text(&o)
+        );
+    }
+    let o = Command::new("man")
+        .arg("-l")
+        .arg(dir.join("tcpstate-run.1"))
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "100")
+        .output()
+        .expect("man (Debian package man-db: `cargo xtask setup`)");
+    let page = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "man -l: {}", text(&o));
+    assert!(page.contains("--close-wait-leak-after"), "{page}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let o = Command::new(BIN)
+        .args(["generate", "completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let script = dir.with_extension("bash");
+    std::fs::write(&script, &o.stdout).unwrap();
+    let n = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&script);
+    assert!(n.status.success(), "bash -n: {}", text(&n));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes: the objects parse, the PodMonitor and Service find the DaemonSet's pods, the
+// PrometheusRule is the rule file
+
+/// The generator of prometheusrule.yaml (`cargo xtask prometheus-rule`), std only.
+#[path = "../../xtask/src/prometheusrule.rs"]
+#[allow(dead_code, reason = "xtask's module: the test uses its renderer only")]
+mod prometheusrule;
+
+/// Every document of a YAML file, as JSON values.
+fn yaml_documents(rel: &str) -> Vec<serde_json::Value> {
+    serde_saphyr::from_multiple::<serde_json::Value>(&read(rel))
+        .unwrap_or_else(|e| panic!("{rel} does not parse: {e}"))
+}
+
+/// The one object of `kind` in a YAML file.
+fn object(rel: &str, kind: &str) -> serde_json::Value {
+    let mut found: Vec<serde_json::Value> = yaml_documents(rel)
+        .into_iter()
+        .filter(|d| d["kind"] == kind)
+        .collect();
+    assert_eq!(found.len(), 1, "{rel}: one {kind}");
+    found.remove(0)
+}
+
+/// Whether every `matchLabels` pair is among `labels`.
+fn selects(match_labels: &serde_json::Value, labels: &serde_json::Value) -> bool {
+    let m = match_labels.as_object().expect("matchLabels");
+    !m.is_empty() && m.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[test]
+fn kubernetes_objects_parse_and_find_the_daemonsets_pods() {
+    for rel in [
+        "kubernetes/daemonset.yaml",
+        "kubernetes/service.yaml",
+        "kubernetes/podmonitor.yaml",
+        "kubernetes/prometheusrule.yaml",
+    ] {
+        for d in yaml_documents(rel) {
+            assert!(
+                d["apiVersion"].is_string() && d["kind"].is_string(),
+                "{rel}: {d}"
+            );
+            assert!(d["metadata"]["name"].is_string(), "{rel}: no name");
+        }
+    }
+    let ds = object("kubernetes/daemonset.yaml", "DaemonSet");
+    let ns = ds["metadata"]["namespace"].as_str().expect("namespace");
+    let pod_labels = &ds["spec"]["template"]["metadata"]["labels"];
+    assert!(selects(&ds["spec"]["selector"]["matchLabels"], pod_labels));
+    let container = &ds["spec"]["template"]["spec"]["containers"][0];
+    let port = container["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .expect("a port named metrics");
+    assert_eq!(port["containerPort"], 9477);
+
+    let pm = object("kubernetes/podmonitor.yaml", "PodMonitor");
+    assert_eq!(pm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(pm["metadata"]["namespace"], ns);
+    assert!(
+        pm["spec"]["namespaceSelector"]["matchNames"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n == ns)),
+        "the PodMonitor does not look in {ns}"
+    );
+    assert!(
+        selects(&pm["spec"]["selector"]["matchLabels"], pod_labels),
+        "the PodMonitor's selector {} misses the pods' labels {pod_labels}",
+        pm["spec"]["selector"]
+    );
+    // The job label comes from a pod label whose value is the job the alerts expect.
+    let job_label = pm["spec"]["jobLabel"].as_str().expect("jobLabel");
+    assert_eq!(pod_labels[job_label], "tcpstate");
+    let endpoints = pm["spec"]["podMetricsEndpoints"]
+        .as_array()
+        .expect("endpoints");
+    assert_eq!(endpoints.len(), 1);
+    let ep = &endpoints[0];
+    assert_eq!(ep["port"], "metrics");
+    assert_eq!(ep["path"], "/metrics");
+    // The daemon's namespace, pod and container labels stay theirs, not exported_*.
+    assert_eq!(ep["honorLabels"], true);
+    let relabel = ep["relabelings"].as_array().expect("relabelings");
+    assert!(relabel.iter().any(
+        |r| r["sourceLabels"][0] == "__meta_kubernetes_pod_node_name"
+            && r["targetLabel"] == "instance"
+    ));
+    assert!(relabel
+        .iter()
+        .any(|r| r["action"] == "labeldrop" && r["regex"] == "namespace|pod|container"));
+
+    let svc = object("kubernetes/service.yaml", "Service");
+    assert_eq!(svc["metadata"]["namespace"], ns);
+    assert!(selects(&svc["spec"]["selector"], pod_labels));
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    let sp = &svc["spec"]["ports"][0];
+    assert_eq!(sp["name"], "metrics");
+    assert_eq!(sp["port"], 9477);
+    assert_eq!(sp["targetPort"], "metrics");
+}
+
+#[test]
+fn the_daemonsets_namespace_admits_it_and_its_pods_carry_no_token() {
+    let namespace = object("kubernetes/daemonset.yaml", "Namespace");
+    let ds = object("kubernetes/daemonset.yaml", "DaemonSet");
+    assert_eq!(namespace["metadata"]["name"], ds["metadata"]["namespace"]);
+    for mode in ["enforce", "audit", "warn"] {
+        assert_eq!(
+            namespace["metadata"]["labels"][format!("pod-security.kubernetes.io/{mode}")],
+            "privileged",
+            "Pod Security Admission {mode}"
+        );
+    }
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    assert_eq!(spec["hostNetwork"], true);
+    // The daemon does not talk to the API server, so it needs no token.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut stack = vec![src];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let code = std::fs::read_to_string(&p).unwrap();
+                for needle in ["serviceaccount", "KUBERNETES_SERVICE_HOST", "kube::"] {
+                    assert!(
+                        !code.contains(needle),
+                        "{} uses {needle}: the pod needs its token then",
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_prometheus_rule_is_the_rule_file() {
+    let rules = read("prometheus/tcpstate-rules.yml");
+    let committed = read("kubernetes/prometheusrule.yaml");
+    let rendered = prometheusrule::render(&rules).expect("render");
+    assert!(
+        rendered == committed,
+        "deploy/kubernetes/prometheusrule.yaml is not the rule file's: run `cargo xtask prometheus-rule`"
+    );
+    let pr = object("kubernetes/prometheusrule.yaml", "PrometheusRule");
+    assert_eq!(pr["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(
+        pr["metadata"]["namespace"],
+        object("kubernetes/daemonset.yaml", "DaemonSet")["metadata"]["namespace"]
+    );
+    let file: serde_json::Value = serde_saphyr::from_str(&rules).expect("the rule file parses");
+    assert_eq!(pr["spec"]["groups"], file["groups"]);
+    let names: Vec<&str> = pr["spec"]["groups"][0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    assert_eq!(names, ALERTS);
+    // The generator's own check: it refuses what it cannot indent faithfully.
+    assert!(prometheusrule::render(&format!("{rules}---\ngroups: []\n")).is_err());
+    assert!(prometheusrule::render("rules: []\n").is_err());
+}

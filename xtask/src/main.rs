@@ -4,6 +4,8 @@
 //! when everything is there.
 
 mod dist;
+mod msrv;
+mod prometheusrule;
 mod setup;
 
 use std::{
@@ -45,6 +47,10 @@ enum Cmd {
     Dist,
     /// rustfmt and clippy (-D warnings) on the host crates, and clippy on the eBPF crate with nightly.
     Lint,
+    /// Write deploy/kubernetes/prometheusrule.yaml (a prometheus-operator PrometheusRule) from
+    /// deploy/prometheus/tcpstate-rules.yml: run it after changing the rules (a host test fails
+    /// while the two differ).
+    PrometheusRule,
     /// Benchmarks (not tests, as root): per-packet cost by BPF_PROG_TEST_RUN against pass-only
     /// programs from the same object and kernel memory per flow (`kernel`); veth throughput and
     /// connection rate with and without the tracker, scrape latency and the daemon's cost against
@@ -67,7 +73,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cmd: Cmd) -> Result<()> {
-    setup::ensure()?;
+    // Rendering a YAML file needs nothing installed.
+    if !matches!(cmd, Cmd::PrometheusRule) {
+        setup::ensure()?;
+    }
     match cmd {
         Cmd::Setup => Ok(()),
         Cmd::Build => cargo(&["build", "--release", "-p", "tcpstate-user"]),
@@ -82,6 +91,7 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Test { host_only, filter } => test(host_only, filter),
         Cmd::Lint => lint(),
         Cmd::Dist => dist::dist(),
+        Cmd::PrometheusRule => prometheus_rule(),
         Cmd::Bench { part } => bench(part.as_deref()),
     }
 }
@@ -157,6 +167,8 @@ fn test(host_only: bool, filter: Option<String>) -> Result<()> {
 
 fn lint() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
+    // Cargo.toml's rust-version against every locked dependency's.
+    msrv::check()?;
     cargo(&[
         "clippy",
         "--all-targets",
@@ -181,6 +193,15 @@ fn lint() -> Result<()> {
         "warnings",
     ]);
     status(&mut cmd)
+}
+
+fn prometheus_rule() -> Result<()> {
+    let rules = std::fs::read_to_string(root().join(prometheusrule::RULES))?;
+    let object = prometheusrule::render(&rules).map_err(anyhow::Error::msg)?;
+    let path = root().join(prometheusrule::OBJECT);
+    std::fs::write(&path, object)?;
+    println!("{}", path.display());
+    Ok(())
 }
 
 fn require_root(what: &str) -> Result<()> {

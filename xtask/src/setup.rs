@@ -16,7 +16,8 @@ use crate::status;
 /// for the captures the e2e suite replays, and tshark, the peer `cargo xtask bench replay` is
 /// measured beside; sockperf, whose 64-byte ping-pong and throughput give `cargo xtask bench` a
 /// packet rate that GRO cannot batch away; musl-tools (musl-gcc) for ring's C code in the static
-/// build of `cargo xtask dist`.
+/// build of `cargo xtask dist`; lintian, which the e2e test of the .deb runs on it, and groff and
+/// man-db, with which the host tests render the man pages `tcpstate generate man` writes.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -35,6 +36,9 @@ const PACKAGES: &[&str] = &[
     "tshark",
     "sockperf",
     "musl-tools",
+    "lintian",
+    "groff-base",
+    "man-db",
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

@@ -108,7 +108,8 @@ fn read_hash_table(data: &MapData) -> std::io::Result<Vec<(FlowKey, FlowRecord)>
         u64::MAX,
         |k, v| {
             // SAFETY: packed keys and values of exactly these sizes; plain integers, valid for
-            // every bit pattern.
+            // every bit pattern. Unsafe because FlowKey and FlowRecord (tcpstate-common) derive
+            // no byte-conversion trait (zerocopy's FromBytes) a safe read could use.
             let kv = unsafe {
                 (
                     std::ptr::read_unaligned(k.as_ptr().cast::<FlowKey>()),
@@ -123,12 +124,14 @@ fn read_hash_table(data: &MapData) -> std::io::Result<Vec<(FlowKey, FlowRecord)>
 
 /// A new hash key for a new table, from the kernel's random pool.
 pub fn new_seed() -> std::io::Result<Seed> {
+    let mut bytes = [0u8; size_of::<Seed>()];
+    let n = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())?;
+    if n != bytes.len() {
+        return Err(std::io::Error::other("getrandom returned a short read"));
+    }
     let mut seed: Seed = [0; 5];
-    let len = size_of::<Seed>();
-    // SAFETY: writes at most `len` bytes into `seed`.
-    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), len, 0) };
-    if n != len as isize {
-        return Err(std::io::Error::last_os_error());
+    for (w, b) in seed.iter_mut().zip(bytes.chunks_exact(8)) {
+        *w = u64::from_ne_bytes(b.try_into().expect("8 bytes"));
     }
     Ok(seed)
 }

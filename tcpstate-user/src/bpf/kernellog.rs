@@ -46,7 +46,7 @@ pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<EbpfLogger<ToTracing>> {
 /// Forwards records as the ring buffer fills, until the runtime stops.
 pub async fn forward(logger: EbpfLogger<ToTracing>) {
     // SAFETY: the ring buffer's descriptor is owned by `logger`, which the AsyncFd owns: it stays
-    // open for as long as it is registered.
+    // open for as long as it is registered. (tokio's only way to poll a descriptor aya-log owns.)
     let mut fd = match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
         Ok(fd) => fd,
         Err(e) => return warn!(error = %e, "cannot poll the kernel log buffer"),

@@ -2,7 +2,7 @@
 //! events (RTM_NEWLINK / RTM_DELLINK) that tell the daemon an interface (a container's veth, a
 //! new tunnel) came or went.
 
-use std::{io, os::fd::AsRawFd, time::Duration};
+use std::{io, time::Duration};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
@@ -157,23 +157,12 @@ impl Events {
     pub fn subscribe(wait: Duration) -> io::Result<Events> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind(&SocketAddr::new(0, RTMGRP_LINK))?;
-        let tv = libc::timeval {
-            tv_sec: wait.as_secs() as libc::time_t,
-            tv_usec: wait.subsec_micros() as libc::suseconds_t,
-        };
-        // SAFETY: a valid socket and a timeval of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // SO_RCVTIMEO; a zero wait is none, as the kernel reads a zero timeval.
+        rustix::net::sockopt::set_socket_timeout(
+            &socket,
+            rustix::net::sockopt::Timeout::Recv,
+            (!wait.is_zero()).then_some(wait),
+        )?;
         Ok(Events { socket })
     }
 
@@ -197,25 +186,18 @@ impl Events {
 
     fn receive(&self, flags: libc::c_int) -> io::Result<Vec<Event>> {
         let mut buf = vec![0u8; 64 * 1024];
-        // SAFETY: a valid socket and a buffer of the length given.
-        let n = unsafe {
-            libc::recv(
-                self.socket.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                flags,
-            )
+        let n = match self.socket.recv(&mut &mut buf[..], flags) {
+            Ok(n) => n.min(buf.len()),
+            Err(e) => {
+                return match e.raw_os_error() {
+                    // The wait ran out (SO_RCVTIMEO), nothing queued, or a signal.
+                    Some(libc::EAGAIN | libc::EINTR) => Ok(Vec::new()),
+                    Some(libc::ENOBUFS) => Ok(vec![Event::Overrun]),
+                    _ => Err(e),
+                };
+            }
         };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                // The wait ran out (SO_RCVTIMEO), nothing queued, or a signal.
-                Some(libc::EAGAIN | libc::EINTR) => Ok(Vec::new()),
-                Some(libc::ENOBUFS) => Ok(vec![Event::Overrun]),
-                _ => Err(e),
-            };
-        }
-        Ok(parse_events(&buf[..n as usize]))
+        Ok(parse_events(&buf[..n]))
     }
 }
 

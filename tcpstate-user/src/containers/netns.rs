@@ -8,7 +8,10 @@ use std::{
     collections::BTreeMap,
     fs::File,
     io,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::{
+        fd::{AsFd, AsRawFd},
+        unix::fs::MetadataExt,
+    },
     path::{Path, PathBuf},
 };
 
@@ -116,13 +119,9 @@ pub fn candidates(own: NetnsId) -> Vec<Candidate> {
 
 fn is_nsfs(path: &Path) -> bool {
     const NSFS_MAGIC: i64 = 0x6e73_6673;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into `st`, plain data.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid path string and out-pointer.
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == NSFS_MAGIC }
+    // f_type is the kernel's long: i64 on 64-bit targets, narrower elsewhere.
+    #[allow(clippy::unnecessary_cast, reason = "a no-op on 64-bit targets")]
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as i64 == NSFS_MAGIC)
 }
 
 /// An open namespace: while this descriptor lives the namespace does too.
@@ -155,13 +154,14 @@ impl Netns {
     /// thread, so the daemon's own threads stay where they are). Sockets `f` opens belong to the
     /// namespace and keep belonging to it after the thread ends.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> io::Result<T> {
-        let fd = self.file.as_raw_fd();
+        let fd = self.file.as_fd();
         std::thread::scope(|s| {
             s.spawn(|| {
-                // SAFETY: setns on this thread only, with a namespace descriptor we hold open.
-                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                // setns(2) on this thread only, with a namespace descriptor we hold open.
+                rustix::thread::move_into_link_name_space(
+                    fd,
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )?;
                 Ok(f())
             })
             .join()

@@ -162,7 +162,9 @@ impl Packet for CapturedFrame<'_> {
             return Some(unsafe { core::ptr::read_unaligned(buf.as_ptr() as *const T) });
         };
         // SAFETY: `src` holds exactly size_of::<T>() bytes (sliced above); T is a plain integer
-        // type valid for every bit pattern, read without alignment.
+        // type valid for every bit pattern, read without alignment. Unsafe because the Packet
+        // trait (tcpstate-common, shared with the kernel side) bounds T by Copy only; a
+        // zerocopy FromBytes bound there would let both reads here be safe.
         Some(unsafe { core::ptr::read_unaligned(src.as_ptr() as *const T) })
     }
 

@@ -9,7 +9,7 @@ use std::{path::PathBuf, time::Duration};
 use proptest::prelude::*;
 use tcpstate_common::maps::Config;
 
-use super::{capture::CaptureError, engine::Table, replay};
+use super::{capture::CaptureError, engine::Table, progress::Progress, replay};
 use crate::background::expiry::Timeouts;
 
 fn corpus() -> Vec<Vec<u8>> {
@@ -54,7 +54,7 @@ fn table() -> Table {
 /// Replays `bytes`; any error must be one line.
 fn replay_bytes(bytes: &[u8]) -> Result<Table, CaptureError> {
     let mut t = table();
-    match replay("fuzz", bytes, &mut t, None) {
+    match replay("fuzz", bytes, &mut t, None, &mut Progress::hidden()) {
         Ok(()) => Ok(t),
         Err(e) => {
             let line = e.to_string();

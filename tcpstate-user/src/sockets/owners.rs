@@ -23,7 +23,7 @@ pub fn owners(wanted: &HashSet<u32>) -> HashMap<u32, Vec<Owner>> {
     if wanted.is_empty() {
         return out;
     }
-    let users = user_names();
+    let mut users = HashMap::new();
     let Ok(procs) = fs::read_dir("/proc") else {
         return out;
     };
@@ -54,7 +54,7 @@ pub fn owners(wanted: &HashSet<u32>) -> HashMap<u32, Vec<Owner>> {
             if !wanted.contains(&inode) {
                 continue;
             }
-            let o = owner.get_or_insert_with(|| describe(pid, &users));
+            let o = owner.get_or_insert_with(|| describe(pid, &mut users));
             let list = out.entry(inode).or_default();
             if !list.iter().any(|x| x.pid == pid) {
                 list.push(o.clone());
@@ -64,7 +64,7 @@ pub fn owners(wanted: &HashSet<u32>) -> HashMap<u32, Vec<Owner>> {
     out
 }
 
-fn describe(pid: u32, users: &HashMap<u32, String>) -> Owner {
+fn describe(pid: u32, users: &mut HashMap<u32, String>) -> Owner {
     let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
         .unwrap_or_default()
         .trim()
@@ -92,18 +92,48 @@ fn describe(pid: u32, users: &HashMap<u32, String>) -> Owner {
         command: comm,
         cmdline,
         uid,
-        user: users.get(&uid).cloned().unwrap_or_else(|| uid.to_string()),
+        user: user_name(uid, users),
     }
 }
 
-/// uid -> name from /etc/passwd (no NSS: good enough for local accounts, else the number).
-fn user_names() -> HashMap<u32, String> {
-    fs::read_to_string("/etc/passwd")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            Some((f.get(2)?.parse().ok()?, f.first()?.to_string()))
+/// uid -> user name through getpwuid_r, so every NSS source answers (files, LDAP, sssd,
+/// systemd-homed), each uid asked once per scan (`cache`); the number when none knows it.
+fn user_name(uid: u32, cache: &mut HashMap<u32, String>) -> String {
+    cache
+        .entry(uid)
+        .or_insert_with(|| {
+            uzers::get_user_by_uid(uid)
+                .map(|u| u.name().to_string_lossy().into_owned())
+                .unwrap_or_else(|| uid.to_string())
         })
-        .collect()
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_are_named_through_nss_or_left_as_numbers() {
+        let mut cache = HashMap::new();
+        assert_eq!(user_name(0, &mut cache), "root");
+        // One /etc/passwd names, other than root, when there is one.
+        let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+        if let Some((name, uid)) = passwd
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                Some((f.first()?.to_string(), f.get(2)?.parse::<u32>().ok()?))
+            })
+            .filter(|(_, uid)| *uid != 0)
+        {
+            assert_eq!(user_name(uid, &mut cache), name);
+        }
+        // No source knows this uid (the largest valid one, below (uid_t)-1).
+        assert_eq!(user_name(4_294_967_294, &mut cache), "4294967294");
+        assert_eq!(
+            cache.get(&4_294_967_294).map(String::as_str),
+            Some("4294967294")
+        );
+    }
 }

@@ -3,6 +3,15 @@
 
 use std::{io, net::IpAddr, time::Duration};
 
+use netlink_packet_core::{
+    DecodeError, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, Parseable,
+    NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::{
+    inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
+    SockDiagMessage, AF_INET, AF_INET6, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY,
+};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket as NlSocket, SocketAddr};
 use tcpstate_common::TcpState;
 
 /// One TCP socket as the kernel reports it.
@@ -134,16 +143,8 @@ impl KernelState {
     }
 }
 
-const NETLINK_SOCK_DIAG: i32 = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
+/// `struct nlmsghdr`'s length (netlink-packet-core keeps its constant private).
 const NLMSG_HDRLEN: usize = 16;
-/// `struct inet_diag_msg`: family, state, timer, retrans, sockid (48 bytes), expires, rqueue,
-/// wqueue, uid, inode.
-const INET_DIAG_MSG_LEN: usize = 72;
 
 /// Every TCP socket of this network namespace, IPv4 and IPv6, in every state.
 pub fn dump_tcp() -> io::Result<Vec<Socket>> {
@@ -167,26 +168,12 @@ pub fn dump(states: u32) -> io::Result<Vec<Socket>> {
 /// thread that entered it) and keeps it, so the background walk reads every container's listeners
 /// without entering a namespace again.
 #[derive(Debug)]
-pub struct Diag(std::os::fd::OwnedFd);
+pub struct Diag(NlSocket);
 
 impl Diag {
     /// Opens a socket in the calling thread's namespace.
     pub fn open() -> io::Result<Diag> {
-        // SAFETY: plain socket(2) call.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                NETLINK_SOCK_DIAG,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a freshly opened descriptor nothing else owns.
-        Ok(Diag(unsafe {
-            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
-        }))
+        NlSocket::new(NETLINK_SOCK_DIAG).map(Diag)
     }
 
     /// Every TCP socket of the socket's namespace.
@@ -202,119 +189,115 @@ impl Diag {
     /// Sockets whose state bit (1 << TCP_*) is in `states`.
     pub fn dump(&self, states: u32) -> io::Result<Vec<Socket>> {
         let mut out = Vec::new();
-        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            request(&self.0, family, states)?;
-            read_all(&self.0, &mut out)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        for family in [AF_INET, AF_INET6] {
+            self.0
+                .send_to(&request(family, states), &SocketAddr::new(0, 0), 0)?;
+            loop {
+                let n = self.0.recv(&mut &mut buf[..], 0)?;
+                if decode(&buf[..n.min(buf.len())], &mut out)? {
+                    break;
+                }
+            }
         }
         Ok(out)
     }
 }
 
-fn request(fd: &std::os::fd::OwnedFd, family: u8, states: u32) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut msg = Vec::with_capacity(NLMSG_HDRLEN + 56);
-    let len = (NLMSG_HDRLEN + 56) as u32;
-    msg.extend_from_slice(&len.to_ne_bytes());
-    msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid
-                                                // inet_diag_req_v2: family, protocol, ext, pad, states, then a zeroed sockid (48 bytes).
-    msg.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
-    msg.extend_from_slice(&states.to_ne_bytes());
-    msg.extend_from_slice(&[0u8; 48]);
-    // SAFETY: zeroed sockaddr_nl addresses the kernel.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as u16;
-    // SAFETY: msg and addr are valid for the given lengths.
-    let rc = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            msg.as_ptr().cast(),
-            msg.len(),
-            0,
-            (&addr as *const libc::sockaddr_nl).cast(),
-            size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+/// The dump request for one family's TCP sockets whose state bit is in `states`.
+fn request(family: u8, states: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = 1;
+    let mut msg = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            // Retained as given: TCP_NEW_SYN_RECV (bit 12) has no named flag in the crate.
+            states: StateFlags::from_bits_retain(states),
+            socket_id: if family == AF_INET {
+                SocketId::new_v4()
+            } else {
+                SocketId::new_v6()
+            },
+        })
+        .into(),
+    );
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    buf
 }
 
-fn read_all(fd: &std::os::fd::OwnedFd, out: &mut Vec<Socket>) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: buf is valid for writes of its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+/// Decodes the netlink messages of one datagram into `out`: true at the dump's end (NLMSG_DONE).
+fn decode(mut data: &[u8], out: &mut Vec<Socket>) -> io::Result<bool> {
+    while data.len() >= NLMSG_HDRLEN {
+        let msg = NetlinkMessage::<Reply>::deserialize(data)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        match msg.payload {
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(e) => return Err(e.to_io()),
+            NetlinkPayload::InnerMessage(Reply(Some(s))) => out.push(s),
+            _ => {}
         }
-        let mut data = &buf[..n as usize];
-        while data.len() >= NLMSG_HDRLEN {
-            let len = u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes")) as usize;
-            let kind = u16::from_ne_bytes(data[4..6].try_into().expect("2 bytes"));
-            if len < NLMSG_HDRLEN || len > data.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "truncated netlink message",
-                ));
-            }
-            match kind {
-                NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR => {
-                    let errno = i32::from_ne_bytes(data[16..20].try_into().expect("4 bytes"));
-                    return Err(io::Error::from_raw_os_error(-errno));
-                }
-                SOCK_DIAG_BY_FAMILY => {
-                    if let Some(s) = parse_msg(&data[NLMSG_HDRLEN..len]) {
-                        out.push(s);
-                    }
-                }
-                _ => {}
-            }
-            // Messages are 4-byte aligned (NLMSG_ALIGN).
-            let step = (len + 3) & !3;
-            data = &data[step.min(data.len())..];
-        }
+        // Messages are 4-byte aligned (NLMSG_ALIGN).
+        let step = (msg.header.length as usize + 3) & !3;
+        data = &data[step.min(data.len())..];
     }
+    Ok(false)
 }
 
-fn parse_msg(m: &[u8]) -> Option<Socket> {
-    if m.len() < INET_DIAG_MSG_LEN {
-        return None;
-    }
-    let family = m[0] as i32;
-    let sport = u16::from_be_bytes([m[4], m[5]]);
-    let dport = u16::from_be_bytes([m[6], m[7]]);
-    let addr = |off: usize| -> IpAddr {
-        if family == libc::AF_INET {
-            IpAddr::from([m[off], m[off + 1], m[off + 2], m[off + 3]])
+/// A SOCK_DIAG_BY_FAMILY reply as this module reads it (`None`: another message type, or one
+/// too short or of another family, skipped as the kernel never sends them for this request).
+/// Not the crate's `SockDiagMessage`: its `InetResponse` parses, and allocates, every attribute,
+/// which nothing here reads, and fails on a MEMINFO shorter than its own struct.
+struct Reply(Option<Socket>);
+
+impl NetlinkDeserializable for Reply {
+    type Error = DecodeError;
+
+    fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Self, DecodeError> {
+        Ok(Reply(if header.message_type == SOCK_DIAG_BY_FAMILY {
+            parse_msg(payload)
         } else {
-            let b: [u8; 16] = m[off..off + 16].try_into().expect("16 bytes");
-            IpAddr::from(b)
-        }
-    };
-    let u32_at = |off: usize| u32::from_ne_bytes(m[off..off + 4].try_into().expect("4 bytes"));
+            None
+        }))
+    }
+}
+
+/// One `struct inet_diag_msg` (attributes after it are not read).
+fn parse_msg(m: &[u8]) -> Option<Socket> {
+    let h = InetResponseHeader::parse(m).ok()?;
+    // Hand-read: the crate's `Timer` keeps no `idiag_expires` for a TIME_WAIT timer (the one
+    // `ends_in` needs), no `idiag_retrans` but the retransmit timer's, and folds timers it does
+    // not know into none. These three fields sit at fixed offsets of the UAPI struct.
+    let expires = u32::from_ne_bytes(m.get(52..56)?.try_into().ok()?);
     Some(Socket {
-        state: KernelState::from_raw(m[1]),
-        local: (addr(8), sport),
-        remote: (addr(24), dport),
-        rqueue: u32_at(56),
-        wqueue: u32_at(60),
-        uid: u32_at(64),
-        inode: u32_at(68),
+        state: KernelState::from_raw(h.state),
+        local: (h.socket_id.source_address, h.socket_id.source_port),
+        remote: (
+            h.socket_id.destination_address,
+            h.socket_id.destination_port,
+        ),
+        rqueue: h.recv_queue,
+        wqueue: h.send_queue,
+        uid: h.uid,
+        inode: h.inode,
         timer: Timer::from_raw(m[2]),
         retrans: m[3],
-        expires: Duration::from_millis(u32_at(52).into()),
+        expires: Duration::from_millis(expires.into()),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `struct inet_diag_msg`'s length: family, state, timer, retrans, sockid (48 bytes), expires,
+    /// rqueue, wqueue, uid, inode.
+    const INET_DIAG_MSG_LEN: usize = 72;
 
     /// An AF_INET `struct inet_diag_msg` for 192.0.2.1:80 -> 192.0.2.2:40000.
     fn msg(state: u8, timer: u8, retrans: u8, expires_ms: u32, inode: u32) -> Vec<u8> {
@@ -333,6 +316,111 @@ mod tests {
         }
         assert_eq!(m.len(), INET_DIAG_MSG_LEN);
         m
+    }
+
+    /// One netlink message of type `kind` around `payload`, padded to 4 bytes as the kernel sends.
+    fn nlmsg(kind: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((NLMSG_HDRLEN + payload.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&1u32.to_ne_bytes());
+        m.extend_from_slice(&4242u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m
+    }
+
+    #[test]
+    fn the_request_is_a_dump_of_one_familys_tcp_sockets_in_the_states_asked() {
+        // What the kernel reads (struct nlmsghdr, then struct inet_diag_req_v2), written out.
+        let mut want = Vec::new();
+        want.extend_from_slice(&72u32.to_ne_bytes());
+        want.extend_from_slice(&20u16.to_ne_bytes()); // SOCK_DIAG_BY_FAMILY
+        want.extend_from_slice(&0x301u16.to_ne_bytes()); // NLM_F_REQUEST | NLM_F_DUMP
+        want.extend_from_slice(&1u32.to_ne_bytes()); // seq
+        want.extend_from_slice(&0u32.to_ne_bytes()); // pid
+        want.extend_from_slice(&[libc::AF_INET6 as u8, libc::IPPROTO_TCP as u8, 0, 0]);
+        // TCP_LISTEN and TCP_NEW_SYN_RECV, which the crate has no flag for.
+        want.extend_from_slice(&((1u32 << 10) | (1 << 12)).to_ne_bytes());
+        want.extend_from_slice(&[0u8; 48]);
+        assert_eq!(request(AF_INET6, (1 << 10) | (1 << 12)), want);
+        let all = request(AF_INET, u32::MAX);
+        assert_eq!(all[16], libc::AF_INET as u8);
+        assert_eq!(all[20..24], u32::MAX.to_ne_bytes());
+    }
+
+    #[test]
+    fn a_reply_datagram_decodes_every_socket_until_done() {
+        let mut v6 = msg(10, 0, 0, 0, 7);
+        v6[0] = libc::AF_INET6 as u8;
+        v6[8..24].copy_from_slice(
+            &"2001:db8::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        v6[24..40].copy_from_slice(
+            &"2001:db8::2"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        v6[56..60].copy_from_slice(&3u32.to_ne_bytes()); // rqueue: the accept queue
+        v6[60..64].copy_from_slice(&128u32.to_ne_bytes()); // its limit
+        v6[64..68].copy_from_slice(&1000u32.to_ne_bytes()); // uid
+                                                            // Attributes as the kernel adds them unasked: INET_DIAG_SHUTDOWN (u8), then an
+                                                            // INET_DIAG_CGROUP_ID (u64); neither is read.
+        v6.extend_from_slice(&[5, 0, 8, 0, 0, 0, 0, 0]);
+        v6.extend_from_slice(&[12, 0, 21, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        let mut datagram = nlmsg(SOCK_DIAG_BY_FAMILY, 2, &msg(6, 3, 0, 15_250, 0));
+        datagram.extend(nlmsg(SOCK_DIAG_BY_FAMILY, 2, &v6));
+        datagram.extend(nlmsg(SOCK_DIAG_BY_FAMILY, 2, &[2, 1, 0])); // too short: skipped
+        let mut out = Vec::new();
+        assert!(!decode(&datagram, &mut out).unwrap(), "no NLMSG_DONE yet");
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].state, KernelState::Conn(TcpState::TimeWait));
+        assert_eq!(out[0].ends_in(), Some(Duration::from_millis(15_250)));
+        let l = &out[1];
+        assert_eq!(l.state, KernelState::Listen);
+        assert_eq!(l.local, ("2001:db8::1".parse().unwrap(), 80));
+        assert_eq!(l.remote, ("2001:db8::2".parse().unwrap(), 40000));
+        assert_eq!((l.rqueue, l.wqueue, l.uid, l.inode), (3, 128, 1000, 7));
+        assert_eq!((l.timer, l.retrans), (Timer::None, 0));
+        // NLMSG_DONE (its payload the dump's status) ends it.
+        let done = nlmsg(3, 2, &0i32.to_ne_bytes());
+        assert!(decode(&done, &mut out).unwrap());
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn an_error_reply_is_the_errno_it_carries() {
+        let mut payload = (-libc::EPERM).to_ne_bytes().to_vec();
+        payload.extend_from_slice(&request(AF_INET, 1 << 10)[..16]);
+        let e = decode(&nlmsg(2, 0, &payload), &mut Vec::new()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        // A length past the datagram is not read beyond it.
+        let mut cut = nlmsg(SOCK_DIAG_BY_FAMILY, 2, &msg(1, 0, 0, 0, 1));
+        cut.truncate(40);
+        assert!(decode(&cut, &mut Vec::new()).is_err());
+    }
+
+    /// The kernel answers an unprivileged dump too: a listener this test opens is in it, with
+    /// this process's uid and an inode.
+    #[test]
+    fn a_listener_of_ours_is_in_the_kernels_dump() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let found = dump_listening().unwrap();
+        let s = found
+            .iter()
+            .find(|s| s.local == ("127.0.0.1".parse().unwrap(), port))
+            .expect("our listener");
+        assert_eq!(s.state, KernelState::Listen);
+        assert_eq!(s.uid, rustix::process::geteuid().as_raw());
+        assert_ne!(s.inode, 0);
     }
 
     #[test]

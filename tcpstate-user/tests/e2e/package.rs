@@ -57,8 +57,22 @@ fn dist() -> &'static Path {
     })
 }
 
+/// Debian's name of this machine's architecture, the one `cargo xtask dist` builds for.
+fn deb_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => panic!("no Debian architecture known for {other}"),
+    }
+}
+
+/// The package's version: upstream's and the Debian revision xtask gives it.
+fn deb_version() -> String {
+    format!("{}-1", env!("CARGO_PKG_VERSION"))
+}
+
 fn deb() -> PathBuf {
-    dist().join(format!("tcpstate_{}_amd64.deb", env!("CARGO_PKG_VERSION")))
+    dist().join(format!("tcpstate_{}_{}.deb", deb_version(), deb_arch()))
 }
 
 #[test]
@@ -136,6 +150,10 @@ fn the_deb_installs_every_file_runs_and_leaves_only_config_when_removed() {
         share("tcpstate-rules.yml"),
         share("tcpstate.json"),
         share("web-config.yml"),
+        share("containers.conf"),
+        "/usr/share/man/man1/tcpstate.1.gz".into(),
+        "/usr/share/bash-completion/completions/tcpstate".into(),
+        "/usr/share/doc/tcpstate/copyright".into(),
     ];
     want.extend(CONFFILES.iter().map(|c| c.to_string()));
     for w in &want {
@@ -198,6 +216,148 @@ fn the_deb_installs_every_file_runs_and_leaves_only_config_when_removed() {
     assert!(
         !user.status.success(),
         "the tcpstate user survived the purge"
+    );
+}
+
+/// The man pages, completions, copyright and changelog the package documents itself with, as
+/// `dpkg -x` unpacks them, and lintian's verdict on the package (errors and warnings fail it,
+/// but for deploy/debian/lintian-overrides, each of which must still be needed).
+#[test]
+fn the_deb_documents_itself_and_lintian_finds_nothing() {
+    require_privileges();
+    let deb = deb();
+    let deb_s = deb.to_str().unwrap();
+    let dpkg_deb = tool("dpkg-deb", "dpkg");
+    let field = |f: &str| {
+        let o = run(Command::new(dpkg_deb).args(["--field", deb_s, f]));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(field("Architecture"), deb_arch());
+    assert_eq!(field("Version"), deb_version());
+
+    let root = std::env::temp_dir().join(format!("tcpstate-deb-x-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    run(Command::new(dpkg_deb).args(["-x", deb_s]).arg(&root));
+    let at = |rel: &str| root.join(rel.trim_start_matches('/'));
+    for f in [
+        "/usr/share/man/man1/tcpstate.1.gz",
+        "/usr/share/man/man1/tcpstate-run.1.gz",
+        "/usr/share/bash-completion/completions/tcpstate",
+        "/usr/share/zsh/vendor-completions/_tcpstate",
+        "/usr/share/fish/vendor_completions.d/tcpstate.fish",
+        "/usr/share/doc/tcpstate/copyright",
+        "/usr/share/doc/tcpstate/changelog.Debian.gz",
+        "/usr/share/lintian/overrides/tcpstate",
+        "/usr/share/tcpstate/containers.conf",
+    ] {
+        assert!(at(f).is_file(), "{f} is not in {}", deb.display());
+    }
+
+    // Every man page: groff parses it without a warning; man renders the main one.
+    let man_dir = at("/usr/share/man/man1");
+    let mut pages = 0;
+    for e in std::fs::read_dir(&man_dir).unwrap() {
+        let page = e.unwrap().path();
+        let roff = run(Command::new(tool("zcat", "gzip")).arg(&page)).stdout;
+        let groff = Command::new(tool("groff", "groff-base"))
+            .args(["-man", "-z", "-ww", "-Tutf8"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        groff.stdin.as_ref().unwrap().write_all(&roff).unwrap();
+        let o = groff.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success() && said.trim().is_empty(),
+            "{}: {said}",
+            page.display()
+        );
+        pages += 1;
+    }
+    assert!(pages >= 7, "{pages} man pages");
+    let o = run(Command::new(tool("man", "man-db"))
+        .arg("-l")
+        .arg(at("/usr/share/man/man1/tcpstate.1.gz"))
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "100"));
+    let page = String::from_utf8_lossy(&o.stdout);
+    assert!(page.contains("tcpstate-describe-metrics(1)"), "{page}");
+
+    // The completions: bash parses its script; each names the subcommands.
+    run(Command::new("bash")
+        .arg("-n")
+        .arg(at("/usr/share/bash-completion/completions/tcpstate")));
+    for f in [
+        "/usr/share/bash-completion/completions/tcpstate",
+        "/usr/share/zsh/vendor-completions/_tcpstate",
+        "/usr/share/fish/vendor_completions.d/tcpstate.fish",
+    ] {
+        let script = std::fs::read_to_string(at(f)).unwrap();
+        assert!(script.contains("describe-metrics"), "{f}");
+        assert!(
+            !script.contains("generate"),
+            "{f} offers the hidden subcommand"
+        );
+    }
+
+    // DEP-5 copyright with Cargo.toml's license; a changelog entry of this version.
+    let copyright = std::fs::read_to_string(at("/usr/share/doc/tcpstate/copyright")).unwrap();
+    let cargo_toml = std::fs::read_to_string(workspace().join("Cargo.toml")).unwrap();
+    let license = cargo_toml
+        .lines()
+        .find_map(|l| l.strip_prefix("license = "))
+        .expect("license in Cargo.toml")
+        .trim_matches('"')
+        .replace(" OR ", " or ");
+    assert!(
+        copyright.starts_with(
+            "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
+        ),
+        "{copyright}"
+    );
+    assert!(
+        copyright.contains("\nFiles: *\nCopyright: 20")
+            && copyright.contains(&format!(" tcpstate developers\nLicense: {license}\n")),
+        "{copyright}"
+    );
+    let o =
+        run(Command::new(tool("zcat", "gzip"))
+            .arg(at("/usr/share/doc/tcpstate/changelog.Debian.gz")));
+    let changelog = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        changelog.starts_with(&format!(
+            "tcpstate ({}) unstable; urgency=medium\n",
+            deb_version()
+        )),
+        "{changelog}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+
+    // lintian: no error or warning but the overridden ones, and no override left unused.
+    let o = Command::new(tool("lintian", "lintian"))
+        .args([
+            "--no-cfg",
+            "--info",
+            "--display-info",
+            "--fail-on",
+            "error,warning",
+        ])
+        .arg(&deb)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    let tags: Vec<&str> = said
+        .lines()
+        .filter(|l| l.starts_with("E: ") || l.starts_with("W: ") || l.contains("unused-override"))
+        .collect();
+    assert!(
+        o.status.success() && tags.is_empty(),
+        "lintian {}:\n{said}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
     );
 }
 
