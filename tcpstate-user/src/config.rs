@@ -2,7 +2,7 @@
 //! flags) and handed down to the pieces that do it, each as the settings it understands. Nothing
 //! here knows of clap.
 
-use std::{collections::HashSet, net::SocketAddr, path::PathBuf, time};
+use std::{collections::HashSet, path::PathBuf, time};
 
 use crate::{
     background::scopes::LabelLevel,
@@ -27,7 +27,9 @@ pub struct RunConfig {
     pub mode: Role,
     pub ingress_hook: IngressHook,
     pub xdp_mode: XdpMode,
-    pub listen: SocketAddr,
+    pub listen: crate::exporter::server::Listen,
+    /// `--web.telemetry-path`: where the metrics are served.
+    pub metrics_path: String,
     /// Validated at start (a bad file is a preflight error); the server re-reads it on changes.
     pub web_config: Option<PathBuf>,
     pub capacity: u32,
@@ -109,6 +111,135 @@ impl RunConfig {
             kernel_log: self.kernel_log,
             containers: self.containers.is_some(),
         }
+    }
+}
+
+/// One setting a reload changed, for its log line: `reloaded close_wait_leak_after 60s -> 30s`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Changed {
+    pub name: &'static str,
+    pub from: String,
+    pub to: String,
+}
+
+impl RunConfig {
+    /// What a reload (SIGHUP) from `self` to `new` changes: the settings that apply without
+    /// re-attaching anything (`--close-wait-leak-after`, `--port-labels`, the `--container-names`
+    /// file's name; its content is re-read regardless), or the flag of the first other setting
+    /// that differs, which needs a restart.
+    pub fn reload(&self, new: &RunConfig) -> Result<Vec<Changed>, &'static str> {
+        // Destructured whole, so a setting added later must be sorted here into one kind or the
+        // other.
+        let RunConfig {
+            ifaces,
+            exclude_ifaces,
+            mode,
+            ingress_hook,
+            xdp_mode,
+            listen,
+            metrics_path,
+            web_config,
+            capacity,
+            half_open_budget,
+            timeouts,
+            close_wait_leak_after,
+            port_labels,
+            sweep_interval,
+            seed,
+            kernel_log,
+            pin_dir,
+            containers,
+        } = self;
+        let Timeouts {
+            time_wait,
+            syn_sent,
+            syn_recv,
+            fin_wait2,
+            closing_idle,
+            established_idle,
+            closed_linger,
+        } = timeouts;
+        let t = &new.timeouts;
+        let mut fixed: Vec<(&'static str, bool)> = vec![
+            ("--iface", *ifaces == new.ifaces),
+            ("--exclude-iface", *exclude_ifaces == new.exclude_ifaces),
+            ("--mode", *mode == new.mode),
+            ("--ingress-hook", *ingress_hook == new.ingress_hook),
+            ("--xdp-mode", *xdp_mode == new.xdp_mode),
+            ("--listen", *listen == new.listen),
+            ("--web.telemetry-path", *metrics_path == new.metrics_path),
+            // The file itself is re-read whenever it changes (exporter::webconfig).
+            ("--web-config", *web_config == new.web_config),
+            ("--max-flows", *capacity == new.capacity),
+            (
+                "--half-open-budget",
+                *half_open_budget == new.half_open_budget,
+            ),
+            ("--time-wait", *time_wait == t.time_wait),
+            ("--syn-sent-timeout", *syn_sent == t.syn_sent),
+            ("--syn-recv-timeout", *syn_recv == t.syn_recv),
+            ("--fin-wait2-timeout", *fin_wait2 == t.fin_wait2),
+            ("--closing-timeout", *closing_idle == t.closing_idle),
+            (
+                "--established-idle-timeout",
+                *established_idle == t.established_idle,
+            ),
+            ("--closed-linger", *closed_linger == t.closed_linger),
+            ("--sweep-interval", *sweep_interval == new.sweep_interval),
+            ("--no-seed", *seed == new.seed),
+            ("--kernel-log", *kernel_log == new.kernel_log),
+            ("--pin-dir", *pin_dir == new.pin_dir),
+            (
+                "--containers",
+                containers.is_some() == new.containers.is_some(),
+            ),
+        ];
+        let mut changed = Vec::new();
+        if let (Some(old), Some(new)) = (containers, &new.containers) {
+            let Containers {
+                max,
+                names,
+                level,
+                resync,
+                host_root,
+            } = old;
+            fixed.extend([
+                ("--max-containers", *max == new.max),
+                ("--container-labels", *level == new.level),
+                ("--container-resync", *resync == new.resync),
+                ("--host-root", *host_root == new.host_root),
+            ]);
+            if *names != new.names {
+                let shown = |p: &Option<PathBuf>| {
+                    p.as_ref()
+                        .map_or_else(|| "none".to_string(), |p| p.display().to_string())
+                };
+                changed.push(Changed {
+                    name: "container_names",
+                    from: shown(names),
+                    to: shown(&new.names),
+                });
+            }
+        }
+        if let Some((flag, _)) = fixed.iter().find(|(_, same)| !same) {
+            return Err(flag);
+        }
+        let secs = |d: &time::Duration| format!("{}s", d.as_secs_f64());
+        if *close_wait_leak_after != new.close_wait_leak_after {
+            changed.push(Changed {
+                name: "close_wait_leak_after",
+                from: secs(close_wait_leak_after),
+                to: secs(&new.close_wait_leak_after),
+            });
+        }
+        if *port_labels != new.port_labels {
+            changed.push(Changed {
+                name: "port_labels",
+                from: port_labels.to_string(),
+                to: new.port_labels.to_string(),
+            });
+        }
+        Ok(changed)
     }
 }
 

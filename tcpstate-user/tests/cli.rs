@@ -120,13 +120,97 @@ fn describe_metrics_lists_the_contract_and_passes_promtool() {
         "tcpstate_close_wait_oldest_seconds",
         "tcpstate_client_ports_in_use",
         "tcpstate_client_port_range_size",
+        "tcpstate_build_info",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
     ] {
         assert!(
             text.contains(&format!("# TYPE {name} ")),
             "{name} missing from:\n{text}"
         );
     }
+    let build = text
+        .lines()
+        .find(|l| l.starts_with("tcpstate_build_info{"))
+        .expect("a tcpstate_build_info sample");
+    for label in ["version=", "revision=", "rustc_version=", "aya_version="] {
+        assert!(build.contains(label), "{label} missing: {build}");
+    }
     promtool_check(&text);
+}
+
+/// `--version` says what tcpstate_build_info says.
+#[test]
+fn version_names_the_revision_compiler_and_aya() {
+    let o = run(&["--version"]);
+    assert!(o.status.success());
+    let version = String::from_utf8_lossy(&o.stdout).to_string();
+    let metrics = String::from_utf8_lossy(&run(&["describe-metrics"]).stdout).to_string();
+    let build = metrics
+        .lines()
+        .find(|l| l.starts_with("tcpstate_build_info{"))
+        .expect("a tcpstate_build_info sample");
+    for (line, label) in [
+        ("revision: ", "revision"),
+        ("rustc: ", "rustc_version"),
+        ("aya: ", "aya_version"),
+    ] {
+        let value = version
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .unwrap_or_else(|| panic!("no {line:?} line in {version}"));
+        assert!(!value.is_empty());
+        assert!(
+            build.contains(&format!("{label}=\"{value}\"")),
+            "{build} vs {version}"
+        );
+    }
+}
+
+/// ss's and conntrack's state spellings are accepted; anything else is refused listing ours.
+#[test]
+fn state_filters_take_ss_and_conntrack_spellings() {
+    for spelling in [
+        "close-wait",
+        "CLOSE_WAIT",
+        "closewait",
+        "SYN-RECV",
+        "fin-wait-1",
+    ] {
+        let o = run(&[
+            "flows",
+            "--state",
+            spelling,
+            "--pin-dir",
+            "/nonexistent/tcpstate-test",
+        ]);
+        let e = stderr_line(&o);
+        assert!(
+            e.contains("no tcpstate daemon is running"),
+            "{spelling}: {e}"
+        );
+    }
+    let o = run(&["flows", "--state", "listening", "--pin-dir", "/nonexistent"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("'listening'") && e.contains("close_wait"), "{e}");
+    let help = String::from_utf8_lossy(&run(&["flows", "--help"]).stdout).to_string();
+    assert!(
+        help.contains("possible values: syn_sent, syn_recv"),
+        "{help}"
+    );
+}
+
+/// A telemetry path that would hide another endpoint is refused before anything loads.
+#[test]
+fn a_telemetry_path_over_a_probe_is_refused() {
+    let o = run(&["run", "--iface", "lo", "--web.telemetry-path", "/-/ready"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_line(&o).contains("--web.telemetry-path"));
 }
 
 #[test]

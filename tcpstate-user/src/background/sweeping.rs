@@ -13,6 +13,7 @@ use std::{
 };
 
 use tcpstate_common::scope;
+use tokio::sync::watch;
 use tracing::debug;
 
 use crate::{
@@ -39,6 +40,15 @@ pub struct Sweeper {
     pub settling: Settling,
     /// What the scrape and the watcher share with the sweeper.
     pub shared: Arc<Mutex<Shared>>,
+    /// The limits SIGHUP can change, read before each walk into `ports`.
+    pub limits: watch::Receiver<Limits>,
+}
+
+/// What a reload (SIGHUP) can change in the walk: `--close-wait-leak-after` and `--port-labels`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    pub leak_after: Duration,
+    pub port_labels: usize,
 }
 
 impl Sweeper {
@@ -50,6 +60,9 @@ impl Sweeper {
                 let mut report = SweepReport::default();
                 let mut range_reads = RangeReads::default();
                 while !stop.load(Ordering::Relaxed) {
+                    let limits = *self.limits.borrow_and_update();
+                    self.ports.leak_after_s = limits.leak_after.as_secs_f64();
+                    self.ports.port_labels = limits.port_labels;
                     self.refresh_listeners();
                     self.refresh_port_ranges(&mut range_reads);
                     let rounds_before = report.round_ns;

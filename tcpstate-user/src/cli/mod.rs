@@ -1,23 +1,58 @@
 //! Command-line surface (clap): the raw arguments, and ([`settings`]) what they become.
 
+pub mod generate;
 pub mod settings;
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{ffi::OsStr, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{
+    builder::{PossibleValue, TypedValueParser},
+    error::{ContextKind, ContextValue, ErrorKind},
+    Args, Parser, Subcommand, ValueEnum,
+};
 
 pub use settings::Duration;
+
+use crate::exporter::server::Listen;
+
+/// `tcpstate --version`: the facts `tcpstate_build_info` carries.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nrevision: ",
+    env!("TCPSTATE_REVISION"),
+    "\nrustc: ",
+    env!("TCPSTATE_RUSTC"),
+    "\naya: ",
+    env!("TCPSTATE_AYA"),
+);
 
 #[derive(Debug, Parser)]
 #[command(
     name = "tcpstate",
     version,
+    long_version = LONG_VERSION,
     about = "Mirror every TCP connection's state in the kernel (XDP + TC) and export it to Prometheus"
 )]
 pub struct Cli {
     /// Log level filter (error, warn, info, debug, trace), or a tracing directive.
-    #[arg(long, global = true, env = "TCPSTATE_LOG", default_value = "info")]
+    #[arg(
+        long,
+        visible_alias = "log.level",
+        global = true,
+        env = "TCPSTATE_LOG",
+        default_value = "info"
+    )]
     pub log: String,
+    /// Log line format: logfmt (node_exporter's), json (one object a line) or text (tracing's
+    /// human format, coloured on a terminal). Default: text when stderr is a terminal, logfmt
+    /// otherwise (journald, files). Colour only on a terminal and without NO_COLOR.
+    #[arg(
+        long = "log.format",
+        global = true,
+        env = "TCPSTATE_LOG_FORMAT",
+        value_enum
+    )]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -42,6 +77,19 @@ pub enum Command {
     /// Run the state machine over a capture file (pcap or pcapng) as tap mode would, offline and
     /// without privileges: each flow's final states, handshake, resets and history.
     Replay(ReplayArgs),
+    /// The man page or shell completions, from these definitions (what the .deb ships).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `ts=... level=info target=... msg="..." key=value`.
+    Logfmt,
+    /// One JSON object a line.
+    Json,
+    /// tracing's human format.
+    Text,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -139,13 +187,27 @@ pub struct RunArgs {
     /// XDP attach mode, with --ingress-hook xdp.
     #[arg(long, env = "TCPSTATE_XDP_MODE", value_enum, default_value = "auto")]
     pub xdp_mode: XdpModeArg,
-    /// Address the /metrics endpoint listens on.
-    #[arg(long, env = "TCPSTATE_LISTEN", default_value = "0.0.0.0:9477")]
-    pub listen: SocketAddr,
+    /// Address the metrics endpoint listens on: `:PORT` (every address, IPv4 and IPv6),
+    /// `HOST:PORT` or `[IPV6]:PORT`.
+    #[arg(
+        long,
+        visible_alias = "web.listen-address",
+        env = "TCPSTATE_LISTEN",
+        default_value = ":9477"
+    )]
+    pub listen: Listen,
+    /// Path the metrics are served at (the probes /-/healthy and /-/ready and the landing page /
+    /// keep theirs).
+    #[arg(
+        long = "web.telemetry-path",
+        env = "TCPSTATE_TELEMETRY_PATH",
+        default_value = "/metrics"
+    )]
+    pub telemetry_path: String,
     /// Prometheus exporter-toolkit web config (YAML, as node_exporter's --web.config.file): TLS,
     /// client certificates, basic auth users with bcrypt hashes, response headers. Re-read when
     /// it or a certificate it names changes.
-    #[arg(long, env = "TCPSTATE_WEB_CONFIG")]
+    #[arg(long, visible_alias = "web.config.file", env = "TCPSTATE_WEB_CONFIG")]
     pub web_config: Option<PathBuf>,
     /// Flows the kernel table holds at most.
     #[arg(long, env = "TCPSTATE_MAX_FLOWS", default_value_t = 131_072)]
@@ -155,10 +217,12 @@ pub struct RunArgs {
     #[arg(long, env = "TCPSTATE_HALF_OPEN_BUDGET")]
     pub half_open_budget: Option<u32>,
     /// CLOSE_WAIT age past which an endpoint counts as leaked (tcpstate_close_wait_leaked).
+    /// Reloaded on SIGHUP.
     #[arg(long, env = "TCPSTATE_CLOSE_WAIT_LEAK_AFTER", default_value = "60s")]
     pub close_wait_leak_after: Duration,
     /// Most ports given their own `port` label, and most destinations their own `destination`
     /// label (per namespace); the others are reported as port="other" / destination="other".
+    /// Reloaded on SIGHUP.
     #[arg(long, env = "TCPSTATE_PORT_LABELS", default_value_t = 32)]
     pub port_labels: usize,
     #[command(flatten)]
@@ -185,7 +249,7 @@ pub struct RunArgs {
     pub max_containers: u32,
     /// TOML file of labels that win over the runtime's names (container mode):
     /// `[[container]]` entries with `match` (container id prefix, netns mount name or
-    /// netns-INODE) and `namespace`/`pod`/`container`.
+    /// netns-INODE) and `namespace`/`pod`/`container`. Re-read on SIGHUP.
     #[arg(long, env = "TCPSTATE_CONTAINER_NAMES")]
     pub container_names: Option<PathBuf>,
     /// How much of a container's naming the series keep: full (namespace, pod, container) or
@@ -210,8 +274,10 @@ pub struct RunArgs {
     /// missing and exit 2. Serves nothing and pins nothing.
     #[arg(long)]
     pub check: bool,
-    /// TOML file with any of these options by their long names (`iface = ["eth0"]`,
-    /// `time-wait = "60s"`). Flags and TCPSTATE_* variables take precedence over it.
+    /// TOML file with any of these options by their long names or aliases (`iface = ["eth0"]`,
+    /// `time-wait = "60s"`, `"web.listen-address" = ":9477"`). Flags and TCPSTATE_* variables take
+    /// precedence over it. Re-read on SIGHUP: --close-wait-leak-after, --port-labels and
+    /// --container-names apply at once; a change to anything else is refused (restart for it).
     #[arg(long, env = "TCPSTATE_CONFIG")]
     pub config: Option<std::path::PathBuf>,
     #[command(flatten)]
@@ -262,8 +328,10 @@ pub struct FlowsArgs {
 /// Which flows `flows` and `replay` list.
 #[derive(Debug, Args)]
 pub struct FlowFilter {
-    /// Only flows with an endpoint in this state (e.g. close_wait, time_wait).
-    #[arg(long)]
+    /// Only flows with an endpoint in this state. ss's and conntrack's spellings work too, in any
+    /// case, with `-`, `_` or nothing between the words (close-wait, CLOSE_WAIT, closewait,
+    /// syn-recv, fin-wait-1).
+    #[arg(long, value_parser = StateParser)]
     pub state: Option<String>,
     /// Only flows with an endpoint on this port.
     #[arg(long)]
@@ -278,6 +346,45 @@ pub struct FlowFilter {
     /// [IPV6]:PORT): the connections behind one tcpstate_client_ports_in_use series.
     #[arg(long, value_name = "ADDR[:PORT]")]
     pub destination: Option<crate::inspect::flows::Destination>,
+}
+
+/// `--state`: any spelling [`settings::state_name`] knows, to our name (`close_wait`); `--help`
+/// lists our names.
+#[derive(Clone, Debug)]
+struct StateParser;
+
+impl TypedValueParser for StateParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<String, clap::Error> {
+        let text = value.to_string_lossy();
+        settings::state_name(&text)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                // clap's own "invalid value" error, with the accepted values.
+                let mut e = clap::Error::new(ErrorKind::InvalidValue).with_cmd(cmd);
+                let arg = arg.map_or_else(|| "--state".to_string(), ToString::to_string);
+                e.insert(ContextKind::InvalidArg, ContextValue::String(arg));
+                e.insert(ContextKind::InvalidValue, ContextValue::String(text.into()));
+                let valid = settings::STATE_NAMES.iter().map(|n| n.to_string());
+                e.insert(
+                    ContextKind::ValidValue,
+                    ContextValue::Strings(valid.collect()),
+                );
+                e
+            })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            settings::STATE_NAMES.iter().map(|n| PossibleValue::new(*n)),
+        ))
+    }
 }
 
 /// Filters by container or pod (container mode).

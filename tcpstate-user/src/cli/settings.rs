@@ -17,35 +17,49 @@ use crate::{
     replay::{At, Options, ReplayError, Request},
 };
 
-/// A duration written like `500ms`, `3s`, `90s`, `2m`, `1h`, `5d`.
+/// A duration as Prometheus and humantime write them: `500ms`, `60s`, `2m`, `1h30m`, `5d`, `1w`,
+/// and one decimal fraction (`1.5s`, `0.5h`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Duration(pub time::Duration);
 
+/// The spellings a bad duration's error names.
+const DURATION_FORMS: &str = "500ms, 60s, 1.5s, 2m, 1h30m or 5d (units ms, s, m, h, d, w)";
+
 impl FromStr for Duration {
     type Err = String;
+    /// humantime parses the compound forms (`1h30m`, `1h 30m`) with the units Prometheus uses;
+    /// it takes no fractions, which Prometheus does not either, but `1.5s` reads naturally, so
+    /// one number with a decimal point and one unit is read here, the unit's length from
+    /// humantime. (go-parse-duration has fractions but no `d`; duration-str pulls in a parser
+    /// combinator library for the same result.)
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration: write it like 3s, 90s, 2m"))?;
-        let ms = match unit {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "" => return Err(format!("{s:?} has no unit: write it like {s}s or {s}m")),
-            _ => {
-                return Err(format!(
-                    "{s:?} has an unknown unit {unit:?}: use ms, s, m, h or d"
-                ))
+        let bad = || format!("{s:?} is not a duration: write it like {DURATION_FORMS}");
+        if s.is_empty() || s.starts_with(['+', '-']) {
+            return Err(bad());
+        }
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "{s:?} has no unit: write it like {s}s or {s}m (or 500ms, 1.5s, 1h30m, 5d)"
+            ));
+        }
+        let digits = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len());
+        let (number, unit) = s.split_at(digits);
+        if number.contains('.') {
+            if !unit.chars().all(|c| c.is_ascii_alphabetic()) {
+                return Err(bad());
             }
-        };
-        n.checked_mul(ms)
-            .map(|ms| Duration(time::Duration::from_millis(ms)))
-            .ok_or_else(|| format!("{s:?} is too long"))
+            let n: f64 = number.parse().map_err(|_| bad())?;
+            let one = humantime::parse_duration(&format!("1{unit}")).map_err(|_| bad())?;
+            return time::Duration::try_from_secs_f64(n * one.as_secs_f64())
+                .map(Duration)
+                .map_err(|_| bad());
+        }
+        humantime::parse_duration(s)
+            .map(Duration)
+            .map_err(|_| bad())
     }
 }
 
@@ -53,6 +67,43 @@ impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}s", self.0.as_secs_f64())
     }
+}
+
+/// What `--state` accepts, our names (tcpstate_connections' `state` label, `flows --json`), in
+/// the order a connection goes through them.
+pub const STATE_NAMES: [&str; 10] = [
+    "syn_sent",
+    "syn_recv",
+    "established",
+    "fin_wait1",
+    "fin_wait2",
+    "close_wait",
+    "closing",
+    "last_ack",
+    "time_wait",
+    "closed",
+];
+
+/// A state as any of the tools an operator has at hand writes it, to our name: ours
+/// (`close_wait`), ss's (`close-wait`, `syn-recv`, `fin-wait-1`), conntrack's and the kernel's
+/// (`CLOSE_WAIT`, `SYN_RECV`, `CLOSE`), RFC 9293's (`SYN-RECEIVED`); case and `-`/`_` ignored.
+pub fn state_name(s: &str) -> Option<&'static str> {
+    let squash = |s: &str| -> String {
+        s.chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let s = squash(s.trim());
+    let s = match s.as_str() {
+        "synrcvd" | "synreceived" => "synrecv",
+        // How ss prints it in its State column.
+        "estab" => "established",
+        // conntrack's name for a closed connection.
+        "close" => "closed",
+        other => other,
+    };
+    STATE_NAMES.iter().copied().find(|n| squash(n) == s)
 }
 
 /// A duration that must be longer than zero, or the one-line error naming its flag.
@@ -190,6 +241,8 @@ impl RunArgs {
             ingress_hook: a.ingress_hook.into(),
             xdp_mode: a.xdp_mode.into(),
             listen: a.listen,
+            metrics_path: crate::exporter::server::metrics_path(&a.telemetry_path)
+                .map_err(ConfigError::Invalid)?,
             web_config,
             capacity: a.max_flows,
             half_open_budget,
@@ -335,29 +388,142 @@ fn parse_at(s: &str) -> Result<At, ReplayError> {
 mod tests {
     use super::*;
 
+    fn run_config(args: &[&str]) -> RunConfig {
+        let argv = ["tcpstate", "run"].iter().chain(args);
+        use clap::Parser;
+        let super::super::Command::Run(run) =
+            super::super::Cli::try_parse_from(argv).unwrap().command
+        else {
+            panic!("not run")
+        };
+        run.config().unwrap()
+    }
+
     #[test]
-    fn durations_parse_with_units_and_reject_the_rest() {
+    fn a_reload_applies_the_leak_threshold_and_port_labels() {
+        let running = run_config(&[]);
+        let new = run_config(&["--close-wait-leak-after", "30s", "--port-labels", "8"]);
+        let changed: Vec<String> = running
+            .reload(&new)
+            .unwrap()
+            .iter()
+            .map(|c| format!("{} {} -> {}", c.name, c.from, c.to))
+            .collect();
         assert_eq!(
-            "3s".parse::<Duration>().unwrap().0,
-            time::Duration::from_secs(3)
+            changed,
+            ["close_wait_leak_after 60s -> 30s", "port_labels 32 -> 8"]
         );
-        assert_eq!(
-            "2m".parse::<Duration>().unwrap().0,
-            time::Duration::from_secs(120)
-        );
-        assert_eq!(
-            "500ms".parse::<Duration>().unwrap().0,
-            time::Duration::from_millis(500)
-        );
-        assert_eq!(
-            "5d".parse::<Duration>().unwrap().0,
-            time::Duration::from_secs(432_000)
-        );
-        assert!("90".parse::<Duration>().unwrap_err().contains("no unit"));
-        assert!("3x"
-            .parse::<Duration>()
-            .unwrap_err()
-            .contains("unknown unit"));
-        assert!("s".parse::<Duration>().is_err());
+        assert_eq!(running.reload(&run_config(&[])), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_reload_that_changes_anything_else_names_it() {
+        let running = run_config(&["--containers"]);
+        for (args, flag) in [
+            (&["--containers", "--max-flows", "5"][..], "--max-flows"),
+            (&["--containers", "--time-wait", "30s"], "--time-wait"),
+            (&["--containers", "--listen", ":9100"], "--listen"),
+            (
+                &["--containers", "--web.telemetry-path", "/m"],
+                "--web.telemetry-path",
+            ),
+            (
+                &["--containers", "--container-resync", "5s"],
+                "--container-resync",
+            ),
+            (&["--close-wait-leak-after", "30s"], "--containers"),
+        ] {
+            assert_eq!(running.reload(&run_config(args)), Err(flag), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn states_parse_in_ss_conntrack_and_our_spellings() {
+        for (spellings, want) in [
+            (
+                &[
+                    "close-wait",
+                    "CLOSE_WAIT",
+                    "close_wait",
+                    "closewait",
+                    "Close-Wait",
+                ][..],
+                "close_wait",
+            ),
+            (
+                &["syn-recv", "SYN_RECV", "syn_rcvd", "SYN-RECEIVED"],
+                "syn_recv",
+            ),
+            (
+                &["fin-wait-1", "fin_wait1", "FIN_WAIT_1", "finwait1"],
+                "fin_wait1",
+            ),
+            (&["fin-wait-2", "FIN_WAIT2"], "fin_wait2"),
+            (&["time-wait", "TIME_WAIT", "timewait"], "time_wait"),
+            (&["syn-sent", "SYN_SENT"], "syn_sent"),
+            (&["last-ack", "LAST_ACK"], "last_ack"),
+            (&["ESTABLISHED", "ESTAB", "estab"], "established"),
+            (&["closing", "CLOSING"], "closing"),
+            (&["closed", "CLOSE", "close"], "closed"),
+        ] {
+            for s in spellings {
+                assert_eq!(state_name(s), Some(want), "{s}");
+            }
+        }
+        for bad in ["listen", "fin-wait", "wait", ""] {
+            assert_eq!(state_name(bad), None, "{bad:?}");
+        }
+    }
+
+    /// Every state the filter can match has a name here, and every name here is a state's.
+    #[test]
+    fn state_names_are_the_states() {
+        let mut ours: Vec<&str> = std::iter::once(tcpstate_common::TcpState::Closed)
+            .chain(tcpstate_common::TcpState::OPEN)
+            .map(|t| t.name())
+            .collect();
+        let mut listed = STATE_NAMES.to_vec();
+        ours.sort();
+        listed.sort();
+        assert_eq!(ours, listed);
+    }
+
+    fn parse(s: &str) -> Result<time::Duration, String> {
+        s.parse::<Duration>().map(|d| d.0)
+    }
+
+    #[test]
+    fn durations_parse_in_prometheus_and_humantime_spellings() {
+        let secs = time::Duration::from_secs;
+        for (text, want) in [
+            ("60s", secs(60)),
+            ("130s", secs(130)),
+            ("65s", secs(65)),
+            ("2m", secs(120)),
+            ("5d", secs(432_000)),
+            ("10s", secs(10)),
+            ("1s", secs(1)),
+            ("1h30m", secs(5400)),
+            ("1h 30m", secs(5400)),
+            ("1w", secs(7 * 86_400)),
+            ("500ms", time::Duration::from_millis(500)),
+            ("1.5s", time::Duration::from_millis(1500)),
+            ("0.5h", secs(1800)),
+            ("0s", secs(0)),
+        ] {
+            assert_eq!(parse(text), Ok(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_bad_duration_is_one_line_naming_the_accepted_forms() {
+        for bad in [
+            "90", "3x", "s", "", "1.5", "1.5.5s", "-3s", "1.5h30m", "1e3s", "abc",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(!e.contains('\n'), "{bad:?}: {e}");
+            assert!(e.contains("1h30m") && e.contains("500ms"), "{bad:?}: {e}");
+        }
+        assert!(parse("90").unwrap_err().contains("no unit"));
     }
 }

@@ -2,7 +2,16 @@
 //! scrapes), TLS through rustls when the web config asks for it, basic auth, gzip, OpenMetrics
 //! negotiation, a landing page and the `/-/healthy` and `/-/ready` probes, within fixed limits.
 
-use std::{convert::Infallible, future::Future, io::Write, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    fmt,
+    future::Future,
+    io::{self, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -51,19 +60,133 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Header fields at most.
 pub const MAX_HEADERS: usize = 64;
 
+/// Where the endpoint listens, as node_exporter's `--web.listen-address` writes it: `:PORT` (every
+/// address, IPv4 and IPv6), `HOST:PORT` (an IPv4 address or a name) or `[IPV6]:PORT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// `:PORT`: `[::]` with IPV6_V6ONLY off, so IPv4 clients connect too (as Go's `net.Listen`
+    /// does); `0.0.0.0` when the host has no IPv6.
+    Any(u16),
+    At(SocketAddr),
+}
+
+impl FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Listen, String> {
+        let s = s.trim();
+        let bad =
+            || format!("{s:?} is not a listen address: write :PORT, HOST:PORT or [IPV6]:PORT");
+        if let Some(port) = s.strip_prefix(':') {
+            return port.parse().map(Listen::Any).map_err(|_| bad());
+        }
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(Listen::At(a));
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || host.contains(':') || host.starts_with('[') {
+            return Err(bad());
+        }
+        // A name: its first IPv4 address if it has one (as Go listens on `localhost:PORT`).
+        let addrs: Vec<SocketAddr> = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| format!("{s:?}: cannot resolve {host:?} ({e})"))?
+            .collect();
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .map(|a| Listen::At(*a))
+            .ok_or_else(|| format!("{s:?}: {host:?} has no address"))
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Any(port) => write!(f, ":{port}"),
+            Listen::At(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+impl Listen {
+    /// A listening socket (non-blocking, for tokio), or the address that failed and why.
+    pub fn bind(self) -> Result<std::net::TcpListener, (SocketAddr, io::Error)> {
+        let addr = match self {
+            Listen::At(a) => return bind(a).map_err(|e| (a, e)),
+            Listen::Any(port) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+        };
+        match bind(addr) {
+            // The kernel has no IPv6 (booted with ipv6.disable=1): IPv4 alone.
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+                let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
+                info!(error = %e, "no IPv6 on this host: listening on {v4} (IPv4 only)");
+                bind(v4).map_err(|e| (v4, e))
+            }
+            other => other.map_err(|e| (addr, e)),
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As std's TcpListener::bind: a restarted daemon rebinds while old connections linger.
+    socket.set_reuse_address(true)?;
+    if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        // Explicitly, whatever net.ipv6.bindv6only says: `[::]` takes IPv4 clients too.
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Checks a `--web.telemetry-path`: an absolute path that is none of the other endpoints'.
+pub fn metrics_path(path: &str) -> Result<String, String> {
+    if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+        return Err(format!(
+            "--web.telemetry-path {path:?} must be a path starting with / (like /metrics)"
+        ));
+    }
+    if OTHER_PATHS.contains(&path) {
+        return Err(format!(
+            "--web.telemetry-path {path:?} is taken by another endpoint ({})",
+            OTHER_PATHS.join(", ")
+        ));
+    }
+    Ok(path.to_string())
+}
+
+/// The endpoints besides the metrics: their paths never move.
+const OTHER_PATHS: [&str; 3] = ["/", "/-/healthy", "/-/ready"];
+
 struct Ctx {
     render: Render,
     web: Option<Arc<Reloader>>,
+    /// `--web.telemetry-path`.
+    metrics_path: String,
+    /// The landing page, linking to it.
+    landing: String,
 }
 
 pub async fn serve(
     listener: TcpListener,
     render: Render,
     web: Option<Arc<Reloader>>,
+    metrics_path: String,
     shutdown: impl Future<Output = ()>,
 ) {
     raise_fd_limit();
-    let ctx = Arc::new(Ctx { render, web });
+    let landing = landing(&metrics_path);
+    let ctx = Arc::new(Ctx {
+        render,
+        web,
+        metrics_path,
+        landing,
+    });
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
@@ -169,9 +292,9 @@ fn route(req: &Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
         return r;
     }
     match req.uri().path() {
-        "/metrics" => scrape(req, ctx),
+        p if p == ctx.metrics_path => scrape(req, ctx),
         "/" => {
-            let mut r = Response::new(Full::new(Bytes::from_static(LANDING.as_bytes())));
+            let mut r = Response::new(Full::new(Bytes::from(ctx.landing.clone())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/html; charset=utf-8"),
@@ -181,20 +304,33 @@ fn route(req: &Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
         // Serving at all is health: the programs are attached before the server starts.
         "/-/healthy" => text(StatusCode::OK, "tcpstate is Healthy.\n"),
         "/-/ready" => text(StatusCode::OK, "tcpstate is Ready.\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            &format!("not found: try {}\n", ctx.metrics_path),
+        ),
     }
 }
 
-const LANDING: &str = concat!(
-    "<!DOCTYPE html>\n<html><head><title>tcpstate</title></head><body>\n",
-    "<h1>tcpstate ",
-    env!("CARGO_PKG_VERSION"),
-    "</h1>\n<p>TCP connection states from TC/XDP, exported to Prometheus.</p>\n<ul>\n",
-    "<li><a href=\"/metrics\">/metrics</a></li>\n",
-    "<li><a href=\"/-/healthy\">/-/healthy</a></li>\n",
-    "<li><a href=\"/-/ready\">/-/ready</a></li>\n",
-    "</ul>\n</body></html>\n"
-);
+fn landing(metrics_path: &str) -> String {
+    // The path was checked by `metrics_path`; escaped all the same, it goes into HTML.
+    let path = metrics_path
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('"', "&quot;");
+    format!(
+        concat!(
+            "<!DOCTYPE html>\n<html><head><title>tcpstate</title></head><body>\n",
+            "<h1>tcpstate ",
+            env!("CARGO_PKG_VERSION"),
+            "</h1>\n<p>TCP connection states from TC/XDP, exported to Prometheus.</p>\n<ul>\n",
+            "<li><a href=\"{path}\">{path}</a></li>\n",
+            "<li><a href=\"/-/healthy\">/-/healthy</a></li>\n",
+            "<li><a href=\"/-/ready\">/-/ready</a></li>\n",
+            "</ul>\n</body></html>\n"
+        ),
+        path = path
+    )
+}
 
 fn scrape(req: &Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
     let h = req.headers();
@@ -288,23 +424,20 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 /// Each connection holds a file descriptor; the default soft limit (1024) would stop the server
 /// far below MAX_CONNECTIONS. Raise it to the hard limit, as Go programs do at start-up.
 fn raise_fd_limit() {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let l = getrlimit(Resource::Nofile);
+    // None is RLIM_INFINITY.
+    let (before, max) = (l.current.unwrap_or(u64::MAX), l.maximum.unwrap_or(u64::MAX));
+    let raised = Rlimit {
+        current: l.maximum,
+        maximum: l.maximum,
     };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
-            let before = l.rlim_cur;
-            l.rlim_cur = l.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0 {
-                info!(
-                    from = before,
-                    to = l.rlim_max,
-                    "raised the open-file limit for HTTP connections"
-                );
-            }
-        }
+    if before < max && setrlimit(Resource::Nofile, raised).is_ok() {
+        info!(
+            from = before,
+            to = max,
+            "raised the open-file limit for HTTP connections"
+        );
     }
 }
 

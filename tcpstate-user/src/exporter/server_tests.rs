@@ -32,6 +32,12 @@ fn scratch(test: &str) -> PathBuf {
 
 /// Starts the endpoint on a loopback port in a thread of its own, with `yaml` as its web config.
 fn start(dir: &Path, yaml: Option<&str>) -> SocketAddr {
+    start_at(dir, yaml, "/metrics")
+}
+
+/// As [`start`], serving the metrics at `metrics_path` (`--web.telemetry-path`).
+fn start_at(dir: &Path, yaml: Option<&str>, metrics_path: &str) -> SocketAddr {
+    let metrics_path = metrics_path.to_string();
     let web = yaml.map(|y| {
         let path = dir.join("web.yml");
         std::fs::write(&path, y).expect("write web config");
@@ -54,7 +60,7 @@ fn start(dir: &Path, yaml: Option<&str>) -> SocketAddr {
         rt.block_on(async move {
             let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             tx.send(l.local_addr().unwrap()).unwrap();
-            serve(l, render, web, std::future::pending()).await;
+            serve(l, render, web, metrics_path, std::future::pending()).await;
         });
     });
     rx.recv().expect("server address")
@@ -156,6 +162,71 @@ fn gzip_only_when_the_scraper_accepts_it() {
     let a = exchange(&mut s, &get("/metrics", "Accept-Encoding: gzip;q=0\r\n")).unwrap();
     assert!(!a.headers.contains_key("content-encoding"));
     assert_eq!(a.body, TEXT_BODY.as_bytes());
+}
+
+#[test]
+fn a_telemetry_path_moves_the_metrics_and_only_them() {
+    let addr = start_at(&scratch("telemetry-path"), None, "/custom/metrics");
+    let mut s = connect(addr);
+    let a = exchange(&mut s, &get("/custom/metrics", "")).unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, TEXT_BODY.as_bytes());
+    assert_eq!(exchange(&mut s, &get("/metrics", "")).unwrap().status, 404);
+    assert_eq!(
+        exchange(&mut s, &get("/-/healthy", "")).unwrap().status,
+        200
+    );
+    let landing = exchange(&mut s, &get("/", "")).unwrap();
+    assert!(String::from_utf8_lossy(&landing.body).contains("href=\"/custom/metrics\""));
+}
+
+#[test]
+fn a_telemetry_path_must_be_a_free_absolute_path() {
+    assert_eq!(metrics_path("/m").unwrap(), "/m");
+    for bad in ["metrics", "/-/healthy", "/", "/m?x=1"] {
+        assert!(metrics_path(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn listen_addresses_as_node_exporter_writes_them() {
+    assert_eq!(":9477".parse::<Listen>().unwrap(), Listen::Any(9477));
+    assert_eq!(
+        "127.0.0.1:9100".parse::<Listen>().unwrap(),
+        Listen::At("127.0.0.1:9100".parse().unwrap())
+    );
+    assert_eq!(
+        "[::1]:9100".parse::<Listen>().unwrap(),
+        Listen::At("[::1]:9100".parse().unwrap())
+    );
+    assert_eq!(
+        "localhost:9100".parse::<Listen>().unwrap(),
+        Listen::At("127.0.0.1:9100".parse().unwrap())
+    );
+    for bad in ["9477", ":", ":x", "::1:9100", "[::1]", "127.0.0.1:99999"] {
+        let e = bad.parse::<Listen>().unwrap_err();
+        assert!(e.contains(bad), "{bad:?}: {e}");
+    }
+    assert_eq!(Listen::Any(9477).to_string(), ":9477");
+}
+
+/// `:PORT` takes IPv4 and IPv6 clients on one socket.
+#[test]
+fn any_address_takes_ipv4_and_ipv6_clients() {
+    // A free port: bound once on IPv4, closed, then taken by the listener under test.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let l = Listen::Any(port).bind().expect("bind :PORT");
+    let local = l.local_addr().unwrap();
+    assert!(local.is_ipv6(), "{local} is not [::]");
+    TcpStream::connect(("127.0.0.1", port)).expect("an IPv4 client connects");
+    // Hosts without IPv6 loopback (a container with IPv6 off) have no ::1 to try.
+    if std::net::UdpSocket::bind("[::1]:0").is_ok() {
+        TcpStream::connect(("::1", port)).expect("an IPv6 client connects");
+    }
 }
 
 #[test]

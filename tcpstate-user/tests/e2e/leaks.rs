@@ -96,7 +96,11 @@ fn clients_close(p: &Pair, port: u16, n: usize) -> Instant {
 }
 
 /// `tcpstate leaks --json [--older-than T]` in the daemon's namespace: (exit code, parsed output).
-fn leaks_json(ns: &Netns, d: &Daemon, older_than: Option<&str>) -> (i32, serde_json::Value) {
+pub(crate) fn leaks_json(
+    ns: &Netns,
+    d: &Daemon,
+    older_than: Option<&str>,
+) -> (i32, serde_json::Value) {
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", ns.name))
         .args([BIN, "leaks", "--json"])

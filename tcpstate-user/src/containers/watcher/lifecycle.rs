@@ -43,10 +43,11 @@ impl Watcher {
                 .mount_name
                 .as_deref()
                 .is_some_and(crate::containers::naming::provisional_mount)
-            && !self
-                .settings
-                .overrides
-                .matches(&labels, cand.mount_name.as_deref(), cand.id.ino);
+            && !self.settings.overrides.borrow().matches(
+                &labels,
+                cand.mount_name.as_deref(),
+                cand.id.ino,
+            );
         let diag = match netns.run(Diag::open) {
             Ok(Ok(d)) => Some(Arc::new(d)),
             Ok(Err(e)) | Err(e) => {

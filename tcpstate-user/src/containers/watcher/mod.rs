@@ -30,6 +30,7 @@ use tcpstate_common::{
     flow::monotonic_ns,
     scope::{self, ScopeInfo},
 };
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -76,7 +77,8 @@ pub struct Settings {
     pub seed: bool,
     pub level: LabelLevel,
     pub runtimes: Runtimes,
-    pub overrides: Overrides,
+    /// `--container-names`, replaced when a reload (SIGHUP) reads the file again.
+    pub overrides: watch::Receiver<Overrides>,
     /// The sweeper's timeouts, against which seeded timer states are back-dated.
     pub timeouts: crate::background::expiry::Timeouts,
 }
@@ -208,6 +210,9 @@ impl Watcher {
                     // next resync.
                     if !changed && self.watched.values().any(|w| w.pending_since.is_some()) {
                         self.name_pending();
+                    }
+                    if self.settings.overrides.has_changed().unwrap_or(false) {
+                        self.relabel();
                     }
                     let resync = last.elapsed() >= self.settings.resync;
                     if changed || resync {

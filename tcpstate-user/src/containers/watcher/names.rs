@@ -10,11 +10,45 @@ impl Watcher {
                 .runtimes
                 .label(&cand.pids, cand.mount_name.as_deref(), cand.id.ino);
         let named = !labels.container_id.is_empty();
-        let labels = self
-            .settings
-            .overrides
-            .apply(labels, cand.mount_name.as_deref(), cand.id.ino);
+        let labels =
+            self.settings
+                .overrides
+                .borrow()
+                .apply(labels, cand.mount_name.as_deref(), cand.id.ino);
         (labels, named)
+    }
+
+    /// `--container-names` was reloaded (SIGHUP): every shown namespace is labelled again from its
+    /// runtime and the new overrides.
+    pub(super) fn relabel(&mut self) {
+        self.settings.overrides.mark_unchanged();
+        self.candidates = netns::candidates(self.own);
+        let shown: Vec<u32> = self
+            .watched
+            .iter()
+            .filter(|(_, w)| w.pending_since.is_none())
+            .map(|(&s, _)| s)
+            .collect();
+        let mut changed = false;
+        for scope in shown {
+            let id = self.watched[&scope].netns.id;
+            let Some(cand) = self.candidates.iter().find(|c| c.id == id).cloned() else {
+                continue;
+            };
+            let (labels, named) = self.label(&cand);
+            if labels == self.watched[&scope].labels {
+                continue;
+            }
+            self.write_info(scope, id, scope::state::ACTIVE, &labels);
+            let w = self.watched.get_mut(&scope).expect("listed above");
+            info!(scope, container = %labels.container, pod = %labels.pod, namespace = %labels.namespace, "container namespace labelled again after a reload of --container-names");
+            w.labels = labels;
+            w.named |= named;
+            changed = true;
+        }
+        if changed {
+            self.publish();
+        }
     }
 
     /// Names the namespaces waiting for their first process ([`PENDING_LIMIT`]): each one whose
