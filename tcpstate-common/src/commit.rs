@@ -56,6 +56,9 @@ pub unsafe fn commit(dst: *mut FlowRecord, expected_word: u64, st: &Step) -> boo
         if w & write::LAST_SEEN != 0 {
             (*dst).last_seen = st.rec.last_seen;
         }
+        if w & write::STALL != 0 {
+            (*dst).stall_tick = st.rec.stall_tick;
+        }
     }
     true
 }

@@ -53,6 +53,35 @@ impl RstDirection {
     }
 }
 
+/// Whose receive window is zero, seen from a counted endpoint: its own (its application stopped
+/// reading) or its peer's (its sends wait on the peer's reader). The `side` label of
+/// `tcpstate_zero_window_endpoints` and `tcpstate_zero_window_stalls_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Stall {
+    Local = 0,
+    Remote = 1,
+}
+
+impl Stall {
+    pub const ALL: [Stall; 2] = [Stall::Local, Stall::Remote];
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stall::Local => "local",
+            Stall::Remote => "remote",
+        }
+    }
+    /// The stall of `stalled`'s window as `endpoint` sees it.
+    #[inline(always)]
+    pub fn seen_by(endpoint: Side, stalled: Side) -> Stall {
+        if endpoint as u8 == stalled as u8 {
+            Stall::Local
+        } else {
+            Stall::Remote
+        }
+    }
+}
+
 /// Why a flow could not be tracked. The `reason` label of `tcpstate_flows_untracked_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -122,7 +151,10 @@ pub mod idx {
     /// endpoint (listener drops, [`retransmitted`]), all ports; the host's per-port counts are
     /// in their own map (`maps::RETRANSMITS`). (Appended: slots above keep their numbers.)
     pub const RETRANSMITS: u32 = SYN_COOKIES + 1;
-    pub const COUNT: u32 = RETRANSMITS + 2;
+    /// `[Stall]`: zero-window stalls begun, seen by a counted endpoint: its own (local) or its
+    /// peer's (remote). (Appended: slots above keep their numbers.)
+    pub const ZERO_WINDOW_STALLS: u32 = RETRANSMITS + 2;
+    pub const COUNT: u32 = ZERO_WINDOW_STALLS + 2;
 
     /// Whether a slot belongs to a scope's own set (per-endpoint figures: connection gauges,
     /// RSTs, handshakes and their durations) or to the one global set that lives in the host
@@ -230,6 +262,23 @@ pub fn for_each_delta(old: FlowWord, st: &Step, sender: Side, mut bump: impl FnM
     }
     if let Some(r) = retransmitted(st) {
         bump(idx::retransmits(r), 1);
+    }
+    if st.stalled {
+        // The sender's window closed: a local stall for it, a remote one for its peer, for
+        // whichever of the two is counted here.
+        let new = st.rec.word();
+        if new.is_counted(Side::A) {
+            bump(
+                idx::ZERO_WINDOW_STALLS + Stall::seen_by(Side::A, sender) as u32,
+                1,
+            );
+        }
+        if new.is_counted(Side::B) {
+            bump(
+                idx::ZERO_WINDOW_STALLS + Stall::seen_by(Side::B, sender) as u32,
+                1,
+            );
+        }
     }
 }
 

@@ -161,6 +161,10 @@ pub mod known {
     pub const ISN: u8 = 0x01;
     pub const END: u8 = 0x02;
     pub const ACK: u8 = 0x04;
+    /// Not a fact learned but a condition: the endpoint's latest segment advertised a zero
+    /// receive window (its application stopped reading), while it can still receive. Set and
+    /// cleared by [`crate::state::step`]; it changes the word only when a stall begins or ends.
+    pub const ZERO_WINDOW: u8 = 0x08;
     /// Shift for side B's bits.
     pub const B_SHIFT: u8 = 4;
 }
@@ -274,6 +278,11 @@ impl FlowWord {
             Role::Server
         }
     }
+    /// Whether the side's endpoint advertises a zero window ([`known::ZERO_WINDOW`]).
+    #[inline(always)]
+    pub fn zero_window(&self, side: Side) -> bool {
+        self.knows(side, known::ZERO_WINDOW)
+    }
     /// Whether the side's endpoint is in the connection gauges: watched ([`FlowWord::counted`]),
     /// and the flow not a pending midstream pickup ([`FlowWord::pending`]).
     #[inline(always)]
@@ -314,7 +323,12 @@ pub struct FlowRecord {
     /// CLOCK_MONOTONIC time of the last segment seen, in ticks of 2^30 ns ([`FlowRecord::seen_tick`]),
     /// refreshed at most once a tick.
     pub last_seen: u32,
-    pub _pad: u32,
+    /// When the flow's current zero-window stall began, a `last_seen` tick
+    /// ([`FlowRecord::seen_tick`], at least 1): stamped when an endpoint begins advertising a
+    /// zero window while its peer does not; meaningful while [`known::ZERO_WINDOW`] is set for
+    /// a side. One stamp for both sides: both stalled at once is a deadlock of two applications
+    /// that write and never read, and the first stall is the one to date.
+    pub stall_tick: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowRecord>() == 72);
 

@@ -14,6 +14,7 @@ extern crate std;
 
 pub mod commit;
 pub mod counters;
+pub mod durations;
 pub mod flow;
 #[cfg(feature = "user")]
 pub mod host_table;

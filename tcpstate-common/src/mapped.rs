@@ -331,3 +331,181 @@ fn grace_period() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The histogram rows of [`crate::durations::DURATIONS`], mapped read-write: the kernel adds to
+/// them atomically, and so does the daemon for the endings it decides; a read is a memory read
+/// per row, no system call.
+pub struct Durations {
+    mem: MmapRaw,
+    _map: MapData,
+    rows: u32,
+}
+
+// SAFETY: shared memory updated only with atomic adds and read with atomic loads.
+unsafe impl Send for Durations {}
+// SAFETY: as above.
+unsafe impl Sync for Durations {}
+
+impl Durations {
+    /// Maps the rows held by `map` (an mmapable array of [`crate::durations::DurationRow`]).
+    pub fn new(map: MapData) -> std::io::Result<Durations> {
+        use crate::durations::DurationRow;
+        let info = map.info().map_err(std::io::Error::other)?;
+        let size = core::mem::size_of::<DurationRow>();
+        if info.value_size() as usize != size {
+            return Err(std::io::Error::other(format!(
+                "the duration histograms have {}-byte rows where this build uses {size}",
+                info.value_size()
+            )));
+        }
+        let rows = info.max_entries();
+        let mem = MmapOptions::new()
+            .len(rows as usize * size)
+            .map_raw(map.fd().as_fd().as_raw_fd())
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot map the duration histograms into memory: {e}"),
+                )
+            })?;
+        Ok(Durations {
+            mem,
+            _map: map,
+            rows,
+        })
+    }
+
+    /// Rows in the array.
+    pub fn rows(&self) -> u32 {
+        self.rows
+    }
+
+    /// The scopes the array was sized for ([`crate::durations::entries`]).
+    pub fn scopes(&self) -> u32 {
+        use crate::durations::{Measure, HOST_ROWS};
+        (self.rows / Measure::COUNT).saturating_sub(HOST_ROWS)
+    }
+
+    /// The index of `measure`'s `row`.
+    pub fn index(&self, measure: crate::durations::Measure, row: u32) -> u32 {
+        crate::durations::index(measure, row, self.scopes())
+    }
+
+    fn words(&self, i: u32) -> Option<&[core::sync::atomic::AtomicU64; 16]> {
+        const _: () = assert!(core::mem::size_of::<crate::durations::DurationRow>() == 16 * 8);
+        // SAFETY: in bounds (checked) of a page-aligned mapping of whole 128-byte rows, each 16
+        // u64 words that every writer updates atomically.
+        (i < self.rows).then(|| unsafe {
+            &*self
+                .mem
+                .as_mut_ptr()
+                .cast::<[core::sync::atomic::AtomicU64; 16]>()
+                .add(i as usize)
+        })
+    }
+
+    /// Row `i` as it is now (each word read atomically; a row being added to may show the
+    /// bucket before the sum, which the next read completes).
+    pub fn get(&self, i: u32) -> crate::durations::DurationRow {
+        use core::sync::atomic::Ordering::Relaxed;
+        let mut row = crate::durations::DurationRow::default();
+        if let Some(w) = self.words(i) {
+            for (b, src) in row.buckets.iter_mut().zip(w.iter()) {
+                *b = src.load(Relaxed);
+            }
+            row.sum_us = w[crate::durations::BUCKETS].load(Relaxed);
+        }
+        row
+    }
+
+    /// Adds one observation of `ns` to row `i`, as the kernel does.
+    pub fn observe(&self, i: u32, ns: u64) {
+        use core::sync::atomic::Ordering::Relaxed;
+        if let Some(w) = self.words(i) {
+            let b = (crate::durations::bucket(ns) as usize).min(crate::durations::BUCKETS - 1);
+            w[b].fetch_add(1, Relaxed);
+            w[crate::durations::BUCKETS].fetch_add(ns / 1000, Relaxed);
+        }
+    }
+
+    /// Zeroes row `i` (a scope given to a new namespace starts from nothing).
+    pub fn clear(&self, i: u32) {
+        use core::sync::atomic::Ordering::Relaxed;
+        if let Some(w) = self.words(i) {
+            for x in w {
+                x.store(0, Relaxed);
+            }
+        }
+    }
+}
+
+/// An array of `u64` slots the kernel adds to atomically ([`crate::maps::SCOPE_COUNTERS`]),
+/// mapped read-write: read as memory, one load a slot.
+pub struct Words {
+    mem: MmapRaw,
+    _map: MapData,
+    len: u32,
+}
+
+// SAFETY: shared memory updated only with atomic operations.
+unsafe impl Send for Words {}
+// SAFETY: as above.
+unsafe impl Sync for Words {}
+
+impl Words {
+    /// Maps the slots held by `map` (an mmapable array of `u64`).
+    pub fn new(map: MapData) -> std::io::Result<Words> {
+        let info = map.info().map_err(std::io::Error::other)?;
+        if info.value_size() != 8 {
+            return Err(std::io::Error::other(format!(
+                "an array of {}-byte values where 8-byte counters were expected",
+                info.value_size()
+            )));
+        }
+        let len = info.max_entries();
+        let mem = MmapOptions::new()
+            .len(len as usize * 8)
+            .map_raw(map.fd().as_fd().as_raw_fd())
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot map counters into memory: {e}"))
+            })?;
+        Ok(Words {
+            mem,
+            _map: map,
+            len,
+        })
+    }
+
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn word(&self, i: u32) -> Option<&core::sync::atomic::AtomicU64> {
+        // SAFETY: in bounds (checked) of a page-aligned mapping of 8-byte slots, which every
+        // writer updates atomically.
+        (i < self.len).then(|| unsafe {
+            &*self
+                .mem
+                .as_mut_ptr()
+                .cast::<core::sync::atomic::AtomicU64>()
+                .add(i as usize)
+        })
+    }
+
+    /// Slot `i` (0 past the end).
+    pub fn get(&self, i: u32) -> u64 {
+        self.word(i)
+            .map_or(0, |w| w.load(core::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Sets slot `i` (a scope given to a new namespace starts from zero).
+    pub fn set(&self, i: u32, v: u64) {
+        if let Some(w) = self.word(i) {
+            w.store(v, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}

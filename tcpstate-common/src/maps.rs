@@ -8,7 +8,16 @@ use crate::{
 
 /// Map names as they appear in the object file and under the pin directory.
 pub const FLOWS: &str = "TCPSTATE_FLOWS";
+/// The host scope's counter slots and the global ones: `idx::COUNT` per-CPU slots, summed at
+/// scrape time (the hot ones, bumped by every segment, must not share a cache line between CPUs).
 pub const COUNTERS: &str = "TCPSTATE_COUNTERS";
+/// Every container scope's own slots ([`crate::counters::idx::per_scope`]): `idx::COUNT` `u64`
+/// slots per scope, indexed like the per-CPU array would be (scope 0's row unused), in one
+/// array the daemon maps into its memory and reads without a system call, updated with atomic
+/// adds. A container's slots change on its own transitions only, so the adds rarely meet another
+/// CPU's; and a scrape reads hundreds of scopes as memory instead of copying every CPU's copy of
+/// every slot through BPF_MAP_LOOKUP_BATCH.
+pub const SCOPE_COUNTERS: &str = "TCPSTATE_SCOPE_COUNTERS";
 pub const TABLE: &str = "TCPSTATE_TABLE";
 pub const USER: &str = "TCPSTATE_USER";
 /// The running daemon's settings that the inspection commands must agree with ([`Settings`]).

@@ -102,6 +102,8 @@ pub mod write {
     pub const SINCE_B: u8 = 0x10;
     pub const SYN_NS: u8 = 0x20;
     pub const LAST_SEEN: u8 = 0x40;
+    /// `stall_tick`.
+    pub const STALL: u8 = 0x80;
 
     #[inline(always)]
     pub const fn seq(side: crate::flow::Side) -> u8 {
@@ -132,6 +134,9 @@ pub struct Step {
     /// The segment was the client's SYN or the server's SYN-ACK sent again. Reported even though
     /// a retransmission changes nothing in the record (it may come with no write at all).
     pub retransmit: Retransmit,
+    /// The sender began advertising a zero window: its receive buffer is full, its application
+    /// is not reading (`tcpstate_zero_window_stalls_total`).
+    pub stalled: bool,
 }
 
 /// A handshake segment sent again: what a listener that drops what it receives makes its peers
@@ -179,6 +184,18 @@ impl FastOpen {
     }
 }
 
+/// Whether a state change ends or starts something measured in milliseconds: a handshake (its
+/// duration), CLOSE_WAIT (how long the application took to close), a connection (its lifetime,
+/// [`crate::durations`]). One to three such stamps a connection; the jiffy of the coarse clock
+/// (4 ms at HZ=250) would fill the first buckets with rounding.
+#[inline(always)]
+fn timed(old: TcpState, new: TcpState) -> bool {
+    old.is_handshake()
+        || old == TcpState::CloseWait
+        || new == TcpState::CloseWait
+        || new.is_finished()
+}
+
 /// Largest window an observer assumes when it cannot know one (midstream pickup): 1 GiB, the RFC 7323
 /// maximum (65535 << 14).
 const WIN_UNKNOWN: u32 = 1 << 30;
@@ -192,9 +209,12 @@ impl Step {
     pub fn needs_precise_clock(&self, old: crate::flow::FlowWord) -> bool {
         use crate::flow::Side;
         // Both sides spelled out: constant indexes for the verifier (see for_each_delta).
+        let new = self.rec.word();
         self.write & write::SYN_NS != 0
-            || (self.write & write::since(Side::A) != 0 && old.state(Side::A).is_handshake())
-            || (self.write & write::since(Side::B) != 0 && old.state(Side::B).is_handshake())
+            || (self.write & write::since(Side::A) != 0
+                && timed(old.state(Side::A), new.state(Side::A)))
+            || (self.write & write::since(Side::B) != 0
+                && timed(old.state(Side::B), new.state(Side::B)))
     }
 
     /// A step that has changed nothing yet.
@@ -210,7 +230,7 @@ impl Step {
             since_ns: [0; 2],
             syn_ns: 0,
             last_seen: 0,
-            _pad: 0,
+            stall_tick: 0,
         },
         write: 0,
         invalid: None,
@@ -219,6 +239,7 @@ impl Step {
         half_open_released: false,
         fastopen: FastOpen::None,
         retransmit: Retransmit::None,
+        stalled: false,
     };
 
     /// Starts a step from `rec`, in place (the kernel keeps its `Step` in a per-CPU scratch slot,
@@ -233,6 +254,7 @@ impl Step {
         self.half_open_released = false;
         self.fastopen = FastOpen::None;
         self.retransmit = Retransmit::None;
+        self.stalled = false;
         let tick = FlowRecord::seen_tick(now_ns);
         if tick != rec.last_seen {
             self.rec.last_seen = tick;
@@ -320,6 +342,7 @@ pub fn quiet(rec: &FlowRecord, s: Side, seg: &Segment, now_ns: u64) -> bool {
         && w.state(s) == TcpState::Established
         && w.state(s.other()) == TcpState::Established
         && FlowRecord::seen_tick(now_ns) == rec.last_seen
+        && advertises_zero_window(seg) == w.zero_window(s)
         && receive_hint_stale(&w, s, &rec.seq[s.index()], seg).is_none()
 }
 
@@ -436,6 +459,7 @@ fn step_in_place(st: &mut Step, s: Side, seg: &Segment, now_ns: u64) {
         let mut w = old;
         learn_receive_side(st, &mut w, s, seg);
         seen_sending(&mut w, s, seg);
+        zero_window(st, &mut w, s, seg, now_ns);
         if w != old {
             st.rec.set_word(w);
             st.write |= write::WORD;
@@ -456,9 +480,51 @@ fn step_in_place(st: &mut Step, s: Side, seg: &Segment, now_ns: u64) {
     if st.invalid.is_none() {
         let mut w = st.rec.word();
         seen_sending(&mut w, s, seg);
+        zero_window(st, &mut w, s, seg, now_ns);
         st.rec.set_word(w);
     }
     finish(st, old, s, now_ns)
+}
+
+/// Whether the segment advertises a zero receive window: an ACK (the window field means nothing
+/// without one, RFC 9293 section 3.10.7.4) that is no SYN (never scaled, and no buffer is full
+/// yet) or RST, whose raw window is 0 (0 under any scale).
+#[inline(always)]
+pub fn advertises_zero_window(seg: &Segment) -> bool {
+    seg.flags & (ACK | SYN | RST) == ACK && seg.win == 0
+}
+
+/// States in which an endpoint still receives data, so a zero window stalls its peer.
+#[inline(always)]
+const fn receives(s: TcpState) -> bool {
+    matches!(
+        s,
+        TcpState::Established | TcpState::FinWait1 | TcpState::FinWait2
+    )
+}
+
+/// Follows zero-window stalls (RFC 9293 section 3.8.6.1): the sender's from its advertisement,
+/// the peer's ended when the peer can no longer receive. Changes the word only when a stall
+/// begins or ends, so a stalled flow's zero-window probes and their ACKs stay quiet.
+#[inline(always)]
+fn zero_window(st: &mut Step, w: &mut FlowWord, s: Side, seg: &Segment, now_ns: u64) {
+    let r = s.other();
+    let zero = receives(w.state(s)) && advertises_zero_window(seg);
+    let shift = |side: Side| known::ZERO_WINDOW << (side as u8 * known::B_SHIFT);
+    if zero && !w.zero_window(s) {
+        if !w.zero_window(r) {
+            let tick = FlowRecord::seen_tick(now_ns);
+            st.rec.stall_tick = if tick == 0 { 1 } else { tick };
+            st.write |= write::STALL;
+        }
+        w.known |= shift(s);
+        st.stalled = true;
+    } else if !zero && w.zero_window(s) {
+        w.known &= !shift(s);
+    }
+    if w.zero_window(r) && !receives(w.state(r)) {
+        w.known &= !shift(r);
+    }
 }
 
 /// A pending midstream pickup ([`FlowWord::pending`]) has now seen `s` send; once both sides

@@ -13,6 +13,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use tcpstate_common::{
     commit::commit,
     counters::{for_each_delta, idx},
+    durations::{self, Measure},
     flow::{flowflags, FlowRecord, FlowWord, Role, Side},
     state::{
         open, quiet, step, step_cookie_into, write, Handshake, InvalidReason, Opening, Retransmit,
@@ -150,7 +151,7 @@ fn op() -> impl Strategy<Value = Op> {
         num(),
         num(),
         prop_oneof![4 => Just(0u32), 1 => 1u32..3000],
-        prop_oneof![4 => Just(20_000u16), 1 => any::<u16>()],
+        prop_oneof![4 => Just(20_000u16), 1 => Just(0u16), 1 => any::<u16>()],
         prop_oneof![Just(WSCALE_NONE), 0u8..=WSCALE_MAX],
         prop_oneof![4 => 0u64..50, 1 => 0u64..3000],
         prop::bool::weighted(0.15),
@@ -246,6 +247,8 @@ struct Flow {
     counters: BTreeMap<u32, u64>,
     released: u32,
     seen: BTreeSet<(TcpState, TcpState)>,
+    /// Per side, what the current connection has ended so far: (CLOSE_WAIT dwells, lifetimes).
+    ended: [(u32, u32); 2],
 }
 
 impl Flow {
@@ -291,6 +294,7 @@ impl Flow {
             // A midstream pickup never holds a half-open slot: as if given back already.
             released: sc.midstream as u32,
             seen: BTreeSet::new(),
+            ended: [(0, 0); 2],
         };
         let before = FlowWord {
             counted: sc.counted,
@@ -355,11 +359,31 @@ impl Flow {
         check_step(&old, &st, s, seg, self.now);
         assert_eq!(self.rec, st.rec, "write {:#x} misses a change", st.write);
         self.count(old.word(), &st, s);
+        self.check_ended(&old, &st);
         if st.invalid.is_none() {
             self.advance(s, seg);
         }
         self.check_record();
         st
+    }
+
+    /// A connection ends at most once per endpoint: one lifetime, one CLOSE_WAIT dwell, however
+    /// segments are lost, repeated or reordered; a SYN reopening the key starts a new one.
+    fn check_ended(&mut self, old: &FlowRecord, st: &Step) {
+        if st.rec.syn_ns != old.syn_ns {
+            self.ended = [(0, 0); 2];
+        }
+        durations::ended(old.word(), &old.since_ns, st).for_each(st.rec.word(), |m, side, ns| {
+            let e = &mut self.ended[side.index()];
+            match m {
+                Measure::CloseWait => e.0 += 1,
+                _ => e.1 += 1,
+            }
+            assert!(ns <= self.now, "a duration longer than the flow's clock");
+        });
+        for (side, e) in self.ended.iter().enumerate() {
+            assert!(e.0 <= 1 && e.1 <= 1, "side {side} ended twice: {e:?}");
+        }
     }
 
     /// Keeps `nxt` at what each side has really sent.
@@ -397,6 +421,16 @@ impl Flow {
         }
         if w.has(flowflags::RESET) {
             assert_eq!((a, b), (Closed, Closed), "RESET flag on a live flow");
+        }
+        // A zero window stalls only an endpoint that still receives.
+        for side in [Side::A, Side::B] {
+            if w.zero_window(side) {
+                assert!(
+                    matches!(w.state(side), Established | FinWait1 | FinWait2),
+                    "zero window on {side:?} in {:?}",
+                    w.state(side)
+                );
+            }
         }
         // Only a midstream pickup is ever pending, and nothing of it is counted meanwhile.
         if w.pending != 0 {

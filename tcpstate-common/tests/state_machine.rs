@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 
 use tcpstate_common::{
     commit::commit,
-    counters::{for_each_delta, handshake_bucket, idx, retransmitted, RstDirection},
+    counters::{for_each_delta, handshake_bucket, idx, retransmitted, RstDirection, Stall},
+    durations::{self, Measure},
     flow::{flowflags, FlowRecord, FlowWord, Role, Side},
     state::{
         open, quiet, step, step_cookie_into, write, FastOpen, Handshake, InvalidReason, Opening,
@@ -90,6 +91,8 @@ struct Conn {
     client: Side,
     /// Every counter slot summed over all steps so far, as the per-CPU array holds them.
     counters: BTreeMap<u32, u64>,
+    /// What the steps ended ([`durations::ended`]), in order: (measure, side, nanoseconds).
+    ended: Vec<(Measure, Side, u64)>,
 }
 
 impl Conn {
@@ -102,6 +105,7 @@ impl Conn {
             now: T0,
             client: st.rec.word().client(),
             counters: BTreeMap::new(),
+            ended: Vec::new(),
         };
         let before = FlowWord {
             counted,
@@ -176,6 +180,8 @@ impl Conn {
             }
         }
         self.count(ow, &st, from);
+        durations::ended(ow, &old.since_ns, &st)
+            .for_each(nw, |m, side, ns| self.ended.push((m, side, ns)));
         st
     }
 
@@ -2517,7 +2523,7 @@ mod clocks {
     use super::*;
 
     #[test]
-    fn only_handshake_stamps_need_the_precise_clock() {
+    fn only_stamps_that_time_something_need_the_precise_clock() {
         let (c, s) = (Side::A, Side::B);
         let (_, syn) = open(c, &seg(SYN, CISN, 0, 0), BOTH, T0, [CPORT, SPORT]).expect("opens");
         assert!(
@@ -2545,14 +2551,277 @@ mod clocks {
             &seg(FIN | ACK, CISN + 1, SISN + 1, 0),
             T0 + 3 * MS,
         );
-        assert_ne!(fin.write & write::since(c), 0, "the FIN moved the client");
         assert!(
-            !fin.needs_precise_clock(old),
-            "closing ages are counted in seconds"
+            fin.needs_precise_clock(old),
+            "the server enters CLOSE_WAIT: its dwell starts"
         );
         let old = fin.rec.word();
-        let rst = step(&fin.rec, s, &seg(RST, SISN + 1, 0, 0), T0 + 4 * MS);
+        let ack = step(&fin.rec, s, &seg(ACK, SISN + 1, CISN + 2, 0), T0 + 4 * MS);
+        assert_ne!(ack.write & write::since(c), 0, "the ACK moved the client");
+        assert!(
+            !ack.needs_precise_clock(old),
+            "FIN_WAIT_1 to FIN_WAIT_2 times nothing: counted in seconds"
+        );
+        let old = ack.rec.word();
+        let rst = step(&ack.rec, s, &seg(RST, SISN + 1, 0, 0), T0 + 5 * MS);
         assert!(rst.rst, "an exact RST is accepted");
-        assert!(!rst.needs_precise_clock(old));
+        assert!(
+            rst.needs_precise_clock(old),
+            "the connection ends: its lifetime, and the server's CLOSE_WAIT"
+        );
+    }
+}
+
+/// Zero-window stalls (RFC 9293 section 3.8.6.1): an endpoint whose receive buffer is full
+/// advertises a window of 0 until its application reads.
+mod zero_window {
+    use super::*;
+
+    fn stalls(c: &Conn) -> (u64, u64) {
+        (
+            c.counter(idx::ZERO_WINDOW_STALLS + Stall::Local as u32),
+            c.counter(idx::ZERO_WINDOW_STALLS + Stall::Remote as u32),
+        )
+    }
+
+    #[test]
+    fn a_zero_window_begins_a_stall_once_and_an_open_one_ends_it() {
+        let mut c = established_on(Side::A);
+        let (client, server) = (c.client, c.server());
+        // The server's application stops reading: its buffer fills, it advertises 0.
+        let st = c.s2c_seg(seg(ACK, SISN + 1, CISN + 1 + 5000, 0).win(0));
+        assert!(st.stalled);
+        assert!(c.word().zero_window(server) && !c.word().zero_window(client));
+        assert_ne!(st.write & write::STALL, 0);
+        assert_eq!(c.rec.stall_tick, FlowRecord::seen_tick(c.now));
+        // Tap mode counts both ends: the server's own stall, and its peer's view of it.
+        assert_eq!(stalls(&c), (1, 1));
+        // The client probes the zero window; the server answers with 0 again: no change.
+        c.c2s(ACK, CISN + 1 + 5000, SISN + 1, 1);
+        let probe_ack = seg(ACK, SISN + 1, CISN + 1 + 5000, 0).win(0);
+        let st = c.s2c_seg(probe_ack);
+        assert!(!st.stalled);
+        assert_eq!(
+            st.write & !write::LAST_SEEN,
+            0,
+            "a stall going on writes nothing"
+        );
+        assert!(
+            quiet(&c.rec, server, &probe_ack, c.now),
+            "the stalled flow's probes take the quiet path"
+        );
+        assert_eq!(stalls(&c), (1, 1));
+        // The application reads: the window opens.
+        let st = c.s2c(ACK, SISN + 1, CISN + 1 + 5000, 0);
+        assert!(!st.stalled);
+        assert_ne!(st.write & write::WORD, 0);
+        assert!(!c.word().zero_window(server));
+        assert_eq!(stalls(&c), (1, 1), "only stalls begun are counted");
+    }
+
+    #[test]
+    fn the_quiet_path_notices_a_window_closing_or_opening() {
+        let mut c = established_on(Side::A);
+        c.next_second();
+        c.s2c(ACK, SISN + 1, CISN + 1, 0);
+        let zero = seg(ACK, SISN + 1, CISN + 1, 0).win(0);
+        assert!(quiet(
+            &c.rec,
+            c.server(),
+            &seg(ACK, SISN + 1, CISN + 1, 0),
+            c.now
+        ));
+        assert!(
+            !quiet(&c.rec, c.server(), &zero, c.now),
+            "a closing window is news"
+        );
+        c.s2c_seg(zero);
+        assert!(quiet(&c.rec, c.server(), &zero, c.now));
+        assert!(
+            !quiet(&c.rec, c.server(), &seg(ACK, SISN + 1, CISN + 1, 0), c.now),
+            "an opening window is news"
+        );
+    }
+
+    #[test]
+    fn only_an_ack_from_an_endpoint_that_still_receives_stalls() {
+        // A SYN's window of 0 is no full buffer.
+        let mut c = syn_sent_on(Side::A);
+        let st = c.s2c_seg(seg(SYN | ACK, SISN, CISN + 1, 0).win(0));
+        assert!(!st.stalled);
+        // A server that closed (LAST_ACK) receives nothing more.
+        let mut c = last_ack_on(Side::A);
+        let st = c.s2c_seg(seg(ACK, SISN + 2, CISN + 2, 0).win(0));
+        assert!(!st.stalled && !c.word().zero_window(c.server()));
+        // An RST's window means nothing.
+        let mut c = established_on(Side::A);
+        let st = c.s2c_seg(seg(RST | ACK, SISN + 1, CISN + 1, 0).win(0));
+        assert!(st.rst && !st.stalled);
+    }
+
+    #[test]
+    fn a_stall_ends_with_the_connection() {
+        let mut c = established_on(Side::A);
+        let server = c.server();
+        c.s2c_seg(seg(ACK, SISN + 1, CISN + 1, 0).win(0));
+        assert!(c.word().zero_window(server));
+        // The client gives up on the stalled server and resets the connection.
+        let st = c.c2s(RST, CISN + 1, 0, 0);
+        assert!(st.rst);
+        assert!(
+            !c.word().zero_window(server),
+            "a closed endpoint stalls nobody"
+        );
+    }
+
+    #[test]
+    fn a_half_closed_reader_can_still_stall() {
+        // The client sent its FIN (FIN_WAIT_2) and still receives the server's data.
+        let mut c = fin_wait2_on(Side::A);
+        let client = c.client;
+        let st = c.c2s_seg(seg(ACK, CISN + 2, SISN + 1 + 9000, 0).win(0));
+        assert!(st.stalled && c.word().zero_window(client));
+        // Host mode counting only the server: it sees a remote stall.
+        let mut host = Conn::start(Side::A, Side::B.bit(), CISN);
+        host.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        host.c2s(ACK, CISN + 1, SISN + 1, 0);
+        host.c2s(FIN | ACK, CISN + 1, SISN + 1, 0);
+        host.s2c(ACK, SISN + 1, CISN + 2, 0);
+        assert_eq!(host.states(), (FinWait2, CloseWait));
+        let st = host.c2s_seg(seg(ACK, CISN + 2, SISN + 1 + 9000, 0).win(0));
+        let mut v = Vec::new();
+        for_each_delta(st.rec.word(), &st, client, |slot, d| v.push((slot, d)));
+        assert!(v.contains(&(idx::ZERO_WINDOW_STALLS + Stall::Remote as u32, 1)));
+        assert!(!v
+            .iter()
+            .any(|&(s, _)| s == idx::ZERO_WINDOW_STALLS + Stall::Local as u32));
+    }
+}
+
+/// What a connection's close measures: how long the endpoint that received the first FIN stayed
+/// in CLOSE_WAIT, and every counted endpoint's lifetime from the SYN.
+mod durations_ended {
+    use super::*;
+
+    fn ended(c: &Conn, m: Measure, side: Side) -> Vec<u64> {
+        c.ended
+            .iter()
+            .filter(|&&(mm, s, _)| mm == m && s == side)
+            .map(|&(_, _, ns)| ns)
+            .collect()
+    }
+
+    #[test]
+    fn the_passive_closer_is_timed_from_the_peers_fin_to_its_own() {
+        let mut c = fin_wait2_on(Side::A);
+        let server = c.server();
+        let entered = c.since(server);
+        // The application takes 5 s to close.
+        c.now += 5 * NS;
+        c.s2c(FIN | ACK, SISN + 1, CISN + 2, 0);
+        assert_eq!(c.states(), (TimeWait, LastAck));
+        assert_eq!(
+            ended(&c, Measure::CloseWait, server),
+            vec![5 * NS + MS + (c.now - 5 * NS - MS - entered)]
+        );
+        assert_eq!(ended(&c, Measure::CloseWait, server), vec![c.now - entered]);
+        // Both FINs are out: the client's lifetime ends in TIME_WAIT, the server's in LAST_ACK.
+        assert_eq!(
+            ended(&c, Measure::ClientLifetime, c.client),
+            vec![c.now - T0]
+        );
+        assert_eq!(ended(&c, Measure::ServerLifetime, server), vec![c.now - T0]);
+        c.c2s(ACK, CISN + 2, SISN + 2, 0);
+        assert_eq!(c.ended.len(), 3, "one dwell, two lifetimes: {:?}", c.ended);
+    }
+
+    #[test]
+    fn an_rst_ends_a_close_wait_and_both_lifetimes() {
+        let mut c = fin_wait1_on(Side::A);
+        let server = c.server();
+        let entered = c.since(server);
+        c.s2c(RST, SISN + 1, 0, 0);
+        assert_eq!(ended(&c, Measure::CloseWait, server), vec![c.now - entered]);
+        assert_eq!(ended(&c, Measure::ServerLifetime, server), vec![c.now - T0]);
+        assert_eq!(
+            ended(&c, Measure::ClientLifetime, c.client),
+            vec![c.now - T0]
+        );
+    }
+
+    #[test]
+    fn a_simultaneous_close_waits_in_no_close_wait() {
+        let mut c = closing_on(Side::A);
+        c.c2s(ACK, CISN + 2, SISN + 2, 0);
+        c.s2c(ACK, SISN + 2, CISN + 2, 0);
+        assert_eq!(c.states(), (TimeWait, TimeWait));
+        assert!(ended(&c, Measure::CloseWait, Side::A).is_empty());
+        assert!(ended(&c, Measure::CloseWait, Side::B).is_empty());
+        assert_eq!(ended(&c, Measure::ClientLifetime, c.client).len(), 1);
+        assert_eq!(ended(&c, Measure::ServerLifetime, c.server()).len(), 1);
+    }
+
+    #[test]
+    fn a_handshake_that_fails_is_no_connection() {
+        let mut c = syn_sent_on(Side::A);
+        c.s2c(RST | ACK, 0, CISN + 1, 0);
+        assert!(c.ended.is_empty(), "refused: {:?}", c.ended);
+        let mut c = syn_recv_on(Side::A);
+        c.c2s(RST, CISN + 1, 0, 0);
+        // The client was ESTABLISHED (it had the SYN-ACK): its connection lived and ended.
+        assert!(ended(&c, Measure::ServerLifetime, c.server()).is_empty());
+        assert_eq!(ended(&c, Measure::ClientLifetime, c.client).len(), 1);
+    }
+
+    #[test]
+    fn retransmitted_fins_and_late_acks_end_nothing_twice() {
+        let mut c = time_wait_on(Side::A);
+        let before = c.ended.len();
+        // The client's final ACK again, a late FIN of the server again.
+        c.c2s(ACK, CISN + 2, SISN + 2, 0);
+        c.s2c(FIN | ACK, SISN + 1, CISN + 2, 0);
+        c.c2s(ACK, CISN + 2, SISN + 2, 0);
+        assert_eq!(c.ended.len(), before);
+    }
+
+    #[test]
+    fn uncounted_and_seeded_endpoints_are_not_measured() {
+        // Host mode watching the client only: the server's CLOSE_WAIT is not ours to time.
+        let mut c = Conn::start(Side::A, Side::A.bit(), CISN);
+        c.s2c(SYN | ACK, SISN, CISN + 1, 0);
+        c.c2s(ACK, CISN + 1, SISN + 1, 0);
+        c.c2s(FIN | ACK, CISN + 1, SISN + 1, 0);
+        c.s2c(FIN | ACK, SISN + 1, CISN + 2, 0);
+        assert!(ended(&c, Measure::CloseWait, Side::B).is_empty());
+        assert_eq!(ended(&c, Measure::ClientLifetime, Side::A).len(), 1);
+        // A CLOSE_WAIT the daemon seeded: its stamp is when the daemon found it.
+        let mut c = fin_wait2_on(Side::A);
+        let mut w = c.word();
+        w.flags |= flowflags::SEEDED;
+        c.rec.set_word(w);
+        c.rec.syn_ns = 0;
+        c.s2c(FIN | ACK, SISN + 1, CISN + 2, 0);
+        assert!(c.ended.iter().all(|&(m, _, _)| m != Measure::CloseWait));
+        assert!(
+            c.ended.is_empty(),
+            "no SYN seen, no lifetime: {:?}",
+            c.ended
+        );
+    }
+
+    #[test]
+    fn the_daemon_ends_what_the_kernel_let_go_of_as_a_segment_would() {
+        let c = fin_wait2_on(Side::A);
+        let server = c.server();
+        let later = c.now + 7 * NS;
+        let (cw, life) = durations::ended_by_daemon(&c.rec, server, later);
+        assert_eq!(cw, later - c.since(server));
+        assert_eq!(life, later - T0);
+        // A finished endpoint ended nothing when its record goes.
+        let t = time_wait_on(Side::A);
+        assert_eq!(
+            durations::ended_by_daemon(&t.rec, t.client, later),
+            (durations::NONE, durations::NONE)
+        );
     }
 }

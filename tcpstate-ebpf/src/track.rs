@@ -13,6 +13,7 @@ use aya_ebpf::{
 use tcpstate_common::{
     commit::{atomic_add, commit, compare_and_swap},
     counters::{for_each_delta, idx, retransmitted, Hook, UntrackedReason},
+    durations::{self, DurationRow, Ended},
     flow::{flowflags, FlowKey, FlowRecord, FlowWord, Side},
     maps::{
         retransmit_slot, Config, Settings, TableCounters, UserCounters, RETRANSMIT_SLOTS,
@@ -73,9 +74,14 @@ impl Slots for Table {
 #[map(name = "TCPSTATE_FORGET")]
 static FORGET: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-/// `idx::COUNT` slots per scope (the daemon sizes it for its scopes at load time).
+/// The host scope's and the global counter slots, per CPU ([`tcpstate_common::maps::COUNTERS`]).
 #[map(name = "TCPSTATE_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(idx::COUNT, 0);
+
+/// Container scopes' slots, `idx::COUNT` per scope, added to atomically ([`tcpstate_common::maps::SCOPE_COUNTERS`];
+/// the daemon sizes it for its scopes at load time and maps it into its memory).
+#[map(name = "TCPSTATE_SCOPE_COUNTERS")]
+static SCOPE_COUNTERS: Array<u64> = Array::pinned(idx::COUNT, BPF_F_MMAPABLE);
 
 /// ifindex -> scope, for the host-side ends of container veths. Filled by the daemon before it
 /// attaches the container programs to an interface, emptied after it detaches them.
@@ -117,6 +123,8 @@ pub struct Scratch {
     /// The sending [`Side`] as its index (see [`Scratch::sender`]).
     sender: u8,
     pub homes: Homes,
+    /// What the segment ended, for [`record_durations`].
+    pub ended: Ended,
 }
 
 /// A rare event worth a kernel log line (aya-log, when `--kernel-log` enables it).
@@ -134,6 +142,15 @@ static SYN_COOKIES: Array<u64> = Array::pinned(SYN_COOKIE_PORTS, 0);
 /// The host's retransmitted SYNs and SYN-ACKs by server port ([`count_retransmit`]).
 #[map(name = "TCPSTATE_RETRANSMITS")]
 static RETRANSMITS: Array<u64> = Array::pinned(RETRANSMIT_SLOTS, 0);
+
+/// Histograms of CLOSE_WAIT dwell and connection lifetimes ([`durations`]), which the daemon
+/// maps into its memory and adds its own endings to (sized for the scopes at load time).
+#[map(name = "TCPSTATE_DURATIONS")]
+static DURATIONS: Array<DurationRow> = Array::pinned(durations::entries(1), BPF_F_MMAPABLE);
+
+/// The host's local port -> its row in [`DURATIONS`], written by the daemon as it labels ports.
+#[map(name = "TCPSTATE_PORT_ROWS")]
+static PORT_ROWS: Array<u32> = Array::pinned(durations::PORT_ROW_SLOTS, 0);
 
 #[map(name = "TCPSTATE_SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -227,12 +244,19 @@ pub fn count(slot: u32) {
     bump(slot, 1);
 }
 
+/// Adds `delta` to counter slot `slot` (an index [`idx::in_scope`] gave): the host's and the
+/// global slots are per CPU, a container scope's shared and added to atomically.
 #[inline(always)]
 fn bump(slot: u32, delta: u64) {
-    if let Some(p) = COUNTERS.get_ptr_mut(slot) {
-        // SAFETY: a per-CPU slot; XDP runs in softirq and TC egress with bottom halves disabled, so
-        // nothing else updates this CPU's copy concurrently.
-        unsafe { *p = (*p).wrapping_add(delta) };
+    if slot < idx::COUNT {
+        if let Some(p) = COUNTERS.get_ptr_mut(slot) {
+            // SAFETY: a per-CPU slot; XDP runs in softirq and TC egress with bottom halves
+            // disabled, so nothing else updates this CPU's copy concurrently.
+            unsafe { *p = (*p).wrapping_add(delta) };
+        }
+    } else if let Some(p) = SCOPE_COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: an array value pointer, valid and 8-byte aligned.
+        unsafe { atomic_add(p, delta) };
     }
 }
 
@@ -294,6 +318,7 @@ pub fn track(
         attempt += 1;
         match update(scratch, now, forwarded) {
             Found::Done => return,
+            Found::Ended => return record_durations(scratch),
             Found::Raced => continue,
             Found::Missing => {
                 // Only host-mode interfaces carry traffic the host forwards: a container's veth
@@ -401,6 +426,8 @@ fn books() -> Option<(u64, u64)> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Found {
     Done,
+    /// Done, and the segment ended a CLOSE_WAIT or a connection ([`Scratch::ended`]).
+    Ended,
     /// Another CPU changed the record between our read and our write.
     Raced,
     Missing,
@@ -445,6 +472,17 @@ fn update(scratch: &mut Scratch, now: u64, forwarded: bool) -> Found {
         return Found::Done;
     }
     precise_stamps(st, FlowWord::from_bits(word));
+    // Only a change of state ends anything; measured from the stamps the record still holds
+    // (`commit` overwrites them).
+    let ends = FlowWord::from_bits(word).state != st.rec.word().state;
+    if ends {
+        durations::ended_into(
+            &mut scratch.ended,
+            FlowWord::from_bits(word),
+            &rec.since_ns,
+            st,
+        );
+    }
     // SAFETY: as above; map values are 8-byte aligned.
     if !unsafe { commit(ptr, word, st) } {
         return Found::Raced;
@@ -456,7 +494,36 @@ fn update(scratch: &mut Scratch, now: u64, forwarded: bool) -> Found {
     };
     account(FlowWord::from_bits(word), st, sender, scratch.base);
     count_retransmit(scratch);
-    Found::Done
+    if ends && scratch.ended.any() {
+        Found::Ended
+    } else {
+        Found::Done
+    }
+}
+
+/// Adds what the segment ended to the histogram rows ([`durations::row`]): one or two atomic
+/// adds per observation, a connection's close at most three observations. A BPF function of its
+/// own, called by `track` after `update` returned, so it adds no frame to the lookup's chain.
+#[inline(never)]
+fn record_durations(scratch: &Scratch) {
+    let scopes = TCPSTATE_CONFIG.load().scopes as u32;
+    let word = scratch.step.rec.word();
+    let (scope, ports) = (scratch.scope, scratch.key.port);
+    scratch.ended.for_each(word, |measure, side, ns| {
+        let port = ports[side.index()];
+        let row = durations::row(scope, word.role(side), || {
+            PORT_ROWS.get(port as u32).copied().unwrap_or(0)
+        });
+        let Some(r) = DURATIONS.get_ptr_mut(durations::index(measure, row, scopes)) else {
+            return;
+        };
+        let b = (durations::bucket(ns) as usize).min(durations::BUCKETS - 1);
+        // SAFETY: an array value pointer, valid and 8-byte aligned; `b` is in bounds.
+        unsafe {
+            atomic_add(&raw mut (*r).buckets[b], 1);
+            atomic_add(&raw mut (*r).sum_us, ns / 1000);
+        }
+    });
 }
 
 /// A SYN or SYN-ACK sent again to or by a counted server endpoint of the host: its port's count,

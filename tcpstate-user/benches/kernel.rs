@@ -153,7 +153,12 @@ impl Bench {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(maps::FLOWS, slots)
-            .map_max_entries(maps::COUNTERS, idx::COUNT * BENCH_SCOPES)
+            .map_max_entries(maps::COUNTERS, idx::COUNT)
+            .map_max_entries(maps::SCOPE_COUNTERS, idx::COUNT * BENCH_SCOPES)
+            .map_max_entries(
+                tcpstate_common::durations::DURATIONS,
+                tcpstate_common::durations::entries(BENCH_SCOPES),
+            )
             .map_max_entries(maps::USER, BENCH_SCOPES)
             .map_max_entries(scope::SCOPE_INFO, BENCH_SCOPES)
             .override_global(maps::CONFIG, &config, true)

@@ -1,6 +1,6 @@
 //! `tcpstate run`: preflight, load, attach, seed, then serve /metrics while the sweeper walks the
 //! table (and, in container mode, the watcher follows container namespaces), until SIGINT or
-//! SIGTERM.
+//! SIGTERM. SIGHUP reloads what can change without re-attaching (see [`RunConfig::reload`]).
 
 use std::{
     sync::{
@@ -19,19 +19,20 @@ use tracing::{info, warn};
 use crate::{
     background::{
         books::{DaemonCounters, Shared},
+        durations::Histograms,
         interfaces::Interfaces,
         report::SweepReport,
         scopes::ScopeView,
         seed,
         sweeper::{PortInputs, Settling},
-        sweeping::Sweeper,
+        sweeping::{Limits, Sweeper},
     },
     bpf::{
         attach::Attached,
         kernellog, loader,
         tables::{self, Flows},
     },
-    config::RunConfig,
+    config::{ConfigError, RunConfig},
     containers::{
         naming::{Overrides, Runtimes},
         watcher::{Maps, Settings, Watcher},
@@ -86,21 +87,24 @@ pub fn check(mut cfg: RunConfig) -> anyhow::Result<String> {
     ))
 }
 
-pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
+/// Reads the settings again for a reload (SIGHUP): the command line, environment and `--config`
+/// file as at start, or the one line saying why they cannot be used.
+pub type Reread = Box<dyn Fn() -> anyhow::Result<RunConfig> + Send>;
+
+pub fn run(cfg: RunConfig, reread: Reread) -> anyhow::Result<()> {
+    // A reload asked for while the programs load would kill the daemon (SIGHUP's default): ignored
+    // until the handler that reloads replaces this, once serving.
+    // SAFETY: setting a signal disposition, before any other thread starts.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     loader::preflight(&cfg.pin_dir, &cfg.ifaces)?;
     // Bind first: a busy port is reported before anything is attached.
-    let listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| Preflight::Listen {
-        addr: cfg.listen,
-        source,
-    })?;
-    listener.set_nonblocking(true)?;
-    let overrides = match &cfg.containers {
-        Some(c) => match &c.names {
-            Some(f) => Overrides::load(f).map_err(crate::config::ConfigError::Invalid)?,
-            None => Overrides::default(),
-        },
-        None => Overrides::default(),
-    };
+    let listener = cfg
+        .listen
+        .bind()
+        .map_err(|(addr, source)| Preflight::Listen { addr, source })?;
+    let overrides = container_names(&cfg).map_err(ConfigError::Invalid)?;
+    let (limits, limits_rx) = tokio::sync::watch::channel(limits_of(&cfg));
+    let (names, names_rx) = tokio::sync::watch::channel(overrides);
     let loader::Loaded {
         mut ebpf,
         seed,
@@ -118,7 +122,12 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
     )?;
     let syn_cookies = tables::SynCookies::from_ebpf(&mut ebpf)?;
     let retransmits = tables::Retransmits::from_ebpf(&mut ebpf)?;
+    let port_rows = tables::PortRows::from_ebpf(&mut ebpf)?;
     let (mut flows, books, scope_maps) = tables::from_ebpf(&mut ebpf, seed)?;
+    let histograms = books.durations().map(|rows| Histograms {
+        rows,
+        ports: port_rows,
+    });
     let released = flows.repair(Duration::from_millis(20));
     if released > 0 {
         warn!(
@@ -169,7 +178,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 runtimes: Runtimes {
                     root: c.host_root.clone(),
                 },
-                overrides,
+                overrides: names_rx,
                 timeouts: cfg.timeouts,
             };
             let w = Watcher::new(ebpf.clone(), maps, shared.clone(), settings)?;
@@ -191,6 +200,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
             retransmits: Some(retransmits),
             destinations: Default::default(),
             port_ranges: Default::default(),
+            histograms,
         },
         settling: Settling {
             // Loopback is tap mode: both ends counted from the wire, nothing to settle.
@@ -201,6 +211,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
             containers: Default::default(),
         },
         shared: shared.clone(),
+        limits: limits_rx,
     }
     .spawn(stop.clone());
 
@@ -210,6 +221,17 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let result = runtime.block_on(async {
         if let Some(logger) = kernel_log {
             tokio::spawn(kernellog::forward(logger));
+        }
+        let reloads = Reloads {
+            running: cfg.clone(),
+            reread,
+            limits,
+            names,
+        };
+        // Installed before serving starts, so a SIGHUP after "serving" is never missed.
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => drop(tokio::spawn(reloads.on_sighup(hup))),
+            Err(e) => warn!(error = %e, "cannot install the SIGHUP handler: no reloads"),
         }
         serve(listener, shared, attached, &cfg).await
     });
@@ -226,6 +248,79 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<()> {
         cfg.pin_dir.display()
     );
     result
+}
+
+/// `--container-names`, read (container mode), or the one line saying why it cannot be.
+fn container_names(cfg: &RunConfig) -> Result<Overrides, String> {
+    match cfg.containers.as_ref().and_then(|c| c.names.as_ref()) {
+        Some(f) => Overrides::load(f),
+        None => Ok(Overrides::default()),
+    }
+}
+
+fn limits_of(cfg: &RunConfig) -> Limits {
+    Limits {
+        leak_after: cfg.close_wait_leak_after,
+        port_labels: cfg.port_labels,
+    }
+}
+
+/// What a reload reads and whom it tells.
+struct Reloads {
+    /// The settings in force.
+    running: RunConfig,
+    reread: Reread,
+    /// Read by the sweeper before each walk.
+    limits: tokio::sync::watch::Sender<Limits>,
+    /// Read by the container watcher.
+    names: tokio::sync::watch::Sender<Overrides>,
+}
+
+impl Reloads {
+    async fn on_sighup(mut self, mut hup: tokio::signal::unix::Signal) {
+        while hup.recv().await.is_some() {
+            info!("SIGHUP: reloading");
+            if let Err(why) = self.reload() {
+                warn!("reload refused, the running settings are kept: {why}");
+            }
+        }
+    }
+
+    /// Reads everything again, then applies all of it or nothing.
+    fn reload(&mut self) -> Result<(), String> {
+        let new = (self.reread)().map_err(|e| format!("{e:#}"))?;
+        let changed = self.running.reload(&new).map_err(|flag| {
+            format!("{flag} changed, which needs a restart (`systemctl restart tcpstate`)")
+        })?;
+        // The overrides file is read again even under the same name: its content may be new.
+        let names = container_names(&new)?;
+        let names_changed = format!("{names:?}") != format!("{:?}", *self.names.borrow());
+        if new.close_wait_leak_after != self.running.close_wait_leak_after {
+            // `tcpstate leaks` takes its default threshold from the pins.
+            tables::republish_settings(
+                &new.pin_dir,
+                &tcpstate_common::maps::Settings {
+                    close_wait_leak_after_ns: new.close_wait_leak_after.as_nanos() as u64,
+                },
+            )
+            .map_err(|e| format!("cannot publish the new threshold in the pinned maps: {e:#}"))?;
+        }
+        self.limits.send_replace(limits_of(&new));
+        if names_changed {
+            self.names.send_replace(names);
+        }
+        for c in &changed {
+            info!("reloaded {} {} -> {}", c.name, c.from, c.to);
+        }
+        if names_changed && !changed.iter().any(|c| c.name == "container_names") {
+            info!("reloaded container_names: the file's entries changed");
+        }
+        if changed.is_empty() && !names_changed {
+            info!("reloaded: nothing changed");
+        }
+        self.running = new;
+        Ok(())
+    }
 }
 
 /// Inserts the flows of a pinned table this run could not map as it was (see
@@ -291,8 +386,9 @@ async fn serve(
     attached: Arc<Mutex<Vec<Attached>>>,
     cfg: &RunConfig,
 ) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    info!(listen = %cfg.listen, "serving /metrics");
+    info!(listen = %cfg.listen, %local, path = %cfg.metrics_path, "serving /metrics");
     let render = Collector {
         shared: state,
         attached,
@@ -309,7 +405,14 @@ async fn serve(
         }
         None => None,
     };
-    server::serve(listener, render, web, shutdown_signal()).await;
+    server::serve(
+        listener,
+        render,
+        web,
+        cfg.metrics_path.clone(),
+        shutdown_signal(),
+    )
+    .await;
     Ok(())
 }
 

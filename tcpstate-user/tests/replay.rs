@@ -362,6 +362,27 @@ fn the_text_output_has_a_line_per_flow_and_a_summary_by_state() {
     );
 }
 
+/// Stderr is not a terminal here: no progress line, nothing on stderr, no escape code anywhere,
+/// and a file and the same bytes on standard input (whose progress knows no size) print the same.
+#[test]
+fn piped_replay_prints_the_result_only() {
+    let file = capture("close_client_first.pcap");
+    for args in [vec![file.as_str()], vec!["--json", file.as_str()]] {
+        let o = run(&args);
+        assert!(o.status.success());
+        assert!(
+            o.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!o.stdout.contains(&0x1b), "an escape code in {args:?}");
+    }
+    let o = run(&[&file]);
+    let piped = replay_stdin(&std::fs::read(&file).unwrap());
+    assert!(piped.status.success() && piped.stderr.is_empty());
+    assert_eq!(o.stdout, piped.stdout);
+}
+
 fn stderr_line(o: &Output) -> String {
     let e = String::from_utf8_lossy(&o.stderr).trim().to_string();
     assert_eq!(
@@ -499,4 +520,57 @@ fn handshakes_sent_again_are_counted_on_the_listening_port() {
         assert!(text.contains(line), "no {line:?} in:\n{text}");
     }
     support::promtool_check(&text);
+}
+
+#[test]
+fn closes_are_timed_and_stalled_readers_found_per_port() {
+    // closes_and_stalls.pcap: on 8080 a server that closes 2.501 s after its client's FIN and one
+    // that stopped reading (zero window, still stalled at the end); on 9090 a server that closes
+    // 10 ms after the FIN.
+    let o = run(&["--metrics", &capture("closes_and_stalls.pcap")]);
+    assert!(o.status.success());
+    let text = String::from_utf8(o.stdout).unwrap();
+    for line in [
+        "tcpstate_close_wait_duration_seconds_bucket{port=\"8080\",le=\"1\"} 0",
+        "tcpstate_close_wait_duration_seconds_bucket{port=\"8080\",le=\"5\"} 1",
+        "tcpstate_close_wait_duration_seconds_sum{port=\"8080\"} 2.500999",
+        "tcpstate_close_wait_duration_seconds_bucket{port=\"9090\",le=\"0.005\"} 0",
+        "tcpstate_close_wait_duration_seconds_bucket{port=\"9090\",le=\"0.025\"} 1",
+        "tcpstate_close_wait_duration_seconds_count{port=\"other\"} 0",
+        "tcpstate_connection_duration_seconds_count{port=\"8080\",role=\"server\"} 1",
+        "tcpstate_connection_duration_seconds_count{port=\"9090\",role=\"server\"} 1",
+        // Tap mode counts both ends: the two clients that closed, under other.
+        "tcpstate_connection_duration_seconds_count{port=\"other\",role=\"client\"} 2",
+        "tcpstate_zero_window_endpoints{port=\"8080\",side=\"local\"} 1",
+        "tcpstate_zero_window_endpoints{port=\"other\",side=\"remote\"} 1",
+        "tcpstate_zero_window_endpoints{port=\"8080\",side=\"remote\"} 0",
+        "tcpstate_zero_window_stalls_total{side=\"local\"} 1",
+        "tcpstate_zero_window_stalls_total{side=\"remote\"} 1",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    support::promtool_check(&text);
+    // The stalled flow says since when; the others are not stalled.
+    let all = flows("closes_and_stalls.pcap", &[]);
+    let stalled: Vec<&Value> = all
+        .iter()
+        .filter(|f| {
+            !f["b"]["zero_window_seconds"].is_null() || !f["a"]["zero_window_seconds"].is_null()
+        })
+        .collect();
+    assert_eq!(stalled.len(), 1, "{all:#?}");
+    let server = if stalled[0]["a"]["endpoint"]
+        .as_str()
+        .unwrap()
+        .ends_with(":8080")
+    {
+        &stalled[0]["a"]
+    } else {
+        &stalled[0]["b"]
+    };
+    let since = server["zero_window_seconds"]
+        .as_f64()
+        .expect("the server is stalled");
+    // From 16 ms into the capture to its end at 2.52 s, stamped in 1.07 s ticks (rounded down).
+    assert!((2.4..=3.6).contains(&since), "stalled for {since} s");
 }

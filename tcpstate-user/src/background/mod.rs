@@ -3,6 +3,7 @@
 
 pub mod books;
 pub mod destinations;
+pub mod durations;
 pub mod expiry;
 pub mod interfaces;
 pub mod ports;

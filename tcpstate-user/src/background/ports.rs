@@ -1,7 +1,9 @@
 //! Per-port figures: CLOSE_WAIT ages (`tcpstate_close_wait_leaked`,
-//! `tcpstate_close_wait_oldest_seconds`), the SYN_RECV backlog (`tcpstate_syn_backlog`) and the
-//! kernel's accept queues (`tcpstate_accept_queue_length`, `_max_length`). Computed by the
-//! sweeper's walk and a sock_diag dump of listeners, never by a scrape.
+//! `tcpstate_close_wait_oldest_seconds`), the SYN_RECV backlog (`tcpstate_syn_backlog`),
+//! zero-window stalls (`tcpstate_zero_window_endpoints`) and the kernel's accept queues
+//! (`tcpstate_accept_queue_length`, `_max_length`). Computed by the sweeper's walk and a
+//! sock_diag dump of listeners, never by a scrape; the duration histograms are filled in from
+//! their rows ([`crate::background::durations`]).
 //!
 //! Port labels are bounded: listening ports (and server endpoints' ports, for tap mode), the
 //! busiest first, up to a limit; a port keeps its label once given, so a figure that goes away
@@ -9,9 +11,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use tcpstate_common::{flow::Side, FlowKey, FlowRecord, Role, TcpState};
+use tcpstate_common::{
+    counters::Stall, durations::DurationRow, flow::Side, FlowKey, FlowRecord, Role, TcpState,
+};
 
-/// One counted endpoint in a state the per-port figures follow (CLOSE_WAIT or SYN_RECV).
+/// One counted endpoint the per-port figures follow: in CLOSE_WAIT or SYN_RECV, or stalled by a
+/// zero window (its own or its peer's).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PortEndpoint {
     /// The scope (namespace) the endpoint lives in.
@@ -20,9 +25,11 @@ pub struct PortEndpoint {
     pub role: Role,
     pub state: TcpState,
     pub age_s: f64,
+    /// `[Stall]`: the endpoint advertises a zero window (local), its peer does (remote).
+    pub zero_window: [bool; 2],
 }
 
-/// The counted CLOSE_WAIT and SYN_RECV endpoints of a flow (at most two, in tap mode).
+/// The counted endpoints of a flow the per-port figures follow (at most two, in tap mode).
 pub fn endpoints(
     key: &FlowKey,
     rec: &FlowRecord,
@@ -34,7 +41,10 @@ pub fn endpoints(
     [Side::A, Side::B]
         .into_iter()
         .filter(move |&side| {
-            w.is_counted(side) && matches!(w.state(side), TcpState::CloseWait | TcpState::SynRecv)
+            w.is_counted(side)
+                && (matches!(w.state(side), TcpState::CloseWait | TcpState::SynRecv)
+                    || w.zero_window(side)
+                    || w.zero_window(side.other()))
         })
         .map(move |side| PortEndpoint {
             scope: key.scope,
@@ -42,6 +52,7 @@ pub fn endpoints(
             role: w.role(side),
             state: w.state(side),
             age_s: now_ns.saturating_sub(since[side.index()]) as f64 / 1e9,
+            zero_window: [w.zero_window(side), w.zero_window(side.other())],
         })
 }
 
@@ -74,6 +85,13 @@ pub struct PortFigures {
     /// the total less these, computed at scrape time, as for `syn_cookies`).
     pub syn_retransmits: u64,
     pub synack_retransmits: u64,
+    /// `[Stall]`: endpoints advertising a zero window (local), endpoints whose peer does
+    /// (remote).
+    pub zero_window: [u64; 2],
+    /// Time endpoints spent in CLOSE_WAIT, since the rows were created.
+    pub close_wait_durations: DurationRow,
+    /// `[Role]`: connection lifetimes, SYN to close, since the rows were created.
+    pub lifetimes: [DurationRow; 2],
 }
 
 /// Label of a port: its number, or "other".
@@ -129,6 +147,11 @@ pub fn survey(
             OTHER.to_string()
         };
         let f = ports.entry(label).or_default();
+        for stall in Stall::ALL {
+            if e.zero_window[stall as usize] {
+                f.zero_window[stall as usize] += 1;
+            }
+        }
         match e.state {
             TcpState::CloseWait => {
                 if e.age_s > leak_after_s {
@@ -154,6 +177,7 @@ mod tests {
             role,
             state: TcpState::CloseWait,
             age_s,
+            zero_window: [false; 2],
         }
     }
 
@@ -164,7 +188,38 @@ mod tests {
             role: Role::Server,
             state: TcpState::SynRecv,
             age_s: 0.1,
+            zero_window: [false; 2],
         }
+    }
+
+    #[test]
+    fn stalled_readers_are_counted_by_whose_window_is_zero() {
+        let stalled = |port, role, zero_window| PortEndpoint {
+            scope: 0,
+            local_port: port,
+            role,
+            state: TcpState::Established,
+            age_s: 3.0,
+            zero_window,
+        };
+        let s = [
+            stalled(8080, Role::Server, [true, false]),
+            stalled(8080, Role::Server, [true, false]),
+            stalled(8080, Role::Server, [false, true]),
+            stalled(40000, Role::Client, [false, true]),
+        ];
+        let labels = choose_labels(&[8080].into(), &s, 32);
+        let survey = survey(&s, &labels, 60.0, &BTreeMap::new());
+        assert_eq!(survey.ports["8080"].zero_window, [2, 1]);
+        assert_eq!(
+            survey.ports[OTHER].zero_window,
+            [0, 1],
+            "clients fold into other"
+        );
+        assert_eq!(
+            survey.ports["8080"].leaked, 0,
+            "an ESTABLISHED stall is no leak"
+        );
     }
 
     #[test]

@@ -65,17 +65,9 @@ pub struct ScopeView {
 }
 
 impl ScopeView {
-    /// The label values of a scope's series: empty for the host, and for a scope that is not
-    /// (or no longer) watched, `None` (its series are not exported).
-    pub fn labels(&self, scope: u32) -> Option<(String, String, String)> {
-        if scope == tcpstate_common::scope::HOST {
-            return Some(Default::default());
-        }
-        let level = self.level.unwrap_or(LabelLevel::Full);
-        self.scopes
-            .iter()
-            .find(|s| s.scope == scope)
-            .map(|s| level.collapse(&s.labels))
+    /// The label values of a watched scope's series.
+    pub fn labels_of(&self, w: &WatchedScope) -> (String, String, String) {
+        self.level.unwrap_or(LabelLevel::Full).collapse(&w.labels)
     }
 }
 

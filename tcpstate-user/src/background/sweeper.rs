@@ -19,6 +19,7 @@ use tracing::warn;
 use crate::{
     background::{
         destinations::{self, ClientPorts, Destination, Tally},
+        durations::Histograms,
         expiry::{self, Expired, Timeouts},
         ports::{self, AcceptQueue, PortEndpoint},
         report::SweepReport,
@@ -54,6 +55,9 @@ pub struct PortInputs {
     /// Each scope's ephemeral port range less its reserved ports, refreshed by the caller (at
     /// most once a minute); a scope absent here has no known range.
     pub port_ranges: BTreeMap<u32, u32>,
+    /// The CLOSE_WAIT dwell and lifetime histograms: read into the figures, given the endings
+    /// the daemon decides.
+    pub histograms: Option<Histograms>,
 }
 
 /// Where endpoints are settled against a kernel's socket table: the host's (host mode: its local
@@ -103,12 +107,7 @@ pub const SWEEP_DUTY: f64 = 1.0 / 80.0;
 
 /// CPU time this thread has used.
 fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
@@ -261,6 +260,10 @@ pub fn sweep(
         if let Some((place, _)) = flows.lookup(&key) {
             if flows.remove_if(&key, rec.word) {
                 dead.push(place.index);
+                if let Some(h) = &inputs.histograms {
+                    h.book_end(&key, &rec, Side::A, now);
+                    h.book_end(&key, &rec, Side::B, now);
+                }
                 changes.removed.push((key, rec, why));
             }
         }
@@ -272,6 +275,9 @@ pub fn sweep(
         new.set_word(w);
         new.since_ns[side.index()] = now;
         if flows.rewrite(&key, rec.word, &new) {
+            if let Some(h) = &inputs.histograms {
+                h.book_end(&key, &rec, side, now);
+            }
             changes.ended.push((key, rec.word(), side));
         }
     }
@@ -358,6 +364,9 @@ fn survey(inputs: &mut PortInputs, report: &mut SweepReport, seen: Vec<PortEndpo
                     fig.synack_retransmits = counts.get(Retransmit::SynAck, port);
                 }
             }
+        }
+        if let Some(h) = &mut inputs.histograms {
+            h.fill(sc, &mut survey);
         }
         surveys.insert(sc, survey);
         labelled.insert(sc, labels);

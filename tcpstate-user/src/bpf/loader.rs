@@ -2,13 +2,14 @@
 //! interfaces). The maps are pinned so that the flows (and their ages) outlive a restart.
 
 use std::{
-    fs, io,
+    fs,
     path::{Path, PathBuf},
 };
 
 use aya::{maps::MapInfo, Ebpf, EbpfLoader};
 use tcpstate_common::{
     counters::idx,
+    durations,
     flow::{FlowKey, FlowRecord},
     maps::{self, Config},
     scope,
@@ -44,8 +45,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Checks what loading needs and says in one line what is missing.
 /// `ifaces`: the interfaces named with `--iface` (none: every interface is watched).
 pub fn preflight(pin_dir: &Path, ifaces: &[String]) -> Result<(), Preflight> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 && !has_bpf_capabilities(pin_dir) {
+    if !rustix::process::geteuid().is_root() && !has_bpf_capabilities(pin_dir) {
         return Err(Preflight::NotPrivileged);
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -142,21 +142,8 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), Preflight> {
     };
     if !is_bpffs(root) {
         fs::create_dir_all(root).map_err(err)?;
-        let c = |s: &str| std::ffi::CString::new(s).expect("no NUL in path");
-        let target = c(&root.to_string_lossy());
-        // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
-        let rc = unsafe {
-            libc::mount(
-                c("bpf").as_ptr(),
-                target.as_ptr(),
-                c("bpf").as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            return Err(err(io::Error::last_os_error()));
-        }
+        rustix::mount::mount("bpf", root, "bpf", rustix::mount::MountFlags::empty(), None)
+            .map_err(|e| err(e.into()))?;
         info!(path = %root.display(), "mounted bpffs");
     }
     fs::create_dir_all(pin_dir).map_err(|source| Preflight::PinDir {
@@ -166,31 +153,40 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), Preflight> {
 }
 
 fn is_bpffs(p: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(p.to_string_lossy().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into `st`, which is plain data.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid path string and `st` a valid out-pointer.
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+    // f_type is the kernel's long: i64 on 64-bit targets, narrower elsewhere.
+    #[allow(clippy::unnecessary_cast, reason = "a no-op on 64-bit targets")]
+    rustix::fs::statfs(p).is_ok_and(|st| st.f_type as i64 == BPF_FS_MAGIC)
 }
 
 /// Refuses pinned counter maps whose size differs from what this run would create: the kernel
 /// would otherwise run the new programs against the old layout. (The flow table is looked at by
 /// [`carry::inspect`], which carries its flows over when the size differs.)
 fn check_pins(cfg: &Settings) -> Result<(), Preflight> {
-    let counters = cfg.pin_dir.join(maps::COUNTERS);
-    if let Ok(info) = MapInfo::from_pin(&counters) {
-        let want = idx::COUNT * cfg.scopes;
-        if info.max_entries() != want {
-            return Err(Preflight::IncompatiblePins {
+    let sized = |name: &str, want: u32, what: &str| -> Result<(), Preflight> {
+        match MapInfo::from_pin(cfg.pin_dir.join(name)) {
+            Ok(info) if info.max_entries() != want => Err(Preflight::IncompatiblePins {
                 dir: cfg.pin_dir.clone(),
                 what: format!(
-                    "{} counter slots where this build and --containers/--max-containers need {want}",
+                    "{} {what} where this build and --containers/--max-containers need {want}",
                     info.max_entries(),
                 ),
-            });
+            }),
+            _ => Ok(()),
         }
+    };
+    sized(maps::COUNTERS, idx::COUNT, "per-CPU counter slots")?;
+    sized(
+        maps::SCOPE_COUNTERS,
+        idx::COUNT * cfg.scopes,
+        "scope counter slots",
+    )?;
+    // Pinned by a build that kept every scope's counters per CPU: counters of another size.
+    let counters = cfg.pin_dir.join(maps::COUNTERS);
+    if counters.exists() && !cfg.pin_dir.join(maps::SCOPE_COUNTERS).exists() {
+        return Err(Preflight::IncompatiblePins {
+            dir: cfg.pin_dir.clone(),
+            what: "per-scope counters in the per-CPU array, which this build keeps apart".into(),
+        });
     }
     Ok(())
 }
@@ -245,8 +241,10 @@ pub fn load(cfg: &Settings) -> anyhow::Result<Loaded> {
         .default_map_pin_directory(&cfg.pin_dir)
         .map_max_entries(maps::FLOWS, slots)
         // Counters and the daemon's books per scope; a container may have several veths.
-        .map_max_entries(maps::COUNTERS, idx::COUNT * scopes)
+        .map_max_entries(maps::COUNTERS, idx::COUNT)
+        .map_max_entries(maps::SCOPE_COUNTERS, idx::COUNT * scopes)
         .map_max_entries(maps::USER, scopes)
+        .map_max_entries(durations::DURATIONS, durations::entries(scopes))
         .map_max_entries(scope::SCOPE_INFO, scopes)
         .map_max_entries(scope::SCOPES, (4 * scopes).max(64))
         .override_global(maps::CONFIG, &config, true)

@@ -11,6 +11,7 @@ pub fn remove(dir: &Path) -> anyhow::Result<()> {
         maps::FLOWS,
         maps::FLOW_SEED,
         maps::COUNTERS,
+        maps::SCOPE_COUNTERS,
         maps::TABLE,
         maps::USER,
         tcpstate_common::scope::SCOPES,
@@ -18,6 +19,8 @@ pub fn remove(dir: &Path) -> anyhow::Result<()> {
         maps::SETTINGS,
         maps::SYN_COOKIES,
         maps::RETRANSMITS,
+        tcpstate_common::durations::DURATIONS,
+        tcpstate_common::durations::PORT_ROWS,
     ] {
         let p = dir.join(name);
         if p.exists() {

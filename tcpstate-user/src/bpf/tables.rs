@@ -3,8 +3,11 @@
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray};
+use std::os::fd::{AsFd, AsRawFd};
+
 use tcpstate_common::{
     counters::idx,
+    durations,
     maps::{self, Settings, TableCounters, UserCounters},
     scope::{self, ScopeInfo},
     state::Retransmit,
@@ -62,6 +65,7 @@ pub fn lookup_batch(
             map_fd: fd as u32,
             ..BatchAttr::default()
         };
+        // BPF_MAP_LOOKUP_BATCH: aya 0.14 has no batch lookup, and no crate wraps the bpf(2) call.
         // SAFETY: `attr` points at buffers sized for `count` keys and values and at two 8-byte
         // tokens, all alive across the call; the kernel writes only within them.
         let rc = unsafe {
@@ -96,9 +100,14 @@ pub fn lookup_batch(
 
 /// Everything the scrape reads: counters and fill, for every scope.
 pub struct Books {
+    /// The host scope's and the global slots, per CPU.
     counters: PerCpuArray<MapData, u64>,
+    /// Container scopes' slots, mapped ([`maps::SCOPE_COUNTERS`]).
+    scoped: tcpstate_common::mapped::Words,
     table: Array<MapData, TableCounters>,
     user: Array<MapData, UserCounters>,
+    /// The duration histograms, whose container rows are a scope's counters too.
+    durations: Option<std::sync::Arc<tcpstate_common::mapped::Durations>>,
 }
 
 /// Counter totals at one instant.
@@ -167,8 +176,15 @@ pub fn from_ebpf(ebpf: &mut aya::Ebpf, seed: Seed) -> anyhow::Result<(Flows, Boo
     let flows = flows_from_ebpf(ebpf, seed)?;
     let books = Books {
         counters: PerCpuArray::try_from(take(ebpf, maps::COUNTERS)?)?,
+        scoped: {
+            let Map::Array(data) = take(ebpf, maps::SCOPE_COUNTERS)? else {
+                anyhow::bail!("{} is not an array map", maps::SCOPE_COUNTERS);
+            };
+            tcpstate_common::mapped::Words::new(data)?
+        },
         table: Array::try_from(take(ebpf, maps::TABLE)?)?,
         user: Array::try_from(take(ebpf, maps::USER)?)?,
+        durations: Some(std::sync::Arc::new(durations_from_ebpf(ebpf)?)),
     };
     let scopes = Scopes {
         ifaces: HashMap::try_from(take(ebpf, scope::SCOPES)?)?,
@@ -207,7 +223,9 @@ pub fn from_pins(dir: &Path) -> anyhow::Result<Pinned> {
 }
 
 impl Books {
-    /// Two batched reads and one lookup: O(scopes x CPUs), independent of the number of flows.
+    /// One batched read of the host's per-CPU slots (O(CPUs)), the container scopes' slots as
+    /// memory, the daemon's books: independent of the number of flows, and of scopes but for a
+    /// memory read of each one's slots.
     pub fn totals(&self) -> anyhow::Result<Totals> {
         self.totals_of(self.user.len())
     }
@@ -215,12 +233,21 @@ impl Books {
     /// As [`Books::totals`], reading only the first `scopes` scopes (the ones in use: the rest
     /// of a large `--max-containers` array is never read by a scrape).
     pub fn totals_of(&self, scopes: u32) -> anyhow::Result<Totals> {
-        use std::os::fd::{AsFd, AsRawFd};
+        Ok(Totals {
+            user: self.users()?,
+            ..self.kernel_totals_of(scopes)?
+        })
+    }
+
+    /// The kernel's counters and the table's books of the first `scopes` scopes, without the
+    /// daemon's (a scrape has them in memory).
+    pub fn kernel_totals_of(&self, scopes: u32) -> anyhow::Result<Totals> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let n = (self.counters.len() as usize).min(scopes.max(1) as usize * idx::COUNT as usize);
+        let host = idx::COUNT as usize;
+        let n = (scopes.max(1) as usize * host).min(self.scoped.len().max(idx::COUNT) as usize);
         let mut slots = vec![0u64; n];
         let fd = self.counters.map().fd().as_fd().as_raw_fd();
-        lookup_batch(fd, 4, 8 * cpus, n as u64, |k, v| {
+        lookup_batch(fd, 4, 8 * cpus, host as u64, |k, v| {
             let i = u32::from_ne_bytes(k.try_into().expect("4-byte key")) as usize;
             if let Some(slot) = slots.get_mut(i) {
                 *slot = v.chunks_exact(8).fold(0u64, |a, c| {
@@ -228,22 +255,25 @@ impl Books {
                 });
             }
         })?;
+        for (i, slot) in slots.iter_mut().enumerate().skip(host) {
+            *slot = self.scoped.get(i as u32);
+        }
         Ok(Totals {
             slots,
             table: self.table.get(&0, 0)?,
-            user: self.users()?,
+            user: Vec::new(),
         })
     }
 
     /// The daemon's counters of every scope.
     pub fn users(&self) -> anyhow::Result<Vec<UserCounters>> {
-        use std::os::fd::{AsFd, AsRawFd};
         let mut out = vec![UserCounters::default(); self.user.len() as usize];
         let fd = self.user.map().fd().as_fd().as_raw_fd();
         lookup_batch(fd, 4, size_of::<UserCounters>(), u64::MAX, |k, v| {
             let i = u32::from_ne_bytes(k.try_into().expect("4-byte key")) as usize;
             if let Some(u) = out.get_mut(i) {
-                // SAFETY: the kernel wrote one UserCounters (plain u64s) at this place.
+                // SAFETY: the kernel wrote one UserCounters (plain u64s) at this place. Unsafe
+                // because UserCounters (tcpstate-common) derives no zerocopy FromBytes.
                 *u = unsafe { std::ptr::read_unaligned(v.as_ptr().cast::<UserCounters>()) };
             }
         })?;
@@ -254,22 +284,42 @@ impl Books {
         Ok(self.user.set(scope, u, 0)?)
     }
 
-    /// Zeroes a scope's own counter slots, every CPU's copy, before the scope is given to a new
-    /// namespace. Only for a scope no interface maps to any more (no program writes its slots).
+    /// Zeroes a container scope's own counter slots and histogram rows before the scope is given
+    /// to a new namespace. Only for a scope no interface maps to any more (no program writes its
+    /// slots).
     pub fn zero_scope(&mut self, scope: u32) -> anyhow::Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        if scope == scope::HOST {
+            anyhow::bail!("the host's counters are never given to a namespace");
+        }
         let base = scope * idx::COUNT;
         for slot in (0..idx::COUNT).filter(|&s| idx::per_scope(s)) {
-            let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?;
-            self.counters.set(base + slot, zeros, 0)?;
+            self.scoped.set(base + slot, 0);
+        }
+        if let Some(d) = &self.durations {
+            for m in durations::Measure::ALL {
+                d.clear(d.index(m, durations::HOST_ROWS + scope));
+            }
         }
         self.set_user(scope, &UserCounters::default())
+    }
+
+    /// The duration histograms (shared with the sweeper, which reads them and adds the endings
+    /// it decides).
+    pub fn durations(&self) -> Option<std::sync::Arc<tcpstate_common::mapped::Durations>> {
+        self.durations.clone()
     }
 }
 
 /// Publishes the daemon's settings in their pinned map (taken from the loaded object).
 pub fn publish_settings(ebpf: &mut aya::Ebpf, settings: &Settings) -> anyhow::Result<()> {
     let mut map: Array<MapData, Settings> = Array::try_from(take(ebpf, maps::SETTINGS)?)?;
+    Ok(map.set(0, settings, 0)?)
+}
+
+/// Publishes the settings again through the pinned map (a reload: the object no longer holds it).
+pub fn republish_settings(dir: &Path, settings: &Settings) -> anyhow::Result<()> {
+    let data = MapData::from_pin(dir.join(maps::SETTINGS))?;
+    let mut map: Array<MapData, Settings> = Array::try_from(Map::Array(data))?;
     Ok(map.set(0, settings, 0)?)
 }
 
@@ -314,5 +364,68 @@ impl Retransmits {
         self.0
             .get(&maps::retransmit_slot(kind, port), 0)
             .unwrap_or(0)
+    }
+}
+
+/// The histogram rows of CLOSE_WAIT dwell and connection lifetimes, mapped into memory
+/// ([`tcpstate_common::durations`]).
+pub fn durations_from_ebpf(
+    ebpf: &mut aya::Ebpf,
+) -> anyhow::Result<tcpstate_common::mapped::Durations> {
+    let Map::Array(data) = take(ebpf, durations::DURATIONS)? else {
+        anyhow::bail!("{} is not an array map", durations::DURATIONS);
+    };
+    Ok(tcpstate_common::mapped::Durations::new(data)?)
+}
+
+/// The host's port -> histogram row assignments the kernel reads ([`durations::PORT_ROWS`]):
+/// a port gets a row when the daemon first labels it, and keeps it (across restarts too: the
+/// rows' counts are cumulative, and so must their ports be).
+pub struct PortRows {
+    map: Array<MapData, u32>,
+    rows: std::collections::BTreeMap<u16, u32>,
+}
+
+impl PortRows {
+    /// The map, with the rows an earlier run gave (one batched read of 65536 slots).
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> anyhow::Result<PortRows> {
+        let map: Array<MapData, u32> = Array::try_from(take(ebpf, durations::PORT_ROWS)?)?;
+        let mut rows = std::collections::BTreeMap::new();
+        let fd = map.map().fd().as_fd().as_raw_fd();
+        lookup_batch(fd, 4, 4, u64::MAX, |k, v| {
+            let port = u32::from_ne_bytes(k.try_into().expect("4-byte key"));
+            let row = u32::from_ne_bytes(v.try_into().expect("4-byte value"));
+            if row != 0 && row < durations::HOST_ROWS {
+                if let Ok(port) = u16::try_from(port) {
+                    rows.insert(port, row);
+                }
+            }
+        })?;
+        Ok(PortRows { map, rows })
+    }
+
+    /// Every port that has a row.
+    pub fn rows(&self) -> &std::collections::BTreeMap<u16, u32> {
+        &self.rows
+    }
+
+    /// The port's row (0: "other").
+    pub fn get(&self, port: u16) -> u32 {
+        self.rows.get(&port).copied().unwrap_or(0)
+    }
+
+    /// Gives `port` a row if it has none and one is free; false when they are all taken (the
+    /// port stays counted under "other").
+    pub fn assign(&mut self, port: u16) -> anyhow::Result<bool> {
+        if self.rows.contains_key(&port) {
+            return Ok(true);
+        }
+        let next = self.rows.values().max().map_or(1, |r| r + 1);
+        if next >= durations::HOST_ROWS {
+            return Ok(false);
+        }
+        self.map.set(u32::from(port), next, 0)?;
+        self.rows.insert(port, next);
+        Ok(true)
     }
 }

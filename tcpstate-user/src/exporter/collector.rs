@@ -45,10 +45,11 @@ impl Collector {
             .max()
             .unwrap_or(1);
         let started = std::time::Instant::now();
-        let mut totals = s.books.totals_of(in_use).map_err(|e| {
+        let mut totals = s.books.kernel_totals_of(in_use).map_err(|e| {
             warn!(error = %e, "cannot read counters");
             format!("cannot read the kernel counters: {e}")
         })?;
+        // The daemon's books from memory: the pinned copy is what a restart reads back.
         totals.user = s
             .counters
             .all()

@@ -2,14 +2,15 @@
 //! scrape's counter totals and reports and appends its families; nothing here walks the table.
 
 use tcpstate_common::{
-    counters::{idx, Hook, RstDirection, UntrackedReason, HANDSHAKE_BOUNDS_NS},
+    counters::{idx, Hook, RstDirection, Stall, UntrackedReason, HANDSHAKE_BOUNDS_NS},
+    durations::{self, DurationRow},
     packet::SkipReason,
     state::{FastOpen, InvalidReason, Opening, Retransmit},
     Role, TcpState,
 };
 
 use super::family::{
-    connections, counter, gauge, merged_clients, merged_ports, per_reason, Family, Group, Scrape,
+    connections, counter, gauge, merged_clients, per_reason, Family, Group, Scrape,
 };
 use crate::background::ports::{PortFigures, Survey, OTHER};
 
@@ -198,10 +199,7 @@ pub fn table(s: &Scrape, _groups: &[Group], out: &mut Vec<Family>) {
 /// Per-port figures from the background walk: leaks, backlogs, accept queues, SYN cookies,
 /// handshakes sent again.
 pub fn ports(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
-    let surveys: Vec<(&Group, Survey)> = groups
-        .iter()
-        .map(|g| (g, merged_ports(s.sweep, g)))
-        .collect();
+    let surveys: Vec<(&Group, &Survey)> = groups.iter().map(|g| (g, &g.ports)).collect();
     let mut leaked = gauge(
         "tcpstate_close_wait_leaked",
         "Counted endpoints in CLOSE_WAIT for longer than --close-wait-leak-after, by local port (listening ports; the rest as other).",
@@ -224,6 +222,16 @@ pub fn ports(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
     );
     for (g, survey) in &surveys {
         for (port, fig) in &survey.ports {
+            // A container's listening port keeps its series at 0, as the host's ports do; its
+            // `other` (and a port no longer listening) appears once non-zero, so hundreds of
+            // idle containers add nothing.
+            if g.sparse() && fig.accept.is_none() {
+                let l = [("port", port.as_str())];
+                leaked.scoped_sample(g, &l, fig.leaked as f64);
+                oldest.scoped_sample(g, &l, fig.oldest_s);
+                backlog.scoped_sample(g, &l, fig.syn_backlog as f64);
+                continue;
+            }
             let labels = g.with(&[("port", port)]);
             leaked.sample(&labels, fig.leaked as f64);
             oldest.sample(&labels, fig.oldest_s);
@@ -276,7 +284,7 @@ pub fn ports(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
 fn kernel_per_port(
     f: &mut Family,
     s: &Scrape,
-    surveys: &[(&Group, Survey)],
+    surveys: &[(&Group, &Survey)],
     slot: u32,
     value: impl Fn(&PortFigures) -> u64,
 ) {
@@ -302,6 +310,86 @@ fn kernel_per_port(
     }
 }
 
+/// Readers that stopped reading: endpoints advertising a zero window now (from the walk, by
+/// port) and the stalls begun (the kernel's counters, by scope).
+pub fn stalls(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
+    let t = s.totals;
+    let mut now = gauge(
+        "tcpstate_zero_window_endpoints",
+        "Counted endpoints stalled by a zero receive window, by local port and side: local (the endpoint advertises it: its application stopped reading, Recv-Q full) or remote (its peer does: its sends wait, Send-Q grows).",
+    );
+    for g in groups {
+        for (port, fig) in &g.ports.ports {
+            for stall in Stall::ALL {
+                let v = fig.zero_window[stall as usize] as f64;
+                now.scoped_sample(g, &[("port", port), ("side", stall.name())], v);
+            }
+        }
+    }
+    out.push(now);
+    let mut begun = counter(
+        "tcpstate_zero_window_stalls_total",
+        "Zero-window stalls begun, seen by a counted endpoint: its own window closed (local) or its peer's (remote).",
+    );
+    for g in groups {
+        for stall in Stall::ALL {
+            let v = g.sum(|sc| t.scoped(sc, idx::ZERO_WINDOW_STALLS + stall as u32));
+            begun.scoped_sample(g, &[("side", stall.name())], v as f64);
+        }
+    }
+    out.push(begun);
+}
+
+/// How long endpoints took to close after their peer did, and how long connections lived: the
+/// histograms the kernel and the daemon add to, read by the walk.
+pub fn durations(_s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
+    let bounds: Vec<f64> = durations::BOUNDS_NS
+        .iter()
+        .map(|&ns| ns as f64 / 1e9)
+        .collect();
+    let mut close_wait = Family::new(
+        "tcpstate_close_wait_duration_seconds",
+        "Time counted endpoints spent in CLOSE_WAIT, from the peer's FIN to the local application's close (its FIN or RST) or its socket going away, by local port (listening ports; the rest, clients and containers' endpoints as other). A leak is the tail that never ends; a slow close shows here first.",
+        prometheus::proto::MetricType::HISTOGRAM,
+    );
+    let mut lifetime = Family::new(
+        "tcpstate_connection_duration_seconds",
+        "Lifetime of connections whose SYN was seen, from the SYN to the counted endpoint's close (CLOSED or TIME_WAIT, by segments, an RST, a timeout or its socket going away), by local port (server endpoints on listening ports; the rest as other) and role.",
+        prometheus::proto::MetricType::HISTOGRAM,
+    );
+    let sample = |f: &mut Family, g: &Group, labels: &[(&str, &str)], row: &DurationRow| {
+        if row.count() == 0 && g.sparse() {
+            return;
+        }
+        let sum = row.sum_us as f64 / 1e6;
+        f.histogram(&g.with(labels), &bounds, &row.buckets, sum);
+    };
+    for g in groups {
+        for (port, fig) in &g.ports.ports {
+            sample(
+                &mut close_wait,
+                g,
+                &[("port", port)],
+                &fig.close_wait_durations,
+            );
+            for role in Role::ALL {
+                let row = &fig.lifetimes[role as usize];
+                // A client's local port is ephemeral: clients are only ever under `other`.
+                if role == Role::Client && port != OTHER {
+                    continue;
+                }
+                sample(
+                    &mut lifetime,
+                    g,
+                    &[("port", port), ("role", role.name())],
+                    row,
+                );
+            }
+        }
+    }
+    out.extend([close_wait, lifetime]);
+}
+
 /// Ephemeral port pressure from the background walk: client endpoints per destination, and each
 /// scope's port range to compare them with.
 pub fn clients(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
@@ -318,7 +406,9 @@ pub fn clients(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
         for (dest, n) in &by_destination {
             in_use.scoped_sample(g, &[("destination", dest)], *n as f64);
         }
-        if let Some(size) = size {
+        // A container's range is what its client ports are compared with: shown once it has any.
+        let idle = by_destination.values().all(|&n| n == 0);
+        if let Some(size) = size.filter(|_| !(g.sparse() && idle)) {
             range.sample(&g.with(&[]), size as f64);
         }
     }
@@ -333,7 +423,8 @@ pub fn containers(s: &Scrape, _groups: &[Group], out: &mut Vec<Family>) {
             "Container namespaces watched, by their labels and container id (value 1).",
         );
         for w in &s.scopes.scopes {
-            if let Some((ns, pod, ctr)) = s.scopes.labels(w.scope) {
+            {
+                let (ns, pod, ctr) = s.scopes.labels_of(w);
                 f.sample(
                     &[
                         ("namespace", ns.as_str()),
@@ -408,8 +499,46 @@ pub fn daemon(s: &Scrape, _groups: &[Group], out: &mut Vec<Family>) {
 
     let mut f = gauge(
         "tcpstate_build_info",
-        "Version of the running tcpstate (value 1).",
+        "Version, git revision, compiler and aya versions of the running tcpstate (value 1).",
     );
-    f.sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+    f.sample(
+        &[
+            ("aya_version", BUILD.aya),
+            ("revision", BUILD.revision),
+            ("rustc_version", BUILD.rustc),
+            ("version", BUILD.version),
+        ],
+        1.0,
+    );
     out.push(f);
 }
+
+/// The standard `process_*` families of Prometheus client libraries (CPU seconds, resident and
+/// virtual memory, open and maximum file descriptors, start time, threads), read from /proc by
+/// the prometheus crate's process collector: the same names node_exporter and Go exporters show.
+pub fn process(_: &Scrape, _: &[Group], out: &mut Vec<Family>) {
+    use prometheus::core::Collector;
+    // Made once: the collector reads the start time when it is created.
+    static COLLECTOR: std::sync::OnceLock<prometheus::process_collector::ProcessCollector> =
+        std::sync::OnceLock::new();
+    let collector =
+        COLLECTOR.get_or_init(prometheus::process_collector::ProcessCollector::for_self);
+    out.extend(collector.collect().into_iter().map(Family));
+}
+
+/// What this binary was built from (build.rs): `tcpstate_build_info`'s labels, and what
+/// `tcpstate --version` prints.
+pub struct Build {
+    pub version: &'static str,
+    /// The git commit, `unknown` when not built from a git checkout.
+    pub revision: &'static str,
+    pub rustc: &'static str,
+    pub aya: &'static str,
+}
+
+pub const BUILD: Build = Build {
+    version: env!("CARGO_PKG_VERSION"),
+    revision: env!("TCPSTATE_REVISION"),
+    rustc: env!("TCPSTATE_RUSTC"),
+    aya: env!("TCPSTATE_AYA"),
+};

@@ -6,7 +6,7 @@ use prometheus::{proto::MetricFamily, Encoder, TextEncoder};
 pub use super::family::Scrape;
 use super::{
     families,
-    family::{groups, Family},
+    family::{groups, with_ports, Family},
 };
 use crate::{
     background::{report::SweepReport, scopes::ScopeView},
@@ -14,7 +14,7 @@ use crate::{
 };
 
 pub fn families(s: &Scrape) -> Vec<MetricFamily> {
-    let groups = groups(s.scopes);
+    let groups = with_ports(groups(s.scopes), s.sweep);
     let mut out: Vec<Family> = Vec::new();
     for topic in [
         families::endpoints,
@@ -23,9 +23,12 @@ pub fn families(s: &Scrape) -> Vec<MetricFamily> {
         families::handshakes,
         families::table,
         families::ports,
+        families::stalls,
+        families::durations,
         families::clients,
         families::containers,
         families::daemon,
+        families::process,
     ] {
         topic(s, &groups, &mut out);
     }

@@ -53,6 +53,16 @@ impl FlowView {
         now.saturating_sub(self.rec.since_ns[side.index()]) as f64 / 1e9
     }
 
+    /// How long the endpoint has advertised a zero window (its application stopped reading),
+    /// `None` when it does not. To the second: the stall is stamped in `last_seen` ticks.
+    pub fn stalled_s(&self, side: Side, now: u64) -> Option<f64> {
+        let begun = u64::from(self.rec.stall_tick) << tcpstate_common::flow::SEEN_TICK_SHIFT;
+        self.rec
+            .word()
+            .zero_window(side)
+            .then(|| now.saturating_sub(begun) as f64 / 1e9)
+    }
+
     /// The object `tcpstate flows --json` prints (`tcpstate replay --json` adds fields to it).
     pub fn json(&self, now: u64) -> serde_json::Value {
         let w = self.rec.word();
@@ -63,6 +73,7 @@ impl FlowView {
                 "role": w.role(s).name(),
                 "local": w.counted & s.bit() != 0,
                 "age_seconds": self.age_s(s, now),
+                "zero_window_seconds": self.stalled_s(s, now),
                 // What the tracker knows of this endpoint's sequence space (null where unknown).
                 "seq": {
                     "isn": w.knows(s, known::ISN).then_some(self.rec.seq[s.index()].isn),
@@ -148,6 +159,17 @@ pub fn flows(args: &Query) -> anyhow::Result<()> {
                 flags.push(name);
             }
         }
+        let stalls: Vec<String> = [(Side::A, "a"), (Side::B, "b")]
+            .into_iter()
+            .filter_map(|(s, n)| {
+                v.stalled_s(s, now)
+                    .map(|t| format!("zero_window:{n}={t:.0}s"))
+            })
+            .collect();
+        let flags: Vec<&str> = flags
+            .into_iter()
+            .chain(stalls.iter().map(String::as_str))
+            .collect();
         if in_containers {
             let name = v.scope.short();
             print!("{:<24} ", if name.is_empty() { "(host)" } else { &name });

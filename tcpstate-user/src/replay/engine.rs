@@ -4,7 +4,8 @@
 
 use tcpstate_common::{
     counters::{for_each_delta, idx, retransmitted, Hook},
-    flow::{flowflags, FlowKey, FlowRecord},
+    durations::{self, DurationRow, Measure},
+    flow::{flowflags, FlowKey, FlowRecord, Side},
     maps::{Config, TableCounters, UserCounters},
     packet::{Parsed, TcpPacket},
     pipeline::{open_new, opened_deltas, update_into, NotOpened, View},
@@ -120,6 +121,37 @@ pub struct PortRetransmits {
     pub synack: u64,
 }
 
+/// The duration histograms as the kernel's rows hold them, before labels are chosen: per
+/// [`Measure`], by server port (`None`: client endpoints, whose local port is ephemeral).
+#[derive(Clone, Debug, Default)]
+pub struct Durations(pub [std::collections::BTreeMap<Option<u16>, DurationRow>; 3]);
+
+impl Durations {
+    fn observe(
+        &mut self,
+        key: &FlowKey,
+        w: tcpstate_common::FlowWord,
+        m: Measure,
+        side: Side,
+        ns: u64,
+    ) {
+        let port = (w.role(side) == Role::Server).then_some(key.port[side.index()]);
+        self.0[m as usize].entry(port).or_default().observe(ns);
+    }
+
+    /// What the daemon ends of `side` when it removes the flow or ends the endpoint at `now`.
+    fn book_end(&mut self, key: &FlowKey, rec: &FlowRecord, side: Side, now: u64) {
+        let (close_wait, lifetime) = durations::ended_by_daemon(rec, side, now);
+        let w = rec.word();
+        if close_wait != durations::NONE {
+            self.observe(key, w, Measure::CloseWait, side, close_wait);
+        }
+        if lifetime != durations::NONE {
+            self.observe(key, w, Measure::lifetime(w.role(side)), side, lifetime);
+        }
+    }
+}
+
 /// The table, its counters and its clock.
 pub struct Table {
     pub flows: foldhash::HashMap<FlowKey, Entry>,
@@ -128,6 +160,8 @@ pub struct Table {
     /// Retransmitted SYNs and SYN-ACKs by server port, as the kernel's per-port map counts them
     /// for the host (`maps::RETRANSMITS`).
     pub retransmits: std::collections::BTreeMap<u16, PortRetransmits>,
+    /// CLOSE_WAIT dwell and lifetimes, as the kernel's and the daemon's rows count them.
+    pub durations: Durations,
     pub table: TableCounters,
     pub user: UserCounters,
     pub extra: Extra,
@@ -146,6 +180,7 @@ impl Table {
             flows: foldhash::HashMap::default(),
             slots: vec![0; idx::COUNT as usize],
             retransmits: Default::default(),
+            durations: Durations::default(),
             table: TableCounters::default(),
             user: UserCounters::default(),
             extra: Extra::default(),
@@ -225,9 +260,14 @@ impl Table {
                 return;
             }
             let old = e.rec.word();
+            let ended = durations::ended(old, &e.rec.since_ns, st);
             // `Step::rec` equals the record wherever `write` has no bit: taking it whole is what
             // `commit` does field by field, with no other CPU to race here.
             e.rec = st.rec;
+            let dur = &mut self.durations;
+            ended.for_each(st.rec.word(), |m, side, ns| {
+                dur.observe(&key, st.rec.word(), m, side, ns)
+            });
             e.due_ns = expiry::due(&e.rec, &self.timeouts);
             let new = e.rec.word();
             if st.invalid.is_none()
@@ -314,7 +354,8 @@ impl Table {
     /// booked as the daemon books them.
     pub fn sweep(&mut self, now: u64) {
         let (t, user, extra) = (&self.timeouts, &mut self.user, &mut self.extra);
-        self.flows.retain(|_, e| {
+        let dur = &mut self.durations;
+        self.flows.retain(|key, e| {
             if now < e.due_ns {
                 return true;
             }
@@ -323,6 +364,7 @@ impl Table {
                 // An endpoint whose own timeout ran out while its peer's did not ends alone, and
                 // the flow stays for the peer, as the daemon's sweeper does it.
                 if let Some(side) = expiry::ended_side(&e.rec, now, t) {
+                    dur.book_end(key, &e.rec, side, now);
                     let mut w = e.rec.word();
                     user.record_end(w, side);
                     w.set_state(side, tcpstate_common::TcpState::Closed);
@@ -333,6 +375,8 @@ impl Table {
                 return true;
             };
             user.record_delete(e.rec.word());
+            dur.book_end(key, &e.rec, Side::A, now);
+            dur.book_end(key, &e.rec, Side::B, now);
             match why {
                 Expired::Handshake => {
                     user.handshake_timeouts += 1;

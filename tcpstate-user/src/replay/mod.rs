@@ -8,6 +8,7 @@ pub mod engine;
 pub mod frame;
 #[cfg(test)]
 mod fuzz;
+pub mod progress;
 
 use std::{
     collections::BTreeMap,
@@ -36,6 +37,7 @@ use self::{
     capture::{for_each_frame, CaptureError},
     engine::{Entry, Table},
     frame::CapturedFrame,
+    progress::Progress,
 };
 
 /// Why a replay could not run: a bad capture or bad options. Exit code 2.
@@ -87,14 +89,17 @@ pub struct Request {
 }
 
 /// Replays a capture into `table`: every frame, or those up to `stop_after` (Unix ns; the rest
-/// of the file is not read).
+/// of the file is not read), telling `progress` of each frame and of the bytes read.
 pub fn replay(
     what: &str,
     input: impl std::io::Read + Send,
     table: &mut Table,
     stop_after: Option<u64>,
+    progress: &mut Progress,
 ) -> Result<(), CaptureError> {
+    let input = progress.reader(input);
     for_each_frame(what, input, |f| {
+        progress.frame();
         if stop_after.is_some_and(|at| f.ts_ns > at) {
             return ControlFlow::Break(());
         }
@@ -128,13 +133,31 @@ pub fn run(args: &Request) -> anyhow::Result<()> {
         _ => None,
     };
     if what == "-" {
-        replay("standard input", std::io::stdin(), &mut table, stop_after)?;
+        let mut progress = Progress::stderr(None);
+        let r = replay(
+            "standard input",
+            std::io::stdin(),
+            &mut table,
+            stop_after,
+            &mut progress,
+        );
+        progress.finish();
+        r?;
     } else {
         let file = File::open(&args.file).map_err(|source| CaptureError::Io {
             what: what.clone(),
             source,
         })?;
-        replay(&what, file, &mut table, stop_after)?;
+        // The size, for the percent done: none for a pipe or a device.
+        let size = file
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        let mut progress = Progress::stderr(size);
+        let r = replay(&what, file, &mut table, stop_after, &mut progress);
+        progress.finish();
+        r?;
     }
     match at {
         At::LastFrame => {}
@@ -295,6 +318,26 @@ fn text(
     Ok(())
 }
 
+/// Each label's duration histograms, as a daemon's rows would hold them: a labelled port's own,
+/// everything else (clients, other servers) under `other`.
+fn fill_durations(survey: &mut ports::Survey, d: &engine::Durations) {
+    use tcpstate_common::{durations::Measure, Role};
+    for m in Measure::ALL {
+        for (port, row) in &d.0[m as usize] {
+            let label = port
+                .map(|p| p.to_string())
+                .filter(|l| survey.ports.contains_key(l))
+                .unwrap_or_else(|| ports::OTHER.to_string());
+            let fig = survey.ports.entry(label).or_default();
+            match m {
+                Measure::CloseWait => fig.close_wait_durations.add(row),
+                Measure::ClientLifetime => fig.lifetimes[Role::Client as usize].add(row),
+                Measure::ServerLifetime => fig.lifetimes[Role::Server as usize].add(row),
+            }
+        }
+    }
+}
+
 /// The exposition a tap-mode daemon would have served at the end of the capture.
 pub fn exposition(
     table: &Table,
@@ -307,9 +350,21 @@ pub fn exposition(
         .iter()
         .flat_map(|(k, e)| ports::endpoints(k, &e.rec, now))
         .collect();
-    // A capture has no listeners to ask: the ports whose handshakes were sent again stand in
-    // for them, so they get a label of their own as a daemon's listening ports do.
-    let candidates = table.retransmits.keys().copied().collect();
+    // A capture has no listeners to ask: the server ports whose handshakes were sent again or
+    // whose connections closed stand in for them, so they get a label of their own as a
+    // daemon's listening ports do.
+    let candidates = table
+        .retransmits
+        .keys()
+        .copied()
+        .chain(
+            table
+                .durations
+                .0
+                .iter()
+                .flat_map(|m| m.keys().flatten().copied()),
+        )
+        .collect();
     let labels = ports::choose_labels(&candidates, &seen, port_labels);
     let mut survey = ports::survey(&seen, &labels, leak_after.as_secs_f64(), &BTreeMap::new());
     for (label, fig) in survey.ports.iter_mut() {
@@ -322,6 +377,7 @@ pub fn exposition(
             fig.synack_retransmits = n.synack;
         }
     }
+    fill_durations(&mut survey, &table.durations);
     let mut clients = destinations::Tally::default();
     for (k, e) in &table.flows {
         clients.add(k, &e.rec);

@@ -29,13 +29,13 @@ class Conv:
         self.pkts = []
         self.t = T0
 
-    def seg(self, who, flags, data=b"", seq=None, ack=None, dt=0.001, opts=None):
+    def seg(self, who, flags, data=b"", seq=None, ack=None, dt=0.001, opts=None, window=65535):
         other = "s" if who == "c" else "c"
         ip = (IPv6 if self.v6 else IP)(src=self.addr[who], dst=self.addr[other])
         tcp = TCP(sport=self.port[who], dport=self.port[other], flags=flags,
                   seq=self.nxt[who] if seq is None else seq,
                   ack=(self.nxt[other] if ack is None else ack) if "A" in flags else 0,
-                  window=65535, options=opts or [])
+                  window=window, options=opts or [])
         p = ip / tcp / Raw(data) if data else ip / tcp
         self.t += dt
         p.time = self.t
@@ -219,6 +219,26 @@ def listener_drops():
     write("listener_drops.pcap", pkts)
 
 
+def closes_and_stalls():
+    # How long applications take to close, and who stopped reading, per port. On 8080: a server
+    # that closes 2.5 s after its client's FIN; a server whose application stopped reading (it
+    # advertises a zero window, answers the client's one-byte window probe with another, and is
+    # still stalled when the capture ends). On 9090: a server that closes 10 ms after the FIN.
+    a = Conv(cport=40001).handshake().data("c")
+    a.seg("c", "FA"); a.seg("s", "A")
+    a.seg("s", "FA", dt=2.5); a.seg("c", "A")
+    b = Conv(cport=40002, cisn=7000, sisn=9000).handshake()
+    b.seg("c", "PA", b"x" * 1000)
+    b.seg("s", "A", window=0, dt=0.01)
+    b.seg("c", "A", b"x", dt=0.2)
+    b.seg("s", "A", ack=b.nxt["c"] - 1, window=0)
+    c = Conv(cport=40003, sport=9090, cisn=20000, sisn=30000).handshake().data("c")
+    c.seg("c", "FA"); c.seg("s", "A", dt=0.005)
+    c.seg("s", "FA", dt=0.005); c.seg("c", "A")
+    pkts = sorted(a.pkts + b.pkts + c.pkts, key=lambda p: p.time)
+    write("closes_and_stalls.pcap", pkts)
+
+
 def formats():
     """The close_client_first connection in every link type and format; the closing FIN carries
     1000 bytes, so a reader that took the captured length for the payload would miss the ACK of
@@ -307,5 +327,6 @@ def pcapng_by_hand():
 if __name__ == "__main__":
     scenarios()
     listener_drops()
+    closes_and_stalls()
     formats()
     pcapng_by_hand()

@@ -386,6 +386,7 @@ fn a_connection_the_kernel_ends_on_its_user_timeout_is_ended_within_seconds_of_s
     let p = Pair::new();
     let d = Daemon::host_client(&p, &[]);
     let l = p.listen(SERVER_V4, 8082);
+    let opened = Instant::now();
     let mut c = p.connect(SERVER_V4, 8082);
     let (mut s, _) = l.accept().unwrap();
     exchange(&mut c, &mut s, b"hello");
@@ -435,6 +436,21 @@ fn a_connection_the_kernel_ends_on_its_user_timeout_is_ended_within_seconds_of_s
     assert_eq!(
         m.get("tcpstate_handshakes_total", &[("result", "timeout")]),
         0.0
+    );
+    // The daemon ended the connection: it books its lifetime as a closing segment would have
+    // (from the SYN to the daemon's verdict, after the kernel's end).
+    let client = [("port", "other"), ("role", "client")];
+    let m = d.wait_for("the lifetime booked", |m| {
+        m.try_get("tcpstate_connection_duration_seconds_count", &client) == Some(1.0)
+    });
+    let life = m.get("tcpstate_connection_duration_seconds_sum", &client);
+    let (from, to) = (
+        (gone - opened).as_secs_f64(),
+        opened.elapsed().as_secs_f64(),
+    );
+    assert!(
+        life >= from - 0.1 && life <= to,
+        "lifetime {life:.3} s, the kernel's end {from:.3} s after the connect, now {to:.3} s"
     );
 }
 

@@ -261,7 +261,7 @@ impl Drop for Netns {
 
 /// A Python process in a namespace that says "ready" once set up, talks over its stdin and stdout,
 /// and is killed on drop: the servers and clients scripted for a scenario.
-pub struct Py(Child);
+pub struct Py(Child, BufReader<std::process::ChildStdout>);
 
 impl Py {
     pub fn start(ns: &Netns, script: &str, args: &[&str]) -> Py {
@@ -272,16 +272,18 @@ impl Py {
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3");
-        let mut p = Py(child);
+        let mut child = child;
+        // One reader for the process's life: a reader per line would drop what it buffered past
+        // its line (several lines arriving at once).
+        let out = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut p = Py(child, out);
         assert_eq!(p.line(), "ready");
         p
     }
 
     pub fn line(&mut self) -> String {
         let mut l = String::new();
-        BufReader::new(self.0.stdout.as_mut().unwrap())
-            .read_line(&mut l)
-            .unwrap();
+        self.1.read_line(&mut l).unwrap();
         l.trim().to_string()
     }
 
@@ -807,6 +809,40 @@ impl Daemon {
                 Err(format!("metrics:\n{}", m.text))
             }
         })
+    }
+
+    /// Sends `sig` to the running daemon and returns at once (SIGHUP: a reload).
+    pub fn send(&self, sig: i32) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+    }
+
+    /// Panics with the log when the daemon has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(st) = self.child.as_mut().expect("running").try_wait().unwrap() {
+            panic!("tcpstate exited ({st}):\n{}", self.log());
+        }
+    }
+
+    /// Waits until the log has `count` lines containing every one of `words`, and returns the
+    /// last of them.
+    pub fn wait_log(&self, words: &[&str], count: usize) -> String {
+        eventually(
+            &format!("{count} log lines with {words:?}"),
+            Duration::from_secs(10),
+            || {
+                let log = self.log();
+                let found: Vec<&str> = log
+                    .lines()
+                    .filter(|l| words.iter().all(|w| l.contains(w)))
+                    .collect();
+                match found.last() {
+                    Some(last) if found.len() >= count => Ok(last.to_string()),
+                    _ => Err(format!("its log:\n{log}")),
+                }
+            },
+        )
     }
 
     /// SIGTERM; the pinned maps stay (the caller checks or removes them).

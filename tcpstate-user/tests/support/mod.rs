@@ -98,6 +98,8 @@ pub const ALERTS: &[&str] = &[
     "TcpstateSynCookiesSent",
     "TcpstateListenerDrops",
     "TcpstateClientPortsNearExhaustion",
+    "TcpstateSlowCloses",
+    "TcpstateReaderStalled",
     "TcpstateResetSpike",
     "TcpstateFlowTableNearFull",
     "TcpstateFlowsUntracked",
