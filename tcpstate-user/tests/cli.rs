@@ -227,6 +227,10 @@ fn describe_metrics_in_container_mode_labels_every_per_endpoint_family() {
         "tcpstate_close_wait_oldest_seconds",
         "tcpstate_syn_backlog",
         "tcpstate_accept_queue_length",
+        "tcpstate_zero_window_endpoints",
+        "tcpstate_zero_window_stalls_total",
+        "tcpstate_close_wait_duration_seconds_bucket",
+        "tcpstate_connection_duration_seconds_bucket",
     ] {
         let samples: Vec<&str> = text
             .lines()
@@ -246,22 +250,25 @@ fn describe_metrics_in_container_mode_labels_every_per_endpoint_family() {
                 .any(|s| s.contains("namespace=\"\",pod=\"\",container=\"\"")),
             "{name} has no host series"
         );
-        // The idle container: its per-port figures are there (its ports keep their labels);
-        // its transition counts are left out while zero.
+        // The idle container: its listening port's figures are there (a listening port keeps
+        // its series); its transition counts, durations and stalls are left out while zero.
         let of_web = samples.iter().any(|s| s.contains("container=\"web\""));
-        assert_eq!(
-            of_web,
-            name.contains("close_wait") || name.contains("queue") || name.contains("backlog"),
-            "{name}"
-        );
+        let listening_port_figure = ["leaked", "oldest", "queue", "backlog"]
+            .iter()
+            .any(|f| name.contains(f));
+        assert_eq!(of_web, listening_port_figure, "{name}");
     }
     assert!(text.contains("tcpstate_container_info{namespace=\"\",pod=\"\",container=\"web\""));
     // Client ports by destination, and the port range, carry the scope labels too.
     assert!(text.contains(
         "tcpstate_client_ports_in_use{destination=\"0.0.0.0:0\",namespace=\"\",pod=\"\",container=\"\"} 0"
     ));
-    assert!(text
-        .contains("tcpstate_client_port_range_size{namespace=\"\",pod=\"\",container=\"web\"} 0"));
+    assert!(
+        text.contains("tcpstate_client_port_range_size{namespace=\"\",pod=\"\",container=\"\"} 0")
+    );
+    // An idle container's range appears once it has client ports to compare with it.
+    assert!(!text
+        .contains("tcpstate_client_port_range_size{namespace=\"\",pod=\"\",container=\"web\"}"));
     // Tracker-wide families carry no scope labels.
     assert!(text
         .lines()
