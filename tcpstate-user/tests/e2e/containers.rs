@@ -534,6 +534,9 @@ fn client_ports_and_port_ranges_are_each_containers_own() {
     let _open = churn(&p, &c, "192.0.2.1:8090".parse().unwrap(), 120, 5);
     let want = ss_clients_to(&c, "192.0.2.1:8090");
     assert_eq!(want, 125);
+    // One connection the other way, so p holds a client endpoint too: a container's range is
+    // exported once it has client ports to compare with it.
+    let _back = churn(&c, &p, "192.0.2.2:8091".parse().unwrap(), 0, 1);
     fn series(ctr: &str) -> [(&str, &str); 3] {
         [("namespace", ""), ("pod", ""), ("container", ctr)]
     }
@@ -542,10 +545,15 @@ fn client_ports_and_port_ranges_are_each_containers_own() {
         Duration::from_secs(15),
         |m| {
             let [ns, pod, ctr] = series(&c.name);
+            let [pns, ppod, pctr] = series(&p.name);
             m.try_get(
                 "tcpstate_client_ports_in_use",
                 &[("destination", "192.0.2.1:8090"), ns, pod, ctr],
             ) == Some(want as f64)
+                && m.try_get(
+                    "tcpstate_client_ports_in_use",
+                    &[("destination", "192.0.2.2:8091"), pns, ppod, pctr],
+                ) == Some(1.0)
         },
     );
     assert_eq!(
@@ -557,11 +565,13 @@ fn client_ports_and_port_ranges_are_each_containers_own() {
         (60999 - 32768 + 1 - 10) as f64,
         "p's range less its reserved ports"
     );
-    // The server container holds no client endpoint: its (zero) series are left out.
+    // Each container's client ports are its own: p holds none towards 8090 (it serves it), and
+    // its zero series are left out.
     assert!(!m
         .text
         .lines()
         .any(|l| l.starts_with("tcpstate_client_ports_in_use{")
+            && l.contains("destination=\"192.0.2.1:8090\"")
             && l.contains(&format!("container=\"{}\"", p.name))));
     crate::harness::promtool_check(&d.raw_metrics());
 }
