@@ -64,6 +64,8 @@ impl Measure {
 /// Upper bounds of the buckets, nanoseconds: 1 ms (an application closing as soon as it reads the
 /// FIN, a request/response on one host) to a day (long-lived connections, slow leaks); above
 /// that, +Inf. One set for both histograms, so a dashboard compares them bucket by bucket.
+/// Closing stamps come from the coarse clock (the kernel's tick, 4 ms at HZ=250), so a close
+/// within a tick reads 0 or one tick: the first two buckets say "within a tick or two".
 pub const BOUNDS_NS: [u64; 13] = [
     1_000_000,
     5_000_000,
@@ -224,6 +226,18 @@ const fn is_over(s: TcpState) -> bool {
     matches!(s, TcpState::LastAck | TcpState::TimeWait | TcpState::Closed)
 }
 
+/// Whether a step from `old` to `new` can end anything measured here: a side moved into LAST_ACK,
+/// TIME_WAIT or CLOSED (out of CLOSE_WAIT, or out of its connection). The kernel asks this before
+/// [`ended_into`], so a FIN from ESTABLISHED or an ACK moving FIN_WAIT_1 on pays two compares.
+#[inline(always)]
+pub fn may_end(old: FlowWord, new: FlowWord) -> bool {
+    let moved = |side: Side| {
+        let (o, n) = (old.state(side), new.state(side));
+        o != n && is_over(n)
+    };
+    moved(Side::A) || moved(Side::B)
+}
+
 /// What `st`, computed from a record whose word was `old` and whose state stamps were
 /// `old_since`, ended for the counted endpoints. The new stamps are `st.rec.since_ns` (the step
 /// stamps a side whose state changed). An endpoint seeded from the kernel's socket table has no
@@ -325,6 +339,29 @@ mod tests {
             2 * (HOST_ROWS + 4) + 5
         );
         assert!(index(Measure::ServerLifetime, HOST_ROWS + 3, 4) < entries(4));
+    }
+
+    #[test]
+    fn only_moves_into_a_closing_state_may_end_anything() {
+        let word = |a: TcpState, b: TcpState| {
+            let mut w = FlowWord::default();
+            w.set_state(Side::A, a);
+            w.set_state(Side::B, b);
+            w
+        };
+        use TcpState::*;
+        let est = word(Established, Established);
+        assert!(
+            !may_end(est, word(FinWait1, CloseWait)),
+            "a FIN ends nothing yet"
+        );
+        assert!(may_end(word(FinWait2, CloseWait), word(TimeWait, LastAck)));
+        assert!(may_end(est, word(Closed, Closed)), "an RST");
+        assert!(!may_end(word(TimeWait, Closed), word(TimeWait, Closed)));
+        assert!(
+            !may_end(word(Closed, Closed), word(SynSent, Closed)),
+            "a SYN reopening the key"
+        );
     }
 
     #[test]

@@ -184,18 +184,6 @@ impl FastOpen {
     }
 }
 
-/// Whether a state change ends or starts something measured in milliseconds: a handshake (its
-/// duration), CLOSE_WAIT (how long the application took to close), a connection (its lifetime,
-/// [`crate::durations`]). One to three such stamps a connection; the jiffy of the coarse clock
-/// (4 ms at HZ=250) would fill the first buckets with rounding.
-#[inline(always)]
-fn timed(old: TcpState, new: TcpState) -> bool {
-    old.is_handshake()
-        || old == TcpState::CloseWait
-        || new == TcpState::CloseWait
-        || new.is_finished()
-}
-
 /// Largest window an observer assumes when it cannot know one (midstream pickup): 1 GiB, the RFC 7323
 /// maximum (65535 << 14).
 const WIN_UNKNOWN: u32 = 1 << 30;
@@ -203,18 +191,17 @@ const WIN_UNKNOWN: u32 = 1 << 30;
 impl Step {
     /// Whether the stamps this step writes need the precise clock: the SYN's, and a side's that
     /// leaves the handshake (a handshake duration is the difference of the two, in microseconds).
-    /// Every other stamp feeds ages and timeouts counted in seconds, for which the coarse clock
-    /// the step already stamped with (jiffy resolution) is enough, and cheaper.
+    /// Every other stamp feeds ages, timeouts and the closing durations ([`crate::durations`]),
+    /// for which the coarse clock the step already stamped with (the kernel's tick: 4 ms at
+    /// HZ=250) is enough: the precise one costs about 45 ns a call in a VM (measured: a FIN or
+    /// RST took that much longer when their stamps were precise).
     #[inline(always)]
     pub fn needs_precise_clock(&self, old: crate::flow::FlowWord) -> bool {
         use crate::flow::Side;
         // Both sides spelled out: constant indexes for the verifier (see for_each_delta).
-        let new = self.rec.word();
         self.write & write::SYN_NS != 0
-            || (self.write & write::since(Side::A) != 0
-                && timed(old.state(Side::A), new.state(Side::A)))
-            || (self.write & write::since(Side::B) != 0
-                && timed(old.state(Side::B), new.state(Side::B)))
+            || (self.write & write::since(Side::A) != 0 && old.state(Side::A).is_handshake())
+            || (self.write & write::since(Side::B) != 0 && old.state(Side::B).is_handshake())
     }
 
     /// A step that has changed nothing yet.

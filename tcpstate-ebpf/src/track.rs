@@ -472,9 +472,9 @@ fn update(scratch: &mut Scratch, now: u64, forwarded: bool) -> Found {
         return Found::Done;
     }
     precise_stamps(st, FlowWord::from_bits(word));
-    // Only a change of state ends anything; measured from the stamps the record still holds
-    // (`commit` overwrites them).
-    let ends = FlowWord::from_bits(word).state != st.rec.word().state;
+    // Only a move into LAST_ACK, TIME_WAIT or CLOSED ends anything; measured from the stamps
+    // the record still holds (`commit` overwrites them).
+    let ends = durations::may_end(FlowWord::from_bits(word), st.rec.word());
     if ends {
         durations::ended_into(
             &mut scratch.ended,
