@@ -13,7 +13,7 @@ use aya_ebpf::{
 use tcpstate_common::{
     commit::{atomic_add, commit, compare_and_swap},
     counters::{for_each_delta, idx, retransmitted, Hook, UntrackedReason},
-    durations::{self, DurationRow, Ended},
+    durations::{self, DurationRow},
     flow::{flowflags, FlowKey, FlowRecord, FlowWord, Side},
     maps::{
         retransmit_slot, Config, Settings, TableCounters, UserCounters, RETRANSMIT_SLOTS,
@@ -123,8 +123,11 @@ pub struct Scratch {
     /// The sending [`Side`] as its index (see [`Scratch::sender`]).
     sender: u8,
     pub homes: Homes,
-    /// What the segment ended, for [`record_durations`].
-    pub ended: Ended,
+    /// The word and state stamps the record had before a step that may end something
+    /// ([`durations::may_end`]), for [`record_durations`] after `update` returns: computed there,
+    /// in a function of its own, the observation adds no stack to `update`'s call chain.
+    pub old_word: u64,
+    pub old_since: [u64; 2],
 }
 
 /// A rare event worth a kernel log line (aya-log, when `--kernel-log` enables it).
@@ -244,19 +247,34 @@ pub fn count(slot: u32) {
     bump(slot, 1);
 }
 
-/// Adds `delta` to counter slot `slot` (an index [`idx::in_scope`] gave): the host's and the
-/// global slots are per CPU, a container scope's shared and added to atomically.
+/// Adds `delta` to a per-CPU counter slot: a global one, or one of the host's scope.
 #[inline(always)]
 fn bump(slot: u32, delta: u64) {
-    if slot < idx::COUNT {
-        if let Some(p) = COUNTERS.get_ptr_mut(slot) {
-            // SAFETY: a per-CPU slot; XDP runs in softirq and TC egress with bottom halves
-            // disabled, so nothing else updates this CPU's copy concurrently.
-            unsafe { *p = (*p).wrapping_add(delta) };
+    if let Some(p) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot; XDP runs in softirq and TC egress with bottom halves disabled, so
+        // nothing else updates this CPU's copy concurrently.
+        unsafe { *p = (*p).wrapping_add(delta) };
+    }
+}
+
+/// Adds `delta` to counter slot `slot`, an index [`idx::in_scope`] gave for the segment's scope:
+/// per CPU for the host's and the global slots, an atomic add in [`SCOPE_COUNTERS`] for a
+/// container scope's own. `owner` is a literal at each entry point, so a host program has only
+/// the per-CPU path: a branch on the slot in every bump multiplied the paths the verifier walks,
+/// and the host's TC ingress program with the transit check and kernel logging went past its
+/// million instructions.
+#[inline(always)]
+fn bump_in(owner: Owner, slot: u32, delta: u64) {
+    match owner {
+        Owner::Host => bump(slot, delta),
+        Owner::Container => {
+            if slot < idx::COUNT {
+                bump(slot, delta)
+            } else if let Some(p) = SCOPE_COUNTERS.get_ptr_mut(slot) {
+                // SAFETY: an array value pointer, valid and 8-byte aligned.
+                unsafe { atomic_add(p, delta) };
+            }
         }
-    } else if let Some(p) = SCOPE_COUNTERS.get_ptr_mut(slot) {
-        // SAFETY: an array value pointer, valid and 8-byte aligned.
-        unsafe { atomic_add(p, delta) };
     }
 }
 
@@ -277,6 +295,18 @@ pub enum Owner {
     Host,
     /// The host-side end of a container's veth: the scope the daemon gave its namespace.
     Container,
+}
+
+impl Owner {
+    /// The owner of a function monomorphized for one (`CONTAINER` true: a container's veth).
+    #[inline(always)]
+    const fn of(container: bool) -> Owner {
+        if container {
+            Owner::Container
+        } else {
+            Owner::Host
+        }
+    }
 }
 
 /// Tracks one parsed frame. Never fails the packet: every outcome is a counter.
@@ -316,7 +346,13 @@ pub fn track(
     let mut attempt = 0;
     while attempt < MAX_ATTEMPTS {
         attempt += 1;
-        match update(scratch, now, forwarded) {
+        // One copy of `update` and `insert_new` per owner (a constant, not an argument held
+        // across their calls): a program has only its owner's, and no stack for the argument.
+        let found = match owner {
+            Owner::Host => update::<false>(scratch, now, forwarded),
+            Owner::Container => update::<true>(scratch, now, forwarded),
+        };
+        match found {
             Found::Done => return,
             Found::Ended => return record_durations(scratch),
             Found::Raced => continue,
@@ -327,7 +363,11 @@ pub fn track(
                     && view != View::Tap
                     && transit_check()
                     && !local_socket.take().is_some_and(|f| f(&scratch.pkt, view));
-                if insert_new(scratch, view, now, transit) {
+                let inserted = match owner {
+                    Owner::Host => insert_new::<false>(scratch, view, now, transit),
+                    Owner::Container => insert_new::<true>(scratch, view, now, transit),
+                };
+                if inserted {
                     return;
                 }
                 // Another CPU inserted the key first: update theirs.
@@ -360,7 +400,7 @@ pub fn mark_syn_cookie(ctx: &TcContext, scratch: &mut Scratch, status: ParseStat
         return;
     }
     scratch.cookie = true;
-    bump(idx::in_scope(scratch.base, idx::SYN_COOKIES), 1);
+    bump_in(owner, idx::in_scope(scratch.base, idx::SYN_COOKIES), 1);
     if owner == Owner::Host {
         if let Some(c) = SYN_COOKIES.get_ptr_mut(scratch.pkt.sport as u32) {
             // SAFETY: array value pointers are valid and 8-byte aligned.
@@ -440,7 +480,8 @@ enum Found {
     clippy::needless_borrows_for_generic_args,
     reason = "by reference: no copies of the key on the 512-byte stack"
 )]
-fn update(scratch: &mut Scratch, now: u64, forwarded: bool) -> Found {
+fn update<const CONTAINER: bool>(scratch: &mut Scratch, now: u64, forwarded: bool) -> Found {
+    let owner = Owner::of(CONTAINER);
     let sender = scratch.sender();
     let slot = find_flow(&scratch.key, &scratch.homes);
     if slot.is_null() {
@@ -472,16 +513,12 @@ fn update(scratch: &mut Scratch, now: u64, forwarded: bool) -> Found {
         return Found::Done;
     }
     precise_stamps(st, FlowWord::from_bits(word));
-    // Only a move into LAST_ACK, TIME_WAIT or CLOSED ends anything; measured from the stamps
-    // the record still holds (`commit` overwrites them).
+    // Only a move into LAST_ACK, TIME_WAIT or CLOSED ends anything; the stamps it is measured
+    // from are kept before `commit` overwrites them.
     let ends = durations::may_end(FlowWord::from_bits(word), st.rec.word());
     if ends {
-        durations::ended_into(
-            &mut scratch.ended,
-            FlowWord::from_bits(word),
-            &rec.since_ns,
-            st,
-        );
+        scratch.old_word = word;
+        scratch.old_since = rec.since_ns;
     }
     // SAFETY: as above; map values are 8-byte aligned.
     if !unsafe { commit(ptr, word, st) } {
@@ -492,27 +529,55 @@ fn update(scratch: &mut Scratch, now: u64, forwarded: bool) -> Found {
         (None, true) => Event::ResetAccepted,
         _ => Event::None,
     };
-    account(FlowWord::from_bits(word), st, sender, scratch.base);
+    account(FlowWord::from_bits(word), st, sender, scratch.base, owner);
     count_retransmit(scratch);
-    if ends && scratch.ended.any() {
+    if ends {
         Found::Ended
     } else {
         Found::Done
     }
 }
 
-/// Adds what the segment ended to the histogram rows ([`durations::row`]): one or two atomic
-/// adds per observation, a connection's close at most three observations. A BPF function of its
-/// own, called by `track` after `update` returned, so it adds no frame to the lookup's chain.
-#[inline(never)]
+/// Adds what the segment ended ([`durations::ended`]) to the histogram rows
+/// ([`durations::row`]): two atomic adds per observation, a connection's close at most three.
+/// Called by `track` after `update` returned.
+#[inline(always)]
 fn record_durations(scratch: &Scratch) {
+    let ports = u32::from(scratch.key.port[0]) | u32::from(scratch.key.port[1]) << 16;
+    tcpstate_record_durations(
+        &scratch.step,
+        &scratch.old_since,
+        scratch.old_word,
+        scratch.scope,
+        ports,
+    );
+}
+
+/// [`record_durations`] as a global BPF function, verified once on its own (see
+/// [`tcpstate_find`]) and not under `update`: the TC programs with the transit check and kernel
+/// logging are near the verifier's limits (a million instructions, 512 bytes of stack over a
+/// call chain). `ports`: side A's port in the low half, side B's in the high half.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tcpstate_record_durations(
+    st: *const Step,
+    old_since: *const [u64; 2],
+    old_word: u64,
+    scope: u32,
+    ports: u32,
+) -> u32 {
+    // SAFETY: the verifier checks each pointer as memory of its type's size, or null.
+    let (Some(st), Some(old_since)) = (unsafe { st.as_ref() }, unsafe { old_since.as_ref() })
+    else {
+        return 0;
+    };
+    let ended = durations::ended(FlowWord::from_bits(old_word), old_since, st);
     let scopes = TCPSTATE_CONFIG.load().scopes as u32;
-    let word = scratch.step.rec.word();
-    let (scope, ports) = (scratch.scope, scratch.key.port);
-    scratch.ended.for_each(word, |measure, side, ns| {
-        let port = ports[side.index()];
+    let word = st.rec.word();
+    ended.for_each(word, |measure, side, ns| {
+        let port = (ports >> (16 * side as u32)) & 0xffff;
         let row = durations::row(scope, word.role(side), || {
-            PORT_ROWS.get(port as u32).copied().unwrap_or(0)
+            PORT_ROWS.get(port).copied().unwrap_or(0)
         });
         let Some(r) = DURATIONS.get_ptr_mut(durations::index(measure, row, scopes)) else {
             return;
@@ -524,6 +589,7 @@ fn record_durations(scratch: &Scratch) {
             atomic_add(&raw mut (*r).sum_us, ns / 1000);
         }
     });
+    0
 }
 
 /// A SYN or SYN-ACK sent again to or by a counted server endpoint of the host: its port's count,
@@ -666,9 +732,9 @@ fn precise_stamps(st: &mut Step, old: FlowWord) {
 }
 
 #[inline(always)]
-fn account(old: FlowWord, st: &Step, sender: Side, base: u32) {
+fn account(old: FlowWord, st: &Step, sender: Side, base: u32, owner: Owner) {
     for_each_delta(old, st, sender, |slot, d| {
-        bump(idx::in_scope(base, slot), d)
+        bump_in(owner, idx::in_scope(base, slot), d)
     });
     if st.half_open_released {
         table_add(|t| unsafe { core::ptr::addr_of_mut!((*t).half_open_released) });
@@ -683,7 +749,13 @@ fn account(old: FlowWord, st: &Step, sender: Side, base: u32) {
     clippy::needless_borrows_for_generic_args,
     reason = "by reference: no copies of the key or record on the 512-byte stack"
 )]
-fn insert_new(scratch: &mut Scratch, view: View, now: u64, transit: bool) -> bool {
+fn insert_new<const CONTAINER: bool>(
+    scratch: &mut Scratch,
+    view: View,
+    now: u64,
+    transit: bool,
+) -> bool {
+    let owner = Owner::of(CONTAINER);
     // A SYN cookie's SYN-ACK whose SYN was not tracked: the server keeps no state, so neither do
     // we; the ACK returning the cookie is picked up midstream.
     if scratch.cookie {
@@ -742,7 +814,7 @@ fn insert_new(scratch: &mut Scratch, view: View, now: u64, transit: bool) -> boo
         table_add(|t| unsafe { core::ptr::addr_of_mut!((*t).half_open_inserted) });
     }
     opened_deltas(opening, st, sender, |slot, d| {
-        bump(idx::in_scope(base, slot), d)
+        bump_in(owner, idx::in_scope(base, slot), d)
     });
     true
 }

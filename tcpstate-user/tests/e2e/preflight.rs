@@ -125,13 +125,15 @@ fn check_without_privileges_says_what_to_do() {
 
 /// Every program of the object passes this kernel's verifier, those no other test attaches
 /// included (a link layer, hook or mode a test topology lacks): a program the verifier refuses
-/// would otherwise fail only when the first interface of its kind appears, at run time.
+/// would otherwise fail only when the first interface of its kind appears, at run time. Loaded
+/// twice: as the object comes, and in its largest form (kernel logging and the transit check
+/// on, which keep their code paths in; together they once passed the verifier's limits).
 #[test]
 fn every_program_in_the_object_verifies() {
+    use tcpstate_common::{maps, table};
     require_privileges();
     let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate"));
     let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/tse2e-verify-{}", std::process::id()));
-    std::fs::create_dir_all(&pins).expect("bpffs is mounted on /sys/fs/bpf");
     struct Cleanup(std::path::PathBuf);
     impl Drop for Cleanup {
         fn drop(&mut self) {
@@ -139,29 +141,52 @@ fn every_program_in_the_object_verifies() {
         }
     }
     let _cleanup = Cleanup(pins.clone());
-    let mut ebpf = aya::EbpfLoader::new()
-        .default_map_pin_directory(&pins)
-        .load(object)
-        .expect("the object loads");
-    let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
-    assert!(
-        names.len() >= 15,
-        "every entry point is in the object: {names:?}"
-    );
-    let mut refused = Vec::new();
-    for name in &names {
-        let result = match ebpf.program_mut(name).expect("listed") {
-            aya::programs::Program::SchedClassifier(p) => p.load(),
-            aya::programs::Program::Xdp(p) => p.load(),
-            other => panic!("{name}: an unexpected program type {:?}", other.prog_type()),
-        };
-        if let Err(e) = result {
-            refused.push(format!("{name}: {e}"));
+    let capacity = 131_072u32;
+    let largest = maps::Config {
+        capacity: u64::from(capacity),
+        slots: u64::from(table::slots_for(capacity)),
+        seed: [0; 5],
+        half_open_budget: u64::from(capacity / 4),
+        log_events: 1,
+        scopes: 1,
+        transit_check: 1,
+    };
+    for (form, config) in [
+        ("as built", None),
+        ("logging, transit check", Some(largest)),
+    ] {
+        // Fresh maps for each form.
+        let _ = std::fs::remove_dir_all(&pins);
+        std::fs::create_dir_all(&pins).expect("bpffs is mounted on /sys/fs/bpf");
+        let mut loader = aya::EbpfLoader::new();
+        loader.default_map_pin_directory(&pins);
+        if let Some(c) = &config {
+            loader
+                .override_global(maps::CONFIG, c, true)
+                // Trace: every log site kept (the level the daemon passes for --kernel-log trace).
+                .override_global(aya_log::LEVEL, &5u8, true);
         }
+        let mut ebpf = loader.load(object).expect("the object loads");
+        let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
+        assert!(
+            names.len() >= 15,
+            "every entry point is in the object: {names:?}"
+        );
+        let mut refused = Vec::new();
+        for name in &names {
+            let result = match ebpf.program_mut(name).expect("listed") {
+                aya::programs::Program::SchedClassifier(p) => p.load(),
+                aya::programs::Program::Xdp(p) => p.load(),
+                other => panic!("{name}: an unexpected program type {:?}", other.prog_type()),
+            };
+            if let Err(e) = result {
+                refused.push(format!("{name}: {e}"));
+            }
+        }
+        assert!(
+            refused.is_empty(),
+            "the verifier refused ({form}):\n{}",
+            refused.join("\n")
+        );
     }
-    assert!(
-        refused.is_empty(),
-        "the verifier refused:\n{}",
-        refused.join("\n")
-    );
 }
