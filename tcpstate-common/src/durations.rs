@@ -121,9 +121,9 @@ impl DurationRow {
     }
     /// Counts one observation (the daemon's and the replay's way; the kernel adds atomically).
     pub fn observe(&mut self, ns: u64) {
-        let b = &mut self.buckets[bucket(ns) as usize];
-        *b = b.wrapping_add(1);
-        self.sum_us = self.sum_us.wrapping_add(ns / 1000);
+        let (b, us) = observation(ns);
+        self.buckets[b] = self.buckets[b].wrapping_add(1);
+        self.sum_us = self.sum_us.wrapping_add(us);
     }
 }
 
@@ -273,42 +273,63 @@ fn side_ended(
     side: Side,
 ) {
     let (os, ns) = (old.state(side), new.state(side));
-    if os == ns || !old.is_counted(side) {
+    // Into LAST_ACK, TIME_WAIT or CLOSED: out of CLOSE_WAIT by the application's FIN or an RST
+    // (not to CLOSING: that is the mirror correcting a simultaneous close, the endpoint never
+    // waited), or out of the connection.
+    if os == ns || !old.is_counted(side) || !is_over(ns) {
         return;
     }
-    let now = st.rec.since_ns[side.index()];
-    // Out of CLOSE_WAIT by the application's FIN (LAST_ACK) or an RST (CLOSED). Not to CLOSING:
-    // that is the mirror correcting a simultaneous close, the endpoint never waited.
-    if os == TcpState::CloseWait
-        && matches!(ns, TcpState::LastAck | TcpState::Closed)
-        && !old.has(flowflags::SEEDED)
-    {
-        e.close_wait_ns[side.index()] = now.saturating_sub(old_since[side.index()]);
+    let since = old_since[side.index()];
+    end_of(
+        e,
+        old,
+        side,
+        os,
+        since,
+        st.rec.syn_ns,
+        st.rec.since_ns[side.index()],
+    );
+}
+
+/// What `side`, in state `from` since `since`, ends at `now`: its CLOSE_WAIT dwell and its
+/// connection's lifetime, where they are known. The one rule for the kernel's steps
+/// ([`ended`]) and the daemon's endings ([`ended_by_daemon`]).
+#[inline(always)]
+fn end_of(
+    e: &mut Ended,
+    word: FlowWord,
+    side: Side,
+    from: TcpState,
+    since: u64,
+    syn_ns: u64,
+    now: u64,
+) {
+    if from == TcpState::CloseWait && !word.has(flowflags::SEEDED) {
+        e.close_wait_ns[side.index()] = now.saturating_sub(since);
     }
-    if is_open(os) && is_over(ns) && st.rec.syn_ns != 0 {
-        e.lifetime_ns[side.index()] = now.saturating_sub(st.rec.syn_ns);
+    if is_open(from) && syn_ns != 0 {
+        e.lifetime_ns[side.index()] = now.saturating_sub(syn_ns);
     }
 }
 
 /// What the daemon ends when it removes a flow, or ends an endpoint alone, at `now_ns`: the same
 /// observations the kernel makes when a segment ends the endpoint.
-pub fn ended_by_daemon(rec: &crate::FlowRecord, side: Side, now_ns: u64) -> (u64, u64) {
+pub fn ended_by_daemon(rec: &crate::FlowRecord, side: Side, now_ns: u64) -> Ended {
+    let mut e = Ended::NOTHING;
     let w = rec.word();
-    let s = w.state(side);
-    if !w.is_counted(side) || !is_open(s) {
-        return (NONE, NONE);
+    if w.is_counted(side) {
+        let since = rec.since_ns[side.index()];
+        end_of(&mut e, w, side, w.state(side), since, rec.syn_ns, now_ns);
     }
-    let cw = if s == TcpState::CloseWait && !w.has(flowflags::SEEDED) {
-        now_ns.saturating_sub(rec.since_ns[side.index()])
-    } else {
-        NONE
-    };
-    let life = if rec.syn_ns != 0 {
-        now_ns.saturating_sub(rec.syn_ns)
-    } else {
-        NONE
-    };
-    (cw, life)
+    e
+}
+
+/// The row words one observation of `ns` adds to: its bucket's index, and what it adds to the
+/// sum (microseconds). The kernel, the daemon and the replay each add it their way.
+#[inline(always)]
+pub fn observation(ns: u64) -> (usize, u64) {
+    let b = bucket(ns) as usize;
+    (if b < BUCKETS { b } else { BUCKETS - 1 }, ns / 1000)
 }
 
 #[cfg(test)]

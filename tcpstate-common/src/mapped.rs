@@ -334,56 +334,31 @@ fn grace_period() {
 
 /// The histogram rows of [`crate::durations::DURATIONS`], mapped read-write: the kernel adds to
 /// them atomically, and so does the daemon for the endings it decides; a read is a memory read
-/// per row, no system call.
+/// per row, no system call. [`Words`] of 16 to a row.
 pub struct Durations {
-    mem: MmapRaw,
-    _map: MapData,
-    rows: u32,
+    words: Words,
 }
 
-// SAFETY: shared memory updated only with atomic adds and read with atomic loads.
-unsafe impl Send for Durations {}
-// SAFETY: as above.
-unsafe impl Sync for Durations {}
+/// `u64` words in a [`crate::durations::DurationRow`].
+const ROW_WORDS: u32 = (core::mem::size_of::<crate::durations::DurationRow>() / 8) as u32;
 
 impl Durations {
     /// Maps the rows held by `map` (an mmapable array of [`crate::durations::DurationRow`]).
     pub fn new(map: MapData) -> std::io::Result<Durations> {
-        use crate::durations::DurationRow;
-        let info = map.info().map_err(std::io::Error::other)?;
-        let size = core::mem::size_of::<DurationRow>();
-        if info.value_size() as usize != size {
-            return Err(std::io::Error::other(format!(
-                "the duration histograms have {}-byte rows where this build uses {size}",
-                info.value_size()
-            )));
-        }
-        let rows = info.max_entries();
-        let mem = MmapOptions::new()
-            .len(rows as usize * size)
-            .map_raw(map.fd().as_fd().as_raw_fd())
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("cannot map the duration histograms into memory: {e}"),
-                )
-            })?;
         Ok(Durations {
-            mem,
-            _map: map,
-            rows,
+            words: Words::new(map, ROW_WORDS, "the duration histograms")?,
         })
     }
 
     /// Rows in the array.
     pub fn rows(&self) -> u32 {
-        self.rows
+        self.words.len() / ROW_WORDS
     }
 
     /// The scopes the array was sized for ([`crate::durations::entries`]).
     pub fn scopes(&self) -> u32 {
         use crate::durations::{Measure, HOST_ROWS};
-        (self.rows / Measure::COUNT).saturating_sub(HOST_ROWS)
+        (self.rows() / Measure::COUNT).saturating_sub(HOST_ROWS)
     }
 
     /// The index of `measure`'s `row`.
@@ -391,56 +366,44 @@ impl Durations {
         crate::durations::index(measure, row, self.scopes())
     }
 
-    fn words(&self, i: u32) -> Option<&[core::sync::atomic::AtomicU64; 16]> {
-        const _: () = assert!(core::mem::size_of::<crate::durations::DurationRow>() == 16 * 8);
-        // SAFETY: in bounds (checked) of a page-aligned mapping of whole 128-byte rows, each 16
-        // u64 words that every writer updates atomically.
-        (i < self.rows).then(|| unsafe {
-            &*self
-                .mem
-                .as_mut_ptr()
-                .cast::<[core::sync::atomic::AtomicU64; 16]>()
-                .add(i as usize)
-        })
+    /// Word `k` of row `i`: [`Words`] index, past the end for a row past the end.
+    fn at(&self, i: u32, k: usize) -> u32 {
+        i.saturating_mul(ROW_WORDS).saturating_add(k as u32)
     }
 
     /// Row `i` as it is now (each word read atomically; a row being added to may show the
-    /// bucket before the sum, which the next read completes).
+    /// bucket before the sum, which the next read completes). Zero past the end.
     pub fn get(&self, i: u32) -> crate::durations::DurationRow {
-        use core::sync::atomic::Ordering::Relaxed;
         let mut row = crate::durations::DurationRow::default();
-        if let Some(w) = self.words(i) {
-            for (b, src) in row.buckets.iter_mut().zip(w.iter()) {
-                *b = src.load(Relaxed);
-            }
-            row.sum_us = w[crate::durations::BUCKETS].load(Relaxed);
+        for (k, b) in row.buckets.iter_mut().enumerate() {
+            *b = self.words.get(self.at(i, k));
         }
+        row.sum_us = self.words.get(self.at(i, crate::durations::BUCKETS));
         row
     }
 
     /// Adds one observation of `ns` to row `i`, as the kernel does.
     pub fn observe(&self, i: u32, ns: u64) {
-        use core::sync::atomic::Ordering::Relaxed;
-        if let Some(w) = self.words(i) {
-            let b = (crate::durations::bucket(ns) as usize).min(crate::durations::BUCKETS - 1);
-            w[b].fetch_add(1, Relaxed);
-            w[crate::durations::BUCKETS].fetch_add(ns / 1000, Relaxed);
+        if i < self.rows() {
+            let (b, us) = crate::durations::observation(ns);
+            self.words.add(self.at(i, b), 1);
+            self.words.add(self.at(i, crate::durations::BUCKETS), us);
         }
     }
 
     /// Zeroes row `i` (a scope given to a new namespace starts from nothing).
     pub fn clear(&self, i: u32) {
-        use core::sync::atomic::Ordering::Relaxed;
-        if let Some(w) = self.words(i) {
-            for x in w {
-                x.store(0, Relaxed);
+        if i < self.rows() {
+            for k in 0..ROW_WORDS as usize {
+                self.words.set(self.at(i, k), 0);
             }
         }
     }
 }
 
-/// An array of `u64` slots the kernel adds to atomically ([`crate::maps::SCOPE_COUNTERS`]),
-/// mapped read-write: read as memory, one load a slot.
+/// An array map's values as `u64` words the kernel updates atomically
+/// ([`crate::maps::SCOPE_COUNTERS`], and the rows of [`Durations`]), mapped read-write: read as
+/// memory, one load a word.
 pub struct Words {
     mem: MmapRaw,
     _map: MapData,
@@ -453,21 +416,23 @@ unsafe impl Send for Words {}
 unsafe impl Sync for Words {}
 
 impl Words {
-    /// Maps the slots held by `map` (an mmapable array of `u64`).
-    pub fn new(map: MapData) -> std::io::Result<Words> {
+    /// Maps the values held by `map`, an mmapable array whose values are `value_words` `u64`s;
+    /// `what` names it in errors.
+    pub fn new(map: MapData, value_words: u32, what: &str) -> std::io::Result<Words> {
         let info = map.info().map_err(std::io::Error::other)?;
-        if info.value_size() != 8 {
+        if info.value_size() != 8 * value_words {
             return Err(std::io::Error::other(format!(
-                "an array of {}-byte values where 8-byte counters were expected",
-                info.value_size()
+                "{what} have {}-byte values where this build uses {}",
+                info.value_size(),
+                8 * value_words
             )));
         }
-        let len = info.max_entries();
+        let len = info.max_entries() * value_words;
         let mem = MmapOptions::new()
             .len(len as usize * 8)
             .map_raw(map.fd().as_fd().as_raw_fd())
             .map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot map counters into memory: {e}"))
+                std::io::Error::new(e.kind(), format!("cannot map {what} into memory: {e}"))
             })?;
         Ok(Words {
             mem,
@@ -476,6 +441,7 @@ impl Words {
         })
     }
 
+    /// Words in the array.
     pub fn len(&self) -> u32 {
         self.len
     }
@@ -485,7 +451,7 @@ impl Words {
     }
 
     fn word(&self, i: u32) -> Option<&core::sync::atomic::AtomicU64> {
-        // SAFETY: in bounds (checked) of a page-aligned mapping of 8-byte slots, which every
+        // SAFETY: in bounds (checked) of a page-aligned mapping of 8-byte words, which every
         // writer updates atomically.
         (i < self.len).then(|| unsafe {
             &*self
@@ -496,16 +462,23 @@ impl Words {
         })
     }
 
-    /// Slot `i` (0 past the end).
+    /// Word `i` (0 past the end).
     pub fn get(&self, i: u32) -> u64 {
         self.word(i)
             .map_or(0, |w| w.load(core::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Sets slot `i` (a scope given to a new namespace starts from zero).
+    /// Sets word `i` (a scope given to a new namespace starts from zero).
     pub fn set(&self, i: u32, v: u64) {
         if let Some(w) = self.word(i) {
             w.store(v, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Adds `v` to word `i`, atomically, as the programs do.
+    pub fn add(&self, i: u32, v: u64) {
+        if let Some(w) = self.word(i) {
+            w.fetch_add(v, core::sync::atomic::Ordering::Relaxed);
         }
     }
 }

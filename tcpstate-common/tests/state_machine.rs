@@ -2805,14 +2805,27 @@ mod durations_ended {
         let c = fin_wait2_on(Side::A);
         let server = c.server();
         let later = c.now + 7 * NS;
-        let (cw, life) = durations::ended_by_daemon(&c.rec, server, later);
-        assert_eq!(cw, later - c.since(server));
-        assert_eq!(life, later - T0);
+        let e = durations::ended_by_daemon(&c.rec, server, later);
+        assert_eq!(e.close_wait_ns[server.index()], later - c.since(server));
+        assert_eq!(e.lifetime_ns[server.index()], later - T0);
+        let mut seen = Vec::new();
+        e.for_each(c.word(), |m, side, ns| seen.push((m, side, ns)));
+        assert_eq!(seen.len(), 2, "the server's alone: {seen:?}");
         // A finished endpoint ended nothing when its record goes.
         let t = time_wait_on(Side::A);
         assert_eq!(
             durations::ended_by_daemon(&t.rec, t.client, later),
-            (durations::NONE, durations::NONE)
+            durations::Ended::NOTHING
+        );
+        // Nor an endpoint that is not counted here (host mode's remote end).
+        let mut host = fin_wait2_on(Side::A);
+        host.rec.set_word(FlowWord {
+            counted: host.client.bit(),
+            ..host.word()
+        });
+        assert_eq!(
+            durations::ended_by_daemon(&host.rec, server, later),
+            durations::Ended::NOTHING
         );
     }
 }

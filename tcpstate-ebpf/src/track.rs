@@ -582,11 +582,11 @@ pub extern "C" fn tcpstate_record_durations(
         let Some(r) = DURATIONS.get_ptr_mut(durations::index(measure, row, scopes)) else {
             return;
         };
-        let b = (durations::bucket(ns) as usize).min(durations::BUCKETS - 1);
+        let (b, us) = durations::observation(ns);
         // SAFETY: an array value pointer, valid and 8-byte aligned; `b` is in bounds.
         unsafe {
             atomic_add(&raw mut (*r).buckets[b], 1);
-            atomic_add(&raw mut (*r).sum_us, ns / 1000);
+            atomic_add(&raw mut (*r).sum_us, us);
         }
     });
     0

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use tcpstate_common::{
-    durations::{self, Measure, HOST_ROWS, NONE},
+    durations::{self, Measure, HOST_ROWS},
     flow::Side,
     mapped::Durations,
     scope, FlowKey, FlowRecord, Role,
@@ -26,17 +26,13 @@ impl Histograms {
     /// Adds what the daemon ends of `side`'s endpoint at `now_ns` (its flow removed, or the
     /// endpoint ended alone): the same observations a closing segment makes in the kernel.
     pub fn book_end(&self, key: &FlowKey, rec: &FlowRecord, side: Side, now_ns: u64) {
-        let (close_wait, lifetime) = durations::ended_by_daemon(rec, side, now_ns);
-        let role = rec.word().role(side);
-        let row = durations::row(key.scope, role, || self.ports.get(key.port[side.index()]));
-        if close_wait != NONE {
-            self.rows
-                .observe(self.rows.index(Measure::CloseWait, row), close_wait);
-        }
-        if lifetime != NONE {
-            self.rows
-                .observe(self.rows.index(Measure::lifetime(role), row), lifetime);
-        }
+        let word = rec.word();
+        let row = durations::row(key.scope, word.role(side), || {
+            self.ports.get(key.port[side.index()])
+        });
+        durations::ended_by_daemon(rec, side, now_ns).for_each(word, |measure, _, ns| {
+            self.rows.observe(self.rows.index(measure, row), ns)
+        });
     }
 
     /// Gives the survey's numbered labels a row (the host's), and fills in every label's

@@ -180,7 +180,7 @@ pub fn from_ebpf(ebpf: &mut aya::Ebpf, seed: Seed) -> anyhow::Result<(Flows, Boo
             let Map::Array(data) = take(ebpf, maps::SCOPE_COUNTERS)? else {
                 anyhow::bail!("{} is not an array map", maps::SCOPE_COUNTERS);
             };
-            tcpstate_common::mapped::Words::new(data)?
+            tcpstate_common::mapped::Words::new(data, 1, "the scope counters")?
         },
         table: Array::try_from(take(ebpf, maps::TABLE)?)?,
         user: Array::try_from(take(ebpf, maps::USER)?)?,

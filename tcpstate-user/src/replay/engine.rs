@@ -141,14 +141,9 @@ impl Durations {
 
     /// What the daemon ends of `side` when it removes the flow or ends the endpoint at `now`.
     fn book_end(&mut self, key: &FlowKey, rec: &FlowRecord, side: Side, now: u64) {
-        let (close_wait, lifetime) = durations::ended_by_daemon(rec, side, now);
         let w = rec.word();
-        if close_wait != durations::NONE {
-            self.observe(key, w, Measure::CloseWait, side, close_wait);
-        }
-        if lifetime != durations::NONE {
-            self.observe(key, w, Measure::lifetime(w.role(side)), side, lifetime);
-        }
+        durations::ended_by_daemon(rec, side, now)
+            .for_each(w, |m, side, ns| self.observe(key, w, m, side, ns));
     }
 }
 
