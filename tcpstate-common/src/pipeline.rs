@@ -303,22 +303,27 @@ mod tests {
         assert_eq!(NotOpened::NoBooks.slot(), None);
     }
 
-    #[test]
-    fn quiet_segments_need_no_write_and_transitions_do() {
+    /// The record a flow opened by side A's `first` segment (tap mode, at 5 ns) starts with.
+    fn opened_by(first: &Segment) -> FlowRecord {
         let mut st = Step::EMPTY;
-        let ack = seg(ACK, 1, 1);
         open_new(
             &mut st,
             &CFG,
             || Some((0, 0)),
             View::Tap,
             Side::A,
-            &ack,
+            first,
             5,
             [1, 2],
         )
-        .unwrap();
-        let rec = st.rec;
+        .expect("the segment opens a flow");
+        st.rec
+    }
+
+    #[test]
+    fn quiet_segments_need_no_write_and_transitions_do() {
+        let ack = seg(ACK, 1, 1);
+        let rec = opened_by(&ack);
         let mut st = Step::EMPTY;
         // The same data segment again within the coarse second: nothing to do.
         assert!(!update_into(&mut st, &rec, Side::A, &ack, 6, false));
@@ -336,20 +341,8 @@ mod tests {
 
     #[test]
     fn a_retransmitted_syn_is_reported_with_nothing_to_write() {
-        let mut st = Step::EMPTY;
         let syn = seg(SYN, 100, 0);
-        open_new(
-            &mut st,
-            &CFG,
-            || Some((0, 0)),
-            View::Tap,
-            Side::A,
-            &syn,
-            5,
-            [1, 2],
-        )
-        .unwrap();
-        let rec = st.rec;
+        let rec = opened_by(&syn);
         let mut st = Step::EMPTY;
         // The same SYN again within the coarse second: no write, but an event to count.
         assert!(update_into(&mut st, &rec, Side::A, &syn, 6, false));

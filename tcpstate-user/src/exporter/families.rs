@@ -153,10 +153,7 @@ pub fn handshakes(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
                 .map(|i| g.sum(|sc| t.scoped(sc, i)))
                 .collect();
             let sum = g.sum(|sc| t.scoped(sc, idx::HANDSHAKE_SUM_NS + role as u32)) as f64 / 1e9;
-            if counts.iter().all(|&c| c == 0) && g.sparse() {
-                continue;
-            }
-            f.histogram(&g.with(&[("role", role.name())]), &bounds, &counts, sum);
+            f.scoped_histogram(g, &[("role", role.name())], &bounds, &counts, sum);
         }
     }
     out.push(f);
@@ -358,11 +355,7 @@ pub fn durations(_s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
         prometheus::proto::MetricType::HISTOGRAM,
     );
     let sample = |f: &mut Family, g: &Group, labels: &[(&str, &str)], row: &DurationRow| {
-        if row.count() == 0 && g.sparse() {
-            return;
-        }
-        let sum = row.sum_us as f64 / 1e6;
-        f.histogram(&g.with(labels), &bounds, &row.buckets, sum);
+        f.scoped_histogram(g, labels, &bounds, &row.buckets, row.sum_us as f64 / 1e6)
     };
     for g in groups {
         for (port, fig) in &g.ports.ports {

@@ -205,6 +205,23 @@ impl Family {
         self.sample(&g.with(labels), value);
     }
 
+    /// A histogram of a scope group (see [`Family::histogram`]): `labels` plus the group's scope
+    /// labels, left out when it has no observation in a sparse (container) group, as
+    /// [`Family::scoped_sample`] leaves out a zero.
+    pub fn scoped_histogram(
+        &mut self,
+        g: &Group,
+        labels: &[(&str, &str)],
+        bounds_s: &[f64],
+        counts: &[u64],
+        sum: f64,
+    ) {
+        if g.sparse() && counts.iter().all(|&c| c == 0) {
+            return;
+        }
+        self.histogram(&g.with(labels), bounds_s, counts, sum);
+    }
+
     /// A histogram sample from per-bucket (non-cumulative) counts whose last entry is +Inf.
     pub fn histogram(
         &mut self,

@@ -86,21 +86,10 @@ fn syn_backlog_counts_half_open_connections_like_the_kernel() {
     drop(clients);
 }
 
-/// Recv-Q (queue length) and Send-Q (limit) of the listener on `port`, as `ss -ltn` shows them.
+/// Recv-Q (queue length) and Send-Q (limit) of the listener on `port`, as `ss` shows them.
 fn ss_accept_queue(ns: &Netns, port: u16) -> (f64, f64) {
-    let out = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns.name,
-        "ss",
-        "-Hltn",
-        "sport",
-        "=",
-        &format!(":{port}"),
-    ]);
-    let cols: Vec<&str> = out.split_whitespace().collect();
-    (cols[1].parse().unwrap(), cols[2].parse().unwrap())
+    let (length, limit) = ss_queues(ns, "listening", port);
+    (length as f64, limit as f64)
 }
 
 #[test]

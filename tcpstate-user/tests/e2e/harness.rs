@@ -259,6 +259,30 @@ impl Drop for Netns {
     }
 }
 
+/// Recv-Q and Send-Q of the TCP socket in `state` (ss's state filter: `established`,
+/// `listening`...) on local port `port` in `ns`, as `ss -Htn` shows them: a listener's accept
+/// queue and its limit, a connected socket's unread and unacknowledged bytes.
+pub fn ss_queues(ns: &Netns, state: &str, port: u16) -> (u64, u64) {
+    let sport = format!(":{port}");
+    let out = sh(&[
+        "ip", "netns", "exec", &ns.name, "ss", "-Htn", "state", state, "sport", "=", &sport,
+    ]);
+    // With one state asked for, ss leaves the state column out: Recv-Q comes first.
+    let cols: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    match (
+        cols.first().and_then(|c| c.parse().ok()),
+        cols.get(1).and_then(|c| c.parse().ok()),
+    ) {
+        (Some(r), Some(s)) => (r, s),
+        _ => panic!("no {state} socket on port {port} in:\n{out}"),
+    }
+}
+
 /// A Python process in a namespace that says "ready" once set up, talks over its stdin and stdout,
 /// and is killed on drop: the servers and clients scripted for a scenario.
 pub struct Py(Child, BufReader<std::process::ChildStdout>);

@@ -22,28 +22,6 @@ while c.recv(65536): pass
 print("drained", flush=True)
 "#;
 
-/// The server socket's Recv-Q on `port`, as `ss -tn` reports it.
-fn recv_q(ns: &Netns, port: u16) -> u64 {
-    let out = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns.name,
-        "ss",
-        "-Htn",
-        "state",
-        "established",
-    ]);
-    out.lines()
-        .find(|l| {
-            l.split_whitespace()
-                .nth(2)
-                .is_some_and(|local| local.ends_with(&format!(":{port}")))
-        })
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no established socket on {port} in:\n{out}"))
-}
-
 #[test]
 fn a_server_that_stops_reading_is_stalled_on_its_port_until_it_reads() {
     require_privileges();
@@ -73,7 +51,7 @@ fn a_server_that_stops_reading_is_stalled_on_its_port_until_it_reads() {
         m.try_get("tcpstate_zero_window_endpoints", &local) == Some(1.0)
     });
     assert!(
-        recv_q(&p.srv, 7070) > 0,
+        ss_queues(&p.srv, "established", 7070).0 > 0,
         "the kernel holds what the application did not read"
     );
     assert_eq!(
