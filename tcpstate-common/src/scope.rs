@@ -2,7 +2,11 @@
 //!
 //! The kernel learns a segment's scope from the interface it crossed: the daemon fills
 //! [`SCOPES`] (ifindex -> scope) for the host-side end of each container's veth before it attaches
-//! the container programs there, and the host programs use [`HOST`] without a lookup. Every
+//! the container programs there, and the host programs use [`HOST`] without a lookup. For an
+//! ifindex below [`DIRECT_IFINDEXES`] (every interface of a host that has not made tens of
+//! thousands of them) the programs read the scope from [`IFACE_SCOPES`] instead, an array indexed
+//! by the ifindex: the verifier turns that lookup into a bounds check and an address, where the
+//! hash map's is a hash and a bucket walk, on every segment a container sends or receives. Every
 //! counter has one slot per scope (`scope * idx::COUNT + slot`), so per-container gauges and
 //! counters cost the scrape one batched read, whatever the number of flows.
 //!
@@ -15,6 +19,24 @@ pub const HOST: u32 = 0;
 
 /// Map names (object file and pin directory).
 pub const SCOPES: &str = "TCPSTATE_SCOPES";
+pub const IFACE_SCOPES: &str = "TCPSTATE_IFACE_SCOPES";
+
+/// Interfaces whose scope the programs read from [`IFACE_SCOPES`], by ifindex (256 KiB of map).
+/// [`SCOPES`] holds every container interface, and is what the programs read for the others: a
+/// host's ifindexes only grow, by one or two for each container it ever started.
+pub const DIRECT_IFINDEXES: u32 = 65_536;
+
+/// Where the programs read an interface's scope: its index in [`IFACE_SCOPES`], or `None` for an
+/// ifindex they look up in [`SCOPES`]. In [`IFACE_SCOPES`], 0 ([`HOST`], never a container
+/// interface's scope) means none.
+#[inline(always)]
+pub const fn direct_index(ifindex: u32) -> Option<u32> {
+    if ifindex < DIRECT_IFINDEXES {
+        Some(ifindex)
+    } else {
+        None
+    }
+}
 pub const SCOPE_INFO: &str = "TCPSTATE_SCOPE_INFO";
 
 /// Bytes for each label value in [`ScopeInfo`]. Kubernetes namespace names are at most 63 bytes;

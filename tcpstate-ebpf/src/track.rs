@@ -84,9 +84,14 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(idx::COUNT, 0);
 static SCOPE_COUNTERS: Array<u64> = Array::pinned(idx::COUNT, BPF_F_MMAPABLE);
 
 /// ifindex -> scope, for the host-side ends of container veths. Filled by the daemon before it
-/// attaches the container programs to an interface, emptied after it detaches them.
+/// attaches the container programs to an interface, emptied after it detaches them. The programs
+/// read it for ifindexes past [`scope::DIRECT_IFINDEXES`] only.
 #[map(name = "TCPSTATE_SCOPES")]
 static SCOPES: HashMap<u32, u32> = HashMap::pinned(DEFAULT_SCOPE_IFACES, 0);
+
+/// The same scopes by ifindex, for the ifindexes below [`scope::DIRECT_IFINDEXES`]; 0 for none.
+#[map(name = "TCPSTATE_IFACE_SCOPES")]
+static IFACE_SCOPES: Array<u32> = Array::pinned(scope::DIRECT_IFINDEXES, 0);
 
 /// What each scope is, written and read by the daemon and the inspection commands only; declared
 /// here so it is created and pinned with the maps it describes.
@@ -198,9 +203,12 @@ pub fn transit_check() -> bool {
 /// or gave one the counter array has no room for.
 #[inline(always)]
 pub fn scope_of(ifindex: u32) -> Option<u32> {
-    // SAFETY: a hash map value pointer, valid for this program run; a plain u32.
-    let scope = unsafe { *SCOPES.get_ptr(ifindex)? };
-    ((scope as u64) < TCPSTATE_CONFIG.load().scopes).then_some(scope)
+    // SAFETY: map value pointers, valid for this program run; plain u32s.
+    let scope = match scope::direct_index(ifindex) {
+        Some(i) => unsafe { *IFACE_SCOPES.get_ptr(i)? },
+        None => unsafe { *SCOPES.get_ptr(ifindex)? },
+    };
+    (scope != scope::HOST && (scope as u64) < TCPSTATE_CONFIG.load().scopes).then_some(scope)
 }
 
 impl Scratch {

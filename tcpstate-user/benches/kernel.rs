@@ -182,9 +182,14 @@ impl Bench {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().expect("verifier");
         }
+        // Where the daemon writes a container interface's scope (lo's ifindex is a direct one).
         let mut scopes: HashMap<&mut MapData, u32, u32> =
             HashMap::try_from(ebpf.map_mut(scope::SCOPES).unwrap()).unwrap();
         scopes.insert(LO_IFINDEX, 1, 0).unwrap();
+        let direct = scope::direct_index(LO_IFINDEX).expect("lo's ifindex is a direct one");
+        let mut by_ifindex: aya::maps::Array<&mut MapData, u32> =
+            aya::maps::Array::try_from(ebpf.map_mut(scope::IFACE_SCOPES).unwrap()).unwrap();
+        by_ifindex.set(direct, 1, 0).unwrap();
         let data = match ebpf.take_map(maps::FLOWS).unwrap() {
             aya::maps::Map::Array(d) => d,
             _ => panic!("the flow table is an array"),

@@ -15,6 +15,7 @@ pub fn remove(dir: &Path) -> anyhow::Result<()> {
         maps::TABLE,
         maps::USER,
         tcpstate_common::scope::SCOPES,
+        tcpstate_common::scope::IFACE_SCOPES,
         tcpstate_common::scope::SCOPE_INFO,
         maps::SETTINGS,
         maps::SYN_COOKIES,

@@ -151,8 +151,43 @@ fn take(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<Map> {
 
 /// The scope maps (container mode), see [`tcpstate_common::scope`].
 pub struct Scopes {
-    pub ifaces: HashMap<MapData, u32, u32>,
+    pub ifaces: IfaceScopes,
     pub info: Array<MapData, ScopeInfo>,
+}
+
+/// ifindex -> scope as the container programs read it: every container interface in
+/// [`scope::SCOPES`], and those with a small ifindex also in [`scope::IFACE_SCOPES`], the array
+/// the programs index ([`scope::direct_index`]). Writing both through here keeps them one table.
+pub struct IfaceScopes {
+    all: HashMap<MapData, u32, u32>,
+    direct: Array<MapData, u32>,
+}
+
+impl IfaceScopes {
+    /// Gives an interface its scope, before the programs are attached to it.
+    pub fn insert(&mut self, ifindex: u32, scope: u32) -> Result<(), aya::maps::MapError> {
+        self.all.insert(ifindex, scope, 0)?;
+        if let Some(i) = scope::direct_index(ifindex) {
+            if let Err(e) = self.direct.set(i, scope, 0) {
+                let _ = self.all.remove(&ifindex);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes an interface's scope away, after its programs are detached (or when it is gone).
+    pub fn remove(&mut self, ifindex: u32) {
+        if let Some(i) = scope::direct_index(ifindex) {
+            let _ = self.direct.set(i, scope::HOST, 0);
+        }
+        let _ = self.all.remove(&ifindex);
+    }
+
+    /// Every interface that has a scope.
+    pub fn ifindexes(&self) -> Vec<u32> {
+        self.all.keys().filter_map(Result::ok).collect()
+    }
 }
 
 /// Records the flow table's hash key in its map (kept with the table in the pin directory).
@@ -187,7 +222,10 @@ pub fn from_ebpf(ebpf: &mut aya::Ebpf, seed: Seed) -> anyhow::Result<(Flows, Boo
         durations: Some(std::sync::Arc::new(durations_from_ebpf(ebpf)?)),
     };
     let scopes = Scopes {
-        ifaces: HashMap::try_from(take(ebpf, scope::SCOPES)?)?,
+        ifaces: IfaceScopes {
+            all: HashMap::try_from(take(ebpf, scope::SCOPES)?)?,
+            direct: Array::try_from(take(ebpf, scope::IFACE_SCOPES)?)?,
+        },
         info: Array::try_from(take(ebpf, scope::SCOPE_INFO)?)?,
     };
     Ok((flows, books, scopes))

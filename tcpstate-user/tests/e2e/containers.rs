@@ -33,11 +33,30 @@ fn bridge(h: &Netns, name: &str, addr: Option<&str>) {
 
 /// A container: a namespace whose eth0 is the peer of `host_if` on the host's bridge `br`.
 fn container(h: &Netns, tag: &str, host_if: &str, br: &str, addr: &str) -> Netns {
+    container_at(h, tag, host_if, None, br, addr)
+}
+
+/// [`container`], with `host_if` at the ifindex `index` when given: a host that has made tens of
+/// thousands of interfaces gives its new veths ifindexes past the programs' direct array
+/// ([`tcpstate_common::scope::DIRECT_IFINDEXES`]), which they look up in the scope hash map.
+fn container_at(
+    h: &Netns,
+    tag: &str,
+    host_if: &str,
+    index: Option<u32>,
+    br: &str,
+    addr: &str,
+) -> Netns {
     let c = Netns::new(tag);
-    sh(&[
-        "ip", "link", "add", host_if, "netns", &h.name, "type", "veth", "peer", "name", "eth0",
-        "netns", &c.name,
+    let index = index.map(|i| i.to_string());
+    let mut cmd = vec!["ip", "link", "add", host_if];
+    if let Some(i) = &index {
+        cmd.extend(["index", i.as_str()]);
+    }
+    cmd.extend([
+        "netns", &h.name, "type", "veth", "peer", "name", "eth0", "netns", &c.name,
     ]);
+    sh(&cmd);
     h.ip(&["link", "set", host_if, "master", br, "up"]);
     c.ip(&["addr", "add", addr, "dev", "eth0"]);
     c.ip(&["link", "set", "eth0", "up"]);
@@ -137,8 +156,11 @@ fn containers_are_counted_apart_named_and_removed() {
     bridge(&h, "tsbr2", None);
     let c1 = container(&h, "c1", "tsvc1", "tsbr1", "192.0.2.2/24");
     let p1 = container(&h, "p1", "tsvp1", "tsbr1", "192.0.2.1/24");
-    let c2 = container(&h, "c2", "tsvc2", "tsbr2", "192.0.2.2/24");
-    let p2 = container(&h, "p2", "tsvp2", "tsbr2", "192.0.2.1/24");
+    // Pair 2's veths at ifindexes past the programs' direct array: the same tuple, in both pairs,
+    // with the scope read from the array in one and from the hash map in the other.
+    let high = tcpstate_common::scope::DIRECT_IFINDEXES + 1000;
+    let c2 = container_at(&h, "c2", "tsvc2", Some(high), "tsbr2", "192.0.2.2/24");
+    let p2 = container_at(&h, "p2", "tsvp2", Some(high + 1), "tsbr2", "192.0.2.1/24");
     let d = daemon(&h, &dummy, &["--close-wait-leak-after", "1s"]);
     wait_attached(&d, 4.0);
 
@@ -505,6 +527,18 @@ fn flapping_veths_leave_nothing_behind() {
         scopes.keys().count(),
         0,
         "no ifindex -> scope entry outlives its veth"
+    );
+    let by_ifindex: aya::maps::Array<aya::maps::MapData, u32> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(
+            aya::maps::MapData::from_pin(d.pin_dir.join("TCPSTATE_IFACE_SCOPES")).unwrap(),
+        ))
+        .unwrap();
+    let left: Vec<u32> = (0..by_ifindex.len())
+        .filter(|&i| by_ifindex.get(&i, 0).unwrap() != 0)
+        .collect();
+    assert!(
+        left.is_empty(),
+        "no scope left in the programs' ifindex array: {left:?}"
     );
     // Every namespace seen is logged once when watched and once when gone, nothing repeats.
     let log = d.log();

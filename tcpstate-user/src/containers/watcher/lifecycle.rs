@@ -121,7 +121,7 @@ impl Watcher {
     /// The scope map entry, then both programs. A veth deleted or renamed meanwhile leaves no
     /// attachment and no entry behind; the next event or resync sees it gone.
     pub(super) fn attach(&mut self, scope: u32, link: &Link) {
-        if let Err(e) = self.maps.ifaces.insert(link.ifindex, scope, 0) {
+        if let Err(e) = self.maps.ifaces.insert(link.ifindex, scope) {
             warn!(error = %e, iface = %link.name, "cannot give the interface its scope (is the scope map full?)");
             return;
         }
@@ -147,7 +147,7 @@ impl Watcher {
             }
             outcome => {
                 let error = outcome.err().map(|e| e.to_string()).unwrap_or_default();
-                let _ = self.maps.ifaces.remove(&link.ifindex);
+                self.maps.ifaces.remove(link.ifindex);
                 debug!(iface = %link.name, error, "a container veth went away while being attached");
             }
         }
@@ -159,7 +159,7 @@ impl Watcher {
                 debug!(iface = %f.name, scope, "detached from a container veth");
             }
         }
-        let _ = self.maps.ifaces.remove(&ifindex);
+        self.maps.ifaces.remove(ifindex);
     }
 
     pub(super) fn detach_all(&mut self, scope: u32) {

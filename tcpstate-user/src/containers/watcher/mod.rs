@@ -23,7 +23,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData},
+    maps::{Array, MapData},
     Ebpf,
 };
 use tcpstate_common::{
@@ -86,7 +86,7 @@ pub struct Settings {
 /// The maps the watcher writes.
 pub struct Maps {
     /// ifindex -> scope, read by the container programs.
-    pub ifaces: BpfHashMap<MapData, u32, u32>,
+    pub ifaces: crate::bpf::tables::IfaceScopes,
     /// What each scope is, for restarts and the inspection commands.
     pub info: Array<MapData, ScopeInfo>,
     /// Its own handle on the flow table (seeding, purging).
@@ -164,9 +164,8 @@ impl Watcher {
             .collect();
         let slots = Slots::restore(&infos);
         let restored = slots.active().map(|(s, _)| s).collect();
-        let stale: Vec<u32> = maps.ifaces.keys().filter_map(Result::ok).collect();
-        for ifindex in stale {
-            let _ = maps.ifaces.remove(&ifindex);
+        for ifindex in maps.ifaces.ifindexes() {
+            maps.ifaces.remove(ifindex);
         }
         Ok(Watcher {
             ebpf,
