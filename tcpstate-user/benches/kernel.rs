@@ -447,6 +447,11 @@ fn main() {
         ));
     }
 
+    short_connection(&mut b, &mut figures);
+    if std::env::var_os("TCPSTATE_BENCH_ONLY").is_some_and(|o| o == "connection") {
+        return report("kernel", &figures);
+    }
+
     // SYN with the table full: the daemon's books say so (no need to fill it).
     b.set_user(&UserCounters {
         inserted: u64::from(BIG_TABLE),
@@ -526,6 +531,79 @@ fn main() {
         });
     }
     report("kernel", &figures);
+}
+
+/// A short connection, whole: its seven segments (handshake, one FIN each way, their ACKs) through
+/// the host program in order, on a key the table does not hold, timed segment by segment and
+/// summed, against the pass-only program given the same seven. What a connection-per-request
+/// workload pays per connection on each hook that sees both directions (`lo`, a tap).
+fn short_connection(b: &mut Bench, figures: &mut Vec<Figure>) {
+    const CONNECTIONS: usize = 2_000;
+    let (c, s) = ([198, 51, 100, 9], SERVER4);
+    let (cp, sp) = (51_000, 80);
+    let (ci, si) = (CLIENT_ISN, SERVER_ISN);
+    let seg = |from_client: bool, flags: u8, seq: u32, ack: u32| {
+        let (src, dst, sport, dport) = if from_client {
+            (c, s, cp, sp)
+        } else {
+            (s, c, sp, cp)
+        };
+        ipv4(src, dst, 6, 5, &tcp(sport, dport, flags, seq, ack, 0))
+    };
+    let segments = [
+        seg(true, SYN, ci, 0),
+        seg(false, SYN | ACK, si, ci + 1),
+        seg(true, ACK, ci + 1, si + 1),
+        seg(true, FIN | ACK, ci + 1, si + 1),
+        seg(false, ACK, si + 1, ci + 2),
+        seg(false, FIN | ACK, si + 1, ci + 2),
+        seg(true, ACK, ci + 2, si + 2),
+    ];
+    let key = FlowKey::canonical(words4(c), cp, words4(s), sp).0;
+    let mut per_connection = |name: &str| {
+        let mut v = Vec::with_capacity(CONNECTIONS);
+        let mut each: Vec<Vec<f64>> = vec![Vec::new(); 7];
+        for _ in 0..CONNECTIONS {
+            b.remove(&key);
+            b.reclaim();
+            let prog = b.xdp(name);
+            let t: Vec<f64> = segments
+                .iter()
+                .map(|f| test_run(prog, f, 1).as_nanos() as f64)
+                .collect();
+            for (i, x) in t.iter().enumerate() {
+                each[i].push(*x);
+            }
+            v.push(t.iter().sum::<f64>());
+        }
+        let each: Vec<f64> = each.into_iter().map(median).collect();
+        (median(v), each)
+    };
+    let ((base, base_each), (tracked, tracked_each)) = (
+        per_connection("tcpstate_xdp_pass"),
+        per_connection("tcpstate_xdp_host"),
+    );
+    // Where a connection's cost goes, segment by segment (medians, over pass-only).
+    let each: Vec<String> = ["syn", "syn-ack", "ack", "fin", "ack", "fin", "ack"]
+        .iter()
+        .zip(tracked_each.iter().zip(&base_each))
+        .map(|(name, (t, b))| format!("{name} +{:.0}", t - b))
+        .collect();
+    println!("short connection, ns per segment: {}", each.join(", "));
+    assert!(
+        b.flows.lookup(&key).is_some(),
+        "the connection's flow was created"
+    );
+    b.remove(&key);
+    b.reclaim();
+    figures.push(Figure {
+        name: "xdp short connection, its 7 segments (single runs, summed)".into(),
+        unit: "ns/connection",
+        baseline: base,
+        value: tracked,
+        goal: Goal::DeltaAtMost,
+        target: None,
+    });
 }
 
 /// Flows from tuples an attacker chose to land on the home of the benchmark's established flow
