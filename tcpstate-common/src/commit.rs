@@ -44,7 +44,7 @@ pub unsafe fn commit(dst: *mut FlowRecord, expected_word: u64, st: &Step) -> boo
     unsafe {
         for side in [Side::A, Side::B] {
             if w & write::seq(side) != 0 {
-                (*dst).seq[side.index()] = st.rec.seq[side.index()];
+                crate::words::copy(&raw mut (*dst).seq[side.index()], &st.rec.seq[side.index()]);
             }
             if w & write::since(side) != 0 {
                 (*dst).since_ns[side.index()] = st.rec.since_ns[side.index()];

@@ -27,6 +27,7 @@ pub mod scope;
 pub mod state;
 pub mod table;
 pub mod tcp;
+pub mod words;
 
 pub use flow::{FlowKey, FlowRecord, FlowWord, Role, Side};
 pub use state::{step, TcpState};

@@ -234,14 +234,20 @@ impl Step {
     #[inline(always)]
     fn reset(&mut self, rec: &FlowRecord, now_ns: u64) {
         self.rec = *rec;
-        self.write = 0;
-        self.invalid = None;
-        self.rst = false;
-        self.handshake = Handshake::None;
-        self.half_open_released = false;
-        self.fastopen = FastOpen::None;
-        self.retransmit = Retransmit::None;
-        self.stalled = false;
+        // Volatile, one store each: plain stores of these adjacent bytes are merged into a call
+        // of the BPF object's byte-at-a-time memset (see `crate::words`).
+        // SAFETY: stores of valid values into this step's own fields.
+        unsafe {
+            use core::ptr::write_volatile;
+            write_volatile(&mut self.write, 0);
+            write_volatile(&mut self.invalid, None);
+            write_volatile(&mut self.rst, false);
+            write_volatile(&mut self.handshake, Handshake::None);
+            write_volatile(&mut self.half_open_released, false);
+            write_volatile(&mut self.fastopen, FastOpen::None);
+            write_volatile(&mut self.retransmit, Retransmit::None);
+            write_volatile(&mut self.stalled, false);
+        }
         let tick = FlowRecord::seen_tick(now_ns);
         if tick != rec.last_seen {
             self.rec.last_seen = tick;
@@ -652,7 +658,8 @@ fn on_syn(st: &mut Step, old: FlowWord, s: Side, seg: &Segment, now_ns: u64) {
         // A new connection, possibly reusing the key of one in TIME_WAIT or CLOSED (RFC 9293
         // section 3.6.1 allows a SYN to reopen from TIME-WAIT).
         st.rec.seq[s.index()] = fresh;
-        st.rec.seq[r.index()] = EndpointSeq::default();
+        // SAFETY: the step's own field; all-zero facts are the unknown ones (see `crate::words`).
+        unsafe { crate::words::zero(&mut st.rec.seq[r.index()]) };
         st.rec.syn_ns = now_ns;
         w.known = 0;
         w.learn(s, known::ISN | known::END);

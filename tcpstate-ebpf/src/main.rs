@@ -287,26 +287,30 @@ fn owned_here<C: EbpfContext>(ctx: &C, pkt: &TcpPacket, view: View, ifindex: u32
 /// A BPF function of its own, for its 64-byte parameter block (see `local_socket`).
 #[inline(never)]
 fn local_destination<C: EbpfContext>(ctx: &C, pkt: &TcpPacket, ifindex: u32) -> bool {
-    // SAFETY: an all-zero parameter block is a valid value of this plain-integer struct.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.l4_protocol = 6;
-    params.sport = pkt.sport.to_be();
-    params.dport = pkt.dport.to_be();
-    params.ifindex = ifindex;
-    if FlowKey::words_are_v4(&pkt.src) {
-        params.family = 2; // AF_INET
-        params.__bindgen_anon_3.ipv4_src = pkt.src[3];
-        params.__bindgen_anon_4.ipv4_dst = pkt.dst[3];
-    } else {
-        params.family = 10; // AF_INET6
-        params.__bindgen_anon_3.ipv6_src = pkt.src;
-        params.__bindgen_anon_4.ipv6_dst = pkt.dst;
-    }
-    // SAFETY: a valid context pointer and parameter block of the size given.
+    // Cleared in place by words: `mem::zeroed`, or a zeroed value moved here, compiles to a call
+    // of the byte-at-a-time memset (see `tcpstate_common::words`).
+    let mut block = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
+    let params = block.as_mut_ptr();
+    // SAFETY: a stack slot of the struct's size and alignment, written whole before any field;
+    // all-zero is a valid value of this plain-integer struct. The helper reads the whole block.
     let ret = unsafe {
+        tcpstate_common::words::zero(params);
+        (*params).l4_protocol = 6;
+        (*params).sport = pkt.sport.to_be();
+        (*params).dport = pkt.dport.to_be();
+        (*params).ifindex = ifindex;
+        if FlowKey::words_are_v4(&pkt.src) {
+            (*params).family = 2; // AF_INET
+            (*params).__bindgen_anon_3.ipv4_src = pkt.src[3];
+            (*params).__bindgen_anon_4.ipv4_dst = pkt.dst[3];
+        } else {
+            (*params).family = 10; // AF_INET6
+            (*params).__bindgen_anon_3.ipv6_src = pkt.src;
+            (*params).__bindgen_anon_4.ipv6_dst = pkt.dst;
+        }
         bpf_fib_lookup(
             ctx.as_ptr(),
-            &mut params,
+            params,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
             BPF_FIB_LOOKUP_SKIP_NEIGH,
         )
@@ -329,32 +333,36 @@ fn local_socket<C: EbpfContext>(ctx: &C, pkt: &TcpPacket, view: View) -> bool {
         View::HostEgress => (pkt.dst, pkt.dport, pkt.src, pkt.sport),
         _ => (pkt.src, pkt.sport, pkt.dst, pkt.dport),
     };
-    // SAFETY: an all-zero tuple is a valid value of this plain-integer union.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    // Writing a whole union arm is safe; the helper reads `size` bytes of it.
-    let size = if FlowKey::words_are_v4(&remote) {
-        tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-            saddr: remote[3],
-            daddr: local[3],
-            sport: rport.to_be(),
-            dport: lport.to_be(),
-        };
-        12
-    } else {
-        tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
-            saddr: remote,
-            daddr: local,
-            sport: rport.to_be(),
-            dport: lport.to_be(),
-        };
-        36
+    // Only the arm the helper reads (`size` bytes) is written: clearing the rest compiled to a
+    // call of the byte-at-a-time memset (see `tcpstate_common::words`).
+    let mut slot = core::mem::MaybeUninit::<bpf_sock_tuple>::uninit();
+    let tuple = slot.as_mut_ptr();
+    // SAFETY: writing a whole union arm of a stack slot of the union's size and alignment.
+    let size = unsafe {
+        if FlowKey::words_are_v4(&remote) {
+            (*tuple).__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: remote[3],
+                daddr: local[3],
+                sport: rport.to_be(),
+                dport: lport.to_be(),
+            };
+            12
+        } else {
+            (*tuple).__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+                saddr: remote,
+                daddr: local,
+                sport: rport.to_be(),
+                dport: lport.to_be(),
+            };
+            36
+        }
     };
-    // SAFETY: a valid context pointer and an initialized tuple on the stack of the given size; a
+    // SAFETY: a valid context pointer and a tuple whose first `size` bytes are written; a
     // returned socket is released before the function returns, as the verifier demands.
     unsafe {
         let sk = bpf_skc_lookup_tcp(
             ctx.as_ptr(),
-            &mut tuple,
+            tuple,
             size,
             BPF_F_CURRENT_NETNS as i64 as u64,
             0,

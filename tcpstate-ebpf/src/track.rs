@@ -526,7 +526,8 @@ fn update<const CONTAINER: bool>(scratch: &mut Scratch, now: u64, forwarded: boo
     let ends = durations::may_end(FlowWord::from_bits(word), st.rec.word());
     if ends {
         scratch.old_word = word;
-        scratch.old_since = rec.since_ns;
+        // SAFETY: the record's field, 8-byte aligned.
+        scratch.old_since = unsafe { tcpstate_common::words::read(&raw const (*ptr).since_ns) };
     }
     // SAFETY: as above; map values are 8-byte aligned.
     if !unsafe { commit(ptr, word, st) } {
