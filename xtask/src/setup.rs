@@ -17,7 +17,10 @@ use crate::status;
 /// measured beside; sockperf, whose 64-byte ping-pong and throughput give `cargo xtask bench` a
 /// packet rate that GRO cannot batch away; musl-tools (musl-gcc) for ring's C code in the static
 /// build of `cargo xtask dist`; lintian, which the e2e test of the .deb runs on it, and groff and
-/// man-db, with which the host tests render the man pages `tcpstate generate man` writes.
+/// man-db, with which the host tests render the man pages `tcpstate generate man` writes; nginx
+/// and apache2-utils (ab), the real server and client of the benchmark's loopback figure (the
+/// bench runs its own nginx in a namespace: Debian's service is stopped and disabled right after
+/// the install, see [`quiet_nginx`]).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -39,6 +42,8 @@ const PACKAGES: &[&str] = &[
     "lintian",
     "groff-base",
     "man-db",
+    "nginx",
+    "apache2-utils",
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -76,7 +81,41 @@ fn apt_packages() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing),
-    )
+    )?;
+    if missing.contains(&"nginx") {
+        quiet_nginx()?;
+    }
+    Ok(())
+}
+
+/// Debian's nginx postinst enables the service and starts it (unless a policy-rc.d forbids it),
+/// which would leave a web server listening on the machine's port 80 that nothing here uses: the
+/// benchmark starts its own nginx in a namespace with a configuration of its own. Stops it and
+/// keeps it from starting at boot (systemd where it runs, the init script's links otherwise), then
+/// checks that nothing listens on port 80 any more.
+fn quiet_nginx() -> Result<()> {
+    eprintln!(
+        "xtask setup: stopping and disabling Debian's nginx service (the bench runs its own)"
+    );
+    if Path::new("/run/systemd/system").exists() {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "nginx"])
+            .status();
+    } else {
+        let _ = Command::new("invoke-rc.d").args(["nginx", "stop"]).status();
+        let _ = Command::new("update-rc.d")
+            .args(["nginx", "disable"])
+            .status();
+    }
+    let out = Command::new("ss")
+        .args(["-Htln", "sport = :80"])
+        .output()
+        .context("ss (iproute2) to check port 80")?;
+    let listening = String::from_utf8_lossy(&out.stdout);
+    if !listening.trim().is_empty() {
+        bail!("something still listens on port 80 after stopping nginx:\n{listening}");
+    }
+    Ok(())
 }
 
 fn dpkg_installed(pkg: &str) -> bool {
