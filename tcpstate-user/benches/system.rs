@@ -502,7 +502,8 @@ impl OnLo {
 }
 
 /// A real server and a real client on loopback: Debian's nginx serving a 612-byte file on
-/// 127.0.0.1 to ApacheBench (`ab -n 30000 -c 20`, a new connection per request, no keep-alive),
+/// 127.0.0.1 to ApacheBench ([`AB_REQUESTS`] requests, [`AB_CONCURRENCY`] at once, a new connection
+/// per request, no keep-alive),
 /// both in one namespace, with nothing watching, the pass-only hook on lo, the daemon as users run
 /// it (every interface: `lo` as a tap), and nf_conntrack instead, in alternating rounds; medians of
 /// ab's requests/s. Every run must complete every request without a failure, and the tracker's
