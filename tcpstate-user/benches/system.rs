@@ -461,13 +461,15 @@ fn loopback(figures: &mut Vec<Figure>) {
     });
 }
 
-/// Requests ApacheBench makes per run of the nginx figure, and how many it keeps in flight. The
-/// issue's 30,000 took under a second here, and a second of this shared VM's noise moved one mode
-/// by up to a quarter (pass-only read x1.25 of nothing once): twice as many, over five rounds.
-const AB_REQUESTS: u64 = 60_000;
+/// Requests ApacheBench makes per run of the nginx figure (the issue's), and how many it keeps in
+/// flight.
+const AB_REQUESTS: u64 = 30_000;
 const AB_CONCURRENCY: u32 = 20;
 /// Alternating rounds of the nginx figure (each mode once a round); each figure is their median.
-const NGINX_ROUNDS: usize = 5;
+/// A run takes under a second, and a burst of this shared VM's load moves one mode by up to a
+/// quarter (pass-only once read x1.25 of nothing over three rounds): nine short rounds leave a
+/// burst fewer of each mode's runs than five long ones did.
+const NGINX_ROUNDS: usize = 9;
 /// The body nginx serves: the size of Debian's default index.html.
 const NGINX_BODY: usize = 612;
 
