@@ -262,7 +262,7 @@ pub fn load(cfg: &Settings) -> anyhow::Result<Loaded> {
 
 #[cfg(test)]
 mod tests {
-    use object::{Object, ObjectSymbol};
+    use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
 
     /// A bounds check the compiler could not remove leaves a call into core::panicking, which the
     /// verifier refuses as "last insn is not an exit or jmp" when the program is loaded: on the
@@ -284,6 +284,57 @@ mod tests {
             file.symbols()
                 .any(|s| s.name() == Ok("tcpstate_tc_ingress_l3")),
             "the object's symbols are readable (the check above saw them)"
+        );
+    }
+
+    /// aya-ebpf's `memcpy`, `memmove` and `memset` copy one byte per loop iteration, about seven
+    /// instructions a byte, and a struct copy or a run of adjacent stores can compile to a call
+    /// of one (see `tcpstate_common::words`). Only kernel logging, off unless asked for, may call
+    /// them: a call anywhere else is on a packet's path.
+    #[test]
+    fn only_kernel_logging_calls_the_byte_at_a_time_copies() {
+        const BYTEWISE: [&str; 3] = ["memcpy", "memmove", "memset"];
+        let file = object::File::parse(super::OBJECT).expect("the embedded object is an ELF file");
+        let mut callers = Vec::new();
+        let mut seen = 0;
+        for section in file.sections() {
+            // The functions of this section, to name the one each call sits in.
+            let functions: Vec<(u64, u64, String)> = file
+                .symbols()
+                .filter(|s| s.section_index() == Some(section.index()) && s.size() > 0)
+                .filter_map(|s| Some((s.address(), s.size(), s.name().ok()?.to_string())))
+                .collect();
+            for (offset, reloc) in section.relocations() {
+                let RelocationTarget::Symbol(i) = reloc.target() else {
+                    continue;
+                };
+                let Ok(target) = file
+                    .symbol_by_index(i)
+                    .and_then(|s| s.name().map(str::to_string))
+                else {
+                    continue;
+                };
+                if !BYTEWISE.contains(&target.as_str()) {
+                    continue;
+                }
+                seen += 1;
+                let caller = functions
+                    .iter()
+                    .find(|(at, size, _)| (*at..at + size).contains(&offset))
+                    .map_or("?", |(_, _, name)| name.as_str());
+                if !caller.contains("log_event") {
+                    callers.push(format!("{target} in {caller}"));
+                }
+            }
+        }
+        assert!(
+            callers.is_empty(),
+            "byte-at-a-time copies on a packet's path (copy a word at a time with \
+             tcpstate_common::words): {callers:?}"
+        );
+        assert!(
+            seen > 0,
+            "the object's calls are readable (kernel logging's copies were not found)"
         );
     }
 }
