@@ -9,12 +9,12 @@
 use std::{fs, path::PathBuf, time::Duration};
 
 use aya::{
-    maps::{Array, HashMap, MapData},
+    maps::{Array, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
     Ebpf, EbpfLoader,
 };
 use tcpstate_common::{
-    counters::idx,
+    counters::{idx, UntrackedReason},
     mapped::Flows,
     maps::{self, Config, UserCounters},
     scope,
@@ -182,13 +182,10 @@ impl Bench {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().expect("verifier");
         }
-        // Where the daemon writes a container interface's scope (lo's ifindex is a direct one).
-        let mut scopes: HashMap<&mut MapData, u32, u32> =
-            HashMap::try_from(ebpf.map_mut(scope::SCOPES).unwrap()).unwrap();
-        scopes.insert(LO_IFINDEX, 1, 0).unwrap();
+        // Where the programs read a container interface's scope: lo's ifindex is a direct one.
         let direct = scope::direct_index(LO_IFINDEX).expect("lo's ifindex is a direct one");
-        let mut by_ifindex: aya::maps::Array<&mut MapData, u32> =
-            aya::maps::Array::try_from(ebpf.map_mut(scope::IFACE_SCOPES).unwrap()).unwrap();
+        let mut by_ifindex: Array<&mut MapData, u32> =
+            Array::try_from(ebpf.map_mut(scope::IFACE_SCOPES).unwrap()).unwrap();
         by_ifindex.set(direct, 1, 0).unwrap();
         let data = match ebpf.take_map(maps::FLOWS).unwrap() {
             aya::maps::Map::Array(d) => d,
@@ -349,6 +346,13 @@ fn main() {
             None,
         ),
     ]);
+
+    // The container figure timed the tracked path, not the early return of a veth without a scope.
+    let no_scope: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(b.ebpf.map(maps::COUNTERS).unwrap()).unwrap();
+    let untracked = idx::UNTRACKED + UntrackedReason::NoScope as u32;
+    let missed: u64 = no_scope.get(&untracked, 0).unwrap().iter().sum();
+    assert_eq!(missed, 0, "the container program found lo's scope");
 
     collision_attack(&mut b, &ack4, xdp_base, &mut figures);
 

@@ -105,15 +105,10 @@ impl Drop for PassOnly {
 
 impl PassOnly {
     fn attach(p: &Pair, ingress: Ingress) -> PassOnly {
-        use aya::programs::{tc::TcAttachType, SchedClassifier, Xdp, XdpMode};
+        use aya::programs::{tc::TcAttachType, Xdp, XdpMode};
         let iface = p.srv_if.clone();
         Self::load_in(&p.srv, "pass", move |ebpf| {
-            let tc: &mut SchedClassifier = ebpf
-                .program_mut("tcpstate_tc_pass")
-                .unwrap()
-                .try_into()
-                .unwrap();
-            tc.load().unwrap();
+            let tc = Self::tc_pass(ebpf);
             tc.attach(&iface, TcAttachType::Egress).expect("tcx egress");
             match ingress {
                 Ingress::Tc => {
@@ -137,17 +132,22 @@ impl PassOnly {
     /// The pass-only TC program on `lo`'s ingress in `ns`: where the daemon's tap program goes
     /// when it watches every interface (on lo every segment passes ingress once).
     fn lo_tc_ingress(ns: &Netns) -> PassOnly {
-        use aya::programs::{tc::TcAttachType, SchedClassifier};
         Self::load_in(ns, "pass-lo", |ebpf| {
-            let tc: &mut SchedClassifier = ebpf
-                .program_mut("tcpstate_tc_pass")
-                .unwrap()
-                .try_into()
-                .unwrap();
-            tc.load().unwrap();
-            tc.attach("lo", TcAttachType::Ingress)
+            Self::tc_pass(ebpf)
+                .attach("lo", aya::programs::tc::TcAttachType::Ingress)
                 .expect("tcx ingress on lo");
         })
+    }
+
+    /// The object's pass-only TC program, loaded, for the hooks to attach.
+    fn tc_pass(ebpf: &mut aya::Ebpf) -> &mut aya::programs::SchedClassifier {
+        let tc: &mut aya::programs::SchedClassifier = ebpf
+            .program_mut("tcpstate_tc_pass")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        tc.load().unwrap();
+        tc
     }
 
     /// Loads the object inside `ns` and lets `attach` put its pass-only programs on hooks there.
@@ -682,9 +682,8 @@ impl Nginx {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("nginx: {e} (Debian package nginx: run `cargo xtask setup`)")
-            });
+            // nginx itself was found by `require_tool`: this is `ip netns exec`.
+            .expect("ip netns exec nginx");
         let mut server = Nginx { child, dir };
         let addr: SocketAddr = Self::ADDR.parse().unwrap();
         support::eventually(
