@@ -63,28 +63,114 @@ pub unsafe fn commit(dst: *mut FlowRecord, expected_word: u64, st: &Step) -> boo
     true
 }
 
-/// 64-bit compare-and-swap. The bpfel target declares no CAS to `core` (ISA v1 has none), so
+/// A word the flow table and the records share between CPUs: `u64` (state words, counters, the
+/// table's pair of control words) or `u32` (one control word, read with [`load`]). On the BPF
+/// target the operations below are the `core::intrinsics` atomics, which emit BPF_ATOMIC
+/// instructions of the word's width; the object is built for the base instruction set, where
+/// only the 64-bit ones exist (a 32-bit read-modify-write fails to build; see
+/// `crate::table::pair`). On the host they are the `core::sync::atomic` types.
+pub trait Word: Copy + Eq + sealed::Sealed {
+    #[doc(hidden)]
+    #[cfg(not(target_arch = "bpf"))]
+    type Atomic;
+    #[doc(hidden)]
+    #[cfg(not(target_arch = "bpf"))]
+    /// # Safety
+    /// As for the function using it.
+    unsafe fn atomic<'a>(p: *mut Self) -> &'a Self::Atomic;
+    #[doc(hidden)]
+    #[cfg(not(target_arch = "bpf"))]
+    fn host_cas(a: &Self::Atomic, old: Self, new: Self) -> bool;
+    #[doc(hidden)]
+    #[cfg(not(target_arch = "bpf"))]
+    fn host_or(a: &Self::Atomic, v: Self) -> Self;
+    #[doc(hidden)]
+    #[cfg(not(target_arch = "bpf"))]
+    fn host_and(a: &Self::Atomic, v: Self) -> Self;
+    #[doc(hidden)]
+    #[cfg(not(target_arch = "bpf"))]
+    fn host_xor(a: &Self::Atomic, v: Self) -> Self;
+    #[doc(hidden)]
+    #[cfg(not(target_arch = "bpf"))]
+    fn host_swap(a: &Self::Atomic, v: Self);
+    #[doc(hidden)]
+    #[cfg(not(target_arch = "bpf"))]
+    fn host_load(a: &Self::Atomic) -> Self;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for u32 {}
+    impl Sealed for u64 {}
+}
+
+macro_rules! word {
+    ($t:ty, $atomic:ty) => {
+        impl Word for $t {
+            #[cfg(not(target_arch = "bpf"))]
+            type Atomic = $atomic;
+            #[cfg(not(target_arch = "bpf"))]
+            #[inline(always)]
+            unsafe fn atomic<'a>(p: *mut Self) -> &'a $atomic {
+                // SAFETY: forwarded from the caller (valid, aligned, shared only atomically).
+                unsafe { <$atomic>::from_ptr(p) }
+            }
+            #[cfg(not(target_arch = "bpf"))]
+            #[inline(always)]
+            fn host_cas(a: &$atomic, old: Self, new: Self) -> bool {
+                use core::sync::atomic::Ordering::SeqCst;
+                a.compare_exchange(old, new, SeqCst, SeqCst).is_ok()
+            }
+            #[cfg(not(target_arch = "bpf"))]
+            #[inline(always)]
+            fn host_or(a: &$atomic, v: Self) -> Self {
+                a.fetch_or(v, core::sync::atomic::Ordering::SeqCst)
+            }
+            #[cfg(not(target_arch = "bpf"))]
+            #[inline(always)]
+            fn host_and(a: &$atomic, v: Self) -> Self {
+                a.fetch_and(v, core::sync::atomic::Ordering::SeqCst)
+            }
+            #[cfg(not(target_arch = "bpf"))]
+            #[inline(always)]
+            fn host_xor(a: &$atomic, v: Self) -> Self {
+                a.fetch_xor(v, core::sync::atomic::Ordering::SeqCst)
+            }
+            #[cfg(not(target_arch = "bpf"))]
+            #[inline(always)]
+            fn host_swap(a: &$atomic, v: Self) {
+                a.swap(v, core::sync::atomic::Ordering::SeqCst);
+            }
+            #[cfg(not(target_arch = "bpf"))]
+            #[inline(always)]
+            fn host_load(a: &$atomic) -> Self {
+                a.load(core::sync::atomic::Ordering::Acquire)
+            }
+        }
+    };
+}
+word!(u64, core::sync::atomic::AtomicU64);
+word!(u32, core::sync::atomic::AtomicU32);
+
+/// Compare-and-swap. The bpfel target declares no CAS to `core` (ISA v1 has none), so
 /// `AtomicU64::compare_exchange` does not exist there; the intrinsic emits BPF_CMPXCHG, which the
 /// object is built for (bpf-linker `--cpu=v3`, kernel 5.12+: commit 5ffa25502b5a "bpf: Add
 /// instructions for atomic_[cmp]xchg").
 ///
 /// # Safety
-/// `p` must be valid for reads and writes and 8-byte aligned.
+/// `p` must be valid for reads and writes and aligned to its width.
 #[inline(always)]
-pub unsafe fn compare_and_swap(p: *mut u64, old: u64, new: u64) -> bool {
+pub unsafe fn compare_and_swap<T: Word>(p: *mut T, old: T, new: T) -> bool {
     #[cfg(target_arch = "bpf")]
     {
         use core::intrinsics::AtomicOrdering::SeqCst;
         // SAFETY: forwarded from the caller.
-        unsafe { core::intrinsics::atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(p, old, new).1 }
+        unsafe { core::intrinsics::atomic_cxchg::<T, { SeqCst }, { SeqCst }>(p, old, new).1 }
     }
     #[cfg(not(target_arch = "bpf"))]
     {
-        use core::sync::atomic::{AtomicU64, Ordering};
         // SAFETY: forwarded from the caller.
-        unsafe { AtomicU64::from_ptr(p) }
-            .compare_exchange(old, new, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
+        T::host_cas(unsafe { T::atomic(p) }, old, new)
     }
 }
 
@@ -108,64 +194,61 @@ pub unsafe fn atomic_add(p: *mut u64, v: u64) {
     }
 }
 
-/// 64-bit atomic OR, AND and XOR returning the previous value (BPF_ATOMIC | BPF_FETCH, ISA v3),
-/// for the flow table's neighbourhood words ([`crate::table`]).
+/// Atomic OR, AND and XOR returning the previous value (BPF_ATOMIC | BPF_FETCH, ISA v3), for the
+/// flow table's neighbourhood words ([`crate::table`]).
 ///
 /// # Safety
-/// `p` must be valid for reads and writes and 8-byte aligned.
+/// `p` must be valid for reads and writes and aligned to its width.
 #[inline(always)]
-pub unsafe fn fetch_or(p: *mut u64, v: u64) -> u64 {
+pub unsafe fn fetch_or<T: Word>(p: *mut T, v: T) -> T {
     #[cfg(target_arch = "bpf")]
     {
         use core::intrinsics::AtomicOrdering::SeqCst;
         // SAFETY: forwarded from the caller.
-        unsafe { core::intrinsics::atomic_or::<u64, u64, { SeqCst }>(p, v) }
+        unsafe { core::intrinsics::atomic_or::<T, T, { SeqCst }>(p, v) }
     }
     #[cfg(not(target_arch = "bpf"))]
     {
-        use core::sync::atomic::{AtomicU64, Ordering};
         // SAFETY: forwarded from the caller.
-        unsafe { AtomicU64::from_ptr(p) }.fetch_or(v, Ordering::SeqCst)
+        T::host_or(unsafe { T::atomic(p) }, v)
     }
 }
 
 /// See [`fetch_or`].
 ///
 /// # Safety
-/// `p` must be valid for reads and writes and 8-byte aligned.
+/// `p` must be valid for reads and writes and aligned to its width.
 #[inline(always)]
-pub unsafe fn fetch_and(p: *mut u64, v: u64) -> u64 {
+pub unsafe fn fetch_and<T: Word>(p: *mut T, v: T) -> T {
     #[cfg(target_arch = "bpf")]
     {
         use core::intrinsics::AtomicOrdering::SeqCst;
         // SAFETY: forwarded from the caller.
-        unsafe { core::intrinsics::atomic_and::<u64, u64, { SeqCst }>(p, v) }
+        unsafe { core::intrinsics::atomic_and::<T, T, { SeqCst }>(p, v) }
     }
     #[cfg(not(target_arch = "bpf"))]
     {
-        use core::sync::atomic::{AtomicU64, Ordering};
         // SAFETY: forwarded from the caller.
-        unsafe { AtomicU64::from_ptr(p) }.fetch_and(v, Ordering::SeqCst)
+        T::host_and(unsafe { T::atomic(p) }, v)
     }
 }
 
 /// See [`fetch_or`].
 ///
 /// # Safety
-/// `p` must be valid for reads and writes and 8-byte aligned.
+/// `p` must be valid for reads and writes and aligned to its width.
 #[inline(always)]
-pub unsafe fn fetch_xor(p: *mut u64, v: u64) -> u64 {
+pub unsafe fn fetch_xor<T: Word>(p: *mut T, v: T) -> T {
     #[cfg(target_arch = "bpf")]
     {
         use core::intrinsics::AtomicOrdering::SeqCst;
         // SAFETY: forwarded from the caller.
-        unsafe { core::intrinsics::atomic_xor::<u64, u64, { SeqCst }>(p, v) }
+        unsafe { core::intrinsics::atomic_xor::<T, T, { SeqCst }>(p, v) }
     }
     #[cfg(not(target_arch = "bpf"))]
     {
-        use core::sync::atomic::{AtomicU64, Ordering};
         // SAFETY: forwarded from the caller.
-        unsafe { AtomicU64::from_ptr(p) }.fetch_xor(v, Ordering::SeqCst)
+        T::host_xor(unsafe { T::atomic(p) }, v)
     }
 }
 
@@ -173,29 +256,28 @@ pub unsafe fn fetch_xor(p: *mut u64, v: u64) -> u64 {
 /// CPU that reads `v`: how the flow table publishes a slot after writing its key and record.
 ///
 /// # Safety
-/// `p` must be valid for reads and writes and 8-byte aligned.
+/// `p` must be valid for reads and writes and aligned to its width.
 #[inline(always)]
-pub unsafe fn publish(p: *mut u64, v: u64) {
+pub unsafe fn publish<T: Word>(p: *mut T, v: T) {
     #[cfg(target_arch = "bpf")]
     {
         use core::intrinsics::AtomicOrdering::SeqCst;
         // SAFETY: forwarded from the caller.
-        unsafe { core::intrinsics::atomic_xchg::<u64, { SeqCst }>(p, v) };
+        unsafe { core::intrinsics::atomic_xchg::<T, { SeqCst }>(p, v) };
     }
     #[cfg(not(target_arch = "bpf"))]
     {
-        use core::sync::atomic::{AtomicU64, Ordering};
         // SAFETY: forwarded from the caller.
-        unsafe { AtomicU64::from_ptr(p) }.swap(v, Ordering::SeqCst);
+        T::host_swap(unsafe { T::atomic(p) }, v)
     }
 }
 
 /// Reads a word other CPUs write, fresh from memory (the compiler may not reuse an earlier read).
 ///
 /// # Safety
-/// `p` must be valid for reads and 8-byte aligned.
+/// `p` must be valid for reads and aligned to its width.
 #[inline(always)]
-pub unsafe fn load(p: *const u64) -> u64 {
+pub unsafe fn load<T: Word>(p: *const T) -> T {
     #[cfg(target_arch = "bpf")]
     {
         // SAFETY: forwarded from the caller. BPF ISA v3 has no load-acquire; on the JITs of
@@ -204,9 +286,8 @@ pub unsafe fn load(p: *const u64) -> u64 {
     }
     #[cfg(not(target_arch = "bpf"))]
     {
-        use core::sync::atomic::{AtomicU64, Ordering};
         // SAFETY: forwarded from the caller.
-        unsafe { AtomicU64::from_ptr(p as *mut u64) }.load(Ordering::Acquire)
+        T::host_load(unsafe { T::atomic(p as *mut T) })
     }
 }
 

@@ -134,6 +134,49 @@ impl FlowKey {
     }
 }
 
+/// The key of a flow between two IPv4 endpoints, as the IPv4 table ([`crate::table`]) keeps it:
+/// the last words of a [`FlowKey`] whose addresses are both v4-mapped, which is all such a key
+/// holds (16 bytes where the general key takes 40). Sides, byte orders and the scope are the
+/// general key's, so narrowing a canonical key gives a canonical one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C, align(8))]
+pub struct FlowKey4 {
+    /// Side A's and side B's address, network byte order in memory.
+    pub addr: [u32; 2],
+    pub port: [u16; 2],
+    pub scope: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
+
+impl FlowKey4 {
+    /// The IPv4 key of `key`, when both its addresses are IPv4.
+    #[inline(always)]
+    pub const fn narrow(key: &FlowKey) -> Option<FlowKey4> {
+        if FlowKey::words_are_v4(&key.addr[0]) && FlowKey::words_are_v4(&key.addr[1]) {
+            Some(FlowKey4 {
+                addr: [key.addr[0][3], key.addr[1][3]],
+                port: key.port,
+                scope: key.scope,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// The general key this one narrows.
+    #[inline(always)]
+    pub const fn widen(&self) -> FlowKey {
+        FlowKey {
+            addr: [
+                FlowKey::v4_mapped(self.addr[0]),
+                FlowKey::v4_mapped(self.addr[1]),
+            ],
+            port: self.port,
+            scope: self.scope,
+        }
+    }
+}
+
 /// What one endpoint has sent, as far as the state machine needs it. Written by segments that
 /// endpoint sent, with two exceptions that cannot race with them: a SYN-ACK also records what the
 /// client expects next (the client sends nothing between its SYN and receiving that SYN-ACK), and a
@@ -378,6 +421,8 @@ mod pod {
     // SAFETY: repr(C), integers and integer arrays only, sizes asserted above with no implicit
     // padding (FlowKey 32+4+4, FlowRecord 8+32+16+8+4+4), so every byte pattern is valid.
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above (FlowKey4 4+4+2+2+4).
+    unsafe impl aya::Pod for super::FlowKey4 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowRecord {}
 }
@@ -397,6 +442,19 @@ mod tests {
             FlowKey::addr_words(v4),
             FlowKey::v4_mapped(u32::from_ne_bytes([192, 0, 2, 7]))
         );
+        // IPv4 keys narrow to the IPv4 table's key and back; others do not narrow.
+        let (k, _) = FlowKey::canonical(
+            FlowKey::addr_words(v4),
+            80,
+            FlowKey::addr_words("198.51.100.1".parse().unwrap()),
+            40000,
+        );
+        let k = k.in_scope(3);
+        let n = FlowKey4::narrow(&k).expect("both IPv4");
+        assert_eq!(n.widen(), k);
+        let v6 = FlowKey::addr_words("2001:db8::1".parse().unwrap());
+        let (k6, _) = FlowKey::canonical(FlowKey::addr_words(v4), 80, v6, 40000);
+        assert_eq!(FlowKey4::narrow(&k6), None);
         // A dual-stack socket's v4-mapped address is the same key as the IPv4 one.
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(FlowKey::addr_words(mapped), FlowKey::addr_words(v4));

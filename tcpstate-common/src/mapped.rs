@@ -9,36 +9,46 @@ use std::{
 
 use crate::{
     commit::load,
-    flow::{FlowKey, FlowRecord},
-    table::{self, status, Inserted, Seed, Slot, Slots, SLOT_SIZE},
+    flow::{FlowKey, FlowKey4, FlowRecord},
+    table::{self, slot_size, status, Inserted, Seed, Slot, Slots, TableKey},
 };
 use aya::maps::MapData;
 use memmap2::{MmapOptions, MmapRaw};
 
-/// The flow table, mapped read-write.
-pub struct Flows {
+/// One flow table, mapped read-write.
+pub struct Region<K> {
     // Field order: the mapping goes before the map's descriptor (either keeps the table alive).
     mem: MmapRaw,
     map: MapData,
     slots: u32,
     seed: Seed,
+    _key: core::marker::PhantomData<K>,
 }
 
-// SAFETY: the mapping is shared memory every CPU writes with atomics; `Flows` only hands out
+// SAFETY: the mapping is shared memory every CPU writes with atomics; a region only hands out
 // copies and acts through the table protocol, which is made for concurrent users.
-unsafe impl Send for Flows {}
+unsafe impl<K> Send for Region<K> {}
 // SAFETY: as above.
-unsafe impl Sync for Flows {}
+unsafe impl<K> Sync for Region<K> {}
 
-impl Slots for Flows {
+impl<K: TableKey> Slots for Region<K> {
+    type Key = K;
     fn count(&self) -> u32 {
         self.slots
     }
-    fn get(&self, i: u32) -> Option<*mut Slot> {
+    fn get(&self, i: u32) -> Option<*mut Slot<K>> {
         // SAFETY: in bounds of the mapping (checked), which is page-aligned and a whole number of
-        // 128-byte slots.
-        (i < self.slots).then(|| unsafe { self.mem.as_mut_ptr().cast::<Slot>().add(i as usize) })
+        // slots.
+        (i < self.slots).then(|| unsafe { self.mem.as_mut_ptr().cast::<Slot<K>>().add(i as usize) })
     }
+}
+
+/// The flow tables, mapped read-write: IPv4 flows in one, every other flow in the other
+/// ([`crate::table`]). Every method takes and gives the general [`FlowKey`] and picks the table.
+pub struct Flows {
+    v4: Region<FlowKey4>,
+    v6: Region<FlowKey>,
+    seed: Seed,
 }
 
 /// Why [`Flows::insert`] did not insert.
@@ -70,7 +80,7 @@ fn open_pin(dir: &std::path::Path, name: &str) -> std::io::Result<MapData> {
     })
 }
 
-/// The flow table's hash key, from the map pinned beside the table in `dir`.
+/// The flow tables' hash key, from the map pinned beside the tables in `dir`.
 pub fn seed_from_pins(dir: &std::path::Path) -> std::io::Result<Seed> {
     use aya::maps::{Array, Map};
     let seeds: Array<MapData, Seed> =
@@ -79,26 +89,34 @@ pub fn seed_from_pins(dir: &std::path::Path) -> std::io::Result<Seed> {
     seeds.get(&0, 0).map_err(std::io::Error::other)
 }
 
-/// Where a flow sits: its slot, and the slot's `ctrl` (the occupant's generation, and which home
-/// links it) when it was read.
+/// Where a flow sits: its slot ([`Place::index`]), and the slot's `ctrl` (the occupant's
+/// generation, and which home links it) when it was read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Place {
+    /// The slot's index in its table, with [`GENERAL`] set for the table of non-IPv4 flows: one
+    /// number names a slot of either table (what the sweeper collects to free).
     pub index: u32,
-    pub ctrl: u64,
+    pub ctrl: u32,
 }
 
-impl Flows {
-    /// Maps the table held by `map` (an mmapable array of [`Slot`]s), hashed with `seed`.
-    pub fn new(map: MapData, seed: Seed) -> std::io::Result<Flows> {
+/// In a [`Place::index`]: the slot is in the table of non-IPv4 flows. Neither table has 2^31
+/// slots (a slot is at least 96 bytes, and an array map at most 2^32 entries of at most 4 GiB
+/// in all... the daemon's --max-flows caps either far below).
+pub const GENERAL: u32 = 1 << 31;
+
+impl<K: TableKey> Region<K> {
+    /// Maps the table held by `map` (an mmapable array of `Slot<K>`), hashed with `seed`.
+    pub fn new(map: MapData, seed: Seed) -> std::io::Result<Region<K>> {
         let info = map.info().map_err(std::io::Error::other)?;
-        if info.value_size() as usize != SLOT_SIZE {
+        let size = slot_size::<K>();
+        if info.value_size() as usize != size {
             return Err(std::io::Error::other(format!(
-                "the flow table has {}-byte slots where this build uses {SLOT_SIZE}",
+                "the flow table has {}-byte slots where this build uses {size}",
                 info.value_size()
             )));
         }
         let slots = info.max_entries();
-        let len = slots as usize * SLOT_SIZE;
+        let len = slots as usize * size;
         let mem = MmapOptions::new()
             .len(len)
             .map_raw(map.fd().as_fd().as_raw_fd())
@@ -108,22 +126,13 @@ impl Flows {
                     format!("cannot map the flow table into memory: {e}"),
                 )
             })?;
-        Ok(Flows {
+        Ok(Region {
             mem,
             map,
             slots,
             seed,
+            _key: core::marker::PhantomData,
         })
-    }
-
-    /// The table a running daemon pinned in `dir`, with the hash key pinned beside it.
-    pub fn from_pins(dir: &std::path::Path) -> std::io::Result<Flows> {
-        Flows::new(open_pin(dir, crate::maps::FLOWS)?, seed_from_pins(dir)?)
-    }
-
-    /// The hash key the table was created with.
-    pub fn seed(&self) -> &Seed {
-        &self.seed
     }
 
     /// The array map the table lives in.
@@ -132,13 +141,196 @@ impl Flows {
     }
 
     /// The key's two home slots.
-    pub fn homes(&self, key: &FlowKey) -> table::Homes {
-        table::homes(table::hash(key, &self.seed), self.slots)
+    pub fn homes(&self, key: &K) -> table::Homes {
+        table::homes(key.hash(&self.seed), self.slots)
     }
 
     /// The home that links the flow in a slot whose `ctrl` is `c`.
-    pub fn linking_home(&self, key: &FlowKey, c: u64) -> u32 {
+    pub fn linking_home(&self, key: &K, c: u32) -> u32 {
         self.homes(key).linking(c)
+    }
+
+    /// Calls `f` on every flow with its slot's index and `ctrl`, collecting the slots deleted and
+    /// not yet freed into `dead`. Returns the flows seen.
+    fn walk(&self, dead: &mut Vec<u32>, tag: u32, mut f: impl FnMut(Place, K, FlowRecord)) -> u64 {
+        let mut seen = 0;
+        for i in 0..self.slots {
+            // Most slots are free or live: one read of `ctrl` tells, before any copy.
+            match self.status(i) {
+                status::FREE => continue,
+                status::DEAD => {
+                    dead.push(i | tag);
+                    continue;
+                }
+                _ => {}
+            }
+            if let Some((c, k, r)) = table::snapshot(self, i) {
+                seen += 1;
+                f(
+                    Place {
+                        index: i | tag,
+                        ctrl: c,
+                    },
+                    k,
+                    r,
+                );
+            }
+        }
+        seen
+    }
+
+    fn status(&self, i: u32) -> u8 {
+        self.get(i).map_or(status::FREE, |s| {
+            // SAFETY: a slot of the mapping.
+            table::status_of(unsafe { load(&raw const (*s).ctrl) })
+        })
+    }
+
+    /// The flow of `key`: its slot, that slot's `ctrl`, and its record.
+    pub fn lookup(&self, key: &K) -> Option<(u32, u32, FlowRecord)> {
+        let index = table::find(self, key, self.homes(key))?;
+        let (c, k, r) = table::snapshot(self, index)?;
+        (k == *key).then_some((index, c, r))
+    }
+
+    fn insert(&self, key: &K, rec: &FlowRecord) -> Result<(), InsertError> {
+        // A program holds a home's lock for well under a microsecond: a few rounds of the spin
+        // [`table::insert`] does are enough unless this thread was descheduled meanwhile.
+        for _ in 0..8 {
+            match table::insert(self, key, rec, self.homes(key)) {
+                Inserted::Done(_) => return Ok(()),
+                Inserted::Exists => return Err(InsertError::Exists),
+                Inserted::Full => return Err(InsertError::Full),
+                Inserted::Contended => std::thread::yield_now(),
+            }
+        }
+        Err(InsertError::Contended)
+    }
+
+    fn kill(&self, i: u32, live: u32, word: u64) -> bool {
+        table::kill(self, i, live, word, &self.seed)
+    }
+
+    fn remove_at(&self, key: &K) -> Option<(u32, FlowRecord)> {
+        // A segment may move the flow between the read and the delete: read again and retry.
+        for _ in 0..16 {
+            let (i, c, rec) = self.lookup(key)?;
+            if self.kill(i, c, rec.word) {
+                return Some((i, rec));
+            }
+        }
+        None
+    }
+
+    /// The slots holding a daemon thread's lock or claim, with their `ctrl` and `hop`.
+    fn held(&self) -> Vec<(u32, u32, u32)> {
+        (0..self.slots)
+            .filter_map(|i| {
+                let s = self.get(i)?;
+                // SAFETY: a slot of the mapping; plain copies of the two words.
+                let (ctrl, hop) =
+                    unsafe { (load(&raw const (*s).ctrl), load(&raw const (*s).hop)) };
+                let held = hop & table::LOCK != 0
+                    || matches!(table::status_of(ctrl), status::CLAIMED | status::DYING);
+                held.then_some((i, ctrl, hop))
+            })
+            .collect()
+    }
+
+    /// Whether the flow in slot `i`, keyed `k` with `ctrl` `c`, is linked from its home.
+    fn linked(&self, k: &K, i: u32, c: u32) -> bool {
+        let home = self.linking_home(k, c);
+        self.get_hop(home) & table::link_bit(home, i, self.slots) != 0
+    }
+
+    fn get_hop(&self, i: u32) -> u32 {
+        self.get(i).map_or(0, |s| {
+            // SAFETY: a slot of the mapping.
+            unsafe { load(&raw const (*s).hop) }
+        })
+    }
+
+    /// See [`Flows::repair`], for this table.
+    fn repair(&self, wait: Duration) -> usize {
+        let suspicious = self.held();
+        let mut released = 0;
+        if !suspicious.is_empty() {
+            std::thread::sleep(wait);
+            for (i, ctrl, hop) in &suspicious {
+                released += table::release_stale(self, *i, *ctrl, *hop) as usize;
+            }
+        }
+        // A flow published but not linked from its home's neighbourhood word is invisible to
+        // lookups: delete it (its books were never written either: the dead daemon booked an
+        // insert only after it completed).
+        let mut orphans = Vec::new();
+        self.walk(&mut Vec::new(), 0, |p, k, r| {
+            if !self.linked(&k, p.index, p.ctrl) {
+                orphans.push((p, r.word));
+            }
+        });
+        if !orphans.is_empty() {
+            std::thread::sleep(wait);
+            for (p, word) in orphans {
+                let k = table::snapshot(self, p.index).map(|(_, k, _)| k);
+                let still_unlinked = k.is_some_and(|k| !self.linked(&k, p.index, p.ctrl));
+                if still_unlinked && self.kill(p.index, p.ctrl, word) {
+                    released += 1;
+                }
+            }
+        }
+        released
+    }
+}
+
+/// A flow's key as its table keeps it.
+enum Keyed {
+    V4(FlowKey4),
+    Other(FlowKey),
+}
+
+impl Keyed {
+    fn of(key: &FlowKey) -> Keyed {
+        match FlowKey4::narrow(key) {
+            Some(k) => Keyed::V4(k),
+            None => Keyed::Other(*key),
+        }
+    }
+}
+
+impl Flows {
+    /// Maps the tables held by `v4` (an mmapable array of [`table::Slot4`]) and `v6` (of
+    /// [`table::Slot6`]), both hashed with `seed`.
+    pub fn new(v4: MapData, v6: MapData, seed: Seed) -> std::io::Result<Flows> {
+        Ok(Flows {
+            v4: Region::new(v4, seed)?,
+            v6: Region::new(v6, seed)?,
+            seed,
+        })
+    }
+
+    /// The tables a running daemon pinned in `dir`, with the hash key pinned beside them.
+    pub fn from_pins(dir: &std::path::Path) -> std::io::Result<Flows> {
+        Flows::new(
+            open_pin(dir, crate::maps::FLOWS4)?,
+            open_pin(dir, crate::maps::FLOWS6)?,
+            seed_from_pins(dir)?,
+        )
+    }
+
+    /// The hash key the tables were created with.
+    pub fn seed(&self) -> &Seed {
+        &self.seed
+    }
+
+    /// The IPv4 table.
+    pub fn v4(&self) -> &Region<FlowKey4> {
+        &self.v4
+    }
+
+    /// The table of every other flow.
+    pub fn v6(&self) -> &Region<FlowKey> {
+        &self.v6
     }
 
     /// Calls `f` on every flow. A flow inserted or deleted meanwhile may be seen or missed; every
@@ -155,59 +347,43 @@ impl Flows {
     /// As [`Flows::for_each_slot`], also collecting the slots deleted and not yet freed into
     /// `dead` (for [`Flows::reclaim`]).
     pub fn walk(&self, dead: &mut Vec<u32>, mut f: impl FnMut(Place, FlowKey, FlowRecord)) -> u64 {
-        let mut seen = 0;
-        for i in 0..self.slots {
-            // Most slots are free or live: one read of `ctrl` tells, before any copy.
-            match self.status(i) {
-                status::FREE => continue,
-                status::DEAD => {
-                    dead.push(i);
-                    continue;
-                }
-                _ => {}
-            }
-            if let Some((c, k, r)) = table::snapshot(self, i) {
-                seen += 1;
-                f(Place { index: i, ctrl: c }, k, r);
-            }
-        }
-        seen
-    }
-
-    fn status(&self, i: u32) -> u8 {
-        self.get(i).map_or(status::FREE, |s| {
-            // SAFETY: a slot of the mapping.
-            table::status_of(unsafe { load(&raw const (*s).ctrl) })
-        })
+        self.v4.walk(dead, 0, |p, k, r| f(p, k.widen(), r)) + self.v6.walk(dead, GENERAL, f)
     }
 
     /// The flow of `key`, where it sits and what it holds.
     pub fn lookup(&self, key: &FlowKey) -> Option<(Place, FlowRecord)> {
-        let index = self.index_of(table::find(self, key, self.homes(key))?);
-        let (c, k, r) = table::snapshot(self, index)?;
-        (k == *key).then_some((Place { index, ctrl: c }, r))
+        let (index, ctrl, rec) = match Keyed::of(key) {
+            Keyed::V4(k) => self.v4.lookup(&k)?,
+            Keyed::Other(k) => {
+                let (i, c, r) = self.v6.lookup(&k)?;
+                (i | GENERAL, c, r)
+            }
+        };
+        Some((Place { index, ctrl }, rec))
     }
 
     /// Inserts a flow the table does not hold (seeding, carrying a table over).
     pub fn insert(&self, key: &FlowKey, rec: &FlowRecord) -> Result<(), InsertError> {
-        // A program holds a home's lock for well under a microsecond: a few rounds of the spin
-        // [`table::insert`] does are enough unless this thread was descheduled meanwhile.
-        for _ in 0..8 {
-            match table::insert(self, key, rec, self.homes(key)) {
-                Inserted::Done(_) => return Ok(()),
-                Inserted::Exists => return Err(InsertError::Exists),
-                Inserted::Full => return Err(InsertError::Full),
-                Inserted::Contended => std::thread::yield_now(),
-            }
+        match Keyed::of(key) {
+            Keyed::V4(k) => self.v4.insert(&k, rec),
+            Keyed::Other(k) => self.v6.insert(&k, rec),
         }
-        Err(InsertError::Contended)
+    }
+
+    /// Deletes the flow at `p` if its slot still holds that occupant and its state word is still
+    /// `word`. Returns whether it did.
+    fn kill(&self, p: Place, word: u64) -> bool {
+        if p.index & GENERAL != 0 {
+            self.v6.kill(p.index & !GENERAL, p.ctrl, word)
+        } else {
+            self.v4.kill(p.index, p.ctrl, word)
+        }
     }
 
     /// Deletes the flow of `key` if its state word is still `word` (no segment moved it since the
     /// caller decided). Returns whether it did.
     pub fn remove_if(&self, key: &FlowKey, word: u64) -> bool {
-        self.lookup(key)
-            .is_some_and(|(p, _)| table::kill(self, p.index, p.ctrl, word, &self.seed))
+        self.lookup(key).is_some_and(|(p, _)| self.kill(p, word))
     }
 
     /// Deletes the flow of `key` whatever its state, returning the record it had when deleted.
@@ -217,20 +393,21 @@ impl Flows {
 
     /// As [`Flows::remove`], also saying which slot it freed (to [`Flows::reclaim`]).
     pub fn remove_at(&self, key: &FlowKey) -> Option<(u32, FlowRecord)> {
-        // A segment may move the flow between the read and the delete: read again and retry.
-        for _ in 0..16 {
-            let (p, rec) = self.lookup(key)?;
-            if table::kill(self, p.index, p.ctrl, rec.word, &self.seed) {
-                return Some((p.index, rec));
-            }
+        match Keyed::of(key) {
+            Keyed::V4(k) => self.v4.remove_at(&k),
+            Keyed::Other(k) => self.v6.remove_at(&k).map(|(i, r)| (i | GENERAL, r)),
         }
-        None
     }
 
     /// Replaces the record of `key` with `new` if its state word is still `old_word`.
     pub fn rewrite(&self, key: &FlowKey, old_word: u64, new: &FlowRecord) -> bool {
-        self.lookup(key)
-            .is_some_and(|(p, _)| table::rewrite(self, p.index, p.ctrl, old_word, new))
+        self.lookup(key).is_some_and(|(p, _)| {
+            if p.index & GENERAL != 0 {
+                table::rewrite(&self.v6, p.index & !GENERAL, p.ctrl, old_word, new)
+            } else {
+                table::rewrite(&self.v4, p.index, p.ctrl, old_word, new)
+            }
+        })
     }
 
     /// Frees deleted slots for reuse, after an RCU grace period: every program run that could
@@ -240,7 +417,7 @@ impl Flows {
             return 0;
         }
         grace_period();
-        dead.iter().filter(|&&i| table::free(self, i)).count()
+        self.free(dead)
     }
 
     /// Frees deleted slots at once, without waiting for a grace period.
@@ -249,7 +426,19 @@ impl Flows {
     /// No program may be running on the table: only for a caller that runs the programs itself,
     /// synchronously (a benchmark through BPF_PROG_TEST_RUN).
     pub unsafe fn reclaim_now(&self, dead: &[u32]) -> usize {
-        dead.iter().filter(|&&i| table::free(self, i)).count()
+        self.free(dead)
+    }
+
+    fn free(&self, dead: &[u32]) -> usize {
+        dead.iter()
+            .filter(|&&i| {
+                if i & GENERAL != 0 {
+                    table::free(&self.v6, i & !GENERAL)
+                } else {
+                    table::free(&self.v4, i)
+                }
+            })
+            .count()
     }
 
     /// Releases what a daemon that died mid-operation left held (a home's insert lock, a slot
@@ -258,63 +447,45 @@ impl Flows {
     /// (they never hold any of these across a run, so what lasts `wait` is stale). Returns how
     /// many it released.
     pub fn repair(&self, wait: Duration) -> usize {
-        let suspicious: Vec<(u32, Slot)> = (0..self.slots)
-            .filter_map(|i| {
-                let s = self.get(i)?;
-                // SAFETY: a slot of the mapping; plain copies of the two words.
-                let (ctrl, hop) =
-                    unsafe { (load(&raw const (*s).ctrl), load(&raw const (*s).hop)) };
-                let held = hop & table::LOCK != 0
-                    || matches!(table::status_of(ctrl), status::CLAIMED | status::DYING);
-                held.then_some((
-                    i,
-                    Slot {
-                        ctrl,
-                        hop,
-                        ..Slot::default()
-                    },
-                ))
-            })
-            .collect();
-        let mut released = 0;
-        if !suspicious.is_empty() {
-            std::thread::sleep(wait);
-            for (i, was) in &suspicious {
-                released += table::release_stale(self, *i, was) as usize;
-            }
-        }
-        // A flow published but not linked from its home's neighbourhood word is invisible to
-        // lookups: delete it (its books were never written either: the dead daemon booked an
-        // insert only after it completed).
-        let linked = |k: &FlowKey, p: Place| {
-            let home = self.linking_home(k, p.ctrl);
-            self.get_hop(home) & table::link_bit(home, p.index, self.slots) != 0
-        };
-        let mut orphans = Vec::new();
-        self.for_each_slot(|p, k, r| {
-            if !linked(&k, p) {
-                orphans.push((p, r.word));
-            }
-        });
-        if !orphans.is_empty() {
-            std::thread::sleep(wait);
-            for (p, word) in orphans {
-                let k = table::snapshot(self, p.index).map(|(_, k, _)| k);
-                let still_unlinked = k.is_some_and(|k| !linked(&k, p));
-                if still_unlinked && table::kill(self, p.index, p.ctrl, word, &self.seed) {
-                    released += 1;
-                }
-            }
-        }
-        released
+        self.v4.repair(wait) + self.v6.repair(wait)
     }
+}
 
-    fn get_hop(&self, i: u32) -> u64 {
-        self.get(i).map_or(0, |s| {
-            // SAFETY: a slot of the mapping.
-            unsafe { load(&raw const (*s).hop) }
-        })
+/// A slot of the one table of earlier builds: 64-bit control words, then the general key and the
+/// record, in 128 bytes.
+#[repr(C, align(64))]
+struct OldSlot {
+    ctrl: u64,
+    hop: u64,
+    key: FlowKey,
+    rec: FlowRecord,
+}
+const _: () = assert!(core::mem::size_of::<OldSlot>() == table::OLD_SLOT_SIZE);
+
+/// Every flow of the one table of earlier builds, read through a read-only mapping. No program
+/// writes it any more (the programs of this run use the new tables, and the earlier run's went
+/// with it), so plain copies of LIVE and DYING slots are the flows it held.
+pub fn read_old_table(
+    data: &MapData,
+    slots: u32,
+    flows: &mut Vec<(FlowKey, FlowRecord)>,
+) -> std::io::Result<()> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let len = slots as usize * table::OLD_SLOT_SIZE;
+    let mem = MmapOptions::new()
+        .len(len)
+        .map_raw_read_only(data.fd().as_fd().as_raw_fd())?;
+    for i in 0..slots as usize {
+        // SAFETY: in bounds of a page-aligned mapping of `slots` 128-byte slots; plain integers,
+        // valid for every bit pattern; nothing writes the table any more.
+        let s = unsafe { std::ptr::read_volatile(mem.as_ptr().cast::<OldSlot>().add(i)) };
+        let status = s.ctrl as u8 & 0x7f;
+        let held = status == table::status::LIVE || status == table::status::DYING;
+        if held && s.rec.word != table::DEAD_WORD {
+            flows.push((s.key, s.rec));
+        }
     }
+    Ok(())
 }
 
 /// `membarrier(2)` command that waits for an RCU grace period (synchronize_rcu) on every CPU.

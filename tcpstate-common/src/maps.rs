@@ -7,7 +7,14 @@ use crate::{
 };
 
 /// Map names as they appear in the object file and under the pin directory.
-pub const FLOWS: &str = "TCPSTATE_FLOWS";
+///
+/// The flow table of IPv4 flows ([`crate::table::Slot4`]).
+pub const FLOWS4: &str = "TCPSTATE_FLOWS4";
+/// The flow table of every other flow ([`crate::table::Slot6`]).
+pub const FLOWS6: &str = "TCPSTATE_FLOWS6";
+/// The one flow table of earlier builds (a kernel hash map, then an array of 128-byte slots with
+/// 64-bit control words): found pinned, its flows are carried into the two tables.
+pub const OLD_FLOWS: &str = "TCPSTATE_FLOWS";
 /// The host scope's counter slots and the global ones: `idx::COUNT` per-CPU slots, summed at
 /// scrape time (the hot ones, bumped by every segment, must not share a cache line between CPUs).
 pub const COUNTERS: &str = "TCPSTATE_COUNTERS";
@@ -50,11 +57,13 @@ pub const FLOW_SEED: &str = "TCPSTATE_FLOW_SEED";
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct Config {
-    /// Flows the table may hold.
+    /// Flows the two tables may hold together (the admission rule's bound).
     pub capacity: u64,
-    /// Slots in the flow table ([`crate::table::slots_for`] the capacity, or what a pinned table
-    /// kept from an earlier run has).
-    pub slots: u64,
+    /// Slots in the IPv4 flow table ([`crate::table::slots_for`] its capacity, or what a pinned
+    /// table kept from an earlier run has).
+    pub slots4: u64,
+    /// Slots in the table of every other flow, likewise.
+    pub slots6: u64,
     /// The flow table's hash key ([`crate::table::hash`]), chosen when the table was created.
     pub seed: crate::table::Seed,
     /// Half-open flows (created by a SYN or SYN-ACK, not yet out of the handshake) allowed at once.
@@ -250,7 +259,8 @@ mod tests {
         log_events: 0,
         scopes: 1,
         transit_check: 0,
-        slots: 0,
+        slots4: 0,
+        slots6: 0,
         seed: [0; 5],
     };
 

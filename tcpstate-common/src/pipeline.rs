@@ -173,7 +173,8 @@ mod tests {
         log_events: 0,
         scopes: 1,
         transit_check: 0,
-        slots: 0,
+        slots4: 0,
+        slots6: 0,
         seed: [0; 5],
     };
 

@@ -14,7 +14,7 @@ use tcpstate_common::{
     commit::{atomic_add, commit, compare_and_swap},
     counters::{for_each_delta, idx, retransmitted, Hook, UntrackedReason},
     durations::{self, DurationRow},
-    flow::{flowflags, FlowKey, FlowRecord, FlowWord, Side},
+    flow::{flowflags, FlowKey, FlowKey4, FlowRecord, FlowWord, Side},
     maps::{
         retransmit_slot, Config, Settings, TableCounters, UserCounters, RETRANSMIT_SLOTS,
         SYN_COOKIE_PORTS,
@@ -23,50 +23,105 @@ use tcpstate_common::{
     pipeline::{open_new, opened_deltas, retract, update_into, NotOpened},
     scope::{self, ScopeInfo},
     state::{write, InvalidReason, Retransmit, Step},
-    table::{self, find, insert, Homes, Inserted, Seed, Slot, Slots, DEAD_WORD},
+    table::{self, find, insert, Homes, Inserted, Seed, Slot4, Slot6, Slots, TableKey, DEAD_WORD},
     tcp::flags::{ACK, FIN, RST, SYN},
 };
 
+/// One field of the load-time configuration, read where it lives: a volatile read of that field
+/// alone (the compiler must not fold the object's default values in), where `Global::load`
+/// copies the whole struct onto the 512-byte stack of every function that reads one field.
+macro_rules! config {
+    ($field:ident) => {
+        config!(@ $field)
+    };
+    ($field:ident [$i:expr]) => {
+        // SAFETY: as below; one word of the array field.
+        unsafe {
+            core::ptr::read_volatile(
+                &raw const (*(&raw const TCPSTATE_CONFIG).cast::<Config>()).$field[$i],
+            )
+        }
+    };
+    (@ $field:ident) => {
+        // SAFETY: `Global<T>` is `repr(transparent)` over a `MaybeUninit<T>` the object
+        // initializes; a read of one plain field of the read-only configuration.
+        unsafe {
+            core::ptr::read_volatile(
+                &raw const (*(&raw const TCPSTATE_CONFIG).cast::<Config>()).$field,
+            )
+        }
+    };
+}
+
 /// Default capacity compiled into the object; the daemon sets the real one at load time.
 const DEFAULT_CAPACITY: u32 = 131_072;
-const DEFAULT_SLOTS: u32 = table::slots_for(DEFAULT_CAPACITY);
+const DEFAULT_SLOTS4: u32 = table::slots_for(DEFAULT_CAPACITY, table::SLOT4_SIZE);
+const DEFAULT_SLOTS6: u32 = table::slots_for(DEFAULT_CAPACITY / 8, table::SLOT6_SIZE);
 /// Container interfaces the scope map holds by default; the daemon sets the real size at load time.
 const DEFAULT_SCOPE_IFACES: u32 = 1024;
 
-/// The flow table's slots ([`tcpstate_common::table`]): an array the programs index themselves and
-/// the daemon maps into its memory. Nothing is ever evicted: a full neighbourhood is counted, and
-/// only the daemon deletes (incrementally kept gauges would drift otherwise).
-#[map(name = "TCPSTATE_FLOWS")]
-static FLOWS: Array<Slot> = Array::pinned(DEFAULT_SLOTS, BPF_F_MMAPABLE);
+/// The flow tables' slots ([`tcpstate_common::table`]): arrays the programs index themselves and
+/// the daemon maps into its memory, one for IPv4 flows (16-byte keys, 96-byte slots) and one for
+/// every other flow. Nothing is ever evicted: a full neighbourhood is counted, and only the
+/// daemon deletes (incrementally kept gauges would drift otherwise).
+#[map(name = "TCPSTATE_FLOWS4")]
+static FLOWS4: Array<Slot4> = Array::pinned(DEFAULT_SLOTS4, BPF_F_MMAPABLE);
+#[map(name = "TCPSTATE_FLOWS6")]
+static FLOWS6: Array<Slot6> = Array::pinned(DEFAULT_SLOTS6, BPF_F_MMAPABLE);
 
 /// The table's hash key, kept with the table so a restarted daemon hashes as the one that filled
 /// it. The programs read the copy in [`Config::seed`], a load-time constant.
 #[map(name = "TCPSTATE_FLOW_SEED")]
 static FLOW_SEED: Array<Seed> = Array::pinned(1, 0);
 
-/// The table as the programs see it.
-struct Table;
+/// The IPv4 table as the programs see it.
+struct Table4;
+/// The other table as the programs see it.
+struct Table6;
 
-impl Slots for Table {
+impl Slots for Table4 {
+    type Key = FlowKey4;
     #[inline(always)]
     fn count(&self) -> u32 {
-        TCPSTATE_CONFIG.load().slots as u32
+        config!(slots4) as u32
     }
     #[inline(always)]
-    fn get(&self, i: u32) -> Option<*mut Slot> {
-        FLOWS.get_ptr_mut(i)
+    fn get(&self, i: u32) -> Option<*mut Slot4> {
+        FLOWS4.get_ptr_mut(i)
     }
     #[inline(always)]
     fn forget(&self, v: u32) -> u32 {
-        // Through this CPU's scratch word: the verifier does not track what map memory holds.
-        let Some(p) = FORGET.get_ptr_mut(0) else {
-            return v;
-        };
-        // SAFETY: a per-CPU array value, this program's alone for the run.
-        unsafe {
-            core::ptr::write_volatile(p, v);
-            core::ptr::read_volatile(p)
-        }
+        forget(v)
+    }
+}
+
+impl Slots for Table6 {
+    type Key = FlowKey;
+    #[inline(always)]
+    fn count(&self) -> u32 {
+        config!(slots6) as u32
+    }
+    #[inline(always)]
+    fn get(&self, i: u32) -> Option<*mut Slot6> {
+        FLOWS6.get_ptr_mut(i)
+    }
+    #[inline(always)]
+    fn forget(&self, v: u32) -> u32 {
+        forget(v)
+    }
+}
+
+/// [`Slots::forget`]: through this CPU's scratch word, since the verifier does not track what map
+/// memory holds.
+#[inline(always)]
+fn forget(v: u32) -> u32 {
+    let Some(p) = FORGET.get_ptr_mut(0) else {
+        return v;
+    };
+    // SAFETY: a per-CPU array value, this program's alone for the run.
+    unsafe {
+        core::ptr::write_volatile(p, v);
+        core::ptr::read_volatile(p)
     }
 }
 
@@ -125,8 +180,13 @@ pub struct Scratch {
     /// The flow's key (in the segment's scope), which side sent the segment, and the key's home
     /// slots: worked out once per segment ([`Scratch::locate`]).
     pub key: FlowKey,
+    /// The key as the IPv4 table keeps it, when [`Scratch::v4`].
+    pub key4: FlowKey4,
+    /// Non-zero when both endpoints are IPv4: the flow is the IPv4 table's.
+    pub v4: u8,
     /// The sending [`Side`] as its index (see [`Scratch::sender`]).
     sender: u8,
+    /// The key's homes in its table.
     pub homes: Homes,
     /// The word and state stamps the record had before a step that may end something
     /// ([`durations::may_end`]), for [`record_durations`] after `update` returns: computed there,
@@ -167,7 +227,7 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// the verifier drops every use of [`Scratch::event`].
 #[inline(always)]
 pub fn logging() -> bool {
-    TCPSTATE_CONFIG.load().log_events != 0
+    config!(log_events) != 0
 }
 
 impl Scratch {
@@ -186,7 +246,8 @@ impl Scratch {
 static TCPSTATE_CONFIG: Global<Config> = Global::new(Config {
     log_events: 0,
     capacity: DEFAULT_CAPACITY as u64,
-    slots: DEFAULT_SLOTS as u64,
+    slots4: DEFAULT_SLOTS4 as u64,
+    slots6: DEFAULT_SLOTS6 as u64,
     seed: [0; 5],
     half_open_budget: DEFAULT_CAPACITY as u64 / 4,
     scopes: 1,
@@ -196,7 +257,7 @@ static TCPSTATE_CONFIG: Global<Config> = Global::new(Config {
 /// Whether container mode's transit check runs (a load-time constant, see [`Config`]).
 #[inline(always)]
 pub fn transit_check() -> bool {
-    TCPSTATE_CONFIG.load().transit_check != 0
+    config!(transit_check) != 0
 }
 
 /// The scope of a container interface, `None` when the daemon has not (or no longer) given it one,
@@ -208,7 +269,7 @@ pub fn scope_of(ifindex: u32) -> Option<u32> {
         Some(i) => unsafe { *IFACE_SCOPES.get_ptr(i)? },
         None => unsafe { *SCOPES.get_ptr(ifindex)? },
     };
-    (scope != scope::HOST && (scope as u64) < TCPSTATE_CONFIG.load().scopes).then_some(scope)
+    (scope != scope::HOST && (scope as u64) < config!(scopes)).then_some(scope)
 }
 
 impl Scratch {
@@ -238,8 +299,18 @@ impl Scratch {
         let (key, sender) = FlowKey::canonical(tcp.src, tcp.sport, tcp.dst, tcp.dport);
         self.key = key.in_scope(self.scope);
         self.sender = sender as u8;
-        let cfg = TCPSTATE_CONFIG.load();
-        self.homes = table::homes(table::hash(&self.key, &cfg.seed), cfg.slots as u32);
+        let seed = |i: usize| config!(seed[i]);
+        if FlowKey::words_are_v4(&self.key.addr[0]) && FlowKey::words_are_v4(&self.key.addr[1]) {
+            // Written in place (FlowKey4::narrow's value would be one more copy on the stack).
+            self.key4.addr = [self.key.addr[0][3], self.key.addr[1][3]];
+            self.key4.port = self.key.port;
+            self.key4.scope = self.key.scope;
+            self.v4 = 1;
+            self.homes = table::homes(self.key4.hash_with(seed), config!(slots4) as u32);
+        } else {
+            self.v4 = 0;
+            self.homes = table::homes(self.key.hash_with(seed), config!(slots6) as u32);
+        }
     }
 }
 
@@ -472,6 +543,7 @@ fn books() -> Option<(u64, u64)> {
 
 /// What [`update`] found.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
 enum Found {
     Done,
     /// Done, and the segment ended a CLOSE_WAIT or a connection ([`Scratch::ended`]).
@@ -481,24 +553,82 @@ enum Found {
     Missing,
 }
 
-/// Looks the flow up and advances it. A BPF function of its own, working on the scratch copy of
-/// the segment, never on packet memory.
-#[inline(never)]
-#[allow(
-    clippy::needless_borrows_for_generic_args,
-    reason = "by reference: no copies of the key on the 512-byte stack"
-)]
+/// Looks the flow up and advances it, working on the scratch copy of the segment, never on packet
+/// memory. Inlined: the lookup and the advance are functions of their own, and a frame here
+/// would add to the deepest call chain (entry, advance, the state machine's handlers), which the
+/// verifier holds to 512 bytes of stack.
+#[inline(always)]
 fn update<const CONTAINER: bool>(scratch: &mut Scratch, now: u64, forwarded: bool) -> Found {
-    let owner = Owner::of(CONTAINER);
-    let sender = scratch.sender();
-    let slot = find_flow(&scratch.key, &scratch.homes);
-    if slot.is_null() {
+    let ptr = find_flow(scratch);
+    if ptr.is_null() {
         return Found::Missing;
     }
-    // SAFETY: a slot of the array, valid for the program run; it cannot be reused before the run
-    // ends (the daemon frees deleted slots only after a grace period). The record is read in
-    // place; the word it was computed from is re-checked by `commit`.
-    let ptr = unsafe { &raw mut (*slot).rec };
+    // The record is in one of two maps: past this call the verifier would walk everything below
+    // once for each (a pointer into one map is never "the same state" as one into another), and
+    // the attempt loop around `update` multiplies that. As a global function it is checked
+    // once, on its own, with the record as 72 bytes of memory.
+    let found = if CONTAINER {
+        tcpstate_advance_container(scratch, ptr, now, u32::from(forwarded))
+    } else {
+        tcpstate_advance_host(scratch, ptr, now, u32::from(forwarded))
+    };
+    match found {
+        x if x == Found::Done as u32 => Found::Done,
+        x if x == Found::Ended as u32 => Found::Ended,
+        x if x == Found::Missing as u32 => Found::Missing,
+        _ => Found::Raced,
+    }
+}
+
+/// [`advance`] of a host-mode program, as a global BPF function.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tcpstate_advance_host(
+    scratch: *mut Scratch,
+    rec: *mut FlowRecord,
+    now: u64,
+    forwarded: u32,
+) -> u32 {
+    // SAFETY: the verifier checks each pointer as memory of its type's size, or null.
+    match unsafe { scratch.as_mut() } {
+        Some(scratch) if !rec.is_null() => {
+            advance::<false>(scratch, rec, now, forwarded != 0) as u32
+        }
+        _ => Found::Raced as u32,
+    }
+}
+
+/// [`advance`] of a container interface's program, as a global BPF function.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tcpstate_advance_container(
+    scratch: *mut Scratch,
+    rec: *mut FlowRecord,
+    now: u64,
+    forwarded: u32,
+) -> u32 {
+    // SAFETY: as above.
+    match unsafe { scratch.as_mut() } {
+        Some(scratch) if !rec.is_null() => {
+            advance::<true>(scratch, rec, now, forwarded != 0) as u32
+        }
+        _ => Found::Raced as u32,
+    }
+}
+
+/// Advances the flow whose record `ptr` is by the scratch segment.
+#[inline(always)]
+fn advance<const CONTAINER: bool>(
+    scratch: &mut Scratch,
+    ptr: *mut FlowRecord,
+    now: u64,
+    forwarded: bool,
+) -> Found {
+    let owner = Owner::of(CONTAINER);
+    let sender = scratch.sender();
+    // SAFETY: a record in a slot of a table, valid for the program run; it cannot be reused
+    // before the run ends (the daemon frees deleted slots only after a grace period). The record
+    // is read in place; the word it was computed from is re-checked by `commit`.
     let rec = unsafe { &*ptr };
     // Read once: the word the step is computed from and `commit` expects.
     // SAFETY: the record's first field, 8-byte aligned.
@@ -581,7 +711,7 @@ pub extern "C" fn tcpstate_record_durations(
         return 0;
     };
     let ended = durations::ended(FlowWord::from_bits(old_word), old_since, st);
-    let scopes = TCPSTATE_CONFIG.load().scopes as u32;
+    let scopes = config!(scopes) as u32;
     let word = st.rec.word();
     ended.for_each(word, |measure, side, ns| {
         let port = (ports >> (16 * side as u32)) & 0xffff;
@@ -621,53 +751,105 @@ fn count_retransmit(scratch: &Scratch) {
     }
 }
 
-/// [`find`] as a BPF function of its own, returning the slot or null.
+/// The record of the scratch key's flow, or null: [`find`] in its table.
 #[inline(always)]
-fn find_flow(key: &FlowKey, homes: &Homes) -> *mut Slot {
-    let i = tcpstate_find(key, homes.first, homes.second);
-    if i < 0 {
-        return core::ptr::null_mut();
-    }
-    FLOWS.get_ptr_mut(i as u32).unwrap_or(core::ptr::null_mut())
+fn find_flow(scratch: &Scratch) -> *mut FlowRecord {
+    let (first, second) = (scratch.homes.first, scratch.homes.second);
+    let rec = if scratch.v4 != 0 {
+        let i = tcpstate_find4(&scratch.key4, first, second);
+        if i < 0 {
+            return core::ptr::null_mut();
+        }
+        // SAFETY: a slot pointer of the array, valid for the program run.
+        FLOWS4
+            .get_ptr_mut(i as u32)
+            .map(|s| unsafe { &raw mut (*s).rec })
+    } else {
+        let i = tcpstate_find6(&scratch.key, first, second);
+        if i < 0 {
+            return core::ptr::null_mut();
+        }
+        // SAFETY: as above.
+        FLOWS6
+            .get_ptr_mut(i as u32)
+            .map(|s| unsafe { &raw mut (*s).rec })
+    };
+    rec.unwrap_or(core::ptr::null_mut())
 }
 
-/// [`find`] as a global BPF function: the verifier checks it once, on its own, instead of once
-/// per path that reaches a lookup (its two neighbourhood loops are most of what it would walk).
-/// The slot's index, or -1.
+/// [`find`] in the IPv4 table as a global BPF function: the verifier checks it once, on its own,
+/// instead of once per path that reaches a lookup (its two neighbourhood loops are most of what
+/// it would walk). The slot's index, or -1.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn tcpstate_find(key: *const FlowKey, first: u32, second: u32) -> i64 {
+pub extern "C" fn tcpstate_find4(key: *const FlowKey4, first: u32, second: u32) -> i64 {
+    // SAFETY: the verifier checks the pointer as 16 bytes of readable memory or null.
+    let Some(key) = (unsafe { key.as_ref() }) else {
+        return -1;
+    };
+    find(&Table4, key, Homes { first, second }).map_or(-1, i64::from)
+}
+
+/// [`tcpstate_find4`] in the other table.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tcpstate_find6(key: *const FlowKey, first: u32, second: u32) -> i64 {
     // SAFETY: the verifier checks the pointer as 40 bytes of readable memory or null.
     let Some(key) = (unsafe { key.as_ref() }) else {
         return -1;
     };
-    match find(&Table, key, Homes { first, second }) {
-        Some(s) => i64::from(Table.index_of(s)),
-        None => -1,
-    }
+    find(&Table6, key, Homes { first, second }).map_or(-1, i64::from)
 }
 
-/// What [`tcpstate_insert`] did (a global function returns a scalar).
+/// What [`tcpstate_insert4`] did (a global function returns a scalar).
 const INSERTED: u32 = 0;
 const EXISTS: u32 = 1;
 const FULL: u32 = 2;
 const CONTENDED: u32 = 3;
 
-/// [`insert`] of the scratch record under the scratch key.
+/// [`insert`] of the scratch record under the scratch key, in its table.
 #[inline(always)]
 fn insert_flow(scratch: &Scratch) -> u32 {
-    tcpstate_insert(
-        &scratch.key,
-        &scratch.step.rec,
-        scratch.homes.first,
-        scratch.homes.second,
-    )
+    let (first, second) = (scratch.homes.first, scratch.homes.second);
+    if scratch.v4 != 0 {
+        tcpstate_insert4(&scratch.key4, &scratch.step.rec, first, second)
+    } else {
+        tcpstate_insert6(&scratch.key, &scratch.step.rec, first, second)
+    }
 }
 
-/// [`insert`] as a global BPF function, verified once on its own (see [`tcpstate_find`]).
+/// What an insert did, as a global function returns it.
+#[inline(always)]
+fn inserted(r: Inserted) -> u32 {
+    match r {
+        Inserted::Done(_) => INSERTED,
+        Inserted::Exists => EXISTS,
+        Inserted::Full => FULL,
+        Inserted::Contended => CONTENDED,
+    }
+}
+
+/// [`insert`] into the IPv4 table as a global BPF function, verified once on its own (see
+/// [`tcpstate_find4`]).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn tcpstate_insert(
+pub extern "C" fn tcpstate_insert4(
+    key: *const FlowKey4,
+    rec: *const FlowRecord,
+    first: u32,
+    second: u32,
+) -> u32 {
+    // SAFETY: the verifier checks each pointer as readable memory of its type's size, or null.
+    let (Some(key), Some(rec)) = (unsafe { key.as_ref() }, unsafe { rec.as_ref() }) else {
+        return CONTENDED;
+    };
+    inserted(insert(&Table4, key, rec, Homes { first, second }))
+}
+
+/// [`tcpstate_insert4`] into the other table.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tcpstate_insert6(
     key: *const FlowKey,
     rec: *const FlowRecord,
     first: u32,
@@ -677,12 +859,7 @@ pub extern "C" fn tcpstate_insert(
     let (Some(key), Some(rec)) = (unsafe { key.as_ref() }, unsafe { rec.as_ref() }) else {
         return CONTENDED;
     };
-    match insert(&Table, key, rec, Homes { first, second }) {
-        Inserted::Done(_) => INSERTED,
-        Inserted::Exists => EXISTS,
-        Inserted::Full => FULL,
-        Inserted::Contended => CONTENDED,
-    }
+    inserted(insert(&Table6, key, rec, Homes { first, second }))
 }
 
 /// Takes a forwarded flow out of the host's gauges ([`retract`]), once: by compare-and-swap of the
@@ -713,7 +890,7 @@ fn retract_flow(ptr: *mut FlowRecord, base: u32) {
 )]
 pub fn lookup_only(scratch: &mut Scratch) {
     scratch.locate();
-    let found = !find_flow(&scratch.key, &scratch.homes).is_null();
+    let found = !find_flow(scratch).is_null();
     scratch.event = if found {
         Event::None
     } else {
@@ -740,7 +917,10 @@ fn precise_stamps(st: &mut Step, old: FlowWord) {
     }
 }
 
-#[inline(always)]
+/// The transition's counter deltas. A BPF function of its own: inlined, its loops' locals grew
+/// `advance`'s frame, which is on the deepest call chain (entry, advance, the state machine's
+/// handlers) the verifier holds to 512 bytes.
+#[inline(never)]
 fn account(old: FlowWord, st: &Step, sender: Side, base: u32, owner: Owner) {
     for_each_delta(old, st, sender, |slot, d| {
         bump_in(owner, idx::in_scope(base, slot), d)

@@ -15,10 +15,11 @@ use aya::{
 };
 use tcpstate_common::{
     counters::{idx, UntrackedReason},
+    flow::FlowKey4,
     mapped::Flows,
     maps::{self, Config, UserCounters},
     scope,
-    table::{self, Seed, Slots},
+    table::{self, Seed, Slots, TableKey},
     tcp::flags::*,
     FlowKey, FlowRecord, FlowWord, Side, TcpState,
 };
@@ -140,10 +141,13 @@ impl Bench {
         ));
         fs::create_dir_all(&pin_dir)
             .expect("bpffs mounted on /sys/fs/bpf (cargo xtask setup), and root");
-        let slots = table::slots_for(capacity);
+        // The daemon's sizing: the IPv4 table for every flow, the other for an eighth of them.
+        let slots4 = table::slots_for(capacity, table::SLOT4_SIZE);
+        let slots6 = table::slots_for((capacity / 8).max(1024), table::SLOT6_SIZE);
         let config = Config {
             capacity: capacity as u64,
-            slots: slots as u64,
+            slots4: slots4 as u64,
+            slots6: slots6 as u64,
             seed: SEED,
             half_open_budget: capacity as u64 / 4,
             log_events: 0,
@@ -152,7 +156,8 @@ impl Bench {
         };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
-            .map_max_entries(maps::FLOWS, slots)
+            .map_max_entries(maps::FLOWS4, slots4)
+            .map_max_entries(maps::FLOWS6, slots6)
             .map_max_entries(maps::COUNTERS, idx::COUNT)
             .map_max_entries(maps::SCOPE_COUNTERS, idx::COUNT * BENCH_SCOPES)
             .map_max_entries(
@@ -187,11 +192,12 @@ impl Bench {
         let mut by_ifindex: Array<&mut MapData, u32> =
             Array::try_from(ebpf.map_mut(scope::IFACE_SCOPES).unwrap()).unwrap();
         by_ifindex.set(direct, 1, 0).unwrap();
-        let data = match ebpf.take_map(maps::FLOWS).unwrap() {
+        let mut array = |name| match ebpf.take_map(name).unwrap() {
             aya::maps::Map::Array(d) => d,
-            _ => panic!("the flow table is an array"),
+            _ => panic!("the flow tables are arrays"),
         };
-        let flows = Flows::new(data, SEED).expect("map the flow table");
+        let (v4, v6) = (array(maps::FLOWS4), array(maps::FLOWS6));
+        let flows = Flows::new(v4, v6, SEED).expect("map the flow tables");
         Bench {
             ebpf,
             pin_dir,
@@ -525,7 +531,7 @@ fn main() {
         figures.push(Figure {
             name: format!(
                 "kernel memory per tracked flow at {:.0}% fill (map memlock / flows; baseline: key + record)",
-                100.0 * (clients.len() + 2) as f64 / f64::from(b.flows.count())
+                100.0 * (clients.len() + 2) as f64 / f64::from(b.flows.v4().count())
             ),
             unit: "bytes",
             baseline: (size_of::<FlowKey>() + size_of::<FlowRecord>()) as f64,
@@ -616,9 +622,13 @@ fn short_connection(b: &mut Bench, figures: &mut Vec<Figure>) {
 fn collision_attack(b: &mut Bench, ack4: &[u8], xdp_base: f64, figures: &mut Vec<Figure>) {
     const AIMED: usize = 5_000;
     let guessed: Seed = table::GUESSED_SEED;
-    let slots = b.flows.count();
+    let slots = b.flows.v4().count();
     let (victim, _) = established(words4(CLIENT4), 40000, words4(SERVER4));
-    let target = table::home(table::hash(&victim, &guessed), slots);
+    let home = |k: &FlowKey| {
+        let k = FlowKey4::narrow(k).expect("an IPv4 flow");
+        table::home(k.hash(&guessed), slots)
+    };
+    let target = home(&victim);
     let before = repeated(b.xdp("tcpstate_xdp_host"), ack4);
     let mut aimed = Vec::with_capacity(AIMED);
     let mut i = 0u32;
@@ -628,12 +638,7 @@ fn collision_attack(b: &mut Bench, ack4: &[u8], xdp_base: f64, figures: &mut Vec
         i += 1;
         let key = FlowKey::canonical(words4(addr), port, words4(SERVER4), 80).0;
         // Within the victim's neighbourhood, as the attacker computes it.
-        if table::distance(
-            target,
-            table::home(table::hash(&key, &guessed), slots),
-            slots,
-        ) < table::NEIGHBOURHOOD
-        {
+        if table::distance(target, home(&key), slots) < table::NEIGHBOURHOOD {
             aimed.push(key);
         }
     }
@@ -662,10 +667,11 @@ fn collision_attack(b: &mut Bench, ack4: &[u8], xdp_base: f64, figures: &mut Vec
     b.reclaim();
 }
 
-/// The flow map's `memlock` from /proc/self/fdinfo (the kernel's own accounting of its memory).
+/// The IPv4 flow table's `memlock` from /proc/self/fdinfo (the kernel's own accounting of its
+/// memory): the flows the figure counts are IPv4 ones.
 fn map_memlock(b: &Bench) -> Option<u64> {
     use std::os::fd::{AsFd, AsRawFd};
-    let fd = b.flows.map().fd().as_fd().as_raw_fd();
+    let fd = b.flows.v4().map().fd().as_fd().as_raw_fd();
     let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
     info.lines()
         .find_map(|l| l.strip_prefix("memlock:"))

@@ -33,6 +33,8 @@ pub struct RunConfig {
     /// Validated at start (a bad file is a preflight error); the server re-reads it on changes.
     pub web_config: Option<PathBuf>,
     pub capacity: u32,
+    /// Of `capacity`, flows that are not IPv4 at both ends (the size of their own table).
+    pub capacity6: u32,
     pub half_open_budget: u32,
     pub timeouts: Timeouts,
     pub close_wait_leak_after: time::Duration,
@@ -106,6 +108,7 @@ impl RunConfig {
         loader::Settings {
             pin_dir: self.pin_dir.clone(),
             capacity: self.capacity,
+            capacity6: self.capacity6,
             half_open_budget: self.half_open_budget,
             scopes: self.scopes(),
             kernel_log: self.kernel_log,
@@ -140,6 +143,7 @@ impl RunConfig {
             metrics_path,
             web_config,
             capacity,
+            capacity6,
             half_open_budget,
             timeouts,
             close_wait_leak_after,
@@ -171,6 +175,7 @@ impl RunConfig {
             // The file itself is re-read whenever it changes (exporter::webconfig).
             ("--web-config", *web_config == new.web_config),
             ("--max-flows", *capacity == new.capacity),
+            ("--max-ipv6-flows", *capacity6 == new.capacity6),
             (
                 "--half-open-budget",
                 *half_open_budget == new.half_open_budget,

@@ -51,6 +51,21 @@ fn half_open_budget_above_capacity_is_rejected() {
 }
 
 #[test]
+fn ipv6_flows_above_capacity_are_rejected() {
+    let o = run(&[
+        "run",
+        "--iface",
+        "lo",
+        "--max-flows",
+        "100",
+        "--max-ipv6-flows",
+        "101",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_line(&o).contains("--max-ipv6-flows must be between 1 and --max-flows (100)"));
+}
+
+#[test]
 fn duration_without_unit_says_how_to_write_it() {
     let o = run(&["run", "--time-wait", "60"]);
     assert_eq!(o.status.code(), Some(2));

@@ -27,8 +27,10 @@ use crate::{
 pub struct Settings {
     /// Where the maps are pinned (under bpffs).
     pub pin_dir: PathBuf,
-    /// Flows the table holds at most, and of them half-open ones.
+    /// Flows the tables hold at most, of them flows that are not IPv4 at both ends (their own
+    /// table's size), and half-open ones.
     pub capacity: u32,
+    pub capacity6: u32,
     pub half_open_budget: u32,
     /// Counter scopes: the host's, and one per container namespace watched at most.
     pub scopes: u32,
@@ -221,7 +223,7 @@ pub struct Loaded {
 pub fn load(cfg: &Settings) -> anyhow::Result<Loaded> {
     ensure_bpffs(&cfg.pin_dir)?;
     check_pins(cfg)?;
-    let slots = carry::slots_for(cfg.capacity);
+    let slots = carry::Sizes::for_capacity(cfg.capacity, cfg.capacity6);
     let (seed, carried) = match carry::inspect(&cfg.pin_dir, slots)? {
         carry::Pinned::Reuse { seed } => (seed, Vec::new()),
         carry::Pinned::Nothing => (carry::new_seed()?, Vec::new()),
@@ -230,7 +232,8 @@ pub fn load(cfg: &Settings) -> anyhow::Result<Loaded> {
     let scopes = cfg.scopes;
     let config = Config {
         capacity: cfg.capacity as u64,
-        slots: slots as u64,
+        slots4: slots.v4 as u64,
+        slots6: slots.v6 as u64,
         seed,
         half_open_budget: cfg.half_open_budget as u64,
         log_events: u64::from(cfg.kernel_log != kernellog::Level::Off),
@@ -239,7 +242,8 @@ pub fn load(cfg: &Settings) -> anyhow::Result<Loaded> {
     };
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(&cfg.pin_dir)
-        .map_max_entries(maps::FLOWS, slots)
+        .map_max_entries(maps::FLOWS4, slots.v4)
+        .map_max_entries(maps::FLOWS6, slots.v6)
         // Counters and the daemon's books per scope; a container may have several veths.
         .map_max_entries(maps::COUNTERS, idx::COUNT)
         .map_max_entries(maps::SCOPE_COUNTERS, idx::COUNT * scopes)

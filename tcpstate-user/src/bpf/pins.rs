@@ -8,7 +8,9 @@ use tcpstate_common::maps;
 /// Removes tcpstate's pinned maps and their directory (only ours: a stranger's file stops it).
 pub fn remove(dir: &Path) -> anyhow::Result<()> {
     for name in [
-        maps::FLOWS,
+        maps::FLOWS4,
+        maps::FLOWS6,
+        maps::OLD_FLOWS,
         maps::FLOW_SEED,
         maps::COUNTERS,
         maps::SCOPE_COUNTERS,

@@ -199,12 +199,17 @@ pub fn publish_seed(ebpf: &mut aya::Ebpf, seed: &Seed) -> anyhow::Result<()> {
     Ok(map.set(0, seed, 0)?)
 }
 
-/// The flow table of a loaded object, mapped, with the hash key it was loaded with.
+/// The flow tables of a loaded object, mapped, with the hash key they were loaded with.
 pub fn flows_from_ebpf(ebpf: &mut aya::Ebpf, seed: Seed) -> anyhow::Result<Flows> {
-    let Map::Array(data) = take(ebpf, maps::FLOWS)? else {
-        anyhow::bail!("{} is not an array map", maps::FLOWS);
+    let mut array = |name| match take(ebpf, name)? {
+        Map::Array(data) => Ok(data),
+        _ => anyhow::bail!("{name} is not an array map"),
     };
-    Ok(Flows::new(data, seed)?)
+    Ok(Flows::new(
+        array(maps::FLOWS4)?,
+        array(maps::FLOWS6)?,
+        seed,
+    )?)
 }
 
 pub fn from_ebpf(ebpf: &mut aya::Ebpf, seed: Seed) -> anyhow::Result<(Flows, Books, Scopes)> {
@@ -245,9 +250,14 @@ pub struct Pinned {
 
 /// Opens a running daemon's pinned maps (for the inspection commands).
 pub fn from_pins(dir: &Path) -> anyhow::Result<Pinned> {
-    if [maps::FLOWS, maps::FLOW_SEED, scope::SCOPE_INFO]
-        .iter()
-        .any(|name| !dir.join(name).exists())
+    if [
+        maps::FLOWS4,
+        maps::FLOWS6,
+        maps::FLOW_SEED,
+        scope::SCOPE_INFO,
+    ]
+    .iter()
+    .any(|name| !dir.join(name).exists())
     {
         return Err(Preflight::NotRunning {
             dir: dir.to_path_buf(),

@@ -209,9 +209,14 @@ pub struct RunArgs {
     /// it or a certificate it names changes.
     #[arg(long, visible_alias = "web.config.file", env = "TCPSTATE_WEB_CONFIG")]
     pub web_config: Option<PathBuf>,
-    /// Flows the kernel table holds at most.
+    /// Flows the kernel tables hold at most. IPv4 flows live in a table sized for this many
+    /// (128 bytes of kernel memory a flow), the others in one of their own (--max-ipv6-flows).
     #[arg(long, env = "TCPSTATE_MAX_FLOWS", default_value_t = 131_072)]
     pub max_flows: u32,
+    /// Of those, IPv6 flows (and any other that is not IPv4 at both ends) at most: the size of
+    /// their own table (171 bytes a flow). Default: an eighth of --max-flows, at least 1024.
+    #[arg(long, env = "TCPSTATE_MAX_IPV6_FLOWS")]
+    pub max_ipv6_flows: Option<u32>,
     /// Flows in the handshake (SYN seen, not yet established) the table holds at most, so a SYN
     /// flood cannot crowd out established flows. Default: a quarter of --max-flows.
     #[arg(long, env = "TCPSTATE_HALF_OPEN_BUDGET")]

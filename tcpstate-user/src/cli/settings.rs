@@ -225,6 +225,15 @@ impl RunArgs {
                 a.max_flows
             )));
         }
+        let capacity6 = a
+            .max_ipv6_flows
+            .unwrap_or((a.max_flows / 8).max(1024).min(a.max_flows));
+        if capacity6 == 0 || capacity6 > a.max_flows {
+            return Err(ConfigError::Invalid(format!(
+                "--max-ipv6-flows must be between 1 and --max-flows ({}), not {capacity6}",
+                a.max_flows
+            )));
+        }
         let positive = |name: &str, d: Duration| positive(name, d).map_err(ConfigError::Invalid);
         // An empty value (TCPSTATE_WEB_CONFIG= in an environment file) means "not set".
         let web_config = a.web_config.clone().filter(|p| !p.as_os_str().is_empty());
@@ -245,6 +254,7 @@ impl RunArgs {
                 .map_err(ConfigError::Invalid)?,
             web_config,
             capacity: a.max_flows,
+            capacity6,
             half_open_budget,
             timeouts: a.timeouts.timeouts().map_err(ConfigError::Invalid)?,
             close_wait_leak_after: positive("--close-wait-leak-after", a.close_wait_leak_after)?,
@@ -342,8 +352,9 @@ impl ReplayArgs {
                 // A capture is replayed as tap mode sees it: one scope, no container mode.
                 scopes: 1,
                 transit_check: 0,
-                // The replay keeps its flows in a process-local hash map, not the slot table.
-                slots: 0,
+                // The replay keeps its flows in a process-local hash map, not the slot tables.
+                slots4: 0,
+                slots6: 0,
                 seed: [0; 5],
             },
             timeouts: a.timeouts.timeouts().map_err(ReplayError::Usage)?,

@@ -144,7 +144,8 @@ fn every_program_in_the_object_verifies() {
     let capacity = 131_072u32;
     let largest = maps::Config {
         capacity: u64::from(capacity),
-        slots: u64::from(table::slots_for(capacity)),
+        slots4: u64::from(table::slots_for(capacity, table::SLOT4_SIZE)),
+        slots6: u64::from(table::slots_for(capacity / 8, table::SLOT6_SIZE)),
         seed: [0; 5],
         half_open_budget: u64::from(capacity / 4),
         log_events: 1,

@@ -6,6 +6,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tcpstate_common::{
+    flow::{FlowKey, FlowRecord},
+    mapped::Flows,
+};
+
 use crate::harness::*;
 
 fn close_wait_age(d: &Daemon) -> f64 {
@@ -229,4 +234,124 @@ fn time_waits_seeded_late_in_their_life_end_with_the_kernels_not_a_whole_timeout
         "gone about 20 s after the start, not 60 s"
     );
     d.assert_matches_kernel(&p.srv, "after the TIME_WAITs ended");
+}
+
+/// The one flow table of builds before the IPv4 table: an mmapable array of 128-byte slots with
+/// 64-bit control words, pinned as `TCPSTATE_FLOWS`. Written here from the flows of a real run,
+/// as that build would have left them, through the `bpf(2)` system call (the loader only makes
+/// the maps of the current object).
+fn pin_old_table(dir: &std::path::Path, flows: &[(FlowKey, FlowRecord)]) {
+    #[repr(C, align(64))]
+    struct OldSlot {
+        ctrl: u64,
+        hop: u64,
+        key: FlowKey,
+        rec: FlowRecord,
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    const BPF_F_MMAPABLE: u32 = 1 << 10;
+    let bpf = |cmd: libc::c_long, attr: &[u64; 16]| {
+        // SAFETY: a zero-padded attribute union of the size passed.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), size_of::<[u64; 16]>()) }
+    };
+    let slots = 1024u32;
+    assert!(flows.len() < slots as usize);
+    let mut attr = [0u64; 16];
+    // map_type, key_size; value_size, max_entries; map_flags.
+    attr[0] = u64::from(BPF_MAP_TYPE_ARRAY) | 4 << 32;
+    attr[1] = size_of::<OldSlot>() as u64 | u64::from(slots) << 32;
+    attr[2] = u64::from(BPF_F_MMAPABLE);
+    let fd = bpf(BPF_MAP_CREATE, &attr);
+    assert!(
+        fd >= 0,
+        "create the old table: {}",
+        std::io::Error::last_os_error()
+    );
+    // Slots 3, 6, 9, ...: where they sit does not matter to a reader of the old layout.
+    for (n, (key, rec)) in flows.iter().enumerate() {
+        let slot = OldSlot {
+            // Generation 1, LIVE.
+            ctrl: 1 << 8 | 2,
+            hop: 0,
+            key: *key,
+            rec: *rec,
+        };
+        let index = 3 * (n as u32 + 1);
+        let mut attr = [0u64; 16];
+        attr[0] = fd as u64;
+        attr[1] = &index as *const u32 as u64;
+        attr[2] = &slot as *const OldSlot as u64;
+        assert_eq!(bpf(BPF_MAP_UPDATE_ELEM, &attr), 0, "write slot {index}");
+    }
+    let path = std::ffi::CString::new(dir.join("TCPSTATE_FLOWS").to_str().unwrap()).unwrap();
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    attr[1] = fd as u64;
+    assert_eq!(bpf(BPF_OBJ_PIN, &attr), 0, "pin the old table");
+    // SAFETY: our descriptor; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// A daemon of the build before the IPv4 table left its one table of 128-byte slots pinned: the
+/// new daemon carries every flow into the two tables, with its age, and re-seeds none of them.
+#[test]
+fn the_one_table_of_the_earlier_layout_is_carried_into_the_two_tables() {
+    let p = Pair::new();
+    let pins = PathBuf::from(format!("/sys/fs/bpf/{}-layout", p.srv.name));
+    let d = Daemon::host_pinned(&p, &["--sweep-interval", "100ms"], pins.clone());
+    let l = p.listen(SERVER_V4, 8082);
+    let c1 = p.connect(SERVER_V4, 8082);
+    let (_leak, _) = l.accept().unwrap();
+    drop(c1);
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        let c = p.connect(SERVER_V4, 8082);
+        let (s, _) = l.accept().unwrap();
+        open.push((c, s));
+    }
+    d.assert_matches_kernel(&p.srv, "before the restart");
+    std::thread::sleep(Duration::from_secs(1));
+    let age_before = close_wait_age(&d);
+    assert!(d.signal_keep_pins(libc::SIGTERM).success());
+
+    // What the earlier build would have pinned: the same flows in its one table.
+    let mut flows = Vec::new();
+    Flows::from_pins(&pins)
+        .expect("map the pinned tables")
+        .for_each(|k, r| flows.push((k, r)))
+        .unwrap();
+    assert!(
+        flows.len() >= 11,
+        "the leak and the open connections: {flows:?}"
+    );
+    for name in ["TCPSTATE_FLOWS4", "TCPSTATE_FLOWS6"] {
+        std::fs::remove_file(pins.join(name)).unwrap();
+    }
+    pin_old_table(&pins, &flows);
+
+    let d = Daemon::host_pinned(
+        &p,
+        &["--sweep-interval", "100ms", "--no-seed"],
+        pins.clone(),
+    );
+    assert!(
+        d.log()
+            .contains("the one table of 128-byte slots of an earlier build"),
+        "{}",
+        d.log()
+    );
+    assert!(
+        !pins.join("TCPSTATE_FLOWS").exists(),
+        "the old table is unpinned"
+    );
+    // Not re-seeded: every flow came over from the old table, ages included.
+    d.assert_matches_kernel(&p.srv, "after carrying the old table");
+    assert!(close_wait_age(&d) >= age_before, "the leak kept its age");
+    let carried = Flows::from_pins(&pins).expect("map the new tables");
+    for (k, _) in &flows {
+        assert!(carried.lookup(k).is_some(), "{k:?} carried");
+    }
 }

@@ -18,10 +18,10 @@ use std::{
 
 use tcpstate_common::{
     commit::load,
-    flow::{FlowKey, FlowRecord, Side},
+    flow::{FlowKey, FlowKey4, FlowRecord, Side},
     host_table::HostTable,
-    mapped::Flows,
-    table::{self, status, Slots, LOCK, NEIGHBOURHOOD},
+    mapped::{Flows, Region},
+    table::{self, status, Slots, TableKey, LOCK, NEIGHBOURHOOD},
     TcpState,
 };
 
@@ -44,8 +44,13 @@ fn recount(flows: &Flows) -> BTreeMap<String, i64> {
     m
 }
 
-/// The table's structural invariants; returns the flows it holds.
+/// The tables' structural invariants; returns the flows they hold.
 fn check_sound(flows: &Flows) -> usize {
+    check_table(flows.v4()) + check_table(flows.v6())
+}
+
+/// One table's structural invariants; returns the flows it holds.
+fn check_table<K: TableKey + std::hash::Hash + Eq>(flows: &Region<K>) -> usize {
     let n = flows.count();
     let mut keys = HashSet::new();
     let (mut live, mut dead) = (0, 0);
@@ -232,7 +237,7 @@ fn cost_in(t: &impl Slots, homes: table::Homes, i: u32) -> u32 {
     let hop = |h: u32| unsafe { load(&raw const (*t.get(h).unwrap()).hop) } & !LOCK;
     let c = unsafe { load(&raw const (*t.get(i).unwrap()).ctrl) };
     let home = homes.linking(c);
-    let upto = (hop(home) & ((2u64 << table::distance(home, i, n)) - 1)).count_ones();
+    let upto = (hop(home) & ((2u32 << table::distance(home, i, n)) - 1)).count_ones();
     if table::in_second_home(c) {
         hop(homes.first).count_ones() + upto
     } else {
@@ -240,12 +245,17 @@ fn cost_in(t: &impl Slots, homes: table::Homes, i: u32) -> u32 {
     }
 }
 
-fn lookup_cost(flows: &Flows, i: u32) -> u32 {
+fn lookup_cost(flows: &Region<FlowKey4>, i: u32) -> u32 {
     let (_, key, _) = table::snapshot(flows, i).expect("a flow");
     cost_in(flows, flows.homes(&key), i)
 }
 
-/// The established flows of the server port, and the slots a lookup of each visits.
+/// The IPv4 key of an IPv4 flow.
+fn v4(k: &FlowKey) -> FlowKey4 {
+    FlowKey4::narrow(k).expect("an IPv4 flow")
+}
+
+/// The established flows of the server port (IPv4), and the slots a lookup of each visits.
 fn established_costs(flows: &Flows, port: u16) -> Vec<(FlowKey, u32)> {
     let mut out = Vec::new();
     flows.for_each_slot(|p, k, r| {
@@ -254,7 +264,12 @@ fn established_costs(flows: &Flows, port: u16) -> Vec<(FlowKey, u32)> {
             && w.state(Side::A) == TcpState::Established
             && w.state(Side::B) == TcpState::Established
         {
-            out.push((k, lookup_cost(flows, p.index)));
+            assert_eq!(
+                p.index & tcpstate_common::mapped::GENERAL,
+                0,
+                "in the IPv4 table"
+            );
+            out.push((k, lookup_cost(flows.v4(), p.index)));
         }
     });
     out.sort_by_key(|(k, _)| (k.addr, k.port));
@@ -279,7 +294,7 @@ fn aimed_at(target: u32, seed: &table::Seed, slots: u32, port: u16, n: usize) ->
         let src = FlowKey::addr_words(format!("198.51.100.{host}").parse().unwrap());
         for sport in 1024..=65535u16 {
             let (k, _) = FlowKey::canonical(src, sport, server, port);
-            if table::home(table::hash(&k, seed), slots) == target {
+            if table::home(v4(&k).hash(seed), slots) == target {
                 out.push((host, sport));
                 if out.len() == n {
                     return out;
@@ -304,7 +319,7 @@ fn a_syn_flood_aimed_without_the_seed_leaves_established_lookups_cheap() {
     let port = 7200;
     let l = p.listen(SERVER_V4, port);
     let flows = Flows::from_pins(&d.pin_dir).expect("map the daemon's table");
-    let slots = flows.count();
+    let slots = flows.v4().count();
     let before_conns = open(&p, &l, CONNECTIONS);
     d.wait_for("the first connections", |m| {
         m.connections("server", "established") == CONNECTIONS as f64
@@ -317,7 +332,7 @@ fn a_syn_flood_aimed_without_the_seed_leaves_established_lookups_cheap() {
     let tuples: Vec<(u8, u16)> = before
         .iter()
         .flat_map(|(k, _)| {
-            let target = table::home(table::hash(k, &table::GUESSED_SEED), slots);
+            let target = table::home(v4(k).hash(&table::GUESSED_SEED), slots);
             aimed_at(target, &table::GUESSED_SEED, slots, port, AIMED_PER_HOME)
         })
         .collect();
@@ -362,21 +377,22 @@ fn a_syn_flood_aimed_without_the_seed_leaves_established_lookups_cheap() {
     // What the secret prevents: an attacker who knew the seed aims the same number of SYNs at
     // the new connections' homes; in a table of the same size they take the neighbourhoods
     // first, and each connection's lookup then passes their keys.
-    let known = HostTable::new(slots);
+    let known = HostTable::<FlowKey4>::new(slots);
     let real = *flows.seed();
+    let homes = |k: &FlowKey| flows.v4().homes(&v4(k));
     for (k, _) in &after {
-        let target = flows.homes(k).first;
+        let target = homes(k).first;
         for (h, sport) in aimed_at(target, &real, slots, port, AIMED_PER_HOME) {
             let src = FlowKey::addr_words(format!("198.51.100.{h}").parse().unwrap());
             let (key, _) = FlowKey::canonical(src, sport, FlowKey::addr_words(ip(SERVER_V4)), port);
-            let _ = table::insert(&known, &key, &FlowRecord::default(), flows.homes(&key));
+            let _ = table::insert(&known, &v4(&key), &FlowRecord::default(), homes(&key));
         }
     }
     let mut known_cost = 0;
     for (k, _) in &after {
-        match table::insert(&known, k, &FlowRecord::default(), flows.homes(k)) {
-            table::Inserted::Done(s) => {
-                known_cost += cost_in(&known, flows.homes(k), known.index_of(s));
+        match table::insert(&known, &v4(k), &FlowRecord::default(), homes(k)) {
+            table::Inserted::Done(i) => {
+                known_cost += cost_in(&known, homes(k), i);
             }
             // A full neighbourhood: the connection would not be tracked at all.
             _ => known_cost += NEIGHBOURHOOD,
