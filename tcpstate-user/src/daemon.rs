@@ -393,6 +393,7 @@ async fn serve(
         shared: state,
         attached,
         capacity: cfg.capacity,
+        capacity6: cfg.capacity6,
         half_open_budget: cfg.half_open_budget,
     }
     .into_render();

@@ -13,6 +13,8 @@ pub struct SweepReport {
     /// [`crate::background::sweeper::pause_after`] bounds.
     pub cpu: Duration,
     pub visited: u64,
+    /// Of them, flows in the table of flows that are not IPv4 at both ends (IPv6).
+    pub visited_v6: u64,
     pub sweeps: u64,
     /// The last settling round ([`crate::background::settle::Round::Quiet`]): when (CLOCK_MONOTONIC, 0: none yet)
     /// and the CPU time its dumps and verdicts took, which spaces the next one

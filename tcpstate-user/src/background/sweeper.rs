@@ -10,6 +10,7 @@ use std::{
 
 use tcpstate_common::{
     flow::{monotonic_ns, Side},
+    mapped::GENERAL,
     scope,
     state::Retransmit,
     FlowKey, FlowRecord, FlowWord, TcpState,
@@ -134,7 +135,7 @@ pub fn sweep(
     let mut seen: Vec<PortEndpoint> = Vec::new();
     // Client endpoints per destination: every flow `seen` takes, whatever its state.
     let mut clients = Tally::default();
-    let mut visited = 0u64;
+    let (mut visited, mut visited_v6) = (0u64, 0u64);
     // Flows with a local endpoint the kernel may have let go of silently, or a pending midstream
     // pickup, settled against their namespace's socket table below, by scope.
     let mut unsettled: BTreeMap<u32, Vec<(FlowKey, FlowRecord)>> = BTreeMap::new();
@@ -166,8 +167,9 @@ pub fn sweep(
             None
         }
     };
-    flows.walk(&mut dead, |_, key, rec| {
+    flows.walk(&mut dead, |place, key, rec| {
         visited += 1;
+        visited_v6 += u64::from(place.index & GENERAL != 0);
         let settles = rule_of(key.scope);
         // A flow this walk expires is not in the figures it serves.
         if let Some(why) = expiry::decide_with(&rec, now, t, settles.is_some()) {
@@ -286,6 +288,7 @@ pub fn sweep(
     flows.reclaim(&dead);
     report.cpu = thread_cpu().saturating_sub(cpu_start);
     report.visited = visited;
+    report.visited_v6 = visited_v6;
     report.sweeps += 1;
     changes
 }

@@ -22,8 +22,9 @@ pub struct Collector {
     pub shared: Arc<Mutex<Shared>>,
     /// What is attached now (kept by the interface follower).
     pub attached: Arc<Mutex<Vec<Attached>>>,
-    /// The table's size and half-open budget, as loaded.
+    /// The tables' size (both, and the IPv6 one's) and half-open budget, as loaded.
     pub capacity: u32,
+    pub capacity6: u32,
     pub half_open_budget: u32,
 }
 
@@ -60,6 +61,7 @@ impl Collector {
         let scrape = Scrape {
             totals: &totals,
             capacity: self.capacity,
+            capacity6: self.capacity6,
             half_open_budget: self.half_open_budget,
             sweep: &s.report,
             attached: &attached,

@@ -177,6 +177,30 @@ pub fn table(s: &Scrape, _groups: &[Group], out: &mut Vec<Family>) {
         )
         .of(s.capacity as f64),
     );
+    // The IPv6 table fills on its own (--max-ipv6-flows): its flows at the last walk. (A replay
+    // keeps every flow in one table, and has no such figure.)
+    if s.capacity6 == 0 {
+        return half_open_gauges(s, half_open, out);
+    }
+    out.push(
+        gauge(
+            "tcpstate_flow_table_ipv6_entries",
+            "Flows in the kernel table of flows not IPv4 at both ends, at the last walk.",
+        )
+        .of(s.sweep.visited_v6 as f64),
+    );
+    out.push(
+        gauge(
+            "tcpstate_flow_table_ipv6_capacity",
+            "Flows the kernel table of flows not IPv4 at both ends holds (--max-ipv6-flows).",
+        )
+        .of(s.capacity6 as f64),
+    );
+    half_open_gauges(s, half_open, out);
+}
+
+/// The half-open flows against their budget.
+fn half_open_gauges(s: &Scrape, half_open: u64, out: &mut Vec<Family>) {
     out.push(
         gauge(
             "tcpstate_flow_table_half_open_entries",

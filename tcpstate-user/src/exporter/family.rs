@@ -289,6 +289,8 @@ pub fn per_reason(
 pub struct Scrape<'a> {
     pub totals: &'a Totals,
     pub capacity: u32,
+    /// Of `capacity`, the size of the table of flows that are not IPv4 at both ends.
+    pub capacity6: u32,
     pub half_open_budget: u32,
     pub sweep: &'a SweepReport,
     pub attached: &'a [Attached],

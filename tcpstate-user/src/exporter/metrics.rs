@@ -123,6 +123,7 @@ pub fn idle<T>(containers: bool, f: impl FnOnce(&Scrape) -> T) -> T {
     f(&Scrape {
         totals: &totals,
         capacity: 0,
+        capacity6: 0,
         half_open_budget: 0,
         sweep: &sweep,
         attached: &attached,

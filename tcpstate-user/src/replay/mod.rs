@@ -408,6 +408,8 @@ pub fn exposition(
     Ok(metrics::render(&Scrape {
         totals: &totals,
         capacity: table.capacity(),
+        // One table for every flow: the replay has no IPv6 table of its own to report.
+        capacity6: 0,
         half_open_budget: table.half_open_budget(),
         sweep: &sweep,
         attached: &[],

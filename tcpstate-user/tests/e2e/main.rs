@@ -279,6 +279,19 @@ fn ipv6_connection_lifecycle() {
     exchange(&mut c, &mut s, b"over ipv6");
     d.assert_matches_kernel(&p.srv, "IPv6 established");
     assert_eq!(d.metrics().connections("server", "established"), 1.0);
+    // In the table of non-IPv4 flows, and only there.
+    d.wait_for("the walk to count the IPv6 flow", |m| {
+        m.get("tcpstate_flow_table_ipv6_entries", &[]) >= 1.0
+    });
+    let flows = tcpstate_common::mapped::Flows::from_pins(&d.pin_dir).expect("map the tables");
+    flows.for_each_slot(|p, k, _| {
+        assert!(!k.is_v4(), "an IPv4 key {k:?} in an IPv6-only run");
+        assert_ne!(
+            p.index & tcpstate_common::mapped::GENERAL,
+            0,
+            "{k:?} in the IPv4 table"
+        );
+    });
     drop(c);
     d.assert_matches_kernel(&p.srv, "IPv6 client closed");
     drop(s);

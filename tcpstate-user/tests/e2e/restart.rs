@@ -124,9 +124,13 @@ fn a_restart_with_another_max_flows_carries_every_flow_and_its_age_into_the_new_
         // Not re-seeded: every flow came over from the old table, ages included.
         d.assert_matches_kernel(&p.srv, &format!("after a restart with --max-flows {max}"));
         assert!(close_wait_age(&d) >= age_before, "the leak kept its age");
+        let m = d.metrics();
+        let max: f64 = max.parse().unwrap();
+        assert_eq!(m.get("tcpstate_flow_table_capacity", &[]), max);
+        // The IPv6 table's default: an eighth, at least 1024, at most --max-flows.
         assert_eq!(
-            d.metrics().get("tcpstate_flow_table_capacity", &[]),
-            max.parse::<f64>().unwrap()
+            m.get("tcpstate_flow_table_ipv6_capacity", &[]),
+            (max / 8.0).max(1024.0).min(max)
         );
         assert!(d.signal_keep_pins(libc::SIGTERM).success());
     }
