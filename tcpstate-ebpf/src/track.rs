@@ -589,13 +589,7 @@ pub extern "C" fn tcpstate_advance_host(
     now: u64,
     forwarded: u32,
 ) -> u32 {
-    // SAFETY: the verifier checks each pointer as memory of its type's size, or null.
-    match unsafe { scratch.as_mut() } {
-        Some(scratch) if !rec.is_null() => {
-            advance::<false>(scratch, rec, now, forwarded != 0) as u32
-        }
-        _ => Found::Raced as u32,
-    }
+    advance_checked::<false>(scratch, rec, now, forwarded)
 }
 
 /// [`advance`] of a container interface's program, as a global BPF function.
@@ -607,10 +601,21 @@ pub extern "C" fn tcpstate_advance_container(
     now: u64,
     forwarded: u32,
 ) -> u32 {
-    // SAFETY: as above.
+    advance_checked::<true>(scratch, rec, now, forwarded)
+}
+
+/// The body of both: [`advance`] once the pointers are known not null.
+#[inline(always)]
+fn advance_checked<const CONTAINER: bool>(
+    scratch: *mut Scratch,
+    rec: *mut FlowRecord,
+    now: u64,
+    forwarded: u32,
+) -> u32 {
+    // SAFETY: the verifier checks each pointer as memory of its type's size, or null.
     match unsafe { scratch.as_mut() } {
         Some(scratch) if !rec.is_null() => {
-            advance::<true>(scratch, rec, now, forwarded != 0) as u32
+            advance::<CONTAINER>(scratch, rec, now, forwarded != 0) as u32
         }
         _ => Found::Raced as u32,
     }
@@ -783,22 +788,24 @@ fn find_flow(scratch: &Scratch) -> *mut FlowRecord {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn tcpstate_find4(key: *const FlowKey4, first: u32, second: u32) -> i64 {
-    // SAFETY: the verifier checks the pointer as 16 bytes of readable memory or null.
-    let Some(key) = (unsafe { key.as_ref() }) else {
-        return -1;
-    };
-    find(&Table4, key, Homes { first, second }).map_or(-1, i64::from)
+    find_in(&Table4, key, first, second)
 }
 
 /// [`tcpstate_find4`] in the other table.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn tcpstate_find6(key: *const FlowKey, first: u32, second: u32) -> i64 {
-    // SAFETY: the verifier checks the pointer as 40 bytes of readable memory or null.
+    find_in(&Table6, key, first, second)
+}
+
+/// The body of both lookups.
+#[inline(always)]
+fn find_in<T: Slots>(t: &T, key: *const T::Key, first: u32, second: u32) -> i64 {
+    // SAFETY: the verifier checks the pointer as readable memory of the key's size, or null.
     let Some(key) = (unsafe { key.as_ref() }) else {
         return -1;
     };
-    find(&Table6, key, Homes { first, second }).map_or(-1, i64::from)
+    find(t, key, Homes { first, second }).map_or(-1, i64::from)
 }
 
 /// What [`tcpstate_insert4`] did (a global function returns a scalar).
@@ -818,10 +825,20 @@ fn insert_flow(scratch: &Scratch) -> u32 {
     }
 }
 
-/// What an insert did, as a global function returns it.
+/// The body of both inserts: what it did, as a global function returns it.
 #[inline(always)]
-fn inserted(r: Inserted) -> u32 {
-    match r {
+fn insert_into<T: Slots>(
+    t: &T,
+    key: *const T::Key,
+    rec: *const FlowRecord,
+    first: u32,
+    second: u32,
+) -> u32 {
+    // SAFETY: the verifier checks each pointer as readable memory of its type's size, or null.
+    let (Some(key), Some(rec)) = (unsafe { key.as_ref() }, unsafe { rec.as_ref() }) else {
+        return CONTENDED;
+    };
+    match insert(t, key, rec, Homes { first, second }) {
         Inserted::Done(_) => INSERTED,
         Inserted::Exists => EXISTS,
         Inserted::Full => FULL,
@@ -839,11 +856,7 @@ pub extern "C" fn tcpstate_insert4(
     first: u32,
     second: u32,
 ) -> u32 {
-    // SAFETY: the verifier checks each pointer as readable memory of its type's size, or null.
-    let (Some(key), Some(rec)) = (unsafe { key.as_ref() }, unsafe { rec.as_ref() }) else {
-        return CONTENDED;
-    };
-    inserted(insert(&Table4, key, rec, Homes { first, second }))
+    insert_into(&Table4, key, rec, first, second)
 }
 
 /// [`tcpstate_insert4`] into the other table.
@@ -855,11 +868,7 @@ pub extern "C" fn tcpstate_insert6(
     first: u32,
     second: u32,
 ) -> u32 {
-    // SAFETY: the verifier checks each pointer as readable memory of its type's size, or null.
-    let (Some(key), Some(rec)) = (unsafe { key.as_ref() }, unsafe { rec.as_ref() }) else {
-        return CONTENDED;
-    };
-    inserted(insert(&Table6, key, rec, Homes { first, second }))
+    insert_into(&Table6, key, rec, first, second)
 }
 
 /// Takes a forwarded flow out of the host's gauges ([`retract`]), once: by compare-and-swap of the

@@ -2,6 +2,7 @@
 //! drops or corrects what changed while no daemon was watching.
 
 use std::{
+    net::TcpStream,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -85,6 +86,23 @@ fn restarts_after_sigterm_and_kill_keep_flows_and_ages() {
     d.assert_matches_kernel(&p.srv, "following segments after the second restart");
 }
 
+/// What the restarts carry: on `port`, a server endpoint left in CLOSE_WAIT (its client closed,
+/// the server never does) and `n` open connections. Held until the caller drops them.
+fn leak_and_open(p: &Pair, port: u16, n: usize) -> (TcpStream, Vec<(TcpStream, TcpStream)>) {
+    let l = p.listen(SERVER_V4, port);
+    let c1 = p.connect(SERVER_V4, port);
+    let (leak, _) = l.accept().unwrap();
+    drop(c1);
+    let open = (0..n)
+        .map(|_| {
+            let c = p.connect(SERVER_V4, port);
+            let (s, _) = l.accept().unwrap();
+            (c, s)
+        })
+        .collect();
+    (leak, open)
+}
+
 #[test]
 fn a_restart_with_another_max_flows_carries_every_flow_and_its_age_into_the_new_table() {
     let p = Pair::new();
@@ -94,16 +112,7 @@ fn a_restart_with_another_max_flows_carries_every_flow_and_its_age_into_the_new_
         &["--sweep-interval", "100ms", "--max-flows", "1000"],
         pins.clone(),
     );
-    let l = p.listen(SERVER_V4, 8081);
-    let c1 = p.connect(SERVER_V4, 8081);
-    let (_leak, _) = l.accept().unwrap();
-    drop(c1);
-    let mut open = Vec::new();
-    for _ in 0..20 {
-        let c = p.connect(SERVER_V4, 8081);
-        let (s, _) = l.accept().unwrap();
-        open.push((c, s));
-    }
+    let _conns = leak_and_open(&p, 8081, 20);
     d.assert_matches_kernel(&p.srv, "before the restart");
     std::thread::sleep(Duration::from_secs(1));
     let age_before = close_wait_age(&d);
@@ -306,16 +315,7 @@ fn the_one_table_of_the_earlier_layout_is_carried_into_the_two_tables() {
     let p = Pair::new();
     let pins = PathBuf::from(format!("/sys/fs/bpf/{}-layout", p.srv.name));
     let d = Daemon::host_pinned(&p, &["--sweep-interval", "100ms"], pins.clone());
-    let l = p.listen(SERVER_V4, 8082);
-    let c1 = p.connect(SERVER_V4, 8082);
-    let (_leak, _) = l.accept().unwrap();
-    drop(c1);
-    let mut open = Vec::new();
-    for _ in 0..10 {
-        let c = p.connect(SERVER_V4, 8082);
-        let (s, _) = l.accept().unwrap();
-        open.push((c, s));
-    }
+    let _conns = leak_and_open(&p, 8082, 10);
     d.assert_matches_kernel(&p.srv, "before the restart");
     std::thread::sleep(Duration::from_secs(1));
     let age_before = close_wait_age(&d);
