@@ -151,16 +151,23 @@ const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 impl FlowKey4 {
     /// The IPv4 key of `key`, when both its addresses are IPv4.
     #[inline(always)]
-    pub const fn narrow(key: &FlowKey) -> Option<FlowKey4> {
-        if FlowKey::words_are_v4(&key.addr[0]) && FlowKey::words_are_v4(&key.addr[1]) {
-            Some(FlowKey4 {
-                addr: [key.addr[0][3], key.addr[1][3]],
-                port: key.port,
-                scope: key.scope,
-            })
-        } else {
-            None
+    pub fn narrow(key: &FlowKey) -> Option<FlowKey4> {
+        let mut out = FlowKey4::default();
+        FlowKey4::narrow_into(key, &mut out).then_some(out)
+    }
+
+    /// Writes the IPv4 key of `key` into `out` when both its addresses are IPv4, and says whether
+    /// it did: the kernel narrows into its per-CPU scratch this way, with no copy of the key on
+    /// its 512-byte stack; [`FlowKey4::narrow`] is the same rule by value.
+    #[inline(always)]
+    pub fn narrow_into(key: &FlowKey, out: &mut FlowKey4) -> bool {
+        if !(FlowKey::words_are_v4(&key.addr[0]) && FlowKey::words_are_v4(&key.addr[1])) {
+            return false;
         }
+        out.addr = [key.addr[0][3], key.addr[1][3]];
+        out.port = key.port;
+        out.scope = key.scope;
+        true
     }
 
     /// The general key this one narrows.

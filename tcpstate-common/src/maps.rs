@@ -64,7 +64,7 @@ pub struct Config {
     pub slots4: u64,
     /// Slots in the table of every other flow, likewise.
     pub slots6: u64,
-    /// The flow table's hash key ([`crate::table::hash`]), chosen when the table was created.
+    /// The flow table's hash key ([`crate::table::TableKey::hash`]), chosen when the table was created.
     pub seed: crate::table::Seed,
     /// Half-open flows (created by a SYN or SYN-ACK, not yet out of the handshake) allowed at once.
     pub half_open_budget: u64,

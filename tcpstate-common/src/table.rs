@@ -12,7 +12,7 @@
 //! through its own mapping of the arrays.
 //!
 //! **Layout.** Hopscotch-style open addressing with two choices. A key has two *home* slots, both
-//! from one keyed hash ([`hash`], [`homes`]); it lives in one of the [`NEIGHBOURHOOD`] slots from
+//! from one keyed hash ([`TableKey::hash`], [`homes`]); it lives in one of the [`NEIGHBOURHOOD`] slots from
 //! either home on, and that home's `hop` word has bit `d` set when a live key homed there sits `d`
 //! slots further. A lookup reads the first home's `hop`, then the second's, and visits only the
 //! slots they name (for a flow the table does not hold, the two home slots alone). An insert takes
@@ -43,7 +43,7 @@
 //!   for the kernel's own hash map, whose elements are freed the same way.
 //!
 //! The hash is keyed with a secret seed chosen when the table is created and kept with it, so a
-//! remote peer cannot choose addresses and ports that pile up on one home ([`hash`]).
+//! remote peer cannot choose addresses and ports that pile up on one home ([`TableKey::hash`]).
 
 use crate::{
     commit::{compare_and_swap, load},
@@ -52,7 +52,7 @@ use crate::{
 
 /// A key a table is built on: hashed with the table's secret seed, compared as whole words.
 pub trait TableKey: Copy + Default + PartialEq + core::fmt::Debug {
-    /// The key's hash ([`hash`] for [`FlowKey`], [`hash4`] for [`FlowKey4`]).
+    /// The key's hash: NH with the table's seed, then a finalizer (see the note above `nh`).
     #[inline(always)]
     fn hash(&self, seed: &Seed) -> u64 {
         self.hash_with(|i| seed[i])
@@ -327,21 +327,11 @@ pub const fn holds_flow(c: u32) -> bool {
     s == status::LIVE || s == status::DYING
 }
 
-/// The key's hash: NH, the universal hash of UMAC (RFC 4418), over the key's ten 32-bit words
-/// with a secret 320-bit seed, then a 64-bit finalizer to spread NH's bits over the range. For two
-/// different keys fixed without knowledge of the seed, NH collides with probability at most 2^-32,
-/// so an attacker choosing tuples cannot aim them at one home; it costs five multiplications.
-#[inline(always)]
-pub fn hash(key: &FlowKey, seed: &Seed) -> u64 {
-    key.hash(seed)
-}
-
-/// [`hash`] for the IPv4 table's key: NH over its four 32-bit words with the seed's first 128
-/// bits, two multiplications.
-#[inline(always)]
-pub fn hash4(key: &FlowKey4, seed: &Seed) -> u64 {
-    key.hash(seed)
-}
+// The keys' hash ([`TableKey::hash`]): NH, the universal hash of UMAC (RFC 4418), over the key's
+// 32-bit words (ten for the general key, four for the IPv4 one) with a secret 320-bit seed, then
+// a 64-bit finalizer to spread NH's bits over the range. For two different keys fixed without
+// knowledge of the seed, NH collides with probability at most 2^-32, so an attacker choosing
+// tuples cannot aim them at one home; it costs five multiplications (two for the IPv4 key).
 
 /// NH over `N` 32-bit words (`N` even, at most ten) with the seed's first `N` 32-bit words.
 #[inline(always)]

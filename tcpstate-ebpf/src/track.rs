@@ -300,11 +300,7 @@ impl Scratch {
         self.key = key.in_scope(self.scope);
         self.sender = sender as u8;
         let seed = |i: usize| config!(seed[i]);
-        if FlowKey::words_are_v4(&self.key.addr[0]) && FlowKey::words_are_v4(&self.key.addr[1]) {
-            // Written in place (FlowKey4::narrow's value would be one more copy on the stack).
-            self.key4.addr = [self.key.addr[0][3], self.key.addr[1][3]];
-            self.key4.port = self.key.port;
-            self.key4.scope = self.key.scope;
+        if FlowKey4::narrow_into(&self.key, &mut self.key4) {
             self.v4 = 1;
             self.homes = table::homes(self.key4.hash_with(seed), config!(slots4) as u32);
         } else {
