@@ -633,6 +633,33 @@ impl Words {
         })
     }
 
+    /// Words `start..start + out.len()` into `out` (0 past the end): one pass over the mapping,
+    /// for a reader of thousands of words (the scrape reads every watched scope's counters).
+    pub fn read(&self, start: u32, out: &mut [u64]) {
+        let end = (start as usize)
+            .saturating_add(out.len())
+            .min(self.len as usize);
+        let have = end.saturating_sub(start as usize);
+        let (mapped, past) = out.split_at_mut(have);
+        if have > 0 {
+            // SAFETY: `start..end` is in bounds of a page-aligned mapping of 8-byte words, which
+            // every writer updates atomically.
+            let words = unsafe {
+                core::slice::from_raw_parts(
+                    self.mem
+                        .as_mut_ptr()
+                        .cast::<core::sync::atomic::AtomicU64>()
+                        .add(start as usize),
+                    have,
+                )
+            };
+            for (o, w) in mapped.iter_mut().zip(words) {
+                *o = w.load(core::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        past.fill(0);
+    }
+
     /// Word `i` (0 past the end).
     pub fn get(&self, i: u32) -> u64 {
         self.word(i)

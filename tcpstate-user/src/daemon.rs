@@ -395,6 +395,7 @@ async fn serve(
         capacity: cfg.capacity,
         capacity6: cfg.capacity6,
         half_open_budget: cfg.half_open_budget,
+        layout: Default::default(),
     }
     .into_render();
     // Validated by RunConfig already; read again here for the values in force from now on.

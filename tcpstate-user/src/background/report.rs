@@ -3,7 +3,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use crate::background::{destinations::ClientPorts, ports::Survey};
+use crate::background::{
+    destinations::ClientPorts,
+    ports::{PortFigures, Survey},
+};
 
 /// The latest walk's report.
 #[derive(Clone, Debug, Default)]
@@ -25,4 +28,28 @@ pub struct SweepReport {
     pub ports: BTreeMap<u32, Survey>,
     /// Client endpoints per destination, and the port range, of each scope.
     pub clients: BTreeMap<u32, ClientPorts>,
+    /// [`SweepReport::scopes_with_figures`], found at its first read. A report is complete
+    /// when it is published and not changed after: every scrape until the next walk reads the
+    /// same answer, which with hundreds of scopes is a thousand map entries not looked at again.
+    pub(crate) with_figures: std::sync::OnceLock<Vec<u32>>,
+}
+
+impl SweepReport {
+    /// The scopes with a per-port figure or client ports in use that is not zero: the ones
+    /// whose series the report gives something to show.
+    pub fn scopes_with_figures(&self) -> &[u32] {
+        self.with_figures.get_or_init(|| {
+            let ports = self
+                .ports
+                .iter()
+                .filter(|(_, s)| s.ports.values().any(|f| *f != PortFigures::default()))
+                .map(|(&sc, _)| sc);
+            let clients = self
+                .clients
+                .iter()
+                .filter(|(_, c)| c.in_use.values().any(|&n| n != 0))
+                .map(|(&sc, _)| sc);
+            ports.chain(clients).collect()
+        })
+    }
 }

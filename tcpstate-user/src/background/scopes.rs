@@ -62,9 +62,25 @@ pub struct ScopeView {
     pub refused_total: u64,
     /// Container interfaces with the programs attached.
     pub interfaces: u64,
+    /// Which version of the watched set this is: a new one for every change of `scopes` (see
+    /// [`ScopeView::next_generation`]), so the exporter rebuilds what it derives from the labels
+    /// (the scopes' groups, the `tcpstate_container_info` lines) only when they changed.
+    pub generation: u64,
 }
 
 impl ScopeView {
+    /// A generation no view has had yet (never 0, the empty default view's).
+    pub fn next_generation() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops showing `scope` (its namespace is gone).
+    pub fn remove(&mut self, scope: u32) {
+        self.scopes.retain(|s| s.scope != scope);
+        self.generation = Self::next_generation();
+    }
+
     /// The label values of a watched scope's series.
     pub fn labels_of(&self, w: &WatchedScope) -> (String, String, String) {
         self.level.unwrap_or(LabelLevel::Full).collapse(&w.labels)

@@ -303,8 +303,8 @@ impl Books {
                 });
             }
         })?;
-        for (i, slot) in slots.iter_mut().enumerate().skip(host) {
-            *slot = self.scoped.get(i as u32);
+        if let Some(containers) = slots.get_mut(host..) {
+            self.scoped.read(host as u32, containers);
         }
         Ok(Totals {
             slots,

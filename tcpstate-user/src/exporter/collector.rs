@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tracing::warn;
 
 use crate::{
-    background::books::Shared,
+    background::{books::Shared, scopes::ScopeView},
     bpf::attach::Attached,
     exporter::{
+        layout::Layout,
         metrics::{self, Scrape},
         server::{Format, Render},
     },
@@ -26,6 +27,8 @@ pub struct Collector {
     pub capacity: u32,
     pub capacity6: u32,
     pub half_open_budget: u32,
+    /// What the exposition derives from the watched scopes, for the latest generation seen.
+    pub layout: Mutex<Option<Arc<Layout>>>,
 }
 
 impl Collector {
@@ -37,6 +40,7 @@ impl Collector {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let layout = self.layout_of(&s.scopes);
         // Scopes past the highest one watched hold nothing to export.
         let in_use = s
             .scopes
@@ -66,6 +70,7 @@ impl Collector {
             sweep: &s.report,
             attached: &attached,
             scopes: &s.scopes,
+            layout: &layout,
         };
         let read = started.elapsed();
         let body = match format {
@@ -82,6 +87,15 @@ impl Collector {
             "scrape"
         );
         body
+    }
+
+    /// The layout of `view`: the one built before while the watched set is unchanged.
+    fn layout_of(&self, view: &ScopeView) -> Arc<Layout> {
+        let mut cached = self.layout.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*cached {
+            Some(l) if l.generation == view.generation => l.clone(),
+            _ => cached.insert(Arc::new(Layout::of(view))).clone(),
+        }
     }
 
     /// The collector as the HTTP server calls it.

@@ -12,6 +12,7 @@ use tcpstate_common::{
 use super::family::{
     connections, counter, gauge, merged_clients, per_reason, Family, Group, Scrape,
 };
+use super::layout;
 use crate::background::ports::{PortFigures, Survey, OTHER};
 
 /// The endpoint gauges: `tcpstate_connections`.
@@ -435,25 +436,11 @@ pub fn clients(s: &Scrape, groups: &[Group], out: &mut Vec<Family>) {
 /// Container mode's own bookkeeping.
 pub fn containers(s: &Scrape, _groups: &[Group], out: &mut Vec<Family>) {
     if s.scopes.enabled {
-        let mut f = gauge(
-            "tcpstate_container_info",
-            "Container namespaces watched, by their labels and container id (value 1).",
-        );
-        for w in &s.scopes.scopes {
-            {
-                let (ns, pod, ctr) = s.scopes.labels_of(w);
-                f.sample(
-                    &[
-                        ("namespace", ns.as_str()),
-                        ("pod", pod.as_str()),
-                        ("container", ctr.as_str()),
-                        ("container_id", w.labels.container_id.as_str()),
-                    ],
-                    1.0,
-                );
-            }
-        }
-        out.push(f);
+        out.push(Family::written(
+            layout::INFO_NAME,
+            layout::INFO_HELP,
+            s.layout.info_lines.clone(),
+        ));
         out.push(
             gauge(
                 "tcpstate_containers_watched",
@@ -540,7 +527,7 @@ pub fn process(_: &Scrape, _: &[Group], out: &mut Vec<Family>) {
         std::sync::OnceLock::new();
     let collector =
         COLLECTOR.get_or_init(prometheus::process_collector::ProcessCollector::for_self);
-    out.extend(collector.collect().into_iter().map(Family));
+    out.extend(collector.collect().into_iter().map(Family::from));
 }
 
 /// What this binary was built from (build.rs): `tcpstate_build_info`'s labels, and what

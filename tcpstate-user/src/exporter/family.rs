@@ -5,8 +5,11 @@ use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 
-use tcpstate_common::{counters::idx, Role, TcpState};
+use std::sync::Arc;
 
+use tcpstate_common::{counters::idx, maps::UserCounters, Role, TcpState};
+
+use super::layout::Layout;
 use crate::{
     background::{
         ports::{PortFigures, Survey},
@@ -16,14 +19,13 @@ use crate::{
     bpf::{attach::Attached, tables::Totals},
 };
 
-/// The scopes whose figures one series sums: one per scope, or (with `--container-labels
-/// namespace`) every pod of a Kubernetes namespace together.
+/// A group of scopes one series sums ([`GroupPlan`]) with something to show at this scrape, and
+/// its merged per-port figures.
 pub struct Group {
     /// `namespace`, `pod`, `container` values; `None` outside container mode (no such labels).
-    pub labels: Option<[String; 3]>,
+    pub labels: Option<Arc<[String; 3]>>,
     pub scopes: Vec<u32>,
-    /// The group's per-port figures, its scopes' merged ([`merged_ports`]): set once a scrape by
-    /// [`with_ports`], read by every per-port family.
+    /// The group's per-port figures, its scopes' merged ([`merged_ports`]).
     pub ports: Survey,
 }
 
@@ -39,7 +41,8 @@ impl Group {
     /// `base` plus this group's scope labels.
     pub fn with<'a>(&'a self, base: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         let mut v = base.to_vec();
-        if let Some([ns, pod, ctr]) = &self.labels {
+        if let Some(labels) = &self.labels {
+            let [ns, pod, ctr] = &**labels;
             v.extend([
                 ("namespace", ns.as_str()),
                 ("pod", pod.as_str()),
@@ -55,53 +58,100 @@ impl Group {
     }
 }
 
-/// The host's group first, then the watched namespaces' in the order they are watched (scopes
-/// with the same labels, at `--container-labels namespace` or `pod`, in one group).
-///
-/// Grouped through a hash map, not an ordered one: ordering 500 scopes by their label strings
-/// took 0.8 ms a scrape here (a string comparison is a `memcmp` call, about 200 ns each on the
-/// 2-vCPU machines this is measured on), most of the scrape; a hash probe compares nothing when
-/// the labels differ.
-pub fn groups(view: &ScopeView) -> Vec<Group> {
-    let host = tcpstate_common::scope::HOST;
-    if !view.enabled {
-        return vec![Group {
-            labels: None,
-            scopes: vec![host],
-            ports: Survey::default(),
-        }];
-    }
-    let mut out = vec![Group {
-        labels: Some(Default::default()),
-        scopes: vec![host],
-        ports: Survey::default(),
-    }];
-    let mut index: std::collections::HashMap<[String; 3], usize> = Default::default();
-    index.insert(Default::default(), 0);
-    for w in &view.scopes {
-        let (ns, pod, ctr) = view.labels_of(w);
-        let labels = [ns, pod, ctr];
-        match index.get(&labels) {
-            Some(&i) => out[i].scopes.push(w.scope),
-            None => {
-                index.insert(labels.clone(), out.len());
-                out.push(Group {
-                    labels: Some(labels),
-                    scopes: vec![w.scope],
-                    ports: Survey::default(),
-                });
-            }
-        }
-    }
-    out
+/// The groups with something to show at this scrape, in the layout's order, each with its
+/// per-port figures: the host's always, a container group once one of its scopes has a non-zero
+/// input ([`quiet`]). A quiet group's series would all be left out as zero ([`Group::sparse`]),
+/// so skipping it changes nothing in the exposition (a test renders both ways) and keeps the
+/// per-scrape work to the namespaces that have had traffic.
+pub fn active_groups(layout: &Layout, t: &Totals, sweep: &SweepReport) -> Vec<Group> {
+    let active = active_scopes(t, sweep);
+    let is_active = |sc: u32| active.get(sc as usize).copied().unwrap_or(false);
+    layout
+        .groups
+        .iter()
+        .filter(|g| {
+            g.scopes.first() == Some(&tcpstate_common::scope::HOST)
+                || g.scopes.iter().any(|&sc| is_active(sc))
+        })
+        .map(|plan| {
+            let mut g = Group {
+                labels: plan.labels.clone(),
+                scopes: plan.scopes.clone(),
+                ports: Survey::default(),
+            };
+            g.ports = merged_ports(sweep, &g);
+            g
+        })
+        .collect()
 }
 
-/// Fills in each group's per-port figures from the walk's report.
-pub fn with_ports(mut groups: Vec<Group>, sweep: &SweepReport) -> Vec<Group> {
-    for g in &mut groups {
-        g.ports = merged_ports(sweep, g);
+/// Every group of the layout, quiet or not: what [`active_groups`] must render the same as.
+#[cfg(test)]
+pub fn all_groups(layout: &Layout, sweep: &SweepReport) -> Vec<Group> {
+    layout
+        .groups
+        .iter()
+        .map(|plan| {
+            let mut g = Group {
+                labels: plan.labels.clone(),
+                scopes: plan.scopes.clone(),
+                ports: Survey::default(),
+            };
+            g.ports = merged_ports(sweep, &g);
+            g
+        })
+        .collect()
+}
+
+/// A scope's own slots ([`idx::per_scope`]) as runs of consecutive indices, found once: a
+/// scrape checks every watched scope's, and a few slices are quicker to scan than a test a slot.
+fn own_runs() -> &'static [std::ops::Range<usize>] {
+    static RUNS: std::sync::OnceLock<Vec<std::ops::Range<usize>>> = std::sync::OnceLock::new();
+    RUNS.get_or_init(|| {
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        for i in (0..idx::COUNT).filter(|&i| idx::per_scope(i)) {
+            let i = i as usize;
+            match runs.last_mut() {
+                Some(run) if run.end == i => run.end = i + 1,
+                _ => runs.push(i..i + 1),
+            }
+        }
+        runs
+    })
+}
+
+/// Which scopes, by index, have something a series of theirs would show: a non-zero counter slot
+/// of their own, daemon counters, a port figure or client ports in use. One pass over the counter
+/// slots and one over the walk's report: the scrape makes it for hundreds of scopes.
+fn active_scopes(t: &Totals, sweep: &SweepReport) -> Vec<bool> {
+    let count = idx::COUNT as usize;
+    let runs = own_runs();
+    let mut active: Vec<bool> = t
+        .slots
+        .chunks(count)
+        .map(|words| {
+            // An OR over each run rather than a test a word: a loop the compiler vectorizes.
+            words.len() == count
+                && runs
+                    .iter()
+                    .any(|run| words[run.clone()].iter().fold(0, |a, &v| a | v) != 0)
+        })
+        .collect();
+    let mut mark = |sc: u32| {
+        if active.len() <= sc as usize {
+            active.resize(sc as usize + 1, false);
+        }
+        active[sc as usize] = true;
+    };
+    for &sc in sweep.scopes_with_figures() {
+        mark(sc);
     }
-    groups
+    for (sc, u) in t.user.iter().enumerate() {
+        if *u != UserCounters::default() {
+            mark(sc as u32);
+        }
+    }
+    active
 }
 
 /// The per-port figures of a group: its scopes' surveys merged by port label (leaks, backlogs and
@@ -159,7 +209,18 @@ pub fn merged_clients(
     (in_use, range)
 }
 
-pub struct Family(pub MetricFamily);
+/// A metric family being filled: samples in the `prometheus` crate's protos, or a gauge's sample
+/// lines written beforehand ([`Layout::info_lines`]).
+pub struct Family {
+    pub proto: MetricFamily,
+    pub lines: Option<Arc<str>>,
+}
+
+impl From<MetricFamily> for Family {
+    fn from(proto: MetricFamily) -> Family {
+        Family { proto, lines: None }
+    }
+}
 
 impl Family {
     pub fn new(name: &str, help: &str, kind: MetricType) -> Family {
@@ -167,13 +228,29 @@ impl Family {
         f.set_name(name.to_string());
         f.set_help(help.to_string());
         f.set_field_type(kind);
-        Family(f)
+        f.into()
+    }
+
+    /// A gauge family whose samples are `lines`, already in exposition form.
+    pub fn written(name: &str, help: &str, lines: Arc<str>) -> Family {
+        Family {
+            lines: Some(lines),
+            ..gauge(name, help)
+        }
+    }
+
+    /// A family with no samples: not valid exposition, left out.
+    pub fn is_empty(&self) -> bool {
+        match &self.lines {
+            Some(lines) => lines.is_empty(),
+            None => self.proto.get_metric().is_empty(),
+        }
     }
 
     pub fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
         let mut m = Metric::default();
         m.set_label(label_pairs(labels));
-        match self.0.get_field_type() {
+        match self.proto.get_field_type() {
             MetricType::COUNTER => {
                 let mut c = Counter::default();
                 c.set_value(value);
@@ -185,7 +262,7 @@ impl Family {
                 m.set_gauge(g);
             }
         }
-        self.0.mut_metric().push(m);
+        self.proto.mut_metric().push(m);
     }
 }
 
@@ -247,7 +324,7 @@ impl Family {
         let mut m = Metric::default();
         m.set_label(label_pairs(labels));
         m.set_histogram(h);
-        self.0.mut_metric().push(m);
+        self.proto.mut_metric().push(m);
     }
 }
 
@@ -297,6 +374,8 @@ pub struct Scrape<'a> {
     /// The watched container namespaces; in container mode every per-endpoint family carries
     /// `namespace`, `pod` and `container` (empty for the host).
     pub scopes: &'a ScopeView,
+    /// What the exposition derives from `scopes`, built when they last changed.
+    pub layout: &'a Layout,
 }
 
 /// Connection gauge for one (role, state) of a scope: the kernel's deltas plus the daemon's

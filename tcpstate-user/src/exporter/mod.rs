@@ -4,6 +4,7 @@ mod auth;
 pub mod collector;
 mod families;
 mod family;
+pub mod layout;
 pub mod metrics;
 pub mod openmetrics;
 pub mod server;

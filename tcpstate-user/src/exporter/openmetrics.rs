@@ -7,13 +7,21 @@
 
 use std::fmt::Write;
 
-use prometheus::proto::{LabelPair, MetricFamily, MetricType};
+use prometheus::proto::{LabelPair, MetricType};
+
+use super::family::Family;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-pub fn encode(families: &[MetricFamily]) -> Vec<u8> {
-    let mut out = String::with_capacity(16 * 1024);
-    for f in families {
+pub fn encode(families: &[Family]) -> Vec<u8> {
+    let written: usize = families
+        .iter()
+        .filter_map(|f| f.lines.as_ref())
+        .map(|l| l.len())
+        .sum();
+    let mut out = String::with_capacity(16 * 1024 + written);
+    for written in families {
+        let f = &written.proto;
         let name = f.name();
         let (family, kind) = match f.get_field_type() {
             MetricType::COUNTER => (name.strip_suffix("_total").unwrap_or(name), "counter"),
@@ -24,6 +32,11 @@ pub fn encode(families: &[MetricFamily]) -> Vec<u8> {
         };
         let _ = writeln!(out, "# TYPE {family} {kind}");
         let _ = writeln!(out, "# HELP {family} {}", escape(f.help()));
+        // A gauge's written lines are its samples in this format too.
+        if let Some(lines) = &written.lines {
+            out.push_str(lines);
+            continue;
+        }
         for m in f.get_metric() {
             let labels = m.get_label();
             match f.get_field_type() {
@@ -117,15 +130,15 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::proto::{Bucket, Counter, Gauge, Histogram, Metric};
+    use prometheus::proto::{Bucket, Counter, Gauge, Histogram, Metric, MetricFamily};
 
-    fn family(name: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    fn family(name: &str, kind: MetricType, metrics: Vec<Metric>) -> Family {
         let mut f = MetricFamily::default();
         f.set_name(name.into());
         f.set_help("a \"quoted\" help\nline".into());
         f.set_field_type(kind);
         f.set_metric(metrics);
-        f
+        f.into()
     }
 
     fn labelled(k: &str, v: &str) -> Metric {

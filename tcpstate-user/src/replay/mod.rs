@@ -29,7 +29,10 @@ use tcpstate_common::{
 
 use crate::{
     background::{destinations, expiry::Timeouts, ports, report::SweepReport},
-    exporter::metrics::{self, Scrape},
+    exporter::{
+        layout::Layout,
+        metrics::{self, Scrape},
+    },
     inspect::flows::{Destination, Filter, FlowView},
 };
 
@@ -405,6 +408,7 @@ pub fn exposition(
         ..SweepReport::default()
     };
     let totals = table.totals();
+    let scopes = Default::default();
     Ok(metrics::render(&Scrape {
         totals: &totals,
         capacity: table.capacity(),
@@ -413,6 +417,7 @@ pub fn exposition(
         half_open_budget: table.half_open_budget(),
         sweep: &sweep,
         attached: &[],
-        scopes: &Default::default(),
+        scopes: &scopes,
+        layout: &Layout::of(&scopes),
     })?)
 }

@@ -202,7 +202,7 @@ impl Watcher {
                 c.record_delete(scope, *w);
             }
         });
-        shared.scopes.scopes.retain(|s| s.scope != scope);
+        shared.scopes.remove(scope);
         info!(scope, container = %labels.container, pod = %labels.pod, flows = deleted.len(), "container namespace gone");
     }
 }

@@ -250,7 +250,7 @@ impl Watcher {
     fn publish(&self) {
         // A namespace waiting for its first process is counted but not shown: its series appear
         // once, under the name its runtime gives it.
-        let scopes = self
+        let scopes: Vec<WatchedScope> = self
             .watched
             .iter()
             .filter(|(_, w)| w.pending_since.is_none())
@@ -263,12 +263,27 @@ impl Watcher {
             .collect();
         let interfaces = self.watched.values().map(|w| w.ifaces.len() as u64).sum();
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let level = Some(self.settings.level);
+        // The same scopes under the same labels keep their generation: what the exporter built
+        // from them still holds.
+        let same = |a: &[WatchedScope], b: &[WatchedScope]| {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(x, y)| x.scope == y.scope && x.labels == y.labels)
+        };
+        let generation = if shared.scopes.level == level && same(&shared.scopes.scopes, &scopes) {
+            shared.scopes.generation
+        } else {
+            ScopeView::next_generation()
+        };
         shared.scopes = ScopeView {
             enabled: true,
-            level: Some(self.settings.level),
+            level,
             scopes,
             refused_total: self.refused_total,
             interfaces,
+            generation,
         };
     }
 }
