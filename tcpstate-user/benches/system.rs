@@ -1911,22 +1911,28 @@ fn containers(figures: &mut Vec<Figure>) {
         goal: Goal::ValueAtMost,
         target: None,
     });
-    figures.push(Figure {
-        name: format!("/metrics p99 with {CONTAINERS} watched namespaces"),
-        unit: "ms",
-        baseline: p99(&before),
-        value: p99(&after),
-        goal: Goal::ValueAtMost,
-        target: Some(5.0),
-    });
-    // The scrape must not grow with the watched scopes: the same daemon's p99 with none beside.
-    figures.push(Figure {
-        name: format!("/metrics p99, {CONTAINERS} watched namespaces / none"),
-        unit: "ms",
-        baseline: p99(&before),
-        value: p99(&after),
-        goal: Goal::RatioAtMost,
-        target: Some(1.5),
-    });
+    // The p99 has two targets: a bound, and (the scrape must not grow with the watched scopes)
+    // the same daemon's p99 with none.
+    for (name, goal, target) in [
+        (
+            format!("/metrics p99 with {CONTAINERS} watched namespaces"),
+            Goal::ValueAtMost,
+            5.0,
+        ),
+        (
+            format!("/metrics p99, {CONTAINERS} watched namespaces / none"),
+            Goal::RatioAtMost,
+            1.5,
+        ),
+    ] {
+        figures.push(Figure {
+            name,
+            unit: "ms",
+            baseline: p99(&before),
+            value: p99(&after),
+            goal,
+            target: Some(target),
+        });
+    }
     drop(d);
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tcpstate_common::{counters::idx, maps::UserCounters, Role, TcpState};
 
-use super::layout::Layout;
+use super::layout::{GroupPlan, Layout};
 use crate::{
     background::{
         ports::{PortFigures, Survey},
@@ -30,6 +30,17 @@ pub struct Group {
 }
 
 impl Group {
+    /// The group of `plan`, with its scopes' per-port figures merged.
+    fn of(plan: &GroupPlan, sweep: &SweepReport) -> Group {
+        let mut g = Group {
+            labels: plan.labels.clone(),
+            scopes: plan.scopes.clone(),
+            ports: Survey::default(),
+        };
+        g.ports = merged_ports(sweep, &g);
+        g
+    }
+
     /// Whether a zero sample of this group is left out. The host's series are always all there
     /// (and host mode's exposition is exactly what it was); a container's per-endpoint series
     /// appear once they are non-zero, so hundreds of idle containers do not add tens of
@@ -73,15 +84,7 @@ pub fn active_groups(layout: &Layout, t: &Totals, sweep: &SweepReport) -> Vec<Gr
             g.scopes.first() == Some(&tcpstate_common::scope::HOST)
                 || g.scopes.iter().any(|&sc| is_active(sc))
         })
-        .map(|plan| {
-            let mut g = Group {
-                labels: plan.labels.clone(),
-                scopes: plan.scopes.clone(),
-                ports: Survey::default(),
-            };
-            g.ports = merged_ports(sweep, &g);
-            g
-        })
+        .map(|plan| Group::of(plan, sweep))
         .collect()
 }
 
@@ -91,15 +94,7 @@ pub fn all_groups(layout: &Layout, sweep: &SweepReport) -> Vec<Group> {
     layout
         .groups
         .iter()
-        .map(|plan| {
-            let mut g = Group {
-                labels: plan.labels.clone(),
-                scopes: plan.scopes.clone(),
-                ports: Survey::default(),
-            };
-            g.ports = merged_ports(sweep, &g);
-            g
-        })
+        .map(|plan| Group::of(plan, sweep))
         .collect()
 }
 
