@@ -102,3 +102,39 @@ impl Tcp {
         t
     }
 }
+
+/// The Internet checksum (RFC 1071) of `parts` taken as one byte string.
+fn internet_checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum = 0u32;
+    let mut odd: Option<u8> = None;
+    for &b in parts.iter().flat_map(|p| p.iter()) {
+        match odd.take() {
+            Some(hi) => sum += u32::from(u16::from_be_bytes([hi, b])),
+            None => odd = Some(b),
+        }
+    }
+    if let Some(hi) = odd {
+        sum += u32::from(u16::from_be_bytes([hi, 0]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Fills in the IPv4 header checksum and the TCP checksum of an IPv4 packet carrying TCP, for
+/// frames a real stack receives (netfilter's conntrack drops a segment whose checksum is wrong).
+pub fn ipv4_tcp_checksums(packet: &mut [u8]) {
+    let hl = usize::from(packet[0] & 0x0f) * 4;
+    packet[10..12].fill(0);
+    let ip = internet_checksum(&[&packet[..hl]]);
+    packet[10..12].copy_from_slice(&ip.to_be_bytes());
+    let l4_len = (packet.len() - hl) as u16;
+    packet[hl + 16..hl + 18].fill(0);
+    let mut pseudo = [0u8; 12];
+    pseudo[..8].copy_from_slice(&packet[12..20]);
+    pseudo[9] = 6;
+    pseudo[10..12].copy_from_slice(&l4_len.to_be_bytes());
+    let tcp = internet_checksum(&[&pseudo, &packet[hl..]]);
+    packet[hl + 16..hl + 18].copy_from_slice(&tcp.to_be_bytes());
+}
