@@ -240,7 +240,7 @@ impl Attached {
                     &["--max-flows", "1000000", "--ingress-hook", hook],
                 ))
             }
-            Attach::Conntrack => Attached::Conntrack(enable_conntrack(&p.srv)),
+            Attach::Conntrack => Attached::Conntrack(enable_conntrack(&p.srv, "input")),
         }
     }
 
@@ -274,16 +274,17 @@ impl Attached {
 }
 
 /// nf_conntrack switched on in a namespace the way a firewall does it: an nftables rule matching
-/// `ct state` on input, which makes the kernel track every connection in that namespace (both
-/// directions: conntrack hooks prerouting and output as well). The rule counts what it matched,
-/// that is packets conntrack classified. The table goes on drop, and conntrack's hooks with it
-/// (they are registered per namespace for as long as a rule needs them).
-fn enable_conntrack(ns: &Netns) -> NftTable {
+/// `ct state` on `hook` (input for what the namespace receives, forward for what it routes on),
+/// which makes the kernel track every connection in that namespace (both directions: conntrack
+/// hooks prerouting and output as well). The rule counts what it matched, that is packets
+/// conntrack classified. The table goes on drop, and conntrack's hooks with it (they are
+/// registered per namespace for as long as a rule needs them).
+fn enable_conntrack(ns: &Netns, hook: &str) -> NftTable {
     // Not `ct`: that is a keyword in nft's grammar.
     NftTable::add(
         ns,
         "tcpstate_bench_ct",
-        "input",
+        hook,
         &[
             "ct",
             "state",
@@ -579,7 +580,7 @@ fn nginx(figures: &mut Vec<Figure>) {
                     rate
                 }
                 OnLo::Conntrack => {
-                    let ct = enable_conntrack(&p.srv);
+                    let ct = enable_conntrack(&p.srv, "input");
                     let rate = apache_bench(&p.srv);
                     // A connection is at least five packets in (SYN, ACK, request, FIN, ACK of
                     // the server's FIN: lo's input sees both ends' segments).
@@ -2060,7 +2061,7 @@ impl Drop for ConntrackLimits {
 
 /// One Ethernet frame per flow, all the same length, back to back: an established ACK from
 /// 198.18.0.0/15 (a source port for each 131,072 addresses) to 10.99.0.1:80, checksums filled in.
-/// The MAC addresses are written when the path they go on exists ([`FlowFrames::addressed`]).
+/// The MAC addresses are rewritten for the path they go on ([`FlowFrames::addressed`]).
 struct FlowFrames {
     bytes: Vec<u8>,
 }
@@ -2069,7 +2070,7 @@ impl FlowFrames {
     const LEN: usize = 14 + 20 + 20;
 
     fn new(flows: u32) -> FlowFrames {
-        use support::frames::{ipv4, ipv4_tcp_checksums, Tcp};
+        use support::frames::{ethernet, ipv4, ipv4_tcp_checksums, Tcp, ETH_P_IP};
         let mut bytes = Vec::with_capacity(flows as usize * Self::LEN);
         for i in 0..flows {
             let src = [198, 18 + ((i >> 16) & 1) as u8, (i >> 8) as u8, i as u8];
@@ -2077,9 +2078,7 @@ impl FlowFrames {
             let tcp = Tcp::new(sport, 80, 0x10).seq_ack(1000 + i, 5000).bytes();
             let mut packet = ipv4(src, [10, 99, 0, 1], 6, 5, 0, &tcp);
             ipv4_tcp_checksums(&mut packet);
-            bytes.extend_from_slice(&[0; 12]);
-            bytes.extend_from_slice(&support::frames::ETH_P_IP.to_be_bytes());
-            bytes.extend_from_slice(&packet);
+            bytes.extend_from_slice(&ethernet(&[], ETH_P_IP, &packet));
         }
         assert_eq!(bytes.len(), flows as usize * Self::LEN);
         FlowFrames { bytes }
@@ -2157,28 +2156,17 @@ impl ForwardPath {
         ForwardPath { p, sink }
     }
 
-    fn attach(&self, a: Attach) -> BigAttached {
+    fn attach(&self, a: Attach) -> Attached {
         match a {
-            Attach::Nothing => BigAttached::Nothing,
             // Tap mode: the flows are between two remote hosts, whose sockets no local table
             // holds (host mode would settle them away as ended).
-            Attach::Tracker(_) => BigAttached::Daemon(Daemon::host(
+            Attach::Tracker(_) => Attached::Daemon(Daemon::host(
                 &self.p,
                 &["--mode", "tap", "--max-flows", BIG_MAX_FLOWS],
             )),
-            Attach::Conntrack => BigAttached::Conntrack(NftTable::add(
-                &self.p.srv,
-                "tcpstate_bench_ct",
-                "forward",
-                &[
-                    "ct",
-                    "state",
-                    "established,related,new",
-                    "counter",
-                    "accept",
-                ],
-            )),
-            Attach::PassOnly(_) => unreachable!("not a mode of this figure"),
+            // What conntrack tracks here is forwarded: the rule goes on the forward hook.
+            Attach::Conntrack => Attached::Conntrack(enable_conntrack(&self.p.srv, "forward")),
+            a => Attached::new(&self.p, a),
         }
     }
 
@@ -2193,7 +2181,7 @@ impl ForwardPath {
         let iface = self.p.cli_if.clone();
         self.p.cli.enter(move || {
             pin_to(BENCH_CPU);
-            let sock = RawSender::bind(&iface);
+            let sock = support::packet::PacketSender::open(&iface).bypassing_qdisc();
             let start = Instant::now();
             for &i in &order {
                 let at = i as usize * FlowFrames::LEN;
@@ -2204,25 +2192,19 @@ impl ForwardPath {
     }
 }
 
-enum BigAttached {
-    Nothing,
-    Daemon(Daemon),
-    Conntrack(NftTable),
-}
-
-impl BigAttached {
-    /// Fails unless the tracker or conntrack holds (nearly) every one of the `flows`: a figure
-    /// over a table that did not fill would measure a smaller one.
+impl Attached {
+    /// Fails unless the tracker or conntrack holds (nearly) every one of the `flows` in `path`'s
+    /// server namespace: a figure over a table that did not fill would measure a smaller one.
     fn assert_holds(&self, path: &ForwardPath, flows: u32) {
         let least = f64::from(flows) * 0.99;
         match self {
-            BigAttached::Nothing => {}
-            BigAttached::Daemon(d) => {
+            Attached::Nothing | Attached::Pass(_) => {}
+            Attached::Daemon(d) => {
                 let m = d.metrics();
                 let held = m.get("tcpstate_flow_table_entries", &[]);
                 assert!(held >= least, "the tracker holds {held} of {flows} flows");
             }
-            BigAttached::Conntrack(rule) => {
+            Attached::Conntrack(rule) => {
                 assert!(
                     rule.counted_packets() >= u64::from(flows),
                     "conntrack's `ct state` rule matched {} packets",
@@ -2240,71 +2222,6 @@ impl BigAttached {
                 assert!(held >= least, "conntrack holds {held} of {flows} flows");
             }
         }
-    }
-}
-
-/// An AF_PACKET socket that writes whole frames to one interface, past its qdisc (as pktgen).
-struct RawSender(std::os::fd::OwnedFd);
-
-impl RawSender {
-    fn bind(iface: &str) -> RawSender {
-        use std::os::fd::FromRawFd;
-        let name = std::ffi::CString::new(iface).unwrap();
-        // SAFETY: plain system calls on a descriptor this function owns; the structures passed
-        // are fully initialised and live across each call.
-        unsafe {
-            let ifindex = libc::if_nametoindex(name.as_ptr());
-            assert!(ifindex != 0, "no interface {iface}");
-            // Protocol 0: this socket receives nothing.
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            let sock = RawSender(std::os::fd::OwnedFd::from_raw_fd(fd));
-            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_ifindex = ifindex as i32;
-            let rc = libc::bind(
-                fd,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            );
-            assert_eq!(
-                rc,
-                0,
-                "bind to {iface}: {}",
-                std::io::Error::last_os_error()
-            );
-            let one: libc::c_int = 1;
-            let rc = libc::setsockopt(
-                fd,
-                libc::SOL_PACKET,
-                libc::PACKET_QDISC_BYPASS,
-                (&one as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as u32,
-            );
-            assert_eq!(
-                rc,
-                0,
-                "PACKET_QDISC_BYPASS: {}",
-                std::io::Error::last_os_error()
-            );
-            sock
-        }
-    }
-
-    fn send(&self, frame: &[u8]) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: the buffer is valid for its length for the duration of the call.
-        let n = unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        assert_eq!(
-            n,
-            frame.len() as isize,
-            "AF_PACKET send: {}",
-            std::io::Error::last_os_error()
-        );
     }
 }
 

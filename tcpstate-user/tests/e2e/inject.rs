@@ -5,19 +5,20 @@
 //! between the linear part and the fragments, GSO super-packets) is a tracked segment, a skipped
 //! packet with its reason, or not TCP.
 
-use std::{os::fd::AsRawFd, time::Duration};
+use std::time::Duration;
 
 use crate::{
     harness::*,
-    support::frames::{ethernet, ipv4, ipv6, Tcp, ETH_P_IP, ETH_P_IPV6},
+    support::{
+        frames::{ethernet, ipv4, ipv6, Tcp, ETH_P_IP, ETH_P_IPV6},
+        packet::PacketSender,
+    },
 };
 
 const SYN: u8 = 0x02;
 const FIN: u8 = 0x01;
 const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
-/// `PACKET_VNET_HDR` (include/uapi/linux/if_packet.h).
-const PACKET_VNET_HDR: libc::c_int = 15;
 
 /// An Ethernet frame (tagged with `tags`) carrying IPv4 from the client to the server.
 fn v4(tags: &[u16], ihl: u8, proto: u8, frag: u16, l4: &[u8]) -> Vec<u8> {
@@ -41,53 +42,14 @@ fn inject(ns: &Netns, dev: &str, frames: Vec<Vec<u8>>) {
 /// `struct virtio_net_hdr` (PACKET_VNET_HDR), which is how a sender hands the kernel a GSO
 /// super-packet.
 fn inject_with(ns: &Netns, dev: &str, frames: Vec<Vec<u8>>, vnet_hdr: bool) {
-    let dev = std::ffi::CString::new(dev).unwrap();
+    let dev = dev.to_string();
     ns.enter(move || {
-        // SAFETY: plain socket calls with valid buffers; the descriptor is closed by OwnedFd.
-        unsafe {
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            let fd = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
-            if vnet_hdr {
-                let one: libc::c_int = 1;
-                let rc = libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_PACKET,
-                    PACKET_VNET_HDR,
-                    (&one as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as u32,
-                );
-                assert_eq!(
-                    rc,
-                    0,
-                    "PACKET_VNET_HDR: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_ifindex = libc::if_nametoindex(dev.as_ptr()) as i32;
-            sll.sll_halen = 6;
-            for f in frames {
-                let n = libc::sendto(
-                    fd.as_raw_fd(),
-                    f.as_ptr().cast(),
-                    f.len(),
-                    0,
-                    (&sll as *const libc::sockaddr_ll).cast(),
-                    size_of::<libc::sockaddr_ll>() as u32,
-                );
-                assert_eq!(
-                    n,
-                    f.len() as isize,
-                    "sendto: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
+        let mut sender = PacketSender::open(&dev);
+        if vnet_hdr {
+            sender = sender.with_vnet_hdr();
+        }
+        for f in frames {
+            sender.send(&f);
         }
     });
 }

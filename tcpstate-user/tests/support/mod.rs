@@ -1,12 +1,13 @@
 //! The test kit: helpers shared by the test targets and benches of this package (`cli`,
 //! `deploy`, `replay`, `e2e`, the system bench): one exposition parser, one HTTP client, one
-//! deadline loop ([`eventually`]), promtool, captures, podman, tun devices.
+//! deadline loop ([`eventually`]), promtool, captures, podman, tun devices, raw frames sent with AF_PACKET.
 // Each target uses a different part of this module.
 #![allow(dead_code)]
 
 pub mod exposition;
 pub mod frames;
 pub mod http;
+pub mod packet;
 pub mod podman;
 pub mod tun;
 
