@@ -171,8 +171,8 @@ mod tests {
         assert!(l.info_lines.is_empty());
     }
 
-    /// The written lines are what the `prometheus` crate's encoder writes for the same samples,
-    /// odd characters in a name included.
+    /// The written family, header and lines, is what the `prometheus` crate's encoder writes
+    /// for the same samples, odd characters in a name included.
     #[test]
     fn info_lines_match_the_text_encoders_samples() {
         use prometheus::Encoder;
@@ -200,12 +200,12 @@ mod tests {
         prometheus::TextEncoder::new()
             .encode(&[f.proto], &mut expected)
             .unwrap();
-        let expected = String::from_utf8(expected).unwrap();
-        let samples: String = expected
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        assert_eq!(&*Layout::of(&v).info_lines, samples);
+        let written =
+            super::super::family::Family::written(INFO_NAME, INFO_HELP, Layout::of(&v).info_lines);
+        let ours = super::super::metrics::text(&[written]).unwrap();
+        assert_eq!(
+            String::from_utf8(ours).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
     }
 }

@@ -46,7 +46,7 @@ pub fn render(s: &Scrape) -> prometheus::Result<Vec<u8>> {
     text(&families(s))
 }
 
-fn text(families: &[Family]) -> prometheus::Result<Vec<u8>> {
+pub(super) fn text(families: &[Family]) -> prometheus::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(16 * 1024 + families.iter().map(written_len).sum::<usize>());
     let encoder = TextEncoder::new();
     for f in families {

@@ -9,7 +9,7 @@ use std::fmt::Write;
 
 use prometheus::proto::{LabelPair, MetricType};
 
-use super::family::Family;
+use super::{family::Family, layout::push_label_value};
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -116,14 +116,7 @@ fn number(v: f64, bound: bool) -> String {
 /// Label values escape `\`, `"` and newlines; HELP text the same (the spec escapes `"` in both).
 fn escape(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' => o.push_str("\\\\"),
-            '"' => o.push_str("\\\""),
-            '\n' => o.push_str("\\n"),
-            c => o.push(c),
-        }
-    }
+    push_label_value(&mut o, s);
     o
 }
 
