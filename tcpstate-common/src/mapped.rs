@@ -452,15 +452,35 @@ impl Flows {
 }
 
 /// A slot of the one table of earlier builds: 64-bit control words, then the general key and the
-/// record, in 128 bytes.
+/// record, in 128 bytes. `ctrl` held the slot's status in its low seven bits (the eighth marked a
+/// second home) and the generation above them. Read by [`read_old_table`]; written by the test
+/// that carries such a table over.
 #[repr(C, align(64))]
-struct OldSlot {
-    ctrl: u64,
-    hop: u64,
-    key: FlowKey,
-    rec: FlowRecord,
+#[derive(Clone, Copy)]
+pub struct OldSlot {
+    pub ctrl: u64,
+    pub hop: u64,
+    pub key: FlowKey,
+    pub rec: FlowRecord,
 }
 const _: () = assert!(core::mem::size_of::<OldSlot>() == table::OLD_SLOT_SIZE);
+
+impl OldSlot {
+    /// A flow as an earlier build held it: LIVE in its home, generation 1.
+    pub fn live(key: FlowKey, rec: FlowRecord) -> OldSlot {
+        OldSlot {
+            ctrl: 1 << 8 | u64::from(table::status::LIVE),
+            hop: 0,
+            key,
+            rec,
+        }
+    }
+
+    /// The slot's status ([`table::status`]).
+    pub fn status(&self) -> u8 {
+        self.ctrl as u8 & 0x7f
+    }
+}
 
 /// Every flow of the one table of earlier builds, read through a read-only mapping. No program
 /// writes it any more (the programs of this run use the new tables, and the earlier run's went
@@ -479,7 +499,7 @@ pub fn read_old_table(
         // SAFETY: in bounds of a page-aligned mapping of `slots` 128-byte slots; plain integers,
         // valid for every bit pattern; nothing writes the table any more.
         let s = unsafe { std::ptr::read_volatile(mem.as_ptr().cast::<OldSlot>().add(i)) };
-        let status = s.ctrl as u8 & 0x7f;
+        let status = s.status();
         let held = status == table::status::LIVE || status == table::status::DYING;
         if held && s.rec.word != table::DEAD_WORD {
             flows.push((s.key, s.rec));

@@ -9,7 +9,7 @@ use std::{
 
 use tcpstate_common::{
     flow::{FlowKey, FlowRecord},
-    mapped::Flows,
+    mapped::{Flows, OldSlot},
 };
 
 use crate::harness::*;
@@ -254,13 +254,6 @@ fn time_waits_seeded_late_in_their_life_end_with_the_kernels_not_a_whole_timeout
 /// as that build would have left them, through the `bpf(2)` system call (the loader only makes
 /// the maps of the current object).
 fn pin_old_table(dir: &std::path::Path, flows: &[(FlowKey, FlowRecord)]) {
-    #[repr(C, align(64))]
-    struct OldSlot {
-        ctrl: u64,
-        hop: u64,
-        key: FlowKey,
-        rec: FlowRecord,
-    }
     const BPF_MAP_CREATE: libc::c_long = 0;
     const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
     const BPF_OBJ_PIN: libc::c_long = 6;
@@ -285,13 +278,7 @@ fn pin_old_table(dir: &std::path::Path, flows: &[(FlowKey, FlowRecord)]) {
     );
     // Slots 3, 6, 9, ...: where they sit does not matter to a reader of the old layout.
     for (n, (key, rec)) in flows.iter().enumerate() {
-        let slot = OldSlot {
-            // Generation 1, LIVE.
-            ctrl: 1 << 8 | 2,
-            hop: 0,
-            key: *key,
-            rec: *rec,
-        };
+        let slot = OldSlot::live(*key, *rec);
         let index = 3 * (n as u32 + 1);
         let mut attr = [0u64; 16];
         attr[0] = fd as u64;
