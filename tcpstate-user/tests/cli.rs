@@ -35,34 +35,18 @@ fn invalid_max_flows_names_the_option() {
     assert!(e.contains("--max-flows must be between 1 and"), "{e}");
 }
 
+/// What is sized within the table (the half-open budget, the IPv6 table) cannot exceed it.
 #[test]
-fn half_open_budget_above_capacity_is_rejected() {
-    let o = run(&[
-        "run",
-        "--iface",
-        "lo",
-        "--max-flows",
-        "100",
-        "--half-open-budget",
-        "101",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr_line(&o).contains("--half-open-budget must be between 1 and --max-flows (100)"));
-}
-
-#[test]
-fn ipv6_flows_above_capacity_are_rejected() {
-    let o = run(&[
-        "run",
-        "--iface",
-        "lo",
-        "--max-flows",
-        "100",
-        "--max-ipv6-flows",
-        "101",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr_line(&o).contains("--max-ipv6-flows must be between 1 and --max-flows (100)"));
+fn sizes_above_the_flow_table_are_rejected() {
+    for flag in ["--half-open-budget", "--max-ipv6-flows"] {
+        let o = run(&["run", "--iface", "lo", "--max-flows", "100", flag, "101"]);
+        assert_eq!(o.status.code(), Some(2), "{flag}");
+        let e = stderr_line(&o);
+        assert!(
+            e.contains(&format!("{flag} must be between 1 and --max-flows (100)")),
+            "{e}"
+        );
+    }
 }
 
 #[test]
