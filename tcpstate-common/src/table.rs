@@ -64,45 +64,38 @@ pub trait TableKey: Copy + Default + PartialEq + core::fmt::Debug {
     fn same(&self, other: &Self) -> bool;
 }
 
-impl TableKey for FlowKey {
-    #[inline(always)]
-    fn hash_with(&self, seed: impl Fn(usize) -> u64) -> u64 {
-        // SAFETY: FlowKey is 40 bytes of plain integers, 8-byte aligned.
-        let m: &[u32; 10] = unsafe { &*(self as *const FlowKey).cast::<[u32; 10]>() };
-        finish(nh(m, seed))
-    }
-    #[inline(always)]
-    fn same(&self, other: &Self) -> bool {
-        // SAFETY: FlowKey is 40 bytes of plain integers, 8-byte aligned.
-        let (a, b) = unsafe {
-            (
-                &*(self as *const FlowKey).cast::<[u64; 5]>(),
-                &*(other as *const FlowKey).cast::<[u64; 5]>(),
-            )
-        };
-        a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
-    }
+/// [`TableKey`] for a key of plain integers, `$u32s` 4-byte words for the hash and the words
+/// `$i` (8-byte) compared. The comparison is spelled word by word: a loop or a slice compare
+/// may become a `bcmp` call, which BPF programs cannot make.
+macro_rules! word_key {
+    ($key:ty, $u32s:literal, [$($i:literal),+]) => {
+        impl TableKey for $key {
+            #[inline(always)]
+            fn hash_with(&self, seed: impl Fn(usize) -> u64) -> u64 {
+                // SAFETY: the key is plain integers, 8-byte aligned, of this many 4-byte words.
+                let m: &[u32; $u32s] = unsafe { &*(self as *const $key).cast::<[u32; $u32s]>() };
+                finish(nh(m, seed))
+            }
+            #[inline(always)]
+            fn same(&self, other: &Self) -> bool {
+                const WORDS: usize = [$($i),+].len();
+                // SAFETY: as above, read as 8-byte words.
+                let (a, b) = unsafe {
+                    (
+                        &*(self as *const $key).cast::<[u64; WORDS]>(),
+                        &*(other as *const $key).cast::<[u64; WORDS]>(),
+                    )
+                };
+                $(a[$i] == b[$i])&&+
+            }
+        }
+        const _: () = assert!(core::mem::size_of::<$key>() == 4 * $u32s);
+        const _: () = assert!(core::mem::size_of::<$key>() == 8 * [$($i),+].len());
+    };
 }
 
-impl TableKey for FlowKey4 {
-    #[inline(always)]
-    fn hash_with(&self, seed: impl Fn(usize) -> u64) -> u64 {
-        // SAFETY: FlowKey4 is 16 bytes of plain integers, 8-byte aligned.
-        let m: &[u32; 4] = unsafe { &*(self as *const FlowKey4).cast::<[u32; 4]>() };
-        finish(nh(m, seed))
-    }
-    #[inline(always)]
-    fn same(&self, other: &Self) -> bool {
-        // SAFETY: FlowKey4 is 16 bytes of plain integers, 8-byte aligned.
-        let (a, b) = unsafe {
-            (
-                &*(self as *const FlowKey4).cast::<[u64; 2]>(),
-                &*(other as *const FlowKey4).cast::<[u64; 2]>(),
-            )
-        };
-        a[0] == b[0] && a[1] == b[1]
-    }
-}
+word_key!(FlowKey, 10, [0, 1, 2, 3, 4]);
+word_key!(FlowKey4, 4, [0, 1]);
 
 /// One slot: the control words, the key and the record. 96 bytes with the IPv4 key, 128 with the
 /// general one; 32-byte aligned, so `ctrl`, `hop`, the key and the record's state word (the first

@@ -74,42 +74,38 @@ static FLOWS6: Array<Slot6> = Array::pinned(DEFAULT_SLOTS6, BPF_F_MMAPABLE);
 #[map(name = "TCPSTATE_FLOW_SEED")]
 static FLOW_SEED: Array<Seed> = Array::pinned(1, 0);
 
-/// The IPv4 table as the programs see it.
-struct Table4;
-/// The other table as the programs see it.
-struct Table6;
+/// A flow table as the programs see it: its slot count from the configuration, its map.
+macro_rules! table_view {
+    ($(#[$doc:meta])* $name:ident, $key:ty, $slot:ty, $count:ident, $map:ident) => {
+        $(#[$doc])*
+        struct $name;
 
-impl Slots for Table4 {
-    type Key = FlowKey4;
-    #[inline(always)]
-    fn count(&self) -> u32 {
-        config!(slots4) as u32
-    }
-    #[inline(always)]
-    fn get(&self, i: u32) -> Option<*mut Slot4> {
-        FLOWS4.get_ptr_mut(i)
-    }
-    #[inline(always)]
-    fn forget(&self, v: u32) -> u32 {
-        forget(v)
-    }
+        impl Slots for $name {
+            type Key = $key;
+            #[inline(always)]
+            fn count(&self) -> u32 {
+                config!($count) as u32
+            }
+            #[inline(always)]
+            fn get(&self, i: u32) -> Option<*mut $slot> {
+                $map.get_ptr_mut(i)
+            }
+            #[inline(always)]
+            fn forget(&self, v: u32) -> u32 {
+                forget(v)
+            }
+        }
+    };
 }
 
-impl Slots for Table6 {
-    type Key = FlowKey;
-    #[inline(always)]
-    fn count(&self) -> u32 {
-        config!(slots6) as u32
-    }
-    #[inline(always)]
-    fn get(&self, i: u32) -> Option<*mut Slot6> {
-        FLOWS6.get_ptr_mut(i)
-    }
-    #[inline(always)]
-    fn forget(&self, v: u32) -> u32 {
-        forget(v)
-    }
-}
+table_view!(
+    /// The IPv4 table.
+    Table4, FlowKey4, Slot4, slots4, FLOWS4
+);
+table_view!(
+    /// The other table.
+    Table6, FlowKey, Slot6, slots6, FLOWS6
+);
 
 /// [`Slots::forget`]: through this CPU's scratch word, since the verifier does not track what map
 /// memory holds.
